@@ -1,0 +1,86 @@
+// Python bindings of the native movers: thaw._native.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "crc32c.h"
+#include "section_io.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+using ConstBytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using MutBytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+NB_MODULE(_native, m) {
+  m.doc() = "Native movers of thaw: CRC32C and pipelined snapshot section I/O.";
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const thaw::IoError& e) {
+      nb::object err = nb::module_::import_("builtins").attr("OSError")(e.err, e.what());
+      PyErr_SetObject(PyExc_OSError, err.ptr());
+    }
+  });
+
+  m.def("crc32c_backend", &thaw::crc32c_backend,
+        "Which CRC32C code is used: 'sse4.2' (the CPU instruction) or 'portable'.");
+
+  m.def(
+      "crc32c",
+      [](ConstBytes data, uint32_t value) {
+        nb::gil_scoped_release unlocked;
+        return thaw::crc32c_extend(value, data.data(), data.size());
+      },
+      "data"_a, "value"_a = 0, "CRC32C of `data`, continuing from the CRC `value`.");
+
+  m.def(
+      "crc32c_portable",
+      [](ConstBytes data, uint32_t value) {
+        nb::gil_scoped_release unlocked;
+        return thaw::crc32c_extend_portable(value, data.data(), data.size());
+      },
+      "data"_a, "value"_a = 0, "crc32c through the table-driven code, whatever the CPU.");
+
+  m.def("crc32c_combine", &thaw::crc32c_combine, "crc_a"_a, "crc_b"_a, "len_b"_a,
+        "CRC32C of A||B from crc(A), crc(B) and len(B).");
+
+  m.def(
+      "crc32c_parallel",
+      [](ConstBytes data, int shards, int threads) {
+        nb::gil_scoped_release unlocked;
+        return thaw::crc32c_parallel(data.data(), data.size(), shards, threads);
+      },
+      "data"_a, "shards"_a, "threads"_a,
+      "CRC32C of `data` computed as `shards` pieces on `threads` threads, then combined.");
+
+  m.def(
+      "read_section",
+      [](const std::string& path, uint64_t offset, MutBytes dest, uint64_t padded_len,
+         uint64_t chunk_size, int threads, bool direct) {
+        thaw::ReadResult r;
+        {
+          nb::gil_scoped_release unlocked;
+          r = thaw::read_section(path, offset, dest.data(), dest.size(), padded_len,
+                                 chunk_size, threads, direct);
+        }
+        return nb::make_tuple(r.chunk_crcs, r.used_direct);
+      },
+      "path"_a, "offset"_a, "dest"_a, "padded_len"_a, "chunk_size"_a, "threads"_a,
+      "direct"_a,
+      "Reads a section's payload into `dest` (its size is the payload length); returns "
+      "(chunk CRCs over the padded extent, whether O_DIRECT was used).");
+
+  m.def(
+      "write_section",
+      [](int fd, uint64_t offset, ConstBytes src, uint64_t padded_len, uint64_t chunk_size,
+         int threads) {
+        nb::gil_scoped_release unlocked;
+        return thaw::write_section(fd, offset, src.data(), src.size(), padded_len, chunk_size,
+                                   threads);
+      },
+      "fd"_a, "offset"_a, "src"_a, "padded_len"_a, "chunk_size"_a, "threads"_a,
+      "Writes `src` and its zero padding at `offset` of `fd`; returns the chunk CRCs.");
+}

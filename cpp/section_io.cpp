@@ -1,0 +1,185 @@
+#include "section_io.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "crc32c.h"
+
+namespace thaw {
+namespace {
+
+constexpr uint64_t kAlign = 4096;
+
+struct AlignedBuffer {
+  uint8_t* ptr = nullptr;
+  explicit AlignedBuffer(size_t n) {
+    if (posix_memalign(reinterpret_cast<void**>(&ptr), kAlign, std::max<size_t>(n, kAlign)))
+      throw std::bad_alloc();
+  }
+  ~AlignedBuffer() { std::free(ptr); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+};
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// Reads exactly n bytes at off, or throws (short read = file shorter than claimed).
+void pread_full(int fd, uint8_t* buf, size_t n, uint64_t off) {
+  while (n) {
+    ssize_t got = ::pread(fd, buf, n, static_cast<off_t>(off));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw IoError("pread failed at offset " + std::to_string(off), errno);
+    }
+    if (got == 0) throw IoError("unexpected end of file at offset " + std::to_string(off), 0);
+    buf += got;
+    off += static_cast<uint64_t>(got);
+    n -= static_cast<size_t>(got);
+  }
+}
+
+void pwrite_full(int fd, const uint8_t* buf, size_t n, uint64_t off) {
+  while (n) {
+    ssize_t put = ::pwrite(fd, buf, n, static_cast<off_t>(off));
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      throw IoError("pwrite failed at offset " + std::to_string(off), errno);
+    }
+    buf += put;
+    off += static_cast<uint64_t>(put);
+    n -= static_cast<size_t>(put);
+  }
+}
+
+// Runs fn(chunk_index, worker_index) over all chunks on `threads` threads; rethrows the
+// first failure after every worker has stopped.
+template <typename Fn>
+void for_each_chunk(uint64_t num_chunks, int threads, Fn fn) {
+  threads = static_cast<int>(std::max<uint64_t>(1, std::min<uint64_t>(threads, num_chunks)));
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&](int w) {
+    try {
+      for (uint64_t k; !failed.load(std::memory_order_relaxed) && (k = next++) < num_chunks;)
+        fn(k, w);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+      failed = true;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int w = 1; w < threads; ++w) pool.emplace_back(worker, w);
+  worker(0);
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+void check_extent(uint64_t data_len, uint64_t padded_len, uint64_t chunk_size) {
+  if (chunk_size == 0 || chunk_size % kAlign)
+    throw std::invalid_argument("chunk_size must be a positive multiple of 4096");
+  if (padded_len < data_len || padded_len - data_len >= kAlign || padded_len % kAlign)
+    throw std::invalid_argument("padded_len must be data_len rounded up to 4096");
+}
+
+}  // namespace
+
+ReadResult read_section(const std::string& path, uint64_t offset, uint8_t* dest,
+                        uint64_t data_len, uint64_t padded_len, uint64_t chunk_size,
+                        int threads, bool direct) {
+  check_extent(data_len, padded_len, chunk_size);
+  if (offset % kAlign) throw std::invalid_argument("section offset must be 4096-aligned");
+  Fd file;
+  bool used_direct = false;
+  if (direct) {
+    file.fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (file.fd >= 0) used_direct = true;
+    else if (errno != EINVAL) throw IoError("cannot open " + path, errno);
+  }
+  if (file.fd < 0) {
+    file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (file.fd < 0) throw IoError("cannot open " + path, errno);
+  }
+  const uint64_t num_chunks = (padded_len + chunk_size - 1) / chunk_size;
+  ReadResult result{std::vector<uint32_t>(num_chunks, 0), used_direct};
+  int workers = static_cast<int>(std::max<uint64_t>(1, std::min<uint64_t>(threads, num_chunks)));
+  // One bounce buffer per worker: used for padding, and for O_DIRECT chunks whose
+  // destination address is not aligned.
+  std::vector<std::unique_ptr<AlignedBuffer>> bounce(workers);
+  const size_t bounce_size = used_direct ? chunk_size : kAlign;
+  for (auto& b : bounce) b = std::make_unique<AlignedBuffer>(bounce_size);
+
+  for_each_chunk(num_chunks, workers, [&](uint64_t k, int w) {
+    const uint64_t begin = k * chunk_size;
+    const uint64_t end = std::min(padded_len, begin + chunk_size);
+    const uint64_t data_end = std::min(end, std::max(begin, data_len));
+    uint8_t* scratch = bounce[w]->ptr;
+    uint32_t crc = 0;
+    if (used_direct) {
+      uint8_t* target = dest + begin;
+      bool in_place = data_end == end && (reinterpret_cast<uintptr_t>(target) % kAlign) == 0;
+      if (in_place) {
+        pread_full(file.fd, target, end - begin, offset + begin);
+        crc = crc32c_extend(0, target, end - begin);
+      } else {
+        pread_full(file.fd, scratch, end - begin, offset + begin);
+        crc = crc32c_extend(0, scratch, end - begin);
+        std::memcpy(dest + begin, scratch, data_end - begin);
+      }
+    } else {
+      if (data_end > begin) {
+        pread_full(file.fd, dest + begin, data_end - begin, offset + begin);
+        crc = crc32c_extend(0, dest + begin, data_end - begin);
+      }
+      if (end > data_end) {  // the section's tail padding, less than 4 KiB
+        pread_full(file.fd, scratch, end - data_end, offset + data_end);
+        crc = crc32c_extend(crc, scratch, end - data_end);
+      }
+    }
+    result.chunk_crcs[k] = crc;
+  });
+  return result;
+}
+
+std::vector<uint32_t> write_section(int fd, uint64_t offset, const uint8_t* src,
+                                    uint64_t data_len, uint64_t padded_len,
+                                    uint64_t chunk_size, int threads) {
+  check_extent(data_len, padded_len, chunk_size);
+  const uint64_t num_chunks = (padded_len + chunk_size - 1) / chunk_size;
+  std::vector<uint32_t> crcs(num_chunks, 0);
+  static const uint8_t zeros[kAlign] = {};
+  for_each_chunk(num_chunks, threads, [&](uint64_t k, int) {
+    const uint64_t begin = k * chunk_size;
+    const uint64_t end = std::min(padded_len, begin + chunk_size);
+    const uint64_t data_end = std::min(end, std::max(begin, data_len));
+    uint32_t crc = 0;
+    if (data_end > begin) {
+      pwrite_full(fd, src + begin, data_end - begin, offset + begin);
+      crc = crc32c_extend(0, src + begin, data_end - begin);
+    }
+    if (end > data_end) {
+      pwrite_full(fd, zeros, end - data_end, offset + data_end);
+      crc = crc32c_extend(crc, zeros, end - data_end);
+    }
+    crcs[k] = crc;
+  });
+  return crcs;
+}
+
+}  // namespace thaw

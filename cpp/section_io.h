@@ -1,0 +1,41 @@
+// Pipelined section reader and writer for thaw snapshot files.
+//
+// A section occupies [offset, offset + padded_len) of the file: `data_len` bytes of payload
+// followed by zero padding up to a 4 KiB boundary. Its CRC32C is kept per chunk of
+// `chunk_size` bytes over the padded extent, so chunks can be checked in parallel and in
+// streaming order. Both calls split the extent into chunks and hand them to `threads`
+// worker threads; each worker moves a chunk and checksums it in the same pass while the
+// others keep further requests in flight.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace thaw {
+
+struct IoError : std::runtime_error {
+  int err;
+  IoError(const std::string& what, int err_) : std::runtime_error(what), err(err_) {}
+};
+
+struct ReadResult {
+  std::vector<uint32_t> chunk_crcs;
+  bool used_direct;  // true when the file was read with O_DIRECT
+};
+
+// Fills `dest` (data_len bytes) from the section and returns the CRC of every chunk of the
+// padded extent. With `direct`, the file is opened with O_DIRECT; where the filesystem
+// refuses it (EINVAL, e.g. tmpfs) the read proceeds buffered and used_direct says so.
+ReadResult read_section(const std::string& path, uint64_t offset, uint8_t* dest,
+                        uint64_t data_len, uint64_t padded_len, uint64_t chunk_size,
+                        int threads, bool direct);
+
+// Writes `src` (data_len bytes) then zeros up to padded_len at `offset` of the open file
+// descriptor `fd`; returns the CRC of every chunk of the padded extent.
+std::vector<uint32_t> write_section(int fd, uint64_t offset, const uint8_t* src,
+                                    uint64_t data_len, uint64_t padded_len,
+                                    uint64_t chunk_size, int threads);
+
+}  // namespace thaw

@@ -1,0 +1,127 @@
+"""The `thaw` command line: inspect, verify, diff, demo (no GPU or engine needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Optional
+
+from .core import ThawError, load
+from .core.container import Container
+from .core.summary import diff_snapshots, inspect_snapshot
+
+PROGRESS_MIN_BYTES = 256 * 2**20
+
+
+def _progress_printer(stream):
+    start = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        if total < PROGRESS_MIN_BYTES:
+            return
+        rate = done / max(1e-9, time.monotonic() - start) / 1e9
+        stream.write(f"\rverifying {done / 2**20:,.0f} / {total / 2**20:,.0f} MiB ({rate:.2f} GB/s)")
+        if done == total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = inspect_snapshot(load(args.path, verify=False))
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    ident = info["identity"]
+    print(f"{info['path']}: {info['file_bytes']:,} bytes, {len(info['sections'])} sections")
+    print(f"  engine     {ident['engine']} {ident['engine_version']}  (tp {ident['tp_rank']}/{ident['tp_size']})")
+    print(f"  model      {ident['model_architecture']}  dtype {ident['dtype']}  layers {ident['num_layers']}"
+          f"  kv heads {ident['num_kv_heads']}  head dim {ident['head_dim']}")
+    print(f"  weights    {info['weights']['count']} tensors, {info['weights']['bytes']:,} bytes")
+    kv = info["kv"]
+    if kv:
+        print(f"  kv         {kv['num_pages']} pages x {kv['num_layers']} layers, layout {kv['layout']},"
+              f" page size {kv['page_size']}, {kv['bytes']:,} bytes")
+    p = info["prefix"]
+    print(f"  prefix     {p['nodes']} nodes, {p['tokens']} tokens, longest prefix {p['longest_prefix']} tokens")
+    for r in info["requests"]:
+        print(f"  request    {r['request_id']}: {r['status']}, {r['prompt_tokens']} prompt + "
+              f"{r['output_tokens']} output tokens, {r['num_computed_tokens']} computed")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    c = Container(args.path)
+    c.verify(progress=None if args.quiet else _progress_printer(sys.stderr))
+    total = sum(s.padded_length for s in c.sections.values())
+    print(f"{args.path}: OK ({len(c.sections)} sections, {total:,} section bytes, every CRC32C matches)")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    d = diff_snapshots(load(args.a, verify=False), load(args.b, verify=False))
+    if args.json:
+        print(json.dumps(d, indent=2, sort_keys=True))
+        return 0
+    if d["identity_differences"]:
+        print("identity differences:")
+        for key, (va, vb) in d["identity_differences"].items():
+            print(f"  {key}: {va!r} -> {vb!r}")
+    else:
+        print("identity: same")
+    if d["comparable"]:
+        print(f"shared prefix: {d['shared_prefix_tokens']} tokens in {d['shared_pages']} pages; "
+              f"only in A: {d['only_in_a_pages']} pages; only in B: {d['only_in_b_pages']} pages")
+    else:
+        print(f"prefix trees not comparable page by page (page sizes {d['page_size']})")
+    for dv in d["divergences"]:
+        print(f"  leaf {dv['leaf']} (only in {dv['only_in'].upper()}) diverges at token {dv['diverges_at_token']}"
+              f" of {dv['path_tokens']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thaw", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="identity, sections, prefix tree and requests of a snapshot")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="stable JSON output (docs/cli.md)")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("verify", help="check the CRC32C of every byte; exit 0 only when intact")
+    p.add_argument("path")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("diff", help="identity differences, shared prefix, divergence points")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
+    p = sub.add_parser("demo", help="run the built-in example end to end")
+    p.add_argument("--workdir", default=None, help="where to write snapshots (default: a temp dir)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ThawError as exc:
+        print(f"thaw {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"thaw {args.command}: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

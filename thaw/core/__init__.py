@@ -1,0 +1,19 @@
+"""Engine-neutral core of thaw: schema, file format, verification and the movers.
+
+Nothing here imports an inference engine.
+"""
+
+from .errors import (ChecksumError, EngineUnsupported, FormatError, IdentityMismatch,
+                     MoverUnavailable, SchemaError, ThawError)
+from .kv_layout import KVLayout, KVPlane, convert_pages, nhd_layout
+from .prefix import ROOT, PrefixNode, PrefixTree
+from .schema import Identity, PagedKV, RequestState, StateSnapshot, config_digest
+from .snapshot_io import load, save
+from .tensor_data import TensorData
+
+__all__ = [
+    "ChecksumError", "EngineUnsupported", "FormatError", "IdentityMismatch", "MoverUnavailable",
+    "SchemaError", "ThawError", "KVLayout", "KVPlane", "convert_pages", "nhd_layout", "ROOT",
+    "PrefixNode", "PrefixTree", "Identity", "PagedKV", "RequestState", "StateSnapshot",
+    "config_digest", "load", "save", "TensorData",
+]

@@ -1,0 +1,172 @@
+"""Reading and writing snapshot files at the container level: preamble, header, sections.
+
+Writes are atomic: the file is built under a temporary name in the target directory, the
+preamble (with the magic) is written last, then the file is fsynced, renamed into place
+and the directory fsynced. A crash at any point leaves either the old file or no file
+under the target name, and never a temporary file that passes ``open``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import format as fmt
+from .errors import ChecksumError, FormatError
+from .movers import DEFAULT_THREADS, Buffer, movers
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
+VERIFY_WINDOW = 64 * 2**20
+
+
+def _as_bytes_view(buf: Buffer) -> Buffer:
+    """A 1-D uint8 view the movers accept (numpy, torch CPU tensor, or bytes-like)."""
+    if hasattr(buf, "untyped_storage"):  # torch.Tensor
+        import torch
+
+        if buf.device.type != "cpu":
+            raise FormatError(f"section data must be in CPU memory, found a tensor on {buf.device}")
+        if not buf.is_contiguous():
+            raise FormatError("section data must be a contiguous tensor")
+        return buf.reshape(-1).view(torch.uint8) if buf.dim() else buf.reshape(1).view(torch.uint8)
+    if isinstance(buf, np.ndarray):
+        return np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+    return np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
+
+
+def _nbytes(view: Buffer) -> int:
+    return int(view.numel()) if hasattr(view, "numel") else int(view.nbytes)
+
+
+def write_container(
+    path: str | os.PathLike,
+    meta: dict[str, Any],
+    payloads: Iterable[tuple[str, Buffer]],
+    *,
+    chunk_size: int = fmt.DEFAULT_CHUNK,
+    threads: int = DEFAULT_THREADS,
+) -> None:
+    """Atomically writes a snapshot file holding `meta` and the named payloads, in order."""
+    mv = movers()
+    path = Path(path)
+    views = [(name, _as_bytes_view(buf)) for name, buf in payloads]
+    placeholder = fmt.plan_sections([(n, _nbytes(v)) for n, v in views], 0, chunk_size)
+    header_len = len(fmt.encode_header({"meta": meta, "sections": [s.to_json() for s in placeholder]}))
+    data_start = fmt.PREAMBLE_SIZE + header_len
+    planned = fmt.plan_sections([(n, _nbytes(v)) for n, v in views], data_start, chunk_size)
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        written = []
+        for section, (_, view) in zip(planned, views):
+            crcs = mv.write_section(fd, section.offset, view, section.padded_length, chunk_size, threads)
+            written.append(fmt.Section(section.name, section.offset, section.length, chunk_size, tuple(crcs)))
+        header = fmt.encode_header({"meta": meta, "sections": [s.to_json() for s in written]})
+        if len(header) != header_len:
+            raise FormatError("internal: header length changed between planning and writing")
+        os.pwrite(fd, header, fmt.PREAMBLE_SIZE)
+        os.pwrite(fd, fmt.pack_preamble(header_len, mv.crc32c(header), mv.crc32c), 0)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Container:
+    """An open snapshot file whose preamble, header and section table have been validated.
+
+    Opening reads only the preamble and header; section bytes are read on demand, and
+    every read checks the CRC32C of each chunk it touches before returning.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        mv = movers()
+        try:
+            with open(self.path, "rb") as f:
+                self.file_size = os.fstat(f.fileno()).st_size
+                pre = fmt.parse_preamble(f.read(fmt.PREAMBLE_SIZE), self.file_size, mv.crc32c)
+                raw_header = f.read(pre.header_length)
+        except IsADirectoryError:
+            raise FormatError(f"{self.path} is a directory, not a snapshot file") from None
+        if len(raw_header) != pre.header_length:
+            raise FormatError("header: file ends inside the header (truncated?)")
+        actual = mv.crc32c(raw_header)
+        if actual != pre.header_crc:
+            raise ChecksumError("the header", pre.header_crc, actual)
+        header = fmt.decode_header(raw_header)
+        extra = set(header) - {"meta", "sections"}
+        if extra:
+            raise FormatError(f"header: unknown top-level fields {sorted(extra)}")
+        if not isinstance(header.get("meta"), dict):
+            raise FormatError("header: field 'meta' must be a JSON object")
+        self.meta: dict[str, Any] = header["meta"]
+        self.data_start = fmt.PREAMBLE_SIZE + pre.header_length
+        self.sections: dict[str, fmt.Section] = {
+            s.name: s for s in fmt.parse_sections(header, self.data_start, self.file_size)
+        }
+
+    def section(self, name: str) -> fmt.Section:
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise FormatError(f"section {name!r} is missing from {self.path}") from None
+
+    def _read_window(self, sec: fmt.Section, first_chunk: int, dest: Buffer, verify: bool,
+                     threads: int, direct: bool) -> None:
+        start = first_chunk * sec.chunk_size
+        view = _as_bytes_view(dest)
+        data_len = _nbytes(view)
+        padded = fmt.align_up(data_len) if start + data_len == sec.length else data_len
+        crcs, _ = movers().read_section(self.path, sec.offset + start, view, padded,
+                                        sec.chunk_size, threads, direct)
+        if verify:
+            for k, actual in enumerate(crcs):
+                expected = sec.chunk_crcs[first_chunk + k]
+                if actual != expected:
+                    raise ChecksumError(f"section {sec.name!r} chunk {first_chunk + k}", expected, actual)
+
+    def read_into(self, name: str, dest: Buffer, *, verify: bool = True,
+                  threads: int = DEFAULT_THREADS, direct: bool = False) -> None:
+        """Fills `dest` (exactly the section's length) with the section's payload."""
+        sec = self.section(name)
+        n = _nbytes(_as_bytes_view(dest))
+        if n != sec.length:
+            raise FormatError(f"section {name!r} holds {sec.length} bytes; the buffer has {n}")
+        self._read_window(sec, 0, dest, verify, threads, direct)
+
+    def read(self, name: str, *, verify: bool = True) -> np.ndarray:
+        sec = self.section(name)
+        out = np.empty(sec.length, dtype=np.uint8)
+        self.read_into(name, out, verify=verify)
+        return out
+
+    def verify(self, *, progress: ProgressFn | None = None, threads: int = DEFAULT_THREADS) -> None:
+        """Checks the CRC32C of every byte of every section; raises ChecksumError naming the first bad chunk."""
+        total = sum(s.padded_length for s in self.sections.values())
+        done = 0
+        for sec in self.sections.values():
+            window_chunks = max(1, VERIFY_WINDOW // sec.chunk_size)
+            scratch = np.empty(min(sec.length, window_chunks * sec.chunk_size), dtype=np.uint8)
+            for first in range(0, sec.num_chunks, window_chunks):
+                start = first * sec.chunk_size
+                length = min(sec.length - start, window_chunks * sec.chunk_size)
+                if length <= 0:  # a section of only padding has a single chunk of zeros
+                    length = 0
+                self._read_window(sec, first, scratch[:length], True, threads, False)
+                done += min(sec.padded_length - start, window_chunks * sec.chunk_size)
+                if progress:
+                    progress(done, total)

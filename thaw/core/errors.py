@@ -1,0 +1,48 @@
+"""Typed exceptions. Every message names the section, field or setting at fault."""
+
+from __future__ import annotations
+
+
+class ThawError(Exception):
+    """Root of every error thaw raises on purpose."""
+
+
+class FormatError(ThawError):
+    """The file is not a well-formed thaw snapshot (structure, lengths, layout)."""
+
+
+class ChecksumError(FormatError):
+    """Bytes on disk do not match their recorded CRC32C."""
+
+    def __init__(self, where: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"CRC32C mismatch in {where}: recorded 0x{expected:08x}, computed 0x{actual:08x}"
+        )
+        self.where = where
+        self.expected = expected
+        self.actual = actual
+
+
+class SchemaError(ThawError):
+    """A snapshot's contents are inconsistent (e.g. a prefix node names a missing page)."""
+
+
+class IdentityMismatch(ThawError):
+    """A snapshot does not fit the engine it is restored into."""
+
+    def __init__(self, field: str, snapshot_value: object, engine_value: object) -> None:
+        super().__init__(
+            f"snapshot does not match the engine: {field} is {snapshot_value!r} in the "
+            f"snapshot but {engine_value!r} in the engine"
+        )
+        self.field = field
+        self.snapshot_value = snapshot_value
+        self.engine_value = engine_value
+
+
+class EngineUnsupported(ThawError):
+    """The engine runs in a configuration thaw cannot reach; the message says what to change."""
+
+
+class MoverUnavailable(ThawError):
+    """The requested data mover (native extension, CUDA) is not available here."""

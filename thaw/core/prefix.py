@@ -1,0 +1,131 @@
+"""The prefix index: a tree keyed by token ids whose nodes own KV pages.
+
+Each node extends its parent by ``len(tokens)`` tokens, a whole number of pages, and
+names the snapshot pages (rows of every layer's KV) that hold those tokens, in order.
+Children of one parent never start with the same first page of tokens under the same
+extra key. Extra keys (LoRA adapter, cache salt, multimodal hashes) separate otherwise
+equal token sequences; a node inherits its parent's key unless it sets its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+from .errors import SchemaError
+
+ROOT = -1
+
+
+@dataclass
+class PrefixNode:
+    parent: int
+    tokens: list[int]
+    pages: list[int]
+    extra_key: Optional[str] = None
+
+
+@dataclass
+class PrefixTree:
+    page_size: int
+    nodes: list[PrefixNode] = field(default_factory=list)
+
+    def add(self, parent: int, tokens: list[int], pages: list[int],
+            extra_key: Optional[str] = None) -> int:
+        """Appends a node under `parent` (ROOT for the top) and returns its id."""
+        self.nodes.append(PrefixNode(parent, list(tokens), list(pages), extra_key))
+        return len(self.nodes) - 1
+
+    def add_path(self, tokens: list[int], pages: list[int], extra_key: Optional[str] = None) -> int:
+        """Inserts a full-page token path, one node per page, sharing existing nodes."""
+        p = self.page_size
+        if len(tokens) != len(pages) * p:
+            raise SchemaError(f"prefix path: {len(tokens)} tokens for {len(pages)} pages of {p}")
+        children = self._children_index()
+        parent = ROOT
+        for i, page in enumerate(pages):
+            key = (parent, tuple(tokens[i * p:(i + 1) * p]), extra_key)
+            node = children.get(key)
+            if node is None:
+                node = self.add(parent, tokens[i * p:(i + 1) * p], [page], extra_key)
+                children[key] = node
+            parent = node
+        return parent
+
+    def _children_index(self) -> dict:
+        return {(n.parent, tuple(n.tokens[: self.page_size]), self.key_of(i)): i
+                for i, n in enumerate(self.nodes)}
+
+    def key_of(self, node: int) -> Optional[str]:
+        while node != ROOT:
+            n = self.nodes[node]
+            if n.extra_key is not None:
+                return n.extra_key
+            node = n.parent
+        return None
+
+    def path(self, node: int) -> tuple[list[int], list[int]]:
+        """All tokens and pages from the root down to `node`, inclusive."""
+        chain = []
+        while node != ROOT:
+            chain.append(self.nodes[node])
+            node = chain[-1].parent
+        tokens, pages = [], []
+        for n in reversed(chain):
+            tokens.extend(n.tokens)
+            pages.extend(n.pages)
+        return tokens, pages
+
+    def leaves(self) -> list[int]:
+        parents = {n.parent for n in self.nodes}
+        return [i for i in range(len(self.nodes)) if i not in parents]
+
+    def walk(self) -> Iterator[tuple[int, list[int], list[int]]]:
+        """(node, full token path, full page path) for every node, parents before children."""
+        for i in range(len(self.nodes)):
+            tokens, pages = self.path(i)
+            yield i, tokens, pages
+
+    def match(self, tokens: list[int], extra_key: Optional[str] = None) -> tuple[int, list[int]]:
+        """Longest cached prefix of `tokens`: (number of tokens, pages holding them)."""
+        children: dict[int, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            children.setdefault(n.parent, []).append(i)
+        matched, pages, node = 0, [], ROOT
+        while True:
+            for child in children.get(node, []):
+                n = self.nodes[child]
+                span = tokens[matched: matched + len(n.tokens)]
+                if self.key_of(child) == extra_key and span == n.tokens:
+                    matched += len(n.tokens)
+                    pages.extend(n.pages)
+                    node = child
+                    break
+            else:
+                return matched, pages
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(n.tokens) for n in self.nodes)
+
+    def longest_prefix(self) -> int:
+        return max((len(self.path(leaf)[0]) for leaf in self.leaves()), default=0)
+
+    def validate(self, num_pages: int) -> None:
+        """Checks structure: parents precede children, whole pages, page ids in range, no page shared."""
+        if self.page_size <= 0:
+            raise SchemaError(f"prefix: page_size must be positive, found {self.page_size}")
+        owner: dict[int, int] = {}
+        for i, n in enumerate(self.nodes):
+            where = f"prefix node {i}"
+            if not (n.parent == ROOT or 0 <= n.parent < i):
+                raise SchemaError(f"{where}: parent {n.parent} must be -1 or an earlier node")
+            if not n.tokens or len(n.tokens) != len(n.pages) * self.page_size:
+                raise SchemaError(
+                    f"{where}: {len(n.tokens)} tokens do not fill its {len(n.pages)} pages of {self.page_size}")
+            for page in n.pages:
+                if not 0 <= page < num_pages:
+                    raise SchemaError(f"{where}: page {page} is outside the snapshot's {num_pages} pages")
+                if page in owner:
+                    raise SchemaError(f"{where}: page {page} is already owned by node {owner[page]}")
+                owner[page] = i

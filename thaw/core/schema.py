@@ -1,0 +1,183 @@
+"""The engine-neutral StateSnapshot: identity, weights, paged KV, prefix index, requests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+import torch
+
+from .errors import IdentityMismatch, SchemaError
+from .kv_layout import KVLayout
+from .prefix import PrefixTree
+from .tensor_data import TensorData
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of a model config in canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Identity:
+    """What a snapshot was taken from. Restores compare these fields before touching anything.
+
+    ``weights_digest`` is filled in by :func:`thaw.save` from the weights' CRC32Cs when the
+    snapshot carries weights; it detects accidental mismatches, it is not a security hash.
+    """
+
+    model_architecture: str = "unknown"
+    model_config_digest: str = ""
+    weights_digest: str = ""
+    dtype: str = ""
+    num_layers: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    page_size: int = 0
+    kv_layout: str = ""
+    tokenizer: Optional[str] = None
+    engine: str = "none"
+    engine_version: str = ""
+    tp_rank: int = 0
+    tp_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Identity":
+        if not isinstance(obj, dict):
+            raise SchemaError("identity: must be a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(obj) - set(known)
+        if unknown:
+            raise SchemaError(f"identity: unknown fields {sorted(unknown)}")
+        ident = cls(**obj)
+        for name in ("num_layers", "num_kv_heads", "head_dim", "page_size", "tp_rank", "tp_size"):
+            if type(getattr(ident, name)) is not int or getattr(ident, name) < 0:
+                raise SchemaError(f"identity: {name} must be a non-negative integer")
+        return ident
+
+    def check_matches(self, engine: "Identity", fields_to_check: tuple[str, ...]) -> None:
+        """Raises IdentityMismatch on the first listed field that differs."""
+        for name in fields_to_check:
+            mine, theirs = getattr(self, name), getattr(engine, name)
+            if mine != theirs:
+                raise IdentityMismatch(name, mine, theirs)
+
+
+@dataclass
+class RequestState:
+    """An in-flight request. `pages` are snapshot page ids holding its KV, in token order."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int] = field(default_factory=list)
+    sampling: dict[str, Any] = field(default_factory=dict)
+    num_computed_tokens: int = 0
+    pages: list[int] = field(default_factory=list)
+    status: str = "waiting"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    STATUSES = ("waiting", "running", "preempted")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "RequestState":
+        try:
+            req = cls(**obj)
+        except TypeError as exc:
+            raise SchemaError(f"request: malformed entry ({exc})") from None
+        if req.status not in cls.STATUSES:
+            raise SchemaError(f"request {req.request_id!r}: status {req.status!r} not in {cls.STATUSES}")
+        total = len(req.prompt_token_ids) + len(req.output_token_ids)
+        if not 0 <= req.num_computed_tokens <= total:
+            raise SchemaError(
+                f"request {req.request_id!r}: num_computed_tokens {req.num_computed_tokens} "
+                f"outside [0, {total}]")
+        return req
+
+
+@dataclass
+class PagedKV:
+    """KV pages of every layer: layer i is a [num_pages, layout.page_elems] tensor."""
+
+    layout: KVLayout
+    layers: list[TensorData]
+
+    @property
+    def num_pages(self) -> int:
+        return self.layers[0].shape[0] if self.layers else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
+    def validate(self) -> None:
+        self.layout.validate()
+        for i, layer in enumerate(self.layers):
+            expected = (self.num_pages, self.layout.page_elems)
+            if layer.shape != expected or layer.dtype != self.layout.torch_dtype:
+                raise SchemaError(
+                    f"kv layer {i}: {layer.dtype}{list(layer.shape)}, layout needs "
+                    f"{self.layout.torch_dtype}{list(expected)}")
+
+
+@dataclass
+class StateSnapshot:
+    """Everything needed to re-create an engine's live state, with no engine types inside."""
+
+    identity: Identity = field(default_factory=Identity)
+    weights: dict[str, TensorData] = field(default_factory=dict)
+    kv: Optional[PagedKV] = None
+    prefix: Optional[PrefixTree] = None
+    requests: list[RequestState] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+    extra_tensors: dict[str, TensorData] = field(default_factory=dict)
+    source: Any = field(default=None, repr=False, compare=False)  # open Container when loaded
+
+    @classmethod
+    def from_tensors(cls, weights: dict[str, torch.Tensor],
+                     identity: Optional[Identity] = None) -> "StateSnapshot":
+        """A weights-only snapshot built from plain tensors (the embedding path)."""
+        if not isinstance(weights, dict):
+            raise SchemaError("from_tensors: weights must be a dict of name -> torch.Tensor")
+        data = {}
+        for name, t in weights.items():
+            if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+                raise SchemaError(f"from_tensors: entry {name!r} must map a str to a torch.Tensor")
+            data[name] = TensorData.of(t)
+        return cls(identity=identity or Identity(), weights=data)
+
+    @classmethod
+    def from_kv(cls, layout: KVLayout, layers: list[torch.Tensor], prefix: PrefixTree,
+                identity: Optional[Identity] = None,
+                requests: Optional[list[RequestState]] = None) -> "StateSnapshot":
+        """A KV + prefix snapshot built from plain tensors ([num_pages, page_elems] per layer)."""
+        snap = cls(identity=identity or Identity(), kv=PagedKV(layout, [TensorData.of(t) for t in layers]),
+                   prefix=prefix, requests=list(requests or []))
+        snap.validate()
+        return snap
+
+    def validate(self) -> None:
+        """Cross-checks the parts against each other; raises SchemaError naming the field."""
+        num_pages = 0
+        if self.kv is not None:
+            self.kv.validate()
+            num_pages = self.kv.num_pages
+        if self.prefix is not None:
+            if self.kv is not None and self.prefix.page_size != self.kv.layout.page_size:
+                raise SchemaError(
+                    f"prefix: page_size {self.prefix.page_size} differs from the kv layout's "
+                    f"{self.kv.layout.page_size}")
+            self.prefix.validate(num_pages)
+        for req in self.requests:
+            bad = [p for p in req.pages if not 0 <= p < num_pages]
+            if bad:
+                raise SchemaError(f"request {req.request_id!r}: pages {bad[:5]} outside the {num_pages} pages")

@@ -1,0 +1,190 @@
+"""StateSnapshot <-> snapshot file: which sections hold what, and the JSON metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import format as fmt
+from .container import Container, write_container
+from .dtypes import dtype_from_name, dtype_name
+from .errors import FormatError, SchemaError, ThawError
+from .kv_layout import KVLayout
+from .movers import movers
+from .prefix import ROOT, PrefixNode, PrefixTree
+from .schema import Identity, PagedKV, RequestState, StateSnapshot
+from .tensor_data import TensorData
+
+SCHEMA_VERSION = 1
+
+
+def weights_digest(weights: dict[str, TensorData]) -> str:
+    """sha256 over (name, dtype, shape, CRC32C of bytes) of every weight, by name."""
+    h = hashlib.sha256()
+    crc = movers().crc32c
+    for name in sorted(weights):
+        w = weights[name]
+        t = w.raw_bytes_view()
+        h.update(f"{name}|{dtype_name(w.dtype)}|{list(w.shape)}|{crc(_bytes(t)):08x};".encode())
+    return h.hexdigest()
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+
+
+def _tensor_entry(name: str, section: str, data: TensorData) -> dict[str, Any]:
+    return {"name": name, "section": section, "dtype": dtype_name(data.dtype), "shape": list(data.shape)}
+
+
+def _prefix_arrays(tree: PrefixTree) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    nodes = torch.empty((len(tree.nodes), 3), dtype=torch.int64)
+    tokens: list[int] = []
+    pages: list[int] = []
+    for i, n in enumerate(tree.nodes):
+        nodes[i, 0], nodes[i, 1], nodes[i, 2] = n.parent, len(tokens), len(n.tokens)
+        tokens.extend(n.tokens)
+        pages.extend(n.pages)
+    return nodes, torch.tensor(tokens, dtype=torch.int64), torch.tensor(pages, dtype=torch.int64)
+
+
+def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = fmt.DEFAULT_CHUNK) -> None:
+    """Validates `snapshot` and writes it atomically to `path` (one file)."""
+    snapshot.validate()
+    if snapshot.weights and not snapshot.identity.weights_digest:
+        snapshot.identity.weights_digest = weights_digest(snapshot.weights)
+    payloads: list[tuple[str, Any]] = []
+    meta: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "identity": snapshot.identity.to_json(),
+        "weights": [],
+        "kv": None,
+        "prefix": None,
+        "requests": [r.to_json() for r in snapshot.requests],
+        "extras": snapshot.extras,
+        "extra_tensors": [],
+    }
+    for name, data in snapshot.weights.items():
+        section = f"weights/{name}"
+        meta["weights"].append(_tensor_entry(name, section, data))
+        payloads.append((section, _bytes(data.raw_bytes_view())))
+    if snapshot.kv is not None:
+        layers = []
+        for i, layer in enumerate(snapshot.kv.layers):
+            layers.append(f"kv/layer/{i}")
+            payloads.append((layers[-1], _bytes(layer.raw_bytes_view())))
+        meta["kv"] = {"layout": snapshot.kv.layout.to_json(), "num_pages": snapshot.kv.num_pages,
+                      "layers": layers}
+    if snapshot.prefix is not None:
+        nodes, tokens, pages = _prefix_arrays(snapshot.prefix)
+        meta["prefix"] = {
+            "page_size": snapshot.prefix.page_size,
+            "num_nodes": len(snapshot.prefix.nodes),
+            "extra_keys": {str(i): n.extra_key for i, n in enumerate(snapshot.prefix.nodes)
+                           if n.extra_key is not None},
+        }
+        payloads += [("prefix/nodes", _bytes(nodes)), ("prefix/tokens", _bytes(tokens)),
+                     ("prefix/pages", _bytes(pages))]
+    for name, data in snapshot.extra_tensors.items():
+        section = f"extra/{name}"
+        meta["extra_tensors"].append(_tensor_entry(name, section, data))
+        payloads.append((section, _bytes(data.raw_bytes_view())))
+    write_container(path, meta, payloads, chunk_size=chunk_size)
+
+
+def _field(meta: dict[str, Any], key: str, kind: type, where: str = "meta") -> Any:
+    value = meta.get(key)
+    if not isinstance(value, kind):
+        raise SchemaError(f"{where}: field {key!r} must be {kind.__name__}, found {type(value).__name__}")
+    return value
+
+
+def _file_tensor(c: Container, entry: Any, where: str) -> tuple[str, TensorData]:
+    if not isinstance(entry, dict):
+        raise SchemaError(f"{where}: entry must be an object")
+    name = _field(entry, "name", str, where)
+    shape = _field(entry, "shape", list, where)
+    if not all(type(s) is int and s >= 0 for s in shape):
+        raise SchemaError(f"{where} {name!r}: shape {shape!r} must list non-negative integers")
+    data = TensorData(dtype_from_name(entry.get("dtype")), tuple(shape), container=c,
+                      section=_field(entry, "section", str, where))
+    sec = c.section(data._section)
+    if data.nbytes != sec.length:
+        raise SchemaError(f"{where} {name!r}: {data.nbytes} bytes by dtype/shape, section holds {sec.length}")
+    return name, data
+
+
+def _read_int64(c: Container, section: str, count: int) -> torch.Tensor:
+    sec = c.section(section)
+    if sec.length != count * 8:
+        raise SchemaError(f"section {section!r}: {sec.length} bytes, expected {count} int64 values")
+    out = torch.empty(count, dtype=torch.int64)
+    c.read_into(section, _bytes(out))
+    return out
+
+
+def _load_prefix(c: Container, meta: dict[str, Any]) -> PrefixTree:
+    n = _field(meta, "num_nodes", int, "prefix")
+    nodes = _read_int64(c, "prefix/nodes", 3 * n).reshape(n, 3).tolist()
+    total_tokens = sum(max(0, row[2]) for row in nodes)
+    tokens = _read_int64(c, "prefix/tokens", total_tokens).tolist()
+    page_size = _field(meta, "page_size", int, "prefix")
+    if page_size <= 0:
+        raise SchemaError(f"prefix: page_size must be positive, found {page_size}")
+    pages = _read_int64(c, "prefix/pages", total_tokens // page_size).tolist()
+    keys = _field(meta, "extra_keys", dict, "prefix")
+    tree = PrefixTree(page_size)
+    for i, (parent, start, count) in enumerate(nodes):
+        if count < 0 or start < 0 or start + count > len(tokens) or start % page_size:
+            raise SchemaError(f"prefix node {i}: token range [{start}, {start + count}) is invalid")
+        tree.nodes.append(PrefixNode(parent, tokens[start:start + count],
+                                     pages[start // page_size:(start + count) // page_size],
+                                     keys.get(str(i))))
+    return tree
+
+
+def load(path: str | os.PathLike, *, verify: bool = True,
+         progress: Optional[Callable[[int, int], None]] = None) -> StateSnapshot:
+    """Opens a snapshot. With `verify`, every byte's CRC32C is checked before returning.
+
+    Tensor payloads stay in the file and are read (and checked again) on demand, through
+    ``TensorData.tensor()`` or ``TensorData.read_into(buffer)``.
+    """
+    c = Container(path)
+    if verify:
+        c.verify(progress=progress)
+    meta = c.meta
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise SchemaError(f"meta: schema {meta.get('schema')!r} is not supported (expected {SCHEMA_VERSION})")
+    try:
+        snap = StateSnapshot(identity=Identity.from_json(meta.get("identity")))
+        for entry in _field(meta, "weights", list):
+            name, data = _file_tensor(c, entry, "weights")
+            snap.weights[name] = data
+        for entry in _field(meta, "extra_tensors", list):
+            name, data = _file_tensor(c, entry, "extra_tensors")
+            snap.extra_tensors[name] = data
+        kv = meta.get("kv")
+        if kv is not None:
+            layout = KVLayout.from_json(_field(kv, "layout", dict, "kv"))
+            num_pages = _field(kv, "num_pages", int, "kv")
+            layers = []
+            for i, section in enumerate(_field(kv, "layers", list, "kv")):
+                layers.append(_file_tensor(c, {"name": f"layer {i}", "section": section,
+                                               "dtype": layout.dtype,
+                                               "shape": [num_pages, layout.page_elems]}, "kv")[1])
+            snap.kv = PagedKV(layout, layers)
+        if meta.get("prefix") is not None:
+            snap.prefix = _load_prefix(c, _field(meta, "prefix", dict))
+        snap.requests = [RequestState.from_json(r) for r in _field(meta, "requests", list)]
+        snap.extras = _field(meta, "extras", dict)
+        snap.validate()
+    except ThawError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise SchemaError(f"meta: malformed snapshot metadata ({type(exc).__name__}: {exc})") from None
+    snap.source = c
+    return snap

@@ -1,0 +1,97 @@
+"""Plain-data summaries of snapshots for `thaw inspect` and `thaw diff` (stable JSON)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .schema import StateSnapshot
+
+INSPECT_SCHEMA = 1
+
+
+def inspect_snapshot(snap: StateSnapshot) -> dict[str, Any]:
+    """The `thaw inspect --json` document; its keys are documented in docs/cli.md."""
+    c = snap.source
+    sections = [{"name": s.name, "offset": s.offset, "length": s.length, "chunks": s.num_chunks}
+                for s in c.sections.values()] if c is not None else []
+    prefix: dict[str, Any] = {"nodes": 0, "tokens": 0, "longest_prefix": 0, "leaves": 0}
+    if snap.prefix is not None:
+        prefix = {"nodes": len(snap.prefix.nodes), "tokens": snap.prefix.num_tokens,
+                  "longest_prefix": snap.prefix.longest_prefix(),
+                  "leaves": len(snap.prefix.leaves())}
+    kv = None
+    if snap.kv is not None:
+        kv = {"layout": snap.kv.layout.name, "page_size": snap.kv.layout.page_size,
+              "num_pages": snap.kv.num_pages, "num_layers": len(snap.kv.layers),
+              "bytes": snap.kv.nbytes}
+    return {
+        "inspect_schema": INSPECT_SCHEMA,
+        "path": c.path if c is not None else None,
+        "file_bytes": c.file_size if c is not None else None,
+        "identity": snap.identity.to_json(),
+        "weights": {"count": len(snap.weights), "bytes": sum(w.nbytes for w in snap.weights.values())},
+        "kv": kv,
+        "prefix": prefix,
+        "requests": [{"request_id": r.request_id, "status": r.status,
+                      "prompt_tokens": len(r.prompt_token_ids), "output_tokens": len(r.output_token_ids),
+                      "num_computed_tokens": r.num_computed_tokens, "pages": len(r.pages)}
+                     for r in snap.requests],
+        "sections": sections,
+    }
+
+
+def _page_chain(snap: StateSnapshot) -> dict[bytes, tuple[int, int]]:
+    """Digest of every cached page prefix (extra key + tokens up to that page's end) -> (node, page index)."""
+    out: dict[bytes, tuple[int, int]] = {}
+    if snap.prefix is None:
+        return out
+    p = snap.prefix.page_size
+    digests: dict[int, bytes] = {}
+    for i, n in enumerate(snap.prefix.nodes):
+        h = digests.get(n.parent, hashlib.sha256(repr(snap.prefix.key_of(i)).encode()).digest())
+        depth = (len(snap.prefix.path(n.parent)[1]) if n.parent >= 0 else 0)
+        for k in range(len(n.pages)):
+            h = hashlib.sha256(h + repr(n.tokens[k * p:(k + 1) * p]).encode()).digest()
+            out[h] = (i, depth + k)
+        digests[i] = h
+    return out
+
+
+def diff_snapshots(a: StateSnapshot, b: StateSnapshot) -> dict[str, Any]:
+    """Identity differences, shared prefix pages/tokens, and where token paths diverge."""
+    ia, ib = a.identity.to_json(), b.identity.to_json()
+    identity = {k: [ia.get(k), ib.get(k)] for k in sorted(set(ia) | set(ib)) if ia.get(k) != ib.get(k)}
+    ca, cb = _page_chain(a), _page_chain(b)
+    shared = set(ca) & set(cb)
+    page_a = a.prefix.page_size if a.prefix else 0
+    comparable = a.prefix is not None and b.prefix is not None and page_a == b.prefix.page_size
+    divergences = []
+    if comparable:
+        for side, snap, chain in (("a", a, ca), ("b", b, cb)):
+            for leaf in snap.prefix.leaves():
+                tokens, pages = snap.prefix.path(leaf)
+                missing = [depth for h, (node, depth) in chain.items()
+                           if h not in shared and node in _ancestors(snap, leaf)]
+                if missing:
+                    at = min(missing) * page_a
+                    divergences.append({"only_in": side, "leaf": leaf, "diverges_at_token": at,
+                                        "path_tokens": len(tokens)})
+    return {
+        "identity_differences": identity,
+        "page_size": [page_a, b.prefix.page_size if b.prefix else 0],
+        "comparable": comparable,
+        "shared_pages": len(shared) if comparable else 0,
+        "shared_prefix_tokens": len(shared) * page_a if comparable else 0,
+        "only_in_a_pages": len(ca) - len(shared) if comparable else len(ca),
+        "only_in_b_pages": len(cb) - len(shared) if comparable else len(cb),
+        "divergences": divergences[:50],
+    }
+
+
+def _ancestors(snap: StateSnapshot, node: int) -> set[int]:
+    out = set()
+    while node >= 0:
+        out.add(node)
+        node = snap.prefix.nodes[node].parent
+    return out

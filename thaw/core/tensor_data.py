@@ -1,0 +1,76 @@
+"""Tensor payloads that live either in memory or in a section of an open snapshot file."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from .dtypes import dtype_name
+from .errors import SchemaError
+
+if TYPE_CHECKING:
+    from .container import Container
+
+
+class TensorData:
+    """A tensor's dtype and shape, with its bytes in memory or in a verified file section.
+
+    File-backed data is read only when asked for, straight into the caller's buffer when
+    :meth:`read_into` is used; every chunk's CRC32C is checked on the way.
+    """
+
+    def __init__(self, dtype: torch.dtype, shape: tuple[int, ...], *,
+                 tensor: Optional[torch.Tensor] = None,
+                 container: Optional["Container"] = None, section: Optional[str] = None) -> None:
+        self.dtype = dtype
+        self.shape = tuple(int(s) for s in shape)
+        self._tensor = tensor
+        self._container = container
+        self._section = section
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "TensorData":
+        t = tensor.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        dtype_name(t.dtype)  # refuse dtypes the format cannot name
+        return cls(t.dtype, tuple(t.shape), tensor=t.contiguous())
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def in_memory(self) -> bool:
+        return self._tensor is not None
+
+    def tensor(self) -> torch.Tensor:
+        """The data as a CPU tensor (read and verified from the file on first use)."""
+        if self._tensor is None:
+            out = torch.empty(self.shape, dtype=self.dtype)
+            self.read_into(out)
+            self._tensor = out
+        return self._tensor
+
+    def read_into(self, out: torch.Tensor) -> None:
+        """Copies the data into `out`, a contiguous CPU tensor of the same dtype and shape."""
+        if out.dtype != self.dtype or tuple(out.shape) != self.shape:
+            raise SchemaError(
+                f"buffer is {out.dtype}{tuple(out.shape)}, data is {self.dtype}{self.shape}"
+                + (f" (section {self._section!r})" if self._section else "")
+            )
+        if self._tensor is not None:
+            out.copy_(self._tensor)
+        else:
+            assert self._container is not None and self._section is not None
+            self._container.read_into(self._section, out)
+
+    def raw_bytes_view(self) -> torch.Tensor:
+        """The in-memory tensor as a contiguous CPU tensor, ready to be written."""
+        return self.tensor().contiguous()
+
+    def __repr__(self) -> str:
+        where = "memory" if self._tensor is not None else f"section {self._section!r}"
+        return f"TensorData({dtype_name(self.dtype)}{list(self.shape)} in {where})"
