@@ -74,6 +74,16 @@ NB_MODULE(_native, m) {
       "(chunk CRCs over the padded extent, whether O_DIRECT was used).");
 
   m.def(
+      "check_section",
+      [](const std::string& path, uint64_t offset, uint64_t padded_len, uint64_t chunk_size,
+         int threads) {
+        nb::gil_scoped_release unlocked;
+        return thaw::check_section(path, offset, padded_len, chunk_size, threads);
+      },
+      "path"_a, "offset"_a, "padded_len"_a, "chunk_size"_a, "threads"_a,
+      "CRCs of every chunk of a section's padded extent, reading through small buffers.");
+
+  m.def(
       "write_section",
       [](int fd, uint64_t offset, ConstBytes src, uint64_t padded_len, uint64_t chunk_size,
          int threads) {

@@ -32,6 +32,11 @@ ReadResult read_section(const std::string& path, uint64_t offset, uint8_t* dest,
                         uint64_t data_len, uint64_t padded_len, uint64_t chunk_size,
                         int threads, bool direct);
 
+// Checksums every chunk of a section's padded extent without keeping the bytes: each
+// worker reads into its own small buffer, so the data never leaves the CPU cache.
+std::vector<uint32_t> check_section(const std::string& path, uint64_t offset,
+                                    uint64_t padded_len, uint64_t chunk_size, int threads);
+
 // Writes `src` (data_len bytes) then zeros up to padded_len at `offset` of the open file
 // descriptor `fd`; returns the CRC of every chunk of the padded extent.
 std::vector<uint32_t> write_section(int fd, uint64_t offset, const uint8_t* src,

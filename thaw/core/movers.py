@@ -34,6 +34,7 @@ class Movers:
     crc32c_combine: Callable[[int, int, int], int]
     crc32c_parallel: Callable[[Buffer, int, int], int]
     read_section: Callable[..., tuple[list[int], bool]]
+    check_section: Callable[..., list[int]]
     write_section: Callable[..., list[int]]
     crc_backend: str
 
@@ -53,6 +54,7 @@ def _native_movers() -> Movers:
         crc32c_combine=native.crc32c_combine,
         crc32c_parallel=native.crc32c_parallel,
         read_section=native.read_section,
+        check_section=native.check_section,
         write_section=native.write_section,
         crc_backend=native.crc32c_backend(),
     )
@@ -115,6 +117,20 @@ def _py_read_section(path: str, offset: int, dest: Buffer, padded_len: int,
     return crcs, False
 
 
+def _py_check_section(path: str, offset: int, padded_len: int, chunk_size: int,
+                      threads: int) -> list[int]:
+    _check_extent(padded_len, padded_len, chunk_size)
+    crcs = []
+    with open(path, "rb", buffering=0) as f:
+        for begin, end in _chunks(padded_len, chunk_size):
+            f.seek(offset + begin)
+            piece = f.read(end - begin)
+            if len(piece) != end - begin:
+                raise OSError(0, f"unexpected end of file at offset {offset + begin}")
+            crcs.append(pycrc.crc32c(piece))
+    return crcs
+
+
 def _py_write_section(fd: int, offset: int, src: Buffer, padded_len: int, chunk_size: int,
                       threads: int) -> list[int]:
     data = _byte_view(src)
@@ -137,6 +153,7 @@ def _python_movers() -> Movers:
         crc32c_combine=pycrc.crc32c_combine,
         crc32c_parallel=_py_crc_parallel,
         read_section=_py_read_section,
+        check_section=_py_check_section,
         write_section=_py_write_section,
         crc_backend="python",
     )

