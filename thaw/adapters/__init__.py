@@ -1,0 +1,1 @@
+"""Engine adapters. Each subpackage imports its engine; thaw.core never does."""

@@ -1,0 +1,129 @@
+"""Builds a StateSnapshot from a live vLLM engine (called with the engine idle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from thaw.core import PagedKV, PrefixTree, RequestState, StateSnapshot, TensorData
+
+from .engine_access import EngineParts, external_request_id
+from .recorder import BlockTokenRecorder
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens",
+                   "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty",
+                   "repetition_penalty")
+
+
+@dataclass
+class CaptureReport:
+    cached_blocks: int = 0
+    captured_blocks: int = 0
+    unknown_blocks: list[int] = field(default_factory=list)  # cached before attach
+    orphan_blocks: list[int] = field(default_factory=list)  # parent block no longer cached
+    unsupported_blocks: list[int] = field(default_factory=list)  # LoRA / multimodal keys
+    requests: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _cached_blocks(parts: EngineParts) -> dict[bytes, Any]:
+    from vllm.v1.core.kv_cache_utils import get_block_hash, get_group_id
+
+    out = {}
+    for blk in parts.block_pool.blocks:
+        key = blk.block_hash
+        if key is None or blk.is_null or get_group_id(key) != 0:
+            continue
+        out[bytes(get_block_hash(key))] = blk
+    return out
+
+
+def capture_prefix(parts: EngineParts, recorder: BlockTokenRecorder,
+                   report: CaptureReport) -> tuple[PrefixTree, list[int], dict[bytes, int]]:
+    """The token-keyed tree over every cached block whose tokens are known.
+
+    Returns the tree, the engine block id of each snapshot page, and hash -> page.
+    """
+    cached = _cached_blocks(parts)
+    recorder.prune(set(cached))
+    report.cached_blocks = len(cached)
+    children: dict[bytes | None, list[bytes]] = {}
+    for h, blk in cached.items():
+        rec = recorder.records.get(h)
+        if rec is None:
+            report.unknown_blocks.append(blk.block_id)
+        elif not rec.supported:
+            report.unsupported_blocks.append(blk.block_id)
+        elif rec.parent is not None and rec.parent not in cached:
+            report.orphan_blocks.append(blk.block_id)
+        else:
+            children.setdefault(rec.parent, []).append(h)
+    tree = PrefixTree(parts.block_size)
+    block_ids: list[int] = []
+    page_of: dict[bytes, int] = {}
+    frontier: list[tuple[bytes | None, int]] = [(None, -1)]
+    while frontier:  # breadth first: parents before children
+        nxt = []
+        for parent_hash, parent_node in frontier:
+            for h in sorted(children.get(parent_hash, []), key=lambda x: recorder.records[x].tokens):
+                rec = recorder.records[h]
+                page = len(block_ids)
+                block_ids.append(cached[h].block_id)
+                page_of[h] = page
+                node = tree.add(parent_node, list(rec.tokens), [page], rec.extra_key)
+                nxt.append((h, node))
+        frontier = nxt
+    report.captured_blocks = len(block_ids)
+    return tree, block_ids, page_of
+
+
+def gather_kv(parts: EngineParts, block_ids: list[int]) -> list[torch.Tensor]:
+    """One gather per layer: [num_pages, page_elems] copies of the listed blocks."""
+    ids = torch.tensor(block_ids, dtype=torch.long, device=parts.kv_caches[0].device)
+    return [kv.index_select(0, ids).reshape(len(block_ids), -1).cpu() for kv in parts.kv_caches]
+
+
+def capture_requests(parts: EngineParts, page_of_block: dict[int, int]) -> list[RequestState]:
+    sched = parts.scheduler
+    out = []
+    for status, queue in (("running", list(sched.running)), ("waiting", list(sched.waiting))):
+        for req in queue:
+            sp = req.sampling_params
+            sampling = {f: getattr(sp, f) for f in SAMPLING_FIELDS}
+            sampling["stop_token_ids"] = list(sampling["stop_token_ids"] or [])
+            block_ids = parts.scheduler.kv_cache_manager.get_block_ids(req.request_id)[0]
+            out.append(RequestState(
+                request_id=external_request_id(parts, req.request_id),
+                prompt_token_ids=list(req.prompt_token_ids),
+                output_token_ids=list(req.output_token_ids),
+                sampling=sampling,
+                num_computed_tokens=req.num_computed_tokens if status == "running" else 0,
+                pages=[page_of_block[b] for b in block_ids if b in page_of_block],
+                status=status,
+                extra={"cache_salt": req.cache_salt},
+            ))
+    return out
+
+
+def capture(parts: EngineParts, recorder: BlockTokenRecorder, identity,
+            weights: dict[str, torch.Tensor] | None) -> tuple[StateSnapshot, CaptureReport]:
+    report = CaptureReport()
+    tree, block_ids, _ = capture_prefix(parts, recorder, report)
+    layers = gather_kv(parts, block_ids)
+    page_of_block = {b: i for i, b in enumerate(block_ids)}
+    requests = capture_requests(parts, page_of_block)
+    report.requests = len(requests)
+    snap = StateSnapshot(
+        identity=identity,
+        weights={k: TensorData.of(v) for k, v in (weights or {}).items()},
+        kv=PagedKV(parts.layout, [TensorData.of(t) for t in layers]),
+        prefix=tree,
+        requests=requests,
+        extras={"vllm": {"capture": report.to_json()}},
+    )
+    snap.validate()
+    return snap, report

@@ -1,0 +1,163 @@
+"""How thaw reaches into a vLLM engine: the one place that knows vLLM's internal paths.
+
+Supported: vLLM's v1 engine, in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), one KV
+cache group with full attention, tensor parallel size 1. Tested versions are listed in
+``TESTED_VERSIONS``; others inside ``SUPPORTED_RANGE`` are attempted, others refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane, config_digest
+from thaw.core.dtypes import dtype_name
+
+SUPPORTED_RANGE = ((0, 26), (0, 33))  # [0.26, 0.33)
+TESTED_VERSIONS = ("0.32.0",)
+# Config keys that name where a model was loaded from or who wrote it, not what it is.
+VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype")
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
+def check_version(version: str) -> None:
+    parts = tuple(int(p) for p in version.split("+")[0].split(".")[:2] if p.isdigit())
+    lo, hi = SUPPORTED_RANGE
+    if not lo <= parts < hi:
+        raise EngineUnsupported(
+            f"vLLM {version} is outside the supported range "
+            f"{'.'.join(map(str, lo))} <= version < {'.'.join(map(str, hi))}")
+
+
+@dataclass
+class EngineParts:
+    """Live objects of one in-process vLLM engine."""
+
+    llm: Any
+    core: Any
+    scheduler: Any
+    block_pool: Any
+    model_runner: Any
+    kv_caches: list[torch.Tensor]
+    layout: KVLayout
+    block_size: int
+
+
+def reach(llm: Any) -> EngineParts:
+    """Finds the engine core, block pool and KV tensors, or says exactly what to change."""
+    check_version(vllm_version())
+    engine = getattr(llm, "llm_engine", None)
+    client = getattr(engine, "engine_core", None)
+    core = getattr(client, "engine_core", None)
+    if core is None:
+        raise EngineUnsupported(
+            f"cannot reach the vLLM engine core through {type(client).__name__}: vLLM runs it in "
+            "a separate process by default. Set the environment variable "
+            "VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM.")
+    cfg = core.vllm_config
+    if cfg.parallel_config.tensor_parallel_size != 1 or cfg.parallel_config.pipeline_parallel_size != 1:
+        raise EngineUnsupported("thaw's vLLM adapter supports tensor/pipeline parallel size 1 only")
+    if not cfg.cache_config.enable_prefix_caching:
+        raise EngineUnsupported("prefix caching is off: create the LLM with enable_prefix_caching=True")
+    scheduler = core.scheduler
+    kv_manager = scheduler.kv_cache_manager
+    groups = scheduler.kv_cache_config.kv_cache_groups
+    if len(groups) != 1:
+        raise EngineUnsupported(f"the engine has {len(groups)} KV cache groups; thaw supports one")
+    block_pool = kv_manager.block_pool
+    if block_pool.hash_block_size != cfg.cache_config.block_size:
+        raise EngineUnsupported(
+            f"hash block size {block_pool.hash_block_size} differs from block size "
+            f"{cfg.cache_config.block_size}; thaw supports equal sizes only")
+    runner = core.model_executor.driver_worker.worker.model_runner
+    kv_caches = list(getattr(runner, "kv_caches", []) or [])
+    num_layers = cfg.model_config.get_num_layers(cfg.parallel_config)
+    if len(kv_caches) != num_layers or not all(isinstance(t, torch.Tensor) for t in kv_caches):
+        raise EngineUnsupported(
+            f"model runner {type(runner).__name__} does not expose one KV tensor per layer "
+            f"({len(kv_caches)} for {num_layers} layers)")
+    layout = kv_layout(core, kv_caches[0])
+    return EngineParts(llm, core, scheduler, block_pool, runner, kv_caches, layout,
+                       cfg.cache_config.block_size)
+
+
+def _attention_layers(core: Any) -> list[Any]:
+    ctx = core.vllm_config.compilation_config.static_forward_context
+    return [m for m in ctx.values() if hasattr(m, "kv_cache")]
+
+
+def kv_layout(core: Any, kv: torch.Tensor) -> KVLayout:
+    """The page layout of the engine's real KV tensors; unknown layouts are refused by name."""
+    cfg = core.vllm_config
+    mc = cfg.model_config
+    heads = mc.get_num_kv_heads(cfg.parallel_config)
+    head_dim = mc.get_head_size()
+    bs = cfg.cache_config.block_size
+    dtype = dtype_name(kv.dtype)
+    layers = _attention_layers(core)
+    isas = {getattr(m, "isa", None) for m in layers}
+    backend = type(getattr(layers[0], "impl", None)).__name__ if layers else "?"
+    if backend == "CPUAttentionBackendImpl":
+        if isas != {"vec"}:
+            raise EngineUnsupported(
+                f"vLLM CPU attention with kernel ISA {sorted(map(str, isas))}: thaw knows the block "
+                "layout of the 'vec' kernels only (seen on x86 without AMX for bfloat16)")
+        expected = (kv.shape[0], heads, bs, 2 * head_dim)
+        if tuple(kv.shape) != expected or not kv.is_contiguous():
+            raise EngineUnsupported(f"CPU KV tensor is {tuple(kv.shape)}, expected contiguous {expected}")
+        # Per block and head: K transposed [head_dim, block_size], then V [block_size, head_dim].
+        head = 2 * bs * head_dim
+        return KVLayout("vllm.cpu.vec", bs, heads, head_dim, dtype,
+                        KVPlane(0, 1, head, bs), KVPlane(bs * head_dim, head_dim, head, 1))
+    raise EngineUnsupported(f"vLLM attention backend {backend} has a KV layout thaw does not know")
+
+
+def engine_identity(parts: EngineParts, weights_digest: str = "") -> Identity:
+    cfg = parts.core.vllm_config
+    mc = cfg.model_config
+    hf = mc.hf_config.to_dict()
+    for key in VOLATILE_CONFIG_KEYS:
+        hf.pop(key, None)
+    return Identity(
+        model_architecture=(mc.hf_config.architectures or ["unknown"])[0],
+        model_config_digest=config_digest(hf),
+        weights_digest=weights_digest,
+        dtype=dtype_name(mc.dtype),
+        num_layers=mc.get_num_layers(cfg.parallel_config),
+        num_kv_heads=mc.get_num_kv_heads(cfg.parallel_config),
+        head_dim=mc.get_head_size(),
+        page_size=parts.block_size,
+        kv_layout=parts.layout.name,
+        tokenizer=None,
+        engine="vllm",
+        engine_version=vllm_version(),
+        extra={"hash_algo": cfg.cache_config.prefix_caching_hash_algo,
+               "max_model_len": mc.max_model_len,
+               "load_format": str(cfg.load_config.load_format)},
+    )
+
+
+def checkpoint_files(parts: EngineParts) -> list[str]:
+    """The safetensors files the engine's model was loaded from (empty for dummy weights)."""
+    import glob
+    import os
+
+    model = parts.core.vllm_config.model_config.model
+    return sorted(glob.glob(os.path.join(model, "*.safetensors"))) if os.path.isdir(model) else []
+
+
+def reload_weights(parts: EngineParts, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Loads checkpoint-named tensors through vLLM's own weight-reload path."""
+    parts.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+
+
+def external_request_id(parts: EngineParts, internal_id: str) -> str:
+    state = parts.llm.llm_engine.output_processor.request_states.get(internal_id)
+    return getattr(state, "external_req_id", None) or internal_id

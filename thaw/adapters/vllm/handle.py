@@ -1,0 +1,120 @@
+"""The handle `attach` returns: snapshot, restore, and helpers around them."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import torch
+
+from thaw.core import StateSnapshot, ThawError, load, save
+from thaw.core.snapshot_io import weights_digest
+from thaw.core.tensor_data import TensorData
+
+from . import engine_access
+from .capture import CaptureReport, capture
+from .recorder import BlockTokenRecorder
+from .restore import RestoreReport, restore
+
+SnapshotSource = Union[str, os.PathLike, StateSnapshot]
+
+
+class VLLMHandle:
+    """Bound to one in-process vLLM engine. Call its methods only while the engine is idle
+    (between `generate` calls or `step`s), from the thread that drives the engine."""
+
+    def __init__(self, llm: Any) -> None:
+        self.parts = engine_access.reach(llm)
+        self.recorder = BlockTokenRecorder(self.parts.block_pool, self.parts.block_size)
+        self._weights_digest: Optional[str] = None
+        self._restored_weights: Optional[dict[str, torch.Tensor]] = None
+        self.resumed_outputs: dict[str, list[int]] = {}
+        self.last_capture: Optional[CaptureReport] = None
+        self.last_restore: Optional[RestoreReport] = None
+
+    # -- weights --------------------------------------------------------------------
+    def checkpoint_weights(self) -> dict[str, torch.Tensor]:
+        """The checkpoint tensors the engine loaded (by checkpoint name).
+
+        On vLLM's CPU backend linear weights are repacked for oneDNN and cannot be read
+        back from the model, so the snapshot takes them from the checkpoint the engine
+        was loaded from, or from the snapshot it was last restored from.
+        """
+        if self._restored_weights is not None:
+            return self._restored_weights
+        from safetensors.torch import load_file
+
+        files = engine_access.checkpoint_files(self.parts)
+        if not files:
+            raise ThawError("the engine was not loaded from a safetensors checkpoint "
+                            "(dummy weights?) and has not been restored from a snapshot "
+                            "with weights, so there are no weights to capture")
+        out: dict[str, torch.Tensor] = {}
+        for f in files:
+            out.update(load_file(f))
+        return out
+
+    def weights_digest(self) -> str:
+        if self._weights_digest is None:
+            try:
+                w = self.checkpoint_weights()
+            except ThawError:
+                return ""
+            self._weights_digest = weights_digest({k: TensorData.of(v) for k, v in w.items()})
+        return self._weights_digest
+
+    def identity(self):
+        return engine_access.engine_identity(self.parts, self.weights_digest())
+
+    # -- snapshot -------------------------------------------------------------------
+    def capture(self, *, weights: bool = True) -> StateSnapshot:
+        """An in-memory StateSnapshot of the engine (KV copied out, weights referenced)."""
+        snap, self.last_capture = capture(self.parts, self.recorder, self.identity(),
+                                          self.checkpoint_weights() if weights else None)
+        return snap
+
+    def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True) -> CaptureReport:
+        """Writes the engine's state to `path` atomically; returns what was captured."""
+        save(self.capture(weights=weights), path)
+        return self.last_capture
+
+    # -- restore --------------------------------------------------------------------
+    def restore(self, source: SnapshotSource, *, verify: bool = True, weights: bool = True,
+                requests: bool = True) -> RestoreReport:
+        """Hydrates this engine from a snapshot file (CRC-checked first) or object.
+
+        Raises a ThawError subclass before touching the engine when the snapshot does not
+        fit (identity, layout, capacity, request ids); `verify=False` skips only the
+        whole-file CRC pass and exists for tests that corrupt KV on purpose.
+        """
+        snap = source if isinstance(source, StateSnapshot) else load(source, verify=verify)
+        report, resumed = restore(self.parts, snap, self.recorder, engine_id=self.identity(),
+                                  engine_weights_digest=self.weights_digest(),
+                                  load_weights=weights, resume=requests)
+        if report.weights_restored:
+            self._restored_weights = {k: v.tensor() for k, v in snap.weights.items()}
+            self._weights_digest = snap.identity.weights_digest
+        self.resumed_outputs.update(resumed)
+        self.last_restore = report
+        return report
+
+    def finish_requests(self) -> dict[str, list[int]]:
+        """Steps the engine until every request finishes; returns each one's full output,
+        including tokens generated before a snapshot for resumed requests."""
+        engine = self.parts.llm.llm_engine
+        out: dict[str, list[int]] = {}
+        while engine.has_unfinished_requests():
+            for o in engine.step():
+                if o.finished:
+                    prior = self.resumed_outputs.pop(o.request_id, [])
+                    out[o.request_id] = prior + list(o.outputs[0].token_ids)
+        return out
+
+    def detach(self) -> None:
+        self.recorder.detach()
+
+
+def attach(llm: Any) -> VLLMHandle:
+    """Binds thaw to an in-process `vllm.LLM`. Attach right after creating the engine:
+    blocks cached before attaching have no recorded tokens and are reported, not saved."""
+    return VLLMHandle(llm)

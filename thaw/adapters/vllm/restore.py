@@ -1,0 +1,228 @@
+"""Hydrates a vLLM engine from a StateSnapshot.
+
+Order of work: every check first (identity, layout, capacity, request ids) so a refusal
+leaves the engine untouched; then weights, then KV pages and prefix hashes (rolled back on
+failure), then in-flight requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestState,
+                       StateSnapshot, ThawError, convert_pages)
+
+from .engine_access import EngineParts, reload_weights
+from .recorder import BlockRecord, BlockTokenRecorder
+
+# Identity fields that must agree before anything is touched.
+MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
+                "num_kv_heads", "head_dim", "page_size", "tp_size")
+
+
+@dataclass
+class RestoreReport:
+    pages_in_snapshot: int = 0
+    pages_written: int = 0
+    pages_already_cached: int = 0
+    weights_restored: int = 0
+    requests_resumed: list[str] = field(default_factory=list)
+    layout_converted: bool = False
+    kv_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _salt(extra_key: Optional[str], node: int) -> Optional[str]:
+    if extra_key is None:
+        return None
+    if extra_key.startswith("cache_salt:"):
+        return extra_key[len("cache_salt:"):]
+    raise EngineUnsupported(f"prefix node {node}: extra key {extra_key!r} has no vLLM equivalent here")
+
+
+def derive_hashes(parts: EngineParts, snap: StateSnapshot) -> list[bytes]:
+    """The target engine's own block hash for every snapshot page (same order as pages)."""
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import hash_block_tokens
+
+    tree = snap.prefix
+    bs = tree.page_size
+    fn = get_hash_fn_by_name(parts.core.vllm_config.cache_config.prefix_caching_hash_algo)
+    page_hash: dict[int, bytes] = {}
+    last_hash: dict[int, bytes] = {}
+    for i, node in enumerate(tree.nodes):
+        parent = last_hash.get(node.parent) if node.parent >= 0 else None
+        salt = _salt(tree.key_of(i), i) if node.parent < 0 else None
+        for k, page in enumerate(node.pages):
+            extra = (("cache_salt", salt),) if salt and k == 0 and node.parent < 0 else None
+            parent = hash_block_tokens(fn, parent, node.tokens[k * bs:(k + 1) * bs], extra)
+            page_hash[page] = bytes(parent)
+        last_hash[i] = parent
+    return [page_hash[p] for p in range(len(page_hash))]
+
+
+def check_hasher_agrees(parts: EngineParts, snap: StateSnapshot, hashes: list[bytes]) -> None:
+    """Guards against silent zero hits: our derivation must equal the engine's own hasher."""
+    from vllm import SamplingParams
+    from vllm.v1.request import Request
+
+    for leaf in snap.prefix.leaves()[:1]:
+        tokens, pages = snap.prefix.path(leaf)
+        salt = snap.prefix.key_of(leaf)
+        req = Request("thaw-hash-check", tokens, SamplingParams(max_tokens=1), None,
+                      cache_salt=_salt(salt, leaf), block_hasher=parts.core.request_block_hasher)
+        engine = [bytes(h) for h in req.block_hashes[:len(pages)]]
+        if engine != [hashes[p] for p in pages]:
+            raise EngineUnsupported("this vLLM derives block hashes differently from thaw's "
+                                    "derivation; refusing a restore that would never be hit")
+
+
+def check_fits(parts: EngineParts, snap: StateSnapshot, engine_id: Identity, has_weights: bool,
+               engine_weights_digest: str) -> None:
+    snap.identity.check_matches(engine_id, MATCH_FIELDS)
+    if not has_weights and snap.identity.weights_digest != engine_weights_digest:
+        raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
+                               engine_weights_digest or "(dummy or unknown weights)")
+    if snap.kv is not None and not snap.kv.layout.same_shape(parts.layout):
+        raise IdentityMismatch("kv layout", snap.kv.layout.to_json(), parts.layout.to_json())
+    live = set(parts.llm.llm_engine.output_processor.request_states)
+    live |= {s.external_req_id for s in parts.llm.llm_engine.output_processor.request_states.values()}
+    clash = [r.request_id for r in snap.requests if r.request_id in live]
+    if clash:
+        raise ThawError(f"requests {clash} are already running in this engine")
+
+
+def write_kv(parts: EngineParts, snap: StateSnapshot, hashes: list[bytes],
+             recorder: BlockTokenRecorder, report: RestoreReport) -> None:
+    """Allocates fresh blocks, writes pages, registers hashes; undoes all of it on failure."""
+    from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+
+    bp = parts.block_pool
+    existing = {}
+    for page, h in enumerate(hashes):
+        blk = bp.cached_block_hash_to_block.get_one_block(make_block_hash_with_group_id(h, 0))
+        if blk is not None:
+            existing[page] = blk
+    needed = [p for p in range(len(hashes)) if p not in existing]
+    report.pages_already_cached = len(existing)
+    if len(needed) > bp.get_num_free_blocks() - sum(1 for b in existing.values() if b.ref_cnt == 0):
+        raise ThawError(f"the engine has {bp.get_num_free_blocks()} free KV blocks; the snapshot "
+                        f"needs {len(needed)} more (pages not already cached)")
+    held = list(existing.values())
+    bp.touch(held)  # keep hit blocks from being evicted while allocating
+    fresh = bp.get_new_blocks(len(needed)) if needed else []
+    inserted = []
+    try:
+        if needed:
+            idx = torch.tensor(needed, dtype=torch.long)
+            ids = torch.tensor([b.block_id for b in fresh], dtype=torch.long,
+                               device=parts.kv_caches[0].device)
+            for layer, kv in zip(snap.kv.layers, parts.kv_caches):
+                pages = layer.tensor()
+                if snap.kv.layout != parts.layout:
+                    pages = convert_pages(pages, snap.kv.layout, parts.layout)
+                    report.layout_converted = True
+                src = pages.index_select(0, idx).reshape((len(needed),) + tuple(kv.shape[1:]))
+                kv.index_copy_(0, ids, src.to(kv.device))
+                report.kv_bytes += src.numel() * src.element_size()
+        parents = _page_parents(snap)
+        depth = _depths(snap)
+        index = _page_index(snap)
+        for page, blk in zip(needed, fresh):
+            key = make_block_hash_with_group_id(hashes[page], 0)
+            bp._insert_block_hash(key, blk, num_tokens=(depth[page] + 1) * parts.block_size)
+            inserted.append(blk)
+            parent = parents[page]
+            recorder.add(hashes[page], _page_record(snap, index, page,
+                                                    hashes[parent] if parent is not None else None))
+    except BaseException:
+        for blk in inserted:
+            bp._maybe_evict_cached_block(blk)
+        bp.free_blocks(fresh)
+        bp.free_blocks(held)
+        raise
+    # Deepest pages first: they are evicted before their parents, as vLLM itself orders it.
+    order = sorted(zip(needed, fresh), key=lambda pb: -depth[pb[0]])
+    bp.free_blocks([b for _, b in order])
+    bp.free_blocks(held)
+    report.pages_written = len(needed)
+
+
+def _page_parents(snap: StateSnapshot) -> dict[int, Optional[int]]:
+    parents: dict[int, Optional[int]] = {}
+    last: dict[int, Optional[int]] = {}
+    for i, node in enumerate(snap.prefix.nodes):
+        prev = last.get(node.parent) if node.parent >= 0 else None
+        for page in node.pages:
+            parents[page] = prev
+            prev = page
+        last[i] = prev
+    return parents
+
+
+def _depths(snap: StateSnapshot) -> dict[int, int]:
+    """Number of ancestor pages of each page (nodes list parents before children)."""
+    depth: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for i, node in enumerate(snap.prefix.nodes):
+        first = last[node.parent] + 1 if node.parent >= 0 else 0
+        for k, page in enumerate(node.pages):
+            depth[page] = first + k
+        last[i] = first + len(node.pages) - 1
+    return depth
+
+
+def _page_index(snap: StateSnapshot) -> dict[int, tuple[int, int]]:
+    """page -> (node, position of the page within the node)."""
+    return {page: (i, k) for i, node in enumerate(snap.prefix.nodes) for k, page in enumerate(node.pages)}
+
+
+def _page_record(snap: StateSnapshot, index: dict[int, tuple[int, int]], page: int,
+                 parent_hash: Optional[bytes]) -> BlockRecord:
+    i, k = index[page]
+    node = snap.prefix.nodes[i]
+    bs = snap.prefix.page_size
+    root_page = node.parent < 0 and k == 0
+    return BlockRecord(parent=parent_hash, tokens=tuple(node.tokens[k * bs:(k + 1) * bs]),
+                       extra_key=snap.prefix.key_of(i) if root_page else None, supported=True)
+
+
+def resume_requests(parts: EngineParts, requests: list[RequestState], report: RestoreReport) -> dict[str, list[int]]:
+    """Re-queues in-flight requests; their KV prefix is found in the restored cache."""
+    from vllm import SamplingParams
+
+    done: dict[str, list[int]] = {}
+    for req in requests:
+        sampling = dict(req.sampling)
+        produced = len(req.output_token_ids)
+        sampling["max_tokens"] = max(1, sampling["max_tokens"] - produced)
+        sampling["min_tokens"] = max(0, sampling.get("min_tokens", 0) - produced)
+        prompt: dict[str, Any] = {"prompt_token_ids": list(req.prompt_token_ids) + list(req.output_token_ids)}
+        if req.extra.get("cache_salt"):
+            prompt["cache_salt"] = req.extra["cache_salt"]
+        parts.llm.llm_engine.add_request(req.request_id, prompt, SamplingParams(**sampling))
+        done[req.request_id] = list(req.output_token_ids)
+        report.requests_resumed.append(req.request_id)
+    return done
+
+
+def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorder, *,
+            engine_id: Identity, engine_weights_digest: str, load_weights: bool, resume: bool) -> tuple[RestoreReport, dict[str, list[int]]]:
+    report = RestoreReport(pages_in_snapshot=snap.kv.num_pages if snap.kv else 0)
+    has_weights = load_weights and bool(snap.weights)
+    check_fits(parts, snap, engine_id, has_weights, engine_weights_digest)
+    hashes = derive_hashes(parts, snap) if snap.prefix is not None and snap.prefix.nodes else []
+    if hashes:
+        check_hasher_agrees(parts, snap, hashes)
+    if has_weights:
+        reload_weights(parts, [(name, data.tensor()) for name, data in snap.weights.items()])
+        report.weights_restored = len(snap.weights)
+    if hashes:
+        write_kv(parts, snap, hashes, recorder, report)
+    resumed = resume_requests(parts, snap.requests, report) if resume else {}
+    return report, resumed
