@@ -22,4 +22,5 @@ if [ "$engines" = 1 ]; then
   bash scripts/install-engines.sh .venv
 fi
 $PIP install -q ".$extras"
-echo "setup.sh: thaw installed in .venv ($(.venv/bin/python -c 'import thaw._native as n; print("native movers, crc32c", n.crc32c_backend())'))"
+venv_python="$PWD/.venv/bin/python"
+echo "setup.sh: thaw installed in .venv ($(cd / && "$venv_python" -c 'import thaw._native as n; print("native movers, crc32c", n.crc32c_backend())'))"

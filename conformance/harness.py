@@ -1,0 +1,82 @@
+"""What an adapter supplies to the conformance suite, and the warm parent it builds."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from thaw.core import load
+from thaw.workers import EngineWorker
+
+
+@dataclass
+class EngineUnderTest:
+    """An engine as the suite sees it.
+
+    driver: "module:Class" implementing the worker protocol (see thaw.workers): methods
+        generate, state, snapshot, restore, add_request, step, finish, info.
+    config: engine config of the parent and of reference engines (real weights).
+    fresh_config: config of a restore target; should not read the checkpoint
+        (e.g. dummy weights), so that a correct output proves the weights were restored.
+    mismatches: name -> (config that the snapshot must not restore into, identity field
+        the refusal must name).
+    prompt: the shared prefix, long enough to fill several pages.
+    page_size: tokens per KV page of the engine.
+    """
+
+    driver: str
+    config: dict[str, Any]
+    fresh_config: dict[str, Any]
+    mismatches: dict[str, tuple[dict[str, Any], str]]
+    prompt: list[int]
+    page_size: int
+    max_tokens: int = 8
+    inflight_steps: int = 3
+    inflight_max_tokens: int = 12
+    fork_engine: str = "vllm"  # name in thaw.fork.DRIVERS
+
+    @contextmanager
+    def engine(self, **overrides: Any) -> Iterator[EngineWorker]:
+        with EngineWorker(self.driver, {**self.config, **overrides}) as w:
+            yield w
+
+    @contextmanager
+    def fresh_engine(self, **overrides: Any) -> Iterator[EngineWorker]:
+        with EngineWorker(self.driver, {**self.config, **self.fresh_config, **overrides}) as w:
+            yield w
+
+    def expected_cached(self, snapshot: Path, prompt: list[int]) -> int:
+        """Full pages of `prompt` in the snapshot's tree; engines keep >= 1 token to compute."""
+        matched, _ = load(snapshot, verify=False).prefix.match(prompt)
+        limit = (len(prompt) - 1) // self.page_size * self.page_size
+        return min(matched, limit)
+
+
+@dataclass
+class Trunk:
+    """A warm parent's outputs and snapshots, made once per test class."""
+
+    trunk_path: Path
+    inflight_path: Path
+    cold: dict[str, Any]
+    cached: dict[str, Any]
+    inflight_prompt: list[int]
+    uninterrupted: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
+    trunk_path, inflight_path = workdir / "trunk.thaw", workdir / "inflight.thaw"
+    inflight_prompt = eut.prompt[: len(eut.prompt) * 3 // 4]
+    with eut.engine() as parent:
+        cold = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
+        cached = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
+        parent.call("snapshot", path=str(trunk_path))
+        parent.call("add_request", request_id="inflight-0", prompt_token_ids=inflight_prompt,
+                    max_tokens=eut.inflight_max_tokens)
+        parent.call("step", n=eut.inflight_steps)
+        parent.call("snapshot", path=str(inflight_path))
+        uninterrupted = parent.call("finish")["inflight-0"]
+    return Trunk(trunk_path, inflight_path, cold, cached, inflight_prompt, uninterrupted)

@@ -1,0 +1,113 @@
+"""The checks. Each test names the engine behaviour it relies on as its oracle."""
+
+from __future__ import annotations
+
+import shutil
+import pytest
+import torch
+
+import thaw
+from thaw.core.container import Container
+from thaw.workers import RemoteError
+
+from .harness import EngineUnderTest, Trunk, build_trunk
+
+
+class SnapshotRestoreConformance:
+    """Mix into a pytest class; provide a fixture `engine_under_test` -> EngineUnderTest."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def trunk(cls, engine_under_test: EngineUnderTest, tmp_path_factory) -> Trunk:
+        return build_trunk(engine_under_test, tmp_path_factory.mktemp("trunk"))
+
+    # -- the restored prefix is really used -------------------------------------------
+    def test_restored_engine_hits_prefix_and_matches_parent(self, engine_under_test, trunk):
+        eut = engine_under_test
+        expected = eut.expected_cached(trunk.trunk_path, eut.prompt)
+        assert expected >= 2 * eut.page_size, "the prompt must fill several pages"
+        assert trunk.cached["cached_tokens"] == expected, "parent's own second run is the reference"
+        with eut.fresh_engine() as child:
+            child.call("restore", path=str(trunk.trunk_path))
+            out = child.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
+        assert out["cached_tokens"] == expected
+        assert out["tokens"] == trunk.cached["tokens"]
+
+    def test_control_without_restore_has_no_hits(self, engine_under_test, trunk):
+        with engine_under_test.engine() as control:
+            out = control.call("generate", prompt_token_ids=engine_under_test.prompt,
+                               max_tokens=engine_under_test.max_tokens)
+        assert out["cached_tokens"] == 0
+        assert out["tokens"] == trunk.cold["tokens"]
+
+    def test_restored_kv_is_what_the_engine_reads(self, engine_under_test, trunk, tmp_path):
+        """Same tree and checksums-valid file, KV bytes replaced: hits stay, output changes."""
+        eut = engine_under_test
+        snap = thaw.load(trunk.trunk_path)
+        g = torch.Generator().manual_seed(1)
+        for layer in snap.kv.layers:
+            t = layer.tensor()
+            layer._tensor = torch.randn(t.shape, generator=g).to(t.dtype)
+        forged = tmp_path / "random-kv.thaw"
+        thaw.save(snap, forged)
+        with eut.engine() as child:
+            child.call("restore", path=str(forged), weights=False)
+            out = child.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
+        assert out["cached_tokens"] == eut.expected_cached(trunk.trunk_path, eut.prompt)
+        assert out["tokens"] != trunk.cached["tokens"]
+
+    # -- refusals leave the engine as it was --------------------------------------------
+    def test_corrupted_file_refused_engine_untouched(self, engine_under_test, trunk, tmp_path):
+        eut = engine_under_test
+        bad = tmp_path / "corrupted.thaw"
+        shutil.copyfile(trunk.trunk_path, bad)
+        sec = Container(bad).sections["kv/layer/0"]
+        with open(bad, "r+b") as f:
+            f.seek(sec.offset + sec.length // 2)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0x10]))
+        with eut.engine() as target:
+            before = target.call("state")
+            with pytest.raises(RemoteError) as err:
+                target.call("restore", path=str(bad))
+            assert err.value.type == "ChecksumError" and "kv/layer/0" in err.value.remote_message
+            assert target.call("state") == before
+            out = target.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
+        assert out["cached_tokens"] == 0 and out["tokens"] == trunk.cold["tokens"]
+
+    def test_mismatched_engines_refused_and_still_serve(self, engine_under_test, trunk):
+        eut = engine_under_test
+        assert eut.mismatches, "an adapter must name at least one mismatched engine"
+        for name, (overrides, field_name) in eut.mismatches.items():
+            with eut.engine(**overrides) as target:
+                before = target.call("state")
+                with pytest.raises(RemoteError) as err:
+                    target.call("restore", path=str(trunk.trunk_path))
+                assert err.value.type == "IdentityMismatch", name
+                assert field_name in err.value.remote_message, (name, err.value.remote_message)
+                assert target.call("state") == before, name
+                out = target.call("generate", prompt_token_ids=eut.prompt[:40], max_tokens=2)
+                assert len(out["tokens"]) == 2 and out["cached_tokens"] == 0, name
+
+    # -- in-flight requests and fork ----------------------------------------------------
+    def test_inflight_request_resumes_to_uninterrupted_result(self, engine_under_test, trunk):
+        snap = thaw.load(trunk.inflight_path)
+        req = next(r for r in snap.requests if r.request_id == "inflight-0")
+        assert 0 < len(req.output_token_ids) < engine_under_test.inflight_max_tokens
+        with engine_under_test.fresh_engine() as child:
+            child.call("restore", path=str(trunk.inflight_path))
+            done = child.call("finish")
+        assert done["inflight-0"] == trunk.uninterrupted
+
+    def test_fork_four_children_hit_prefix_and_diverge(self, engine_under_test, trunk):
+        from thaw.fork import fork
+
+        eut = engine_under_test
+        children = fork(str(trunk.trunk_path), 4, engine=eut.fork_engine,
+                        engine_config={**eut.config, **eut.fresh_config},
+                        prompt=eut.prompt, max_tokens=eut.max_tokens, temperature=1.0,
+                        seeds=[11, 12, 13, 14])
+        expected = eut.expected_cached(trunk.trunk_path, eut.prompt)
+        assert [c.cached_tokens for c in children] == [expected] * 4
+        assert len({tuple(c.tokens) for c in children}) > 1, "seeded children should diverge"

@@ -1,0 +1,73 @@
+"""A vLLM engine behind the worker protocol (thaw.workers), for fork, demo and conformance."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional
+
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "dtype": "float32", "enforce_eager": True, "enable_prefix_caching": True,
+    "max_model_len": 2048, "seed": 0, "block_size": 32,
+    "kv_cache_memory_bytes": 64 * 2**20, "skip_tokenizer_init": True,
+}
+
+
+class VLLMDriver:
+    """Builds `vllm.LLM(**ENGINE_DEFAULTS | config)` in-process and attaches thaw to it."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        from . import attach
+
+        t0 = time.perf_counter()
+        self.llm = LLM(**{**ENGINE_DEFAULTS, **config})
+        self.boot_seconds = time.perf_counter() - t0
+        self.handle = attach(self.llm)
+
+    def _params(self, max_tokens: int, temperature: float, seed: Optional[int]):
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                              ignore_eos=True)
+
+    def info(self) -> dict[str, Any]:
+        return {"identity": self.handle.identity().to_json(), "boot_seconds": self.boot_seconds}
+
+    def generate(self, prompt_token_ids: list[int], max_tokens: int, temperature: float = 0.0,
+                 seed: Optional[int] = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = self.llm.generate([{"prompt_token_ids": prompt_token_ids}],
+                                self._params(max_tokens, temperature, seed), use_tqdm=False)[0]
+        return {"tokens": list(out.outputs[0].token_ids), "cached_tokens": out.num_cached_tokens,
+                "seconds": time.perf_counter() - t0}
+
+    def state(self) -> dict[str, Any]:
+        bp = self.handle.parts.block_pool
+        return {"free_blocks": bp.get_num_free_blocks(),
+                "cached_blocks": sum(1 for b in bp.blocks if b.block_hash is not None)}
+
+    def snapshot(self, path: str, weights: bool = True) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        report = self.handle.snapshot(path, weights=weights).to_json()
+        return {**report, "seconds": time.perf_counter() - t0}
+
+    def restore(self, path: str, verify: bool = True, weights: bool = True,
+                requests: bool = True) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        report = self.handle.restore(path, verify=verify, weights=weights, requests=requests).to_json()
+        return {**report, "seconds": time.perf_counter() - t0}
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,
+                    temperature: float = 0.0, seed: Optional[int] = None) -> None:
+        self.llm.llm_engine.add_request(request_id, {"prompt_token_ids": prompt_token_ids},
+                                        self._params(max_tokens, temperature, seed))
+
+    def step(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.llm.llm_engine.step()
+
+    def finish(self) -> dict[str, list[int]]:
+        return self.handle.finish_requests()

@@ -1,0 +1,62 @@
+"""Fork a warm engine: N fresh engines, each in its own process, restored from one snapshot.
+
+Each child gets the parent's prefix as a cache hit and then continues with its own
+sampling seed, so branches diverge. Engines are named by driver (see `DRIVERS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from .core import SchemaError, load
+from .workers import EngineWorker
+
+DRIVERS = {"vllm": "thaw.adapters.vllm.driver:VLLMDriver"}
+
+
+@dataclass
+class ForkChild:
+    index: int
+    seed: Optional[int]
+    cached_tokens: int
+    tokens: list[int]
+    restore_seconds: float
+    first_request_seconds: float
+    restore_report: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trunk_tokens(snapshot_path: str) -> list[int]:
+    """The longest cached token path of a snapshot: what children continue from."""
+    snap = load(snapshot_path, verify=False)
+    if snap.prefix is None or not snap.prefix.nodes:
+        raise SchemaError(f"{snapshot_path} holds no prefix tree to fork from")
+    leaf = max(snap.prefix.leaves(), key=lambda n: len(snap.prefix.path(n)[0]))
+    return snap.prefix.path(leaf)[0]
+
+
+def fork(snapshot_path: str, n: int, *, engine: str = "vllm", engine_config: dict[str, Any],
+         prompt: Optional[list[int]] = None, max_tokens: int = 16, temperature: float = 1.0,
+         seeds: Optional[list[int]] = None) -> list[ForkChild]:
+    """Starts `n` children, restores the snapshot into each, and continues `prompt`
+    (default: the snapshot's longest cached path) with a different seed per child."""
+    if engine not in DRIVERS:
+        raise SchemaError(f"unknown engine {engine!r}; known: {sorted(DRIVERS)}")
+    prompt = prompt if prompt is not None else trunk_tokens(snapshot_path)
+    seeds = seeds if seeds is not None else list(range(n))
+    workers = [EngineWorker(DRIVERS[engine], engine_config, start=False) for _ in range(n)]
+    children = []
+    try:
+        for i, w in enumerate(workers):
+            report = w.call("restore", path=str(snapshot_path), requests=False)
+            out = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens,
+                         temperature=temperature, seed=seeds[i])
+            children.append(ForkChild(i, seeds[i], out["cached_tokens"], out["tokens"],
+                                      report["seconds"], out["seconds"], report))
+    finally:
+        for w in workers:
+            w.close()
+    return children
