@@ -110,4 +110,5 @@ class SnapshotRestoreConformance:
                         seeds=[11, 12, 13, 14])
         expected = eut.expected_cached(trunk.trunk_path, eut.prompt)
         assert [c.cached_tokens for c in children] == [expected] * 4
+        assert all(c.greedy_tokens == trunk.cached["tokens"] for c in children)
         assert len({tuple(c.tokens) for c in children}) > 1, "seeded children should diverge"

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -183,6 +184,25 @@ uint32_t crc32c_parallel(const uint8_t* data, size_t len, int shards, int thread
   uint32_t total = 0;
   for (int i = 0; i < shards; ++i) total = crc32c_combine(total, crcs[i], lens[i]);
   return total;
+}
+
+std::vector<uint32_t> crc32c_chunks(const uint8_t* data, size_t len, size_t chunk_size,
+                                    int threads) {
+  if (chunk_size == 0) throw std::invalid_argument("chunk_size must be positive");
+  const size_t n = (len + chunk_size - 1) / chunk_size;
+  std::vector<uint32_t> crcs(n, 0);
+  threads = static_cast<int>(std::max<size_t>(1, std::min<size_t>(threads, n)));
+  auto work = [&](int first) {
+    for (size_t k = first; k < n; k += threads) {
+      const size_t begin = k * chunk_size;
+      crcs[k] = crc32c_extend(0, data + begin, std::min(chunk_size, len - begin));
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& th : pool) th.join();
+  return crcs;
 }
 
 const char* crc32c_backend() {

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace thaw {
 
@@ -19,6 +20,11 @@ uint32_t crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 // Splits the buffer into `shards` contiguous pieces, checksums them on up to `threads`
 // threads, and combines the results. Equal to crc32c_extend(0, data, len).
 uint32_t crc32c_parallel(const uint8_t* data, size_t len, int shards, int threads);
+
+// CRC32C of each `chunk_size` piece of the buffer (the last may be shorter), computed on
+// up to `threads` threads.
+std::vector<uint32_t> crc32c_chunks(const uint8_t* data, size_t len, size_t chunk_size,
+                                    int threads);
 
 // "sse4.2" where the CPU's CRC32 instruction is used, else "portable".
 const char* crc32c_backend();

@@ -57,6 +57,15 @@ NB_MODULE(_native, m) {
       "CRC32C of `data` computed as `shards` pieces on `threads` threads, then combined.");
 
   m.def(
+      "crc32c_chunks",
+      [](ConstBytes data, size_t chunk_size, int threads) {
+        nb::gil_scoped_release unlocked;
+        return thaw::crc32c_chunks(data.data(), data.size(), chunk_size, threads);
+      },
+      "data"_a, "chunk_size"_a, "threads"_a,
+      "CRC32C of each chunk_size piece of `data`, on up to `threads` threads.");
+
+  m.def(
       "read_section",
       [](const std::string& path, uint64_t offset, MutBytes dest, uint64_t padded_len,
          uint64_t chunk_size, int threads, bool direct) {

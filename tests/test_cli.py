@@ -74,7 +74,7 @@ def test_diff_reports_shared_prefix(tmp_path):
 
 
 def test_demo_runs(tmp_path):
-    out = run("demo", cwd=tmp_path)
+    out = run("demo", "--core", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "tensors identical after the round trip: True" in out.stdout
     assert "corrupted copy refused" in out.stdout

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
 from typing import Optional
 
-from .core import ThawError, load
+from .core import EngineUnsupported, ThawError, load
 from .core.container import Container
 from .core.summary import diff_snapshots, inspect_snapshot
 
@@ -84,9 +85,32 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    if args.core:
+        from .demo import run_demo
 
-    return run_demo(args)
+        return run_demo(args)
+    if importlib.util.find_spec("vllm") is None:
+        raise EngineUnsupported("the fork demo needs vLLM: install it with "
+                                "`bash scripts/setup.sh --engines`, or run `thaw demo --core` "
+                                "for the engine-free example")
+    from .demo_fork import run_fork_demo
+
+    return run_fork_demo(args)
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    from .fork import fork
+
+    children = fork(args.snapshot, args.n, engine=args.engine,
+                    engine_config=json.loads(args.engine_config), max_tokens=args.max_tokens,
+                    temperature=args.temperature)
+    if args.json:
+        print(json.dumps([c.to_json() for c in children], indent=2))
+        return 0
+    for c in children:
+        print(f"child {c.index}: {c.cached_tokens} cached tokens, restore {c.restore_seconds * 1e3:.0f} ms, "
+              f"TTFT {c.ttft_seconds * 1e3:.1f} ms, seed {c.seed}: {c.tokens}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,9 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
-    p = sub.add_parser("demo", help="run the built-in example end to end")
-    p.add_argument("--workdir", default=None, help="where to write snapshots (default: a temp dir)")
+    p = sub.add_parser("demo", help="fork a warm vLLM engine into fresh children (needs vLLM)")
+    p.add_argument("--workdir", default=None, help="where to write the model and snapshots (default: a temp dir)")
+    p.add_argument("--core", action="store_true", help="the engine-free example instead: save, verify, inspect, load")
+    p.add_argument("--context", type=int, default=2048, help="shared context length in tokens")
+    p.add_argument("--children", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=16)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("fork", help="restore a snapshot into N fresh engines and continue each")
+    p.add_argument("snapshot")
+    p.add_argument("-n", type=int, default=4, help="number of children")
+    p.add_argument("--engine", default="vllm")
+    p.add_argument("--engine-config", required=True, help='JSON engine config, e.g. {"model": "DIR"}')
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fork)
     return parser
 
 

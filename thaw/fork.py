@@ -17,12 +17,15 @@ DRIVERS = {"vllm": "thaw.adapters.vllm.driver:VLLMDriver"}
 
 @dataclass
 class ForkChild:
+    """One child: its cache hit, time to first token, greedy and sampled continuations."""
+
     index: int
     seed: Optional[int]
-    cached_tokens: int
-    tokens: list[int]
+    cached_tokens: int  # reported by the engine for the first request after restore
+    ttft_seconds: float  # that first request, one token long
+    greedy_tokens: list[int]
+    tokens: list[int]  # sampled with `seed`
     restore_seconds: float
-    first_request_seconds: float
     restore_report: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -52,10 +55,12 @@ def fork(snapshot_path: str, n: int, *, engine: str = "vllm", engine_config: dic
     try:
         for i, w in enumerate(workers):
             report = w.call("restore", path=str(snapshot_path), requests=False)
+            first = w.call("generate", prompt_token_ids=prompt, max_tokens=1)
+            greedy = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens)
             out = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens,
                          temperature=temperature, seed=seeds[i])
-            children.append(ForkChild(i, seeds[i], out["cached_tokens"], out["tokens"],
-                                      report["seconds"], out["seconds"], report))
+            children.append(ForkChild(i, seeds[i], first["cached_tokens"], first["seconds"],
+                                      greedy["tokens"], out["tokens"], report["seconds"], report))
     finally:
         for w in workers:
             w.close()

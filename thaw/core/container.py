@@ -8,6 +8,7 @@ under the target name, and never a temporary file that passes ``open``.
 
 from __future__ import annotations
 
+import mmap
 import os
 import secrets
 from pathlib import Path
@@ -20,6 +21,7 @@ from .errors import ChecksumError, FormatError
 from .movers import DEFAULT_THREADS, Buffer, movers
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault the pages in up front
 VERIFY_WINDOW = 64 * 2**20  # bytes read per call while verifying a section
 
 
@@ -115,6 +117,7 @@ class Container:
             raise FormatError("header: field 'meta' must be a JSON object")
         self.meta: dict[str, Any] = header["meta"]
         self.data_start = fmt.PREAMBLE_SIZE + pre.header_length
+        self._maps: list[mmap.mmap] = []
         self.sections: dict[str, fmt.Section] = {
             s.name: s for s in fmt.parse_sections(header, self.data_start, self.file_size)
         }
@@ -147,6 +150,27 @@ class Container:
         if n != sec.length:
             raise FormatError(f"section {name!r} holds {sec.length} bytes; the buffer has {n}")
         self._read_window(sec, 0, dest, verify, threads, direct)
+
+    def map_section(self, name: str) -> np.ndarray:
+        """The section's payload as a read-only view of the page cache (no copy), after the
+        CRC32C of every chunk of its padded extent has been checked.
+
+        The mapping is populated up front and stays valid while this Container lives.
+        """
+        sec = self.section(name)
+        if sec.padded_length == 0:
+            return np.empty(0, dtype=np.uint8)
+        with open(self.path, "rb") as f:
+            # Read-only: a writable private mapping would be populated by copying every page.
+            m = mmap.mmap(f.fileno(), sec.padded_length, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                          prot=mmap.PROT_READ, offset=sec.offset)
+        self._maps.append(m)
+        view = np.frombuffer(m, dtype=np.uint8)
+        crcs = movers().crc32c_chunks(view, sec.chunk_size, DEFAULT_THREADS)
+        for k, (actual, expected) in enumerate(zip(crcs, sec.chunk_crcs)):
+            if actual != expected:
+                raise ChecksumError(f"section {sec.name!r} chunk {k}", expected, actual)
+        return view[:sec.length]
 
     def read(self, name: str, *, verify: bool = True) -> np.ndarray:
         sec = self.section(name)

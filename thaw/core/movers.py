@@ -33,6 +33,7 @@ class Movers:
     crc32c: Callable[..., int]
     crc32c_combine: Callable[[int, int, int], int]
     crc32c_parallel: Callable[[Buffer, int, int], int]
+    crc32c_chunks: Callable[[Buffer, int, int], list[int]]
     read_section: Callable[..., tuple[list[int], bool]]
     check_section: Callable[..., list[int]]
     write_section: Callable[..., list[int]]
@@ -53,6 +54,7 @@ def _native_movers() -> Movers:
         crc32c=native.crc32c,
         crc32c_combine=native.crc32c_combine,
         crc32c_parallel=native.crc32c_parallel,
+        crc32c_chunks=native.crc32c_chunks,
         read_section=native.read_section,
         check_section=native.check_section,
         write_section=native.write_section,
@@ -80,6 +82,11 @@ def _py_crc_parallel(data: Buffer, shards: int, threads: int) -> int:
         piece = view[start : start + step]
         total = pycrc.crc32c_combine(total, pycrc.crc32c(piece), len(piece))
     return total
+
+
+def _py_crc_chunks(data: Buffer, chunk_size: int, threads: int) -> list[int]:
+    view = _byte_view(data)
+    return [pycrc.crc32c(view[i:i + chunk_size]) for i in range(0, len(view), chunk_size)]
 
 
 def _chunks(padded_len: int, chunk_size: int):
@@ -152,6 +159,7 @@ def _python_movers() -> Movers:
         crc32c=_py_crc,
         crc32c_combine=pycrc.crc32c_combine,
         crc32c_parallel=_py_crc_parallel,
+        crc32c_chunks=_py_crc_chunks,
         read_section=_py_read_section,
         check_section=_py_check_section,
         write_section=_py_write_section,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -66,6 +67,19 @@ class TensorData:
         else:
             assert self._container is not None and self._section is not None
             self._container.read_into(self._section, out)
+
+    def mapped(self) -> torch.Tensor:
+        """The data without copying where possible: the in-memory tensor, or a verified,
+        read-only view of the file's pages (valid while the snapshot's file stays open).
+        Callers must not write to it."""
+        if self._tensor is not None:
+            return self._tensor
+        assert self._container is not None and self._section is not None
+        view = self._container.map_section(self._section)
+        with warnings.catch_warnings():  # the view is read-only on purpose; torch warns about it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            raw = torch.from_numpy(view)
+        return raw.view(self.dtype).reshape(self.shape) if raw.numel() else torch.empty(self.shape, dtype=self.dtype)
 
     def raw_bytes_view(self) -> torch.Tensor:
         """The in-memory tensor as a contiguous CPU tensor, ready to be written."""

@@ -34,7 +34,9 @@ class VLLMDriver:
                               ignore_eos=True)
 
     def info(self) -> dict[str, Any]:
-        return {"identity": self.handle.identity().to_json(), "boot_seconds": self.boot_seconds}
+        return {"identity": self.handle.identity().to_json(), "boot_seconds": self.boot_seconds,
+                "kv_prefault": sorted(self.handle.kv_prefault),
+                "kv_prefault_seconds": self.handle.kv_prefault_seconds}
 
     def generate(self, prompt_token_ids: list[int], max_tokens: int, temperature: float = 0.0,
                  seed: Optional[int] = None) -> dict[str, Any]:
@@ -49,15 +51,18 @@ class VLLMDriver:
         return {"free_blocks": bp.get_num_free_blocks(),
                 "cached_blocks": sum(1 for b in bp.blocks if b.block_hash is not None)}
 
+    def reset_prefix_cache(self) -> bool:
+        return bool(self.llm.reset_prefix_cache())
+
     def snapshot(self, path: str, weights: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
         report = self.handle.snapshot(path, weights=weights).to_json()
         return {**report, "seconds": time.perf_counter() - t0}
 
-    def restore(self, path: str, verify: bool = True, weights: bool = True,
-                requests: bool = True) -> dict[str, Any]:
+    def restore(self, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.restore(path, verify=verify, weights=weights, requests=requests).to_json()
+        report = self.handle.restore(path, weights=weights, requests=requests).to_json()
+        report["seconds_by_phase"] = report.pop("seconds")
         return {**report, "seconds": time.perf_counter() - t0}
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,

