@@ -84,7 +84,8 @@ def capture_prefix(parts: EngineParts, recorder: BlockTokenRecorder,
 def gather_kv(parts: EngineParts, block_ids: list[int]) -> list[torch.Tensor]:
     """One gather per layer: [num_pages, page_elems] copies of the listed blocks."""
     ids = torch.tensor(block_ids, dtype=torch.long, device=parts.kv_caches[0].device)
-    return [kv.index_select(0, ids).reshape(len(block_ids), -1).cpu() for kv in parts.kv_caches]
+    elems = parts.layout.page_elems
+    return [kv.index_select(0, ids).reshape(len(block_ids), elems).cpu() for kv in parts.kv_caches]
 
 
 def capture_requests(parts: EngineParts, page_of_block: dict[int, int]) -> list[RequestState]:

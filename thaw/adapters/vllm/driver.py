@@ -22,9 +22,15 @@ class VLLMDriver:
 
         from . import attach
 
+        config = dict(config)
+        # Tokens to serve before attaching (tests: blocks cached before attach are reported).
+        before_attach = config.pop("thaw_prompt_before_attach", None)
         t0 = time.perf_counter()
         self.llm = LLM(**{**ENGINE_DEFAULTS, **config})
         self.boot_seconds = time.perf_counter() - t0
+        if before_attach:
+            self.llm.generate([{"prompt_token_ids": before_attach}], self._params(1, 0.0, None),
+                              use_tqdm=False)
         self.handle = attach(self.llm)
 
     def _params(self, max_tokens: int, temperature: float, seed: Optional[int]):

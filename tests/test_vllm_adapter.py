@@ -1,0 +1,81 @@
+"""vLLM-specific behaviour beyond the shared suite, against real vLLM in separate processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import thaw
+from thaw.testing.tiny_model import build_tiny_llama
+from thaw.workers import EngineWorker
+
+from .engines import needs_vllm
+
+pytestmark = [needs_vllm, pytest.mark.engine]
+DRIVER = "thaw.adapters.vllm.driver:VLLMDriver"
+PROMPT = [4 + (i * 37) % 500 for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+def test_kv_layout_descriptor_matches_reference_model(model, tmp_path):
+    """K and V read through thaw's descriptor equal what HF's own Llama computes."""
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("vllm_layout_probe.py")),
+                          model, json.dumps(PROMPT)], capture_output=True, text=True, cwd=tmp_path)
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    assert line, out.stderr[-3000:]
+    result = json.loads(line[0][len("RESULT "):])
+    assert result["layout"] == "vllm.cpu.vec" and result["tokens"] == 192
+    for layer in result["layers"]:
+        assert layer["k"] <= 1e-4 * max(1.0, layer["scale"]) and layer["v"] <= 1e-4 * max(1.0, layer["scale"])
+
+
+def test_blocks_cached_before_attach_are_reported(model, tmp_path):
+    with EngineWorker(DRIVER, {"model": model, "thaw_prompt_before_attach": PROMPT}) as w:
+        report = w.call("snapshot", path=str(tmp_path / "s.thaw"))
+    assert report["cached_blocks"] == 6 and report["captured_blocks"] == 0
+    assert len(report["unknown_blocks"]) == 6
+    assert thaw.load(tmp_path / "s.thaw").extras["vllm"]["capture"]["unknown_blocks"] == report["unknown_blocks"]
+
+
+MP_SCRIPT = r"""
+import sys
+from vllm import LLM
+from thaw.adapters.vllm import attach
+from thaw.adapters.vllm.driver import ENGINE_DEFAULTS
+from thaw.core import EngineUnsupported
+llm = LLM(model=sys.argv[1], **ENGINE_DEFAULTS)
+try:
+    attach(llm)
+except EngineUnsupported as exc:
+    print("REFUSED", exc)
+"""
+
+
+def test_multiprocess_engine_refused_with_the_setting_to_change(model, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    out = subprocess.run([sys.executable, "-c", MP_SCRIPT, model], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600)
+    assert "REFUSED" in out.stdout, out.stderr[-3000:]
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING=0" in out.stdout
+
+
+def test_fork_cli(model, tmp_path):
+    snap = tmp_path / "trunk.thaw"
+    with EngineWorker(DRIVER, {"model": model}) as parent:
+        parent.call("generate", prompt_token_ids=PROMPT, max_tokens=1)
+        parent.call("snapshot", path=str(snap))
+    out = subprocess.run([sys.executable, "-m", "thaw.cli", "fork", str(snap), "-n", "2", "--json",
+                          "--engine-config", json.dumps({"model": model, "load_format": "dummy"})],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    children = json.loads(out.stdout)
+    # Children continue the 192 cached tokens; the engine computes at least the last page.
+    assert [c["cached_tokens"] for c in children] == [160, 160]
+    assert children[0]["greedy_tokens"] == children[1]["greedy_tokens"]
