@@ -22,7 +22,7 @@ from .errors import MoverUnavailable
 
 Buffer = Any  # numpy uint8 array, 1-D contiguous CPU torch uint8 tensor, bytes-like
 
-DEFAULT_THREADS = max(1, min(8, os.cpu_count() or 1))
+DEFAULT_THREADS = max(1, min(16, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
+
+import numpy as np
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -13,6 +15,13 @@ from .errors import SchemaError
 
 if TYPE_CHECKING:
     from .container import Container
+
+
+def readonly_tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch view of a read-only numpy array (e.g. a file mapping); callers must not write."""
+    with warnings.catch_warnings():  # read-only on purpose; torch warns about it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 class TensorData:
@@ -75,10 +84,7 @@ class TensorData:
         if self._tensor is not None:
             return self._tensor
         assert self._container is not None and self._section is not None
-        view = self._container.map_section(self._section)
-        with warnings.catch_warnings():  # the view is read-only on purpose; torch warns about it
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            raw = torch.from_numpy(view)
+        raw = readonly_tensor(self._container.map_section(self._section))
         return raw.view(self.dtype).reshape(self.shape) if raw.numel() else torch.empty(self.shape, dtype=self.dtype)
 
     def raw_bytes_view(self) -> torch.Tensor:

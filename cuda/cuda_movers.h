@@ -1,0 +1,38 @@
+// CUDA movers: batched KV page gather/scatter and CRC32C over device memory.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace thaw_cuda {
+
+// A page of layer l, block b consists of `num_segments` runs of `segment_bytes` bytes at
+// layer_base[l] + b * block_stride + segment_offset[s]. The packed buffer holds, for each
+// layer, each listed page, each segment, its bytes in that order.
+struct PagePlan {
+  const uint64_t* layer_bases;      // device array [num_layers]
+  const int64_t* block_ids;         // device array [num_pages]
+  const int64_t* segment_offsets;   // device array [num_segments]
+  int64_t num_layers, num_pages, num_segments;
+  int64_t block_stride, segment_bytes;
+};
+
+// packed <- pages (one launch). `packed` may be device memory or mapped pinned host memory.
+void gather_pages(const PagePlan& plan, uint8_t* packed, uintptr_t stream);
+// pages <- packed (one launch). With `gate` (a device int), nothing is written when *gate == 0.
+void scatter_pages(const PagePlan& plan, const uint8_t* packed, uintptr_t stream,
+                   const int* gate = nullptr);
+
+// CRC32C of each chunk of `padded_len` bytes at `data` (on the device); bytes at or past
+// `data_len` are taken as zeros (the file's padding). Blocks until the result is ready.
+std::vector<uint32_t> crc32c_chunks(const uint8_t* data, uint64_t data_len, uint64_t padded_len,
+                                    uint64_t chunk_size, uintptr_t stream);
+
+// Same, without waiting: CRCs go to device array `out`; where `expected` (device array) is
+// given, a chunk that differs sets the device int `*ok_flag` to 0.
+void crc32c_chunks_async(const uint8_t* data, uint64_t data_len, uint64_t padded_len,
+                         uint64_t chunk_size, uint32_t* out, const uint32_t* expected, int* ok_flag,
+                         uintptr_t stream);
+
+int device_count();
+
+}  // namespace thaw_cuda

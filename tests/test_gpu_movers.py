@@ -1,0 +1,136 @@
+"""CUDA movers. These need a CUDA device and the thaw._cuda extension; on machines without
+them they are skipped with that reason and run on the GPU box (see the issue notes)."""
+
+import pytest
+import torch
+
+import thaw
+from thaw.core.container import Container
+from thaw.core.movers import movers
+
+HAS_CUDA = torch.cuda.is_available()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
+    not HAS_CUDA, reason="needs a CUDA device: CPU-only machine; these run on the GPU box")]
+
+if HAS_CUDA:
+    from thaw.core.gpu import (PagePlan, RegisteredFile, copy_sections_to_gpu,
+                               device_crc32c_chunks, page_segments, stream_sections_to_gpu,
+                               upload_and_scatter)
+
+LAYOUTS = {
+    # name: (shape builder, block dim)
+    "vllm-cpu-like [blocks, heads, bs, 2*hd]": (lambda nb: (nb, 8, 16, 256), 0),
+    "flash-attn planes [2, blocks, bs, heads, hd]": (lambda nb: (2, nb, 16, 8, 128), 1),
+    "blocks first [blocks, 2, bs, heads, hd]": (lambda nb: (nb, 2, 16, 8, 128), 0),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("pages", ["empty", "single", "all", "unsorted"])
+def test_gather_scatter_round_trip(layout, dtype, pages):
+    shape_of, block_dim = LAYOUTS[layout]
+    nb, g = 64, torch.Generator(device="cuda").manual_seed(0)
+    layers = [torch.randn(shape_of(nb), device="cuda", dtype=torch.float32, generator=g).to(dtype) for _ in range(3)]
+    ids = {"empty": [], "single": [5], "all": list(range(nb)), "unsorted": [9, 3, 40, 1, 63, 0]}[pages]
+    ids = torch.tensor(ids, dtype=torch.int64, device="cuda")
+    plan = PagePlan(layers, ids, block_dim)
+    packed = torch.empty(plan.packed_bytes, dtype=torch.uint8, device="cuda")
+    plan.gather(packed)
+    seg = page_segments(layers[0], block_dim)
+    # packed holds, per layer and page, each segment's bytes: compare against torch indexing
+    per_page = packed.view(3, len(ids), len(seg.segment_offsets), seg.segment_bytes)
+    for li, t in enumerate(layers):
+        for pi, b in enumerate(ids.tolist()):
+            block = t.select(block_dim, b)
+            segs = block.reshape(len(seg.segment_offsets), -1) if block_dim else block.reshape(1, -1)
+            assert torch.equal(per_page[li, pi].view(dtype).reshape(segs.shape), segs)
+    targets = [torch.zeros_like(t) for t in layers]
+    PagePlan(targets, ids, block_dim).scatter(packed)
+    for t, back in zip(layers, targets):
+        assert torch.equal(t.index_select(block_dim, ids), back.index_select(block_dim, ids))
+    torch.cuda.synchronize()
+
+
+def test_duplicate_block_ids_refused():
+    t = torch.zeros(8, 4, 16, device="cuda")
+    with pytest.raises(thaw.SchemaError, match="repeat"):
+        PagePlan([t], torch.tensor([1, 1], device="cuda"))
+    with pytest.raises(thaw.SchemaError, match="outside"):
+        PagePlan([t], torch.tensor([8], device="cuda"))
+
+
+def test_gather_into_pinned_host_memory():
+    t = torch.randn(32, 4, 16, 64, device="cuda")
+    ids = torch.tensor([3, 7, 11], device="cuda")
+    plan = PagePlan([t], ids)
+    host = torch.empty(plan.packed_bytes, dtype=torch.uint8, pin_memory=True)
+    plan.gather(host)
+    torch.cuda.synchronize()
+    assert torch.equal(host.view(torch.float32).view(3, -1), t[ids].reshape(3, -1).cpu())
+
+
+@pytest.mark.parametrize("nbytes", [1, 4095, 4096, 1 << 20, (4 << 20) + 12345, 9 << 20])
+def test_gpu_crc_equals_cpu(nbytes):
+    data = torch.randint(0, 256, (nbytes,), dtype=torch.uint8)
+    padded = -(-nbytes // 4096) * 4096
+    cpu_bytes = torch.cat([data, torch.zeros(padded - nbytes, dtype=torch.uint8)])
+    expected = movers().crc32c_chunks(cpu_bytes.numpy(), 4 << 20, 1)
+    assert device_crc32c_chunks(data.cuda(), 4 << 20) == expected
+    flipped = data.clone()
+    flipped[nbytes // 2] ^= 1
+    assert device_crc32c_chunks(flipped.cuda(), 4 << 20) != expected
+
+
+@pytest.mark.parametrize("verify", ["cpu", "gpu"])
+def test_weights_from_registered_file(tmp_path, verify):
+    weights = {f"w{i}": torch.randn(1000 + i, 77, dtype=torch.bfloat16) for i in range(5)}
+    thaw.save(thaw.StateSnapshot.from_tensors(weights), tmp_path / "w.thaw")
+    c = Container(tmp_path / "w.thaw")
+    reg = RegisteredFile(c)
+    targets = {f"weights/{k}": torch.empty(v.shape, dtype=v.dtype, device="cuda") for k, v in weights.items()}
+    copy_sections_to_gpu(reg, targets, verify=verify)
+    for k, v in weights.items():
+        assert torch.equal(targets[f"weights/{k}"].cpu(), v)
+    reg.close()
+
+
+def test_cold_stream_and_corruption(tmp_path):
+    weights = {f"w{i}": torch.randn(3000, 512) for i in range(4)}
+    path = tmp_path / "w.thaw"
+    thaw.save(thaw.StateSnapshot.from_tensors(weights), path)
+    c = Container(path)
+    targets = {f"weights/{k}": torch.empty(v.shape, device="cuda") for k, v in weights.items()}
+    stream_sections_to_gpu(c, targets, staging_bytes=4 << 20)
+    for k, v in weights.items():
+        assert torch.equal(targets[f"weights/{k}"].cpu(), v)
+    with open(path, "r+b") as f:
+        f.seek(c.sections["weights/w2"].offset + 999)
+        f.write(b"\x00\x01")
+    with pytest.raises(thaw.ChecksumError, match="weights/w2"):
+        stream_sections_to_gpu(Container(path), targets, staging_bytes=4 << 20)
+    reg = RegisteredFile(Container(path))
+    with pytest.raises(thaw.ChecksumError, match="weights/w2"):
+        copy_sections_to_gpu(reg, targets, verify="gpu")
+    reg.close()
+
+
+def test_upload_and_scatter_checks_each_layer():
+    layers = [torch.randn(2, 40, 16, 4, 32, device="cuda") for _ in range(4)]
+    ids = torch.tensor([7, 2, 30, 11], device="cuda")
+    plan = PagePlan(layers, ids, block_dim=1)
+    staging = torch.empty(plan.packed_bytes, dtype=torch.uint8, device="cuda")
+    plan.gather(staging)
+    host = staging.cpu().pin_memory()
+    per = plan.packed_bytes // 4
+    expected = [movers().crc32c_chunks(host[i * per:(i + 1) * per].numpy(), 4 << 20, 2) for i in range(4)]
+    targets = [torch.zeros_like(t) for t in layers]
+    upload_and_scatter(targets, ids, host, torch.empty_like(staging), block_dim=1, expected_crcs=expected)
+    for t, back in zip(layers, targets):
+        assert torch.equal(t[:, ids], back[:, ids])
+    host[2 * per + 5] ^= 1
+    fresh = [torch.zeros_like(t) for t in layers]
+    with pytest.raises(thaw.ChecksumError, match="kv layer 2"):
+        upload_and_scatter(fresh, ids, host, torch.empty_like(staging), block_dim=1, expected_crcs=expected)
+    torch.cuda.synchronize()
+    assert torch.equal(fresh[1][:, ids], layers[1][:, ids]) and not fresh[2].any()

@@ -1,0 +1,318 @@
+"""GPU movers: KV pages between paged GPU tensors and packed buffers, CRC32C of device
+bytes, and weights from a snapshot file into GPU tensors.
+
+Needs the thaw._cuda extension (built where a CUDA toolkit was found) and a CUDA device;
+`cuda_movers()` raises MoverUnavailable saying which is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import mmap
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .container import Container
+from .errors import ChecksumError, MoverUnavailable, SchemaError
+from .format import align_up
+from .movers import DEFAULT_THREADS, movers
+from .tensor_data import readonly_tensor
+
+
+def cuda_movers() -> Any:
+    try:
+        mod = importlib.import_module("thaw._cuda")
+    except ImportError as exc:
+        raise MoverUnavailable(f"thaw was built without CUDA movers ({exc}); reinstall on a "
+                               "machine with a CUDA toolkit") from exc
+    if not torch.cuda.is_available() or mod.device_count() == 0:
+        raise MoverUnavailable("no CUDA device is available")
+    return mod
+
+
+@dataclass(frozen=True)
+class PageSegments:
+    """Where one page (block) of a paged tensor lies: `segment_offsets` (bytes from the
+    block's start) of runs of `segment_bytes` contiguous bytes; blocks `block_stride` apart."""
+
+    block_stride: int
+    segment_offsets: tuple[int, ...]
+    segment_bytes: int
+
+    @property
+    def page_bytes(self) -> int:
+        return len(self.segment_offsets) * self.segment_bytes
+
+
+def page_segments(t: torch.Tensor, block_dim: int = 0) -> PageSegments:
+    """Derives the segments of a paged tensor from its real strides: dims after `block_dim`
+    must be contiguous; dims before it enumerate segments (e.g. K and V planes)."""
+    item = t.element_size()
+    inner = t.shape[block_dim + 1:]
+    expected = 1
+    for size, stride in zip(reversed(inner), reversed(t.stride()[block_dim + 1:])):
+        if size != 1 and stride != expected:
+            raise SchemaError(f"paged tensor {tuple(t.shape)} with strides {t.stride()}: the dims "
+                              f"after block dim {block_dim} are not contiguous")
+        expected *= size
+    offsets = [0]
+    for size, stride in zip(t.shape[:block_dim], t.stride()[:block_dim]):
+        offsets = [o + i * stride * item for o in offsets for i in range(size)]
+    return PageSegments(t.stride(block_dim) * item, tuple(offsets), expected * item)
+
+
+class PagePlan:
+    """Device-side arrays describing pages of several same-shaped layers; reusable."""
+
+    def __init__(self, layers: list[torch.Tensor], block_ids: torch.Tensor, block_dim: int = 0) -> None:
+        if not layers:
+            raise SchemaError("no layers to move")
+        dev = layers[0].device
+        self.segments = page_segments(layers[0], block_dim)
+        for t in layers[1:]:
+            if page_segments(t, block_dim) != self.segments or t.device != dev:
+                raise SchemaError("all layers must share shape, strides and device")
+        ids = block_ids.to(device=dev, dtype=torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= layers[0].shape[block_dim]):
+            raise SchemaError(f"block ids outside [0, {layers[0].shape[block_dim]})")
+        if ids.numel() != torch.unique(ids).numel():
+            raise SchemaError("block ids must not repeat (a scatter would race)")
+        self.layers = layers
+        self.block_ids = ids
+        self.bases = torch.tensor([t.data_ptr() for t in layers], dtype=torch.int64, device=dev)
+        self.offsets = torch.tensor(self.segments.segment_offsets, dtype=torch.int64, device=dev)
+
+    @property
+    def packed_bytes(self) -> int:
+        return len(self.layers) * self.block_ids.numel() * self.segments.page_bytes
+
+    def _args(self, packed: torch.Tensor, stream: Optional[torch.cuda.Stream]) -> tuple:
+        if packed.numel() * packed.element_size() < self.packed_bytes or not packed.is_contiguous():
+            raise SchemaError(f"packed buffer must be contiguous and hold {self.packed_bytes} bytes")
+        s = stream or torch.cuda.current_stream(self.layers[0].device)
+        return (self.bases.data_ptr(), self.block_ids.data_ptr(), self.offsets.data_ptr(),
+                len(self.layers), self.block_ids.numel(), len(self.segments.segment_offsets),
+                self.segments.block_stride, self.segments.segment_bytes, packed.data_ptr(), s.cuda_stream)
+
+    def gather(self, packed: torch.Tensor, stream: Optional[torch.cuda.Stream] = None) -> None:
+        """packed[layer][page] <- pages, one kernel launch (packed: device or mapped pinned host)."""
+        cuda_movers().gather_pages(*self._args(packed, stream))
+
+    def scatter(self, packed: torch.Tensor, stream: Optional[torch.cuda.Stream] = None,
+                gate: Optional[torch.Tensor] = None) -> None:
+        """pages <- packed[layer][page], one kernel launch; with `gate` (a CUDA int32 scalar
+        written by DeviceVerifier) nothing is written unless the gate is still 1."""
+        cuda_movers().scatter_pages(*self._args(packed, stream), gate.data_ptr() if gate is not None else 0)
+
+
+class DeviceVerifier:
+    """Queues CRC32C checks of device bytes against a file's chunk CRCs without waiting.
+
+    Each `check` returns a CUDA int32 flag that stays 1 while the bytes match; it can gate
+    a later kernel on the same stream (PagePlan.scatter). `raise_if_failed` waits and
+    raises ChecksumError naming the first bad item and chunk.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]] = []
+
+    def check(self, name: str, data: torch.Tensor, expected: list[int], chunk_size: int,
+              padded_len: Optional[int] = None, stream: Optional[torch.cuda.Stream] = None) -> torch.Tensor:
+        n = data.numel() * data.element_size()
+        dev = data.device
+        s = stream or torch.cuda.current_stream(dev)
+        with torch.cuda.stream(s):
+            # pinned + non_blocking: a pageable upload would make the host wait for stream s
+            host_want = torch.from_numpy(np.array(expected, dtype=np.uint32).view(np.int32)).pin_memory()
+            want = host_want.to(dev, non_blocking=True)
+            got = torch.empty(len(expected), dtype=torch.int32, device=dev)
+            flag = torch.ones((), dtype=torch.int32, device=dev)
+        cuda_movers().crc32c_chunks_async(data.data_ptr(), n, padded_len or align_up(n), chunk_size,
+                                          got.data_ptr(), want.data_ptr(), flag.data_ptr(), s.cuda_stream)
+        self._items.append((name, got, flag, host_want, expected))  # keeps the pinned source alive
+        return flag
+
+    def raise_if_failed(self) -> None:
+        torch.cuda.synchronize()
+        for name, got, flag, _, expected in self._items:
+            if int(flag) == 0:
+                actual = got.cpu().numpy().view(np.uint32).tolist()
+                k = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
+                raise ChecksumError(f"{name} chunk {k} (in GPU memory)", expected[k], actual[k])
+
+
+def upload_and_scatter(layers: list[torch.Tensor], block_ids: torch.Tensor, host_packed: torch.Tensor,
+                       staging: torch.Tensor, *, block_dim: int = 0,
+                       expected_crcs: Optional[list[list[int]]] = None, chunk_size: int = 4 << 20) -> None:
+    """Restore path for KV pages: host (pinned) packed pages -> GPU staging -> paged layers.
+
+    All host->device copies are queued at once on a copy stream; each layer's bytes are
+    checked on the GPU as they land (against `expected_crcs[layer]`, the file's chunk CRCs
+    of that layer's section) and scattered only if they match, gated on the device, so
+    nothing waits on the host until the end. Raises ChecksumError naming the layer; the
+    blocks of a layer that failed are not written.
+    """
+    plans = [PagePlan([t], block_ids, block_dim) for t in layers]
+    per_layer = plans[0].packed_bytes if plans else 0
+    if staging.numel() * staging.element_size() < per_layer * len(layers):
+        raise SchemaError("staging buffer too small")
+    copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
+    copy_stream.wait_stream(compute)
+    landed = []
+    with torch.cuda.stream(copy_stream):
+        for i in range(len(layers)):
+            staging[i * per_layer:(i + 1) * per_layer].copy_(
+                host_packed[i * per_layer:(i + 1) * per_layer], non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(copy_stream)
+            landed.append(ev)
+    verifier = DeviceVerifier()
+    for i, plan in enumerate(plans):
+        compute.wait_event(landed[i])
+        part = staging[i * per_layer:(i + 1) * per_layer]
+        gate = (verifier.check(f"kv layer {i}", part, expected_crcs[i], chunk_size, stream=compute)
+                if expected_crcs is not None else None)
+        plan.scatter(part, compute, gate)
+    compute.wait_stream(copy_stream)
+    if expected_crcs is not None:
+        verifier.raise_if_failed()
+
+
+def device_crc32c_chunks(t: torch.Tensor, chunk_size: int, padded_len: Optional[int] = None,
+                         stream: Optional[torch.cuda.Stream] = None) -> list[int]:
+    """CRC32C per chunk of a contiguous CUDA tensor's bytes, zero-padded to `padded_len`
+    (default: rounded up to 4096), equal to what the snapshot file records."""
+    n = t.numel() * t.element_size()
+    s = stream or torch.cuda.current_stream(t.device)
+    return cuda_movers().crc32c_chunks(t.data_ptr(), n, padded_len or align_up(n), chunk_size, s.cuda_stream)
+
+
+def verify_on_device(c: Container, section: str, t: torch.Tensor) -> None:
+    """Checks that the bytes now in GPU tensor `t` are exactly the file section's bytes."""
+    sec = c.section(section)
+    actual = device_crc32c_chunks(t, sec.chunk_size, sec.padded_length)
+    for k, (a, e) in enumerate(zip(actual, sec.chunk_crcs)):
+        if a != e:
+            raise ChecksumError(f"section {section!r} chunk {k} (in GPU memory)", e, a)
+
+
+class RegisteredFile:
+    """A snapshot file mapped read-only and registered with CUDA, so that GPU copies read
+    the page cache directly at link speed. Keep one per file and reuse it across restores."""
+
+    def __init__(self, c: Container) -> None:
+        self.container = c
+        with open(c.path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), c.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        self.array = np.frombuffer(self._map, dtype=np.uint8)
+        ptr = self.array.ctypes.data
+        flags = 8 | 2  # cudaHostRegisterReadOnly | cudaHostRegisterMapped
+        err = torch.cuda.cudart().cudaHostRegister(ptr, c.file_size, flags)
+        if int(err) != 0:
+            raise MoverUnavailable(f"cudaHostRegister of {c.path} failed with CUDA error {int(err)}")
+        self._ptr = ptr
+        self.host = readonly_tensor(self.array)
+
+    def section(self, name: str) -> torch.Tensor:
+        sec = self.container.section(name)
+        return self.host[sec.offset:sec.offset + sec.length]
+
+    def close(self) -> None:
+        if self._ptr:
+            torch.cuda.cudart().cudaHostUnregister(self._ptr)
+            self._ptr = 0
+
+
+def stream_sections_to_gpu(c: Container, targets: dict[str, torch.Tensor], *, direct: bool = True,
+                           staging_bytes: int = 256 * 2**20, threads: int = DEFAULT_THREADS) -> bool:
+    """Cold path: reads sections (O_DIRECT where the filesystem allows) into two pinned
+    staging buffers, checking CRC32C in the same pass, while the other buffer's bytes are
+    copied to the GPU on a side stream. Returns whether O_DIRECT was used throughout."""
+    import concurrent.futures
+
+    names = list(targets)
+    biggest = max((c.section(n).length for n in names), default=0)
+    size = max(staging_bytes, align_up(biggest))
+    staging = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    done = [torch.cuda.Event(), torch.cuda.Event()]
+    side = torch.cuda.Stream()
+    mv = movers()
+    used_direct = True
+
+    def read(i: int, name: str) -> bool:
+        sec = c.section(name)
+        buf = staging[i % 2][:sec.length]
+        crcs, direct_used = mv.read_section(c.path, sec.offset, buf.numpy(), sec.padded_length,
+                                            sec.chunk_size, threads, direct)
+        for k, (a, e) in enumerate(zip(crcs, sec.chunk_crcs)):
+            if a != e:
+                raise ChecksumError(f"section {name!r} chunk {k}", e, a)
+        return direct_used
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(read, 0, names[0]) if names else None
+        for i, name in enumerate(names):
+            used_direct &= pending.result()
+            if i + 1 < len(names):
+                done[(i + 1) % 2].synchronize()  # the buffer about to be refilled is free again
+                pending = pool.submit(read, i + 1, names[i + 1])
+            dst = targets[name].view(-1).view(torch.uint8)
+            with torch.cuda.stream(side):
+                dst.copy_(staging[i % 2][:dst.numel()], non_blocking=True)
+                done[i % 2].record(side)
+    side.synchronize()
+    return used_direct
+
+
+def _check_sections(reg: "RegisteredFile", names: list[str]) -> None:
+    mv = movers()
+    for name in names:
+        sec = reg.container.section(name)
+        extent = reg.array[sec.offset:sec.offset + sec.padded_length]
+        for k, (a, e) in enumerate(zip(mv.crc32c_chunks(extent, sec.chunk_size, DEFAULT_THREADS),
+                                       sec.chunk_crcs)):
+            if a != e:
+                raise ChecksumError(f"section {name!r} chunk {k}", e, a)
+
+
+def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], *,
+                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None) -> None:
+    """Copies file sections into GPU tensors of the same byte size.
+
+    verify="cpu": CPU threads checksum the mapped page-cache bytes while the DMA copies run;
+    verify="gpu": each section's bytes are checked on the GPU as soon as they land, while
+    later sections are still copying (what is checked is what arrived);
+    verify="none": no check (for measuring the cost of checking only).
+    Raises ChecksumError naming the section if any chunk differs.
+    """
+    import concurrent.futures
+
+    for name, dst in targets.items():
+        n = reg.container.section(name).length
+        if dst.numel() * dst.element_size() != n:
+            raise SchemaError(f"section {name!r} holds {n} bytes, target {tuple(dst.shape)} differs")
+    s = stream or torch.cuda.current_stream()
+    copy_stream = torch.cuda.Stream() if verify == "gpu" else s
+    copy_stream.wait_stream(s)
+    verifier = DeviceVerifier()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # The CPU checksum runs on native threads (GIL released) while the DMA copies go.
+        checked = pool.submit(_check_sections, reg, list(targets)) if verify == "cpu" else None
+        for name, dst in targets.items():
+            with torch.cuda.stream(copy_stream):
+                dst.view(-1).view(torch.uint8).copy_(reg.section(name), non_blocking=True)
+            if verify == "gpu":
+                landed = torch.cuda.Event()
+                landed.record(copy_stream)
+                s.wait_event(landed)
+                sec = reg.container.section(name)
+                verifier.check(f"section {name!r}", dst.view(-1), list(sec.chunk_crcs), sec.chunk_size,
+                               sec.padded_length, stream=s)
+        if checked is not None:
+            checked.result()
+    s.wait_stream(copy_stream)
+    s.synchronize()
+    verifier.raise_if_failed()
