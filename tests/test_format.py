@@ -10,6 +10,7 @@ import torch
 import thaw
 from thaw.core import FormatError, SchemaError, ThawError
 from thaw.core.container import Container, write_container
+from thaw.core.movers import movers
 
 from .helpers import forge, small_snapshot
 from .spec_reader import read_spec
@@ -64,6 +65,20 @@ def test_empty_and_multi_chunk_sections(tmp_path):
     assert bytes(c.read("tail")) == b"abc" and len(c.read("empty")) == 0
     assert torch.equal(torch.from_numpy(c.read("big")), big)
     read_spec(tmp_path / "c.thaw")
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_pipelined_reader_buffered_and_direct(tmp_path, direct):
+    """O_DIRECT where the filesystem allows it; otherwise a buffered read, and it says so."""
+    data = torch.arange(5 * 4096 + 100, dtype=torch.uint8)
+    write_container(tmp_path / "d.thaw", {}, [("a", data)], chunk_size=8192)
+    c = Container(tmp_path / "d.thaw")
+    sec = c.sections["a"]
+    dest = torch.empty(sec.length, dtype=torch.uint8)
+    crcs, used_direct = movers().read_section(c.path, sec.offset, dest, sec.padded_length,
+                                              sec.chunk_size, 2, direct)
+    assert torch.equal(dest, data) and tuple(crcs) == sec.chunk_crcs
+    assert used_direct is False if not direct else isinstance(used_direct, bool)
 
 
 def test_overwrite_is_atomic_and_leaves_no_temp(tmp_path):

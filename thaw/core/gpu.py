@@ -190,15 +190,6 @@ def device_crc32c_chunks(t: torch.Tensor, chunk_size: int, padded_len: Optional[
     return cuda_movers().crc32c_chunks(t.data_ptr(), n, padded_len or align_up(n), chunk_size, s.cuda_stream)
 
 
-def verify_on_device(c: Container, section: str, t: torch.Tensor) -> None:
-    """Checks that the bytes now in GPU tensor `t` are exactly the file section's bytes."""
-    sec = c.section(section)
-    actual = device_crc32c_chunks(t, sec.chunk_size, sec.padded_length)
-    for k, (a, e) in enumerate(zip(actual, sec.chunk_crcs)):
-        if a != e:
-            raise ChecksumError(f"section {section!r} chunk {k} (in GPU memory)", e, a)
-
-
 class RegisteredFile:
     """A snapshot file mapped read-only and registered with CUDA, so that GPU copies read
     the page cache directly at link speed. Keep one per file and reuse it across restores."""
