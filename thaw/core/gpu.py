@@ -48,15 +48,20 @@ class PageSegments:
 
 
 def page_segments(t: torch.Tensor, block_dim: int = 0) -> PageSegments:
-    """Derives the segments of a paged tensor from its real strides: dims after `block_dim`
-    must be contiguous; dims before it enumerate segments (e.g. K and V planes)."""
+    """Derives the segments of a paged tensor from its real strides.
+
+    The dims after `block_dim` must cover one dense run of memory, in any order (e.g. a
+    logically [heads, tokens, 2*head_dim] block stored token-major is one segment, copied
+    in its physical order); dims before it enumerate segments (e.g. K and V planes).
+    """
     item = t.element_size()
-    inner = t.shape[block_dim + 1:]
+    inner = sorted((stride, size) for size, stride in zip(t.shape[block_dim + 1:], t.stride()[block_dim + 1:])
+                   if size != 1)
     expected = 1
-    for size, stride in zip(reversed(inner), reversed(t.stride()[block_dim + 1:])):
-        if size != 1 and stride != expected:
+    for stride, size in inner:
+        if stride != expected:
             raise SchemaError(f"paged tensor {tuple(t.shape)} with strides {t.stride()}: the dims "
-                              f"after block dim {block_dim} are not contiguous")
+                              f"after block dim {block_dim} are not one dense run of memory")
         expected *= size
     offsets = [0]
     for size, stride in zip(t.shape[:block_dim], t.stride()[:block_dim]):
@@ -144,16 +149,19 @@ class DeviceVerifier:
                 raise ChecksumError(f"{name} chunk {k} (in GPU memory)", expected[k], actual[k])
 
 
-def upload_and_scatter(layers: list[torch.Tensor], block_ids: torch.Tensor, host_packed: torch.Tensor,
+def upload_and_scatter(layers: list[torch.Tensor], block_ids: torch.Tensor,
+                       host_packed: "torch.Tensor | list[torch.Tensor]",
                        staging: torch.Tensor, *, block_dim: int = 0,
-                       expected_crcs: Optional[list[list[int]]] = None, chunk_size: int = 4 << 20) -> None:
+                       expected_crcs: Optional[list[list[int]]] = None, chunk_size: int = 4 << 20,
+                       names: Optional[list[str]] = None) -> None:
     """Restore path for KV pages: host (pinned) packed pages -> GPU staging -> paged layers.
 
-    All host->device copies are queued at once on a copy stream; each layer's bytes are
+    `host_packed` is one pinned buffer holding every layer's packed pages in order, or one
+    pinned (or CUDA-registered) uint8 tensor per layer. All host->device copies are queued at once on a copy stream; each layer's bytes are
     checked on the GPU as they land (against `expected_crcs[layer]`, the file's chunk CRCs
     of that layer's section) and scattered only if they match, gated on the device, so
     nothing waits on the host until the end. Raises ChecksumError naming the layer; the
-    blocks of a layer that failed are not written.
+    blocks of a layer that failed are not written. `names` label the layers in errors.
     """
     plans = [PagePlan([t], block_ids, block_dim) for t in layers]
     per_layer = plans[0].packed_bytes if plans else 0
@@ -162,10 +170,12 @@ def upload_and_scatter(layers: list[torch.Tensor], block_ids: torch.Tensor, host
     copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
     copy_stream.wait_stream(compute)
     landed = []
+    if isinstance(host_packed, torch.Tensor):
+        host_packed = [host_packed[i * per_layer:(i + 1) * per_layer] for i in range(len(layers))]
     with torch.cuda.stream(copy_stream):
         for i in range(len(layers)):
-            staging[i * per_layer:(i + 1) * per_layer].copy_(
-                host_packed[i * per_layer:(i + 1) * per_layer], non_blocking=True)
+            staging[i * per_layer:(i + 1) * per_layer].copy_(host_packed[i].view(-1).view(torch.uint8),
+                                                              non_blocking=True)
             ev = torch.cuda.Event()
             ev.record(copy_stream)
             landed.append(ev)
@@ -173,7 +183,8 @@ def upload_and_scatter(layers: list[torch.Tensor], block_ids: torch.Tensor, host
     for i, plan in enumerate(plans):
         compute.wait_event(landed[i])
         part = staging[i * per_layer:(i + 1) * per_layer]
-        gate = (verifier.check(f"kv layer {i}", part, expected_crcs[i], chunk_size, stream=compute)
+        name = names[i] if names else f"kv layer {i}"
+        gate = (verifier.check(name, part, expected_crcs[i], chunk_size, stream=compute)
                 if expected_crcs is not None else None)
         plan.scatter(part, compute, gate)
     compute.wait_stream(copy_stream)

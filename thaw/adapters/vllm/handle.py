@@ -38,6 +38,7 @@ class VLLMHandle:
         self._weights_digest: Optional[str] = None
         self._restored_weights: Optional[dict[str, torch.Tensor]] = None
         self.resumed_outputs: dict[str, list[int]] = {}
+        self._registrations: dict[tuple, Any] = {}
         self.last_capture: Optional[CaptureReport] = None
         self.last_restore: Optional[RestoreReport] = None
 
@@ -103,7 +104,7 @@ class VLLMHandle:
         verify_seconds = time.perf_counter() - t0
         report, resumed = restore(self.parts, snap, self.recorder, engine_id=self.identity(),
                                   engine_weights_digest=self.weights_digest(),
-                                  load_weights=weights, resume=requests)
+                                  load_weights=weights, resume=requests, registry=self._registered_file)
         report.seconds["open"] = verify_seconds
         if report.weights_restored:
             self._restored_weights = {k: v.tensor() for k, v in snap.weights.items()}
@@ -111,6 +112,15 @@ class VLLMHandle:
         self.resumed_outputs.update(resumed)
         self.last_restore = report
         return report
+
+    def _registered_file(self, container: Any) -> Any:
+        """The snapshot file mapped and registered with CUDA, kept for later restores of it."""
+        from thaw.core.gpu import RegisteredFile
+
+        key = (container.path, container.file_size, os.stat(container.path).st_mtime_ns)
+        if key not in self._registrations:
+            self._registrations[key] = RegisteredFile(container)
+        return self._registrations[key]
 
     def finish_requests(self) -> dict[str, list[int]]:
         """Steps the engine until every request finishes; returns each one's full output,

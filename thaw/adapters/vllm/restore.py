@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -99,64 +99,124 @@ def check_fits(parts: EngineParts, snap: StateSnapshot, engine_id: Identity, has
         raise ThawError(f"requests {clash} are already running in this engine")
 
 
-def write_kv(parts: EngineParts, snap: StateSnapshot, pages: list[torch.Tensor], hashes: list[bytes],
-             recorder: BlockTokenRecorder, report: RestoreReport) -> None:
-    """Allocates fresh blocks, writes pages (one scatter per layer), registers hashes;
-    undoes all of it on failure. `pages` are the verified [num_pages, page_elems] layers."""
-    from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+class KVPlacement:
+    """Puts snapshot pages into fresh engine blocks, then registers their hashes.
 
-    bp = parts.block_pool
-    existing = {}
-    for page, h in enumerate(hashes):
-        blk = bp.cached_block_hash_to_block.get_one_block(make_block_hash_with_group_id(h, 0))
-        if blk is not None:
-            existing[page] = blk
-    needed = [p for p in range(len(hashes)) if p not in existing]
-    report.pages_already_cached = len(existing)
-    if len(needed) > bp.get_num_free_blocks() - sum(1 for b in existing.values() if b.ref_cnt == 0):
-        raise ThawError(f"the engine has {bp.get_num_free_blocks()} free KV blocks; the snapshot "
-                        f"needs {len(needed)} more (pages not already cached)")
-    held = list(existing.values())
-    bp.touch(held)  # keep hit blocks from being evicted while allocating
-    fresh = bp.get_new_blocks(len(needed)) if needed else []
-    inserted = []
-    try:
-        if needed:
-            ids = torch.tensor([b.block_id for b in fresh], dtype=torch.long,
-                               device=parts.kv_caches[0].device)
-            runs = _runs(needed)
-            for layer_pages, kv in zip(pages, parts.kv_caches):
-                if snap.kv.layout != parts.layout:
-                    layer_pages = convert_pages(layer_pages, snap.kv.layout, parts.layout)
-                    report.layout_converted = True
-                block_shape = tuple(kv.shape[1:])
-                # One scatter per run of consecutive snapshot pages, straight from the
-                # (mapped) source: no intermediate copy.
-                for (first, count), at in runs:
-                    src = layer_pages[first:first + count].reshape((count,) + block_shape)
-                    kv.index_copy_(0, ids[at:at + count], src.to(kv.device))
-                report.kv_bytes += len(needed) * layer_pages.shape[1] * layer_pages.element_size()
+    Construction only looks (pages the engine already caches, capacity) and raises before
+    anything changes. `allocate` + `move` fill blocks the engine cannot reach yet (no
+    hash); `register` makes them prefix-cache hits; `rollback` undoes whatever was done.
+    """
+
+    def __init__(self, parts: EngineParts, snap: StateSnapshot, hashes: list[bytes],
+                 report: RestoreReport) -> None:
+        from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+
+        self.parts, self.snap, self.hashes, self.report = parts, snap, hashes, report
+        self.keys = [make_block_hash_with_group_id(h, 0) for h in hashes]
+        bp = parts.block_pool
+        existing = {}
+        for page, key in enumerate(self.keys):
+            blk = bp.cached_block_hash_to_block.get_one_block(key)
+            if blk is not None:
+                existing[page] = blk
+        self.held = list(existing.values())
+        self.needed = [p for p in range(len(hashes)) if p not in existing]
+        report.pages_already_cached = len(existing)
+        free = bp.get_num_free_blocks() - sum(1 for b in self.held if b.ref_cnt == 0)
+        if len(self.needed) > free:
+            raise ThawError(f"the engine has {bp.get_num_free_blocks()} free KV blocks; the snapshot "
+                            f"needs {len(self.needed)} more (pages not already cached)")
+        self.fresh: list = []
+        self.inserted: list = []
+
+    @property
+    def every_page(self) -> bool:
+        return len(self.needed) == len(self.hashes)
+
+    def allocate(self) -> None:
+        bp = self.parts.block_pool
+        bp.touch(self.held)  # keep hit blocks from being evicted while allocating
+        self.fresh = bp.get_new_blocks(len(self.needed)) if self.needed else []
+
+    def move(self, pages: Optional[list[torch.Tensor]], registered: Optional[Any] = None) -> None:
+        """Writes the needed pages. `pages`: verified [num_pages, page_elems] CPU layers; or,
+        for CUDA engines, `registered`: the snapshot file registered with CUDA, whose KV
+        sections are uploaded as they are and checked on the GPU before their scatter."""
+        if not self.needed:
+            return
+        kv0 = self.parts.kv_caches[0]
+        ids = torch.tensor([b.block_id for b in self.fresh], dtype=torch.long, device=kv0.device)
+        layout_differs = self.snap.kv.layout != self.parts.layout
+        if kv0.is_cuda:
+            self._move_cuda(ids, pages, registered)
+            return
+        runs = _runs(self.needed)
+        for layer_pages, kv in zip(pages, self.parts.kv_caches):
+            if layout_differs:
+                layer_pages = convert_pages(layer_pages, self.snap.kv.layout, self.parts.layout)
+                self.report.layout_converted = True
+            block_shape = tuple(kv.shape[1:])
+            # One scatter per run of consecutive snapshot pages, straight from the (mapped)
+            # source: no intermediate copy.
+            for (first, count), at in runs:
+                src = layer_pages[first:first + count].reshape((count,) + block_shape)
+                kv.index_copy_(0, ids[at:at + count], src)
+            self.report.kv_bytes += len(self.needed) * layer_pages.shape[1] * layer_pages.element_size()
+
+    def _move_cuda(self, ids: torch.Tensor, pages: Optional[list[torch.Tensor]], registered: Optional[Any]) -> None:
+        from thaw.core.gpu import upload_and_scatter
+
+        layers = self.parts.kv_caches
+        page_bytes = self.parts.layout.page_bytes
+        expected = None
+        if registered is not None:  # every page, same layout: upload the file's bytes as they are
+            names = [layer._section for layer in self.snap.kv.layers]
+            host = [registered.section(n) for n in names]
+            secs = [registered.container.section(n) for n in names]
+            expected = [list(sec.chunk_crcs) for sec in secs]
+            chunk_size = secs[0].chunk_size
+        else:
+            idx = torch.tensor(self.needed, dtype=torch.long)
+            host = []
+            for layer_pages in pages:
+                if self.snap.kv.layout != self.parts.layout:
+                    layer_pages = convert_pages(layer_pages, self.snap.kv.layout, self.parts.layout)
+                    self.report.layout_converted = True
+                pinned = torch.empty((len(self.needed), layer_pages.shape[1]), dtype=layer_pages.dtype,
+                                     pin_memory=True)
+                torch.index_select(layer_pages, 0, idx, out=pinned)
+                host.append(pinned)
+            chunk_size = 4 << 20
+        staging = torch.empty(len(layers) * len(self.needed) * page_bytes, dtype=torch.uint8, device=ids.device)
+        upload_and_scatter(layers, ids, host, staging, expected_crcs=expected, chunk_size=chunk_size,
+                           names=[f"section {n!r}" for n in names] if registered is not None else None)
+        self.report.kv_bytes += staging.numel()
+
+    def register(self, recorder: BlockTokenRecorder) -> None:
+        bp, snap, hashes = self.parts.block_pool, self.snap, self.hashes
         parents = _page_parents(snap)
         depth = _depths(snap)
         index = _page_index(snap)
-        for page, blk in zip(needed, fresh):
-            key = make_block_hash_with_group_id(hashes[page], 0)
-            bp._insert_block_hash(key, blk, num_tokens=(depth[page] + 1) * parts.block_size)
-            inserted.append(blk)
+        for page, blk in zip(self.needed, self.fresh):
+            bp._insert_block_hash(self.keys[page], blk, num_tokens=(depth[page] + 1) * self.parts.block_size)
+            self.inserted.append(blk)
             parent = parents[page]
             recorder.add(hashes[page], _page_record(snap, index, page,
                                                     hashes[parent] if parent is not None else None))
-    except BaseException:
-        for blk in inserted:
+        # Deepest pages first: they are evicted before their parents, as vLLM itself orders it.
+        order = sorted(zip(self.needed, self.fresh), key=lambda pb: -depth[pb[0]])
+        bp.free_blocks([b for _, b in order])
+        bp.free_blocks(self.held)
+        self.report.pages_written = len(self.needed)
+        self.fresh, self.held = [], []
+
+    def rollback(self) -> None:
+        bp = self.parts.block_pool
+        for blk in self.inserted:
             bp._maybe_evict_cached_block(blk)
-        bp.free_blocks(fresh)
-        bp.free_blocks(held)
-        raise
-    # Deepest pages first: they are evicted before their parents, as vLLM itself orders it.
-    order = sorted(zip(needed, fresh), key=lambda pb: -depth[pb[0]])
-    bp.free_blocks([b for _, b in order])
-    bp.free_blocks(held)
-    report.pages_written = len(needed)
+        bp.free_blocks(self.fresh)
+        bp.free_blocks(self.held)
+        self.fresh, self.held, self.inserted = [], [], []
 
 
 def _runs(pages: list[int]) -> list[tuple[tuple[int, int], int]]:
@@ -230,7 +290,8 @@ def resume_requests(parts: EngineParts, requests: list[RequestState], report: Re
 
 
 def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorder, *,
-            engine_id: Identity, engine_weights_digest: str, load_weights: bool, resume: bool) -> tuple[RestoreReport, dict[str, list[int]]]:
+            engine_id: Identity, engine_weights_digest: str, load_weights: bool, resume: bool,
+            registry: Optional[Callable[[Any], Any]] = None) -> tuple[RestoreReport, dict[str, list[int]]]:
     report = RestoreReport(pages_in_snapshot=snap.kv.num_pages if snap.kv else 0)
     clock = time.perf_counter()
 
@@ -245,18 +306,33 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
     hashes = derive_hashes(parts, snap) if snap.prefix is not None and snap.prefix.nodes else []
     if hashes:
         check_hasher_agrees(parts, snap, hashes)
+    placement = KVPlacement(parts, snap, hashes, report) if hashes else None
     lap("checks")
-    # Every byte the engine will receive is read and CRC-checked before it is touched.
+    # Every byte is CRC-checked before the engine can use it: weights and CPU-bound KV here,
+    # KV uploaded to a GPU as it lands there (before its scatter), all before any hash is
+    # registered or any weight replaced.
     weights = [(name, data.tensor()) for name, data in snap.weights.items()] if has_weights else []
-    pages = [layer.mapped() for layer in snap.kv.layers] if hashes else []
+    direct = (placement is not None and registry is not None and parts.kv_caches[0].is_cuda
+              and placement.every_page and snap.kv.layout == parts.layout
+              and all(layer._section for layer in snap.kv.layers) and snap.source is not None)
+    pages = ([layer.mapped() for layer in snap.kv.layers] if placement is not None and not direct else None)
     lap("read_and_verify")
-    if has_weights:
-        reload_weights(parts, weights)
-        report.weights_restored = len(weights)
-    lap("weights")
-    if hashes:
-        write_kv(parts, snap, pages, hashes, recorder, report)
-    lap("kv")
+    if placement is not None:
+        placement.allocate()
+    try:
+        if placement is not None:
+            placement.move(pages, registry(snap.source) if direct else None)
+        lap("kv")
+        if has_weights:
+            reload_weights(parts, weights)
+            report.weights_restored = len(weights)
+        lap("weights")
+        if placement is not None:
+            placement.register(recorder)
+    except BaseException:
+        if placement is not None:
+            placement.rollback()
+        raise
     resumed = resume_requests(parts, snap.requests, report) if resume else {}
     lap("requests")
     return report, resumed

@@ -1,0 +1,43 @@
+"""The shared conformance suite against real vLLM on a CUDA device (FlashAttention layout,
+KV moved by the CUDA movers). Skipped, with the reason, on machines without CUDA or vLLM;
+it runs on the GPU box with vLLM 0.26 (scripts/gpu/)."""
+
+import pytest
+import torch
+
+from thaw.conformance import EngineUnderTest, SnapshotRestoreConformance
+from thaw.testing.tiny_model import TinyLlama, build_tiny_llama
+
+from .engines import needs_vllm
+
+pytestmark = [needs_vllm, pytest.mark.engine, pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="needs a CUDA device: CPU-only machine; runs on the GPU box")]
+
+GPU_MODEL = TinyLlama(hidden_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=128)
+
+
+@pytest.fixture(scope="module")
+def engine_under_test(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    model = build_tiny_llama(models / "tiny", GPU_MODEL, dtype="bfloat16")
+    other = build_tiny_llama(models / "other", TinyLlama(hidden_size=256, num_attention_heads=2,
+                                                         num_key_value_heads=2, head_dim=128,
+                                                         num_hidden_layers=3), dtype="bfloat16")
+    return EngineUnderTest(
+        driver="thaw.adapters.vllm.driver:VLLMDriver",
+        config={"model": str(model), "dtype": "bfloat16", "block_size": 16,
+                "kv_cache_memory_bytes": 256 * 2**20},
+        fresh_config={"load_format": "dummy"},
+        mismatches={
+            "block size": ({"block_size": 32}, "page_size"),
+            "dtype": ({"dtype": "float16"}, "dtype"),
+            "model": ({"model": str(other)}, "model_config_digest"),
+        },
+        prompt=[4 + (i * 37) % 500 for i in range(300)],
+        page_size=16,
+    )
+
+
+class TestVLLMOnGPU(SnapshotRestoreConformance):
+    pass
