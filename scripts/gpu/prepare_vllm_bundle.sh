@@ -23,4 +23,4 @@ for pkg in pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection annotated-ty
     $plat --platform manylinux2014_x86_64 -d "$repo/.gpuB/deps" "$pkg"
 done
 grep -qx '/.gpuA/' "$repo/.git/info/exclude" || printf '/.gpuA/\n/.gpuB/\n' >> "$repo/.git/info/exclude"
-echo "bundle ready: carry .gpuA (copy vpart.aa to /tmp), then .gpuB with scripts/gpu/run_vllm_tests.sh"
+echo "bundle ready: carry .gpuA (copy vpart.aa to /tmp), then .gpuB with scripts/gpu/with_vllm.sh"

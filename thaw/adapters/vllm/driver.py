@@ -57,6 +57,28 @@ class VLLMDriver:
         return {"free_blocks": bp.get_num_free_blocks(),
                 "cached_blocks": sum(1 for b in bp.blocks if b.block_hash is not None)}
 
+    def generate_many(self, prompt_token_ids: list[int], n: int, max_tokens: int,
+                      temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
+        """`n` branches of one prompt in one batch, each with its own seed."""
+        t0 = time.perf_counter()
+        outs = self.llm.generate([{"prompt_token_ids": prompt_token_ids}] * n,
+                                 [self._params(max_tokens, temperature, seed + i) for i in range(n)],
+                                 use_tqdm=False)
+        return {"tokens": [list(o.outputs[0].token_ids) for o in outs],
+                "cached_tokens": [o.num_cached_tokens for o in outs], "seconds": time.perf_counter() - t0}
+
+    def sleep(self, level: int) -> float:
+        t0 = time.perf_counter()
+        self.llm.sleep(level=level)
+        return time.perf_counter() - t0
+
+    def wake_up(self, reload_weights: bool = False) -> float:
+        t0 = time.perf_counter()
+        self.llm.wake_up()
+        if reload_weights:
+            self.llm.collective_rpc("reload_weights")
+        return time.perf_counter() - t0
+
     def reset_prefix_cache(self) -> bool:
         return bool(self.llm.reset_prefix_cache())
 

@@ -1,0 +1,141 @@
+"""End to end on a GPU with real vLLM: a fresh worker serving a 4k-token trunk.
+
+One run, one card, an 8B-shaped bf16 Llama with random weights (32 layers, 8 KV heads,
+head dim 128), built on the device. Measured side by side, each engine in its own process:
+  cold      fresh engine boot (checkpoint in page cache) + prefill of the trunk + first token
+  sleep L1  vLLM's own sleep level 1 -> wake, then the trunk (re-prefilled)
+  sleep L2  level 2 -> wake + reload_weights, then the trunk (re-prefilled)
+  thaw      fresh engine with dummy weights, restore weights + KV + prefix from a snapshot
+            in page cache, then the trunk as a cache hit
+  fork      rounds of: restore the trunk's KV into a warm worker, then 4 branches x 64
+            tokens; thaw's share of each round reported apart from decoding
+A phase that fails records its error in the receipt instead of a number.
+Usage: python benchmarks/gpu_e2e_vllm.py [--trunk 4000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import traceback
+
+from thaw.fork import DRIVERS
+from thaw.workers import EngineWorker
+
+from receipt import write_receipt
+
+ENGINE = {"dtype": "bfloat16", "block_size": 16, "gpu_memory_utilization": 0.42,
+          "kv_cache_memory_bytes": 4 * 2**30, "max_model_len": 8192}
+
+
+def build_model(path: str) -> float:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if os.path.exists(os.path.join(path, "config.json")):
+        return 0.0
+    t0 = time.perf_counter()
+    cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                      max_position_embeddings=8192, tie_word_embeddings=False)
+    with torch.device("cuda"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+    del model
+    torch.cuda.empty_cache()
+    return time.perf_counter() - t0
+
+
+def phase(results: dict, name: str, fn) -> None:
+    t0 = time.perf_counter()
+    try:
+        results[name] = fn()
+    except Exception as exc:  # recorded in the receipt; the run goes on to the next phase
+        results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000], "trace": traceback.format_exc()[-2000:]}
+    print(f"{name}: {time.perf_counter() - t0:.1f} s -> {str(results[name])[:300]}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="/tmp/llama8b")
+    ap.add_argument("--trunk", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    trunk = [100 + (i * 7919) % 120000 for i in range(args.trunk)]
+    snap = "/tmp/trunk8b.thaw"
+    r: dict = {"model": "8B-shaped Llama, bf16, random weights", "trunk_tokens": args.trunk}
+    r["build_model_s"] = build_model(args.model)
+    cfg = {**ENGINE, "model": args.model}
+
+    def parent():
+        with EngineWorker(DRIVERS["vllm"], {**cfg, "enable_sleep_mode": True}) as w:
+            out = {"boot_s": w.call("info")["boot_seconds"]}
+            cold = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            cached = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
+            out.update(prefill_ttft_s=cold["seconds"], cached_cached_tokens=cached["cached_tokens"],
+                       cached_tokens_out=cached["tokens"])
+            first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            out["warm_cached_ttft_s"] = first["seconds"]
+            out["snapshot"] = w.call("snapshot", path=snap)
+            out["snapshot_bytes"] = os.path.getsize(snap)
+            for level in (1, 2):
+                slept = w.call("sleep", level=level)
+                woke = w.call("wake_up", reload_weights=(level == 2))
+                again = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+                out[f"sleep{level}"] = {"sleep_s": slept, "wake_s": woke, "ttft_s": again["seconds"],
+                                        "cached_tokens": again["cached_tokens"],
+                                        "wake_plus_ttft_s": woke + again["seconds"]}
+            return out
+
+    def cold():
+        t0 = time.perf_counter()
+        with EngineWorker(DRIVERS["vllm"], cfg) as w:
+            booted = time.perf_counter() - t0
+            out = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            return {"process_start_to_ready_s": booted, "engine_boot_s": w.call("info")["boot_seconds"],
+                    "ttft_s": out["seconds"], "total_s": booted + out["seconds"],
+                    "cached_tokens": out["cached_tokens"]}
+
+    def thaw_restore():
+        t0 = time.perf_counter()
+        with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}) as w:
+            booted = time.perf_counter() - t0
+            rep = w.call("restore", path=snap)
+            first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            out16 = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
+            return {"process_start_to_ready_s": booted, "engine_boot_s": w.call("info")["boot_seconds"],
+                    "restore": rep, "ttft_s": first["seconds"], "cached_tokens": first["cached_tokens"],
+                    "total_s": booted + rep["seconds"] + first["seconds"], "tokens_out": out16["tokens"]}
+
+    def fork_rounds():
+        with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}) as w:
+            w.call("restore", path=snap)  # weights once; each round restores the trunk's KV
+            rounds = []
+            for _ in range(args.rounds):
+                w.call("reset_prefix_cache")
+                rep = w.call("restore", path=snap, weights=False, requests=False)
+                gen = w.call("generate_many", prompt_token_ids=trunk, n=4, max_tokens=64)
+                rounds.append({"restore_s": rep["seconds"], "kv_s": rep["seconds_by_phase"].get("kv"),
+                               "decode_s": gen["seconds"], "round_s": rep["seconds"] + gen["seconds"],
+                               "cached_tokens": gen["cached_tokens"],
+                               "distinct_branches": len({tuple(t) for t in gen["tokens"]})})
+            return {"rounds": rounds,
+                    "median_restore_s": statistics.median(x["restore_s"] for x in rounds),
+                    "median_round_s": statistics.median(x["round_s"] for x in rounds)}
+
+    for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore), ("fork", fork_rounds)):
+        phase(r, name, fn)
+    try:
+        r["thaw_output_equals_parent_cached"] = r["thaw"]["tokens_out"] == r["parent"]["cached_tokens_out"]
+        r["ratio_cold_over_thaw_total"] = r["cold"]["total_s"] / r["thaw"]["total_s"]
+        r["ratio_sleep1_wake_ttft_over_thaw_ttft"] = r["parent"]["sleep1"]["wake_plus_ttft_s"] / r["thaw"]["ttft_s"]
+    except (KeyError, TypeError) as exc:
+        r["ratios_error"] = f"a phase failed: {exc!r}"
+    print(f"receipt: {write_receipt('gpu_e2e_vllm', r)}")
+
+
+if __name__ == "__main__":
+    main()
