@@ -10,7 +10,7 @@ import pytest
 
 import thaw
 from thaw.testing.tiny_model import build_tiny_llama
-from thaw.workers import EngineWorker
+from thaw.workers import EngineWorker, RemoteError
 
 from .engines import needs_vllm
 
@@ -79,3 +79,17 @@ def test_fork_cli(model, tmp_path):
     # Children continue the 192 cached tokens; the engine computes at least the last page.
     assert [c["cached_tokens"] for c in children] == [160, 160]
     assert children[0]["greedy_tokens"] == children[1]["greedy_tokens"]
+
+
+def test_dummy_weight_engine_refuses_a_snapshot_without_weights(model, tmp_path):
+    """An engine with random weights must not accept KV computed with other weights."""
+    snap = tmp_path / "kv-only.thaw"
+    with EngineWorker(DRIVER, {"model": model}) as parent:
+        parent.call("generate", prompt_token_ids=PROMPT, max_tokens=1)
+        parent.call("snapshot", path=str(snap), weights=False)
+    with EngineWorker(DRIVER, {"model": model, "load_format": "dummy"}) as child:
+        before = child.call("state")
+        with pytest.raises(RemoteError) as err:
+            child.call("restore", path=str(snap))
+        assert err.value.type == "IdentityMismatch" and "weights_digest" in err.value.remote_message
+        assert child.call("state") == before

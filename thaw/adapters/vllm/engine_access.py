@@ -154,6 +154,11 @@ def engine_identity(parts: EngineParts, weights_digest: str = "") -> Identity:
     )
 
 
+def loads_dummy_weights(parts: EngineParts) -> bool:
+    """True when the engine's weights are random (load_format='dummy'), not the checkpoint's."""
+    return str(parts.core.vllm_config.load_config.load_format).lower().endswith("dummy")
+
+
 def checkpoint_files(parts: EngineParts) -> list[str]:
     """The safetensors files the engine's model was loaded from (empty for dummy weights)."""
     import glob

@@ -36,7 +36,7 @@ class VLLMHandle:
                             if prefault_kv else {"skipped"})
         self.kv_prefault_seconds = time.perf_counter() - t0
         self._weights_digest: Optional[str] = None
-        self._restored_weights: Optional[dict[str, torch.Tensor]] = None
+        self._restored_weights: Optional[dict[str, TensorData]] = None
         self.resumed_outputs: dict[str, list[int]] = {}
         self._registrations: dict[tuple, Any] = {}
         self.last_capture: Optional[CaptureReport] = None
@@ -51,9 +51,13 @@ class VLLMHandle:
         was loaded from, or from the snapshot it was last restored from.
         """
         if self._restored_weights is not None:
-            return self._restored_weights
+            return {name: data.tensor() for name, data in self._restored_weights.items()}
         from safetensors.torch import load_file
 
+        if engine_access.loads_dummy_weights(self.parts):
+            raise ThawError("the engine was started with load_format='dummy' (random weights) and "
+                            "has not been restored from a snapshot with weights, so there are no "
+                            "real weights to capture")
         files = engine_access.checkpoint_files(self.parts)
         if not files:
             raise ThawError("the engine was not loaded from a safetensors checkpoint "
@@ -107,7 +111,7 @@ class VLLMHandle:
                                   load_weights=weights, resume=requests, registry=self._registered_file)
         report.seconds["open"] = verify_seconds
         if report.weights_restored:
-            self._restored_weights = {k: v.tensor() for k, v in snap.weights.items()}
+            self._restored_weights = dict(snap.weights)  # file-backed; read again only to capture
             self._weights_digest = snap.identity.weights_digest
         self.resumed_outputs.update(resumed)
         self.last_restore = report

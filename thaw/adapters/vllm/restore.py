@@ -270,6 +270,24 @@ def _page_record(snap: StateSnapshot, index: dict[int, tuple[int, int]], page: i
                        extra_key=snap.prefix.key_of(i) if root_page else None, supported=True)
 
 
+def _read_weights(parts: EngineParts, snap: StateSnapshot,
+                  registry: Optional[Callable[[Any], Any]]) -> list[tuple[str, torch.Tensor]]:
+    """The snapshot's weights, checked. For a CUDA engine restored from a file they are
+    copied from the CUDA-registered file into GPU tensors and checked there as they land;
+    otherwise read into CPU memory with every chunk checked."""
+    on_gpu = (parts.kv_caches[0].is_cuda and registry is not None and snap.source is not None
+              and all(not w.in_memory for w in snap.weights.values()))
+    if not on_gpu:
+        return [(name, data.tensor()) for name, data in snap.weights.items()]
+    from thaw.core.gpu import copy_sections_to_gpu
+
+    device = parts.kv_caches[0].device
+    targets = {data._section: torch.empty(data.shape, dtype=data.dtype, device=device)
+               for data in snap.weights.values()}
+    copy_sections_to_gpu(registry(snap.source), targets, verify="gpu")
+    return [(name, targets[data._section]) for name, data in snap.weights.items()]
+
+
 def resume_requests(parts: EngineParts, requests: list[RequestState], report: RestoreReport) -> dict[str, list[int]]:
     """Re-queues in-flight requests; their KV prefix is found in the restored cache."""
     from vllm import SamplingParams
@@ -311,7 +329,7 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
     # Every byte is CRC-checked before the engine can use it: weights and CPU-bound KV here,
     # KV uploaded to a GPU as it lands there (before its scatter), all before any hash is
     # registered or any weight replaced.
-    weights = [(name, data.tensor()) for name, data in snap.weights.items()] if has_weights else []
+    weights = _read_weights(parts, snap, registry) if has_weights else []
     direct = (placement is not None and registry is not None and parts.kv_caches[0].is_cuda
               and placement.every_page and snap.kv.layout == parts.layout
               and all(layer._section for layer in snap.kv.layers) and snap.source is not None)
