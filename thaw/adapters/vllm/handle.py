@@ -118,12 +118,16 @@ class VLLMHandle:
         return report
 
     def _registered_file(self, container: Any) -> Any:
-        """The snapshot file mapped and registered with CUDA, kept for later restores of it."""
+        """The snapshot file mapped and registered with CUDA, kept for later restores of the
+        same file; registering another file releases the previous one (restores are
+        synchronous, so nothing is reading it any more)."""
         from thaw.core.gpu import RegisteredFile
 
         key = (container.path, container.file_size, os.stat(container.path).st_mtime_ns)
         if key not in self._registrations:
-            self._registrations[key] = RegisteredFile(container)
+            for old in self._registrations.values():
+                old.close()
+            self._registrations = {key: RegisteredFile(container)}
         return self._registrations[key]
 
     def finish_requests(self) -> dict[str, list[int]]:
