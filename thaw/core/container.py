@@ -137,10 +137,7 @@ class Container:
         crcs, _ = movers().read_section(self.path, sec.offset + start, view, padded,
                                         sec.chunk_size, threads, direct)
         if verify:
-            for k, actual in enumerate(crcs):
-                expected = sec.chunk_crcs[first_chunk + k]
-                if actual != expected:
-                    raise ChecksumError(f"section {sec.name!r} chunk {first_chunk + k}", expected, actual)
+            sec.check_crcs(crcs, first_chunk)
 
     def read_into(self, name: str, dest: Buffer, *, verify: bool = True,
                   threads: int = DEFAULT_THREADS, direct: bool = False) -> None:
@@ -166,10 +163,7 @@ class Container:
                           prot=mmap.PROT_READ, offset=sec.offset)
         self._maps.append(m)
         view = np.frombuffer(m, dtype=np.uint8)
-        crcs = movers().crc32c_chunks(view, sec.chunk_size, DEFAULT_THREADS)
-        for k, (actual, expected) in enumerate(zip(crcs, sec.chunk_crcs)):
-            if actual != expected:
-                raise ChecksumError(f"section {sec.name!r} chunk {k}", expected, actual)
+        sec.check_crcs(movers().crc32c_chunks(view, sec.chunk_size, DEFAULT_THREADS))
         return view[:sec.length]
 
     def read(self, name: str, *, verify: bool = True) -> np.ndarray:
@@ -188,11 +182,8 @@ class Container:
             for first in range(0, sec.num_chunks, window_chunks):
                 start = first * sec.chunk_size
                 length = min(sec.padded_length - start, window_chunks * sec.chunk_size)
-                crcs = mv.check_section(self.path, sec.offset + start, length, sec.chunk_size, threads)
-                for k, actual in enumerate(crcs):
-                    if actual != sec.chunk_crcs[first + k]:
-                        raise ChecksumError(f"section {sec.name!r} chunk {first + k}",
-                                            sec.chunk_crcs[first + k], actual)
+                sec.check_crcs(mv.check_section(self.path, sec.offset + start, length,
+                                                sec.chunk_size, threads), first)
                 done += length
                 if progress:
                     progress(done, total)

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import FormatError
+from .errors import ChecksumError, FormatError
 
 MAGIC = b"THAWSNAP"
 VERSION = 1
@@ -54,6 +54,13 @@ class Section:
     @property
     def num_chunks(self) -> int:
         return -(-self.padded_length // self.chunk_size)
+
+    def check_crcs(self, actual: list[int], first_chunk: int = 0, where: str = "") -> None:
+        """Raises ChecksumError naming the section and chunk where `actual` (the CRCs of
+        chunks first_chunk, first_chunk+1, ...) differs from what the file records."""
+        for k, crc in enumerate(actual, start=first_chunk):
+            if crc != self.chunk_crcs[k]:
+                raise ChecksumError(f"section {self.name!r} chunk {k}{where}", self.chunk_crcs[k], crc)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -249,9 +249,7 @@ def stream_sections_to_gpu(c: Container, targets: dict[str, torch.Tensor], *, di
         buf = staging[i % 2][:sec.length]
         crcs, direct_used = mv.read_section(c.path, sec.offset, buf.numpy(), sec.padded_length,
                                             sec.chunk_size, threads, direct)
-        for k, (a, e) in enumerate(zip(crcs, sec.chunk_crcs)):
-            if a != e:
-                raise ChecksumError(f"section {name!r} chunk {k}", e, a)
+        sec.check_crcs(crcs)
         return direct_used
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -274,10 +272,7 @@ def _check_sections(reg: "RegisteredFile", names: list[str]) -> None:
     for name in names:
         sec = reg.container.section(name)
         extent = reg.array[sec.offset:sec.offset + sec.padded_length]
-        for k, (a, e) in enumerate(zip(mv.crc32c_chunks(extent, sec.chunk_size, DEFAULT_THREADS),
-                                       sec.chunk_crcs)):
-            if a != e:
-                raise ChecksumError(f"section {name!r} chunk {k}", e, a)
+        sec.check_crcs(mv.crc32c_chunks(extent, sec.chunk_size, DEFAULT_THREADS))
 
 
 def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], *,

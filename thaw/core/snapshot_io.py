@@ -11,10 +11,10 @@ import torch
 from . import format as fmt
 from .container import Container, write_container
 from .dtypes import dtype_from_name, dtype_name
-from .errors import FormatError, SchemaError, ThawError
+from .errors import SchemaError, ThawError
 from .kv_layout import KVLayout
 from .movers import movers
-from .prefix import ROOT, PrefixNode, PrefixTree
+from .prefix import PrefixNode, PrefixTree
 from .schema import Identity, PagedKV, RequestState, StateSnapshot
 from .tensor_data import TensorData
 

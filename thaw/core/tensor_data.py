@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
-
-import numpy as np
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
 import torch
 
 from .dtypes import dtype_name

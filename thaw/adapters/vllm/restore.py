@@ -1,8 +1,10 @@
 """Hydrates a vLLM engine from a StateSnapshot.
 
 Order of work: every check first (identity, layout, capacity, request ids) so a refusal
-leaves the engine untouched; then weights, then KV pages and prefix hashes (rolled back on
-failure), then in-flight requests.
+leaves the engine untouched; then the weights and KV pages are read and CRC-checked; then
+KV pages go into fresh blocks the engine cannot reach yet, weights are loaded, and only
+then are the pages' hashes registered (anything placed is undone on failure); last,
+in-flight requests are re-queued.
 """
 
 from __future__ import annotations
@@ -146,15 +148,12 @@ class KVPlacement:
             return
         kv0 = self.parts.kv_caches[0]
         ids = torch.tensor([b.block_id for b in self.fresh], dtype=torch.long, device=kv0.device)
-        layout_differs = self.snap.kv.layout != self.parts.layout
         if kv0.is_cuda:
             self._move_cuda(ids, pages, registered)
             return
         runs = _runs(self.needed)
         for layer_pages, kv in zip(pages, self.parts.kv_caches):
-            if layout_differs:
-                layer_pages = convert_pages(layer_pages, self.snap.kv.layout, self.parts.layout)
-                self.report.layout_converted = True
+            layer_pages = self._in_engine_layout(layer_pages)
             block_shape = tuple(kv.shape[1:])
             # One scatter per run of consecutive snapshot pages, straight from the (mapped)
             # source: no intermediate copy.
@@ -162,6 +161,13 @@ class KVPlacement:
                 src = layer_pages[first:first + count].reshape((count,) + block_shape)
                 kv.index_copy_(0, ids[at:at + count], src)
             self.report.kv_bytes += len(self.needed) * layer_pages.shape[1] * layer_pages.element_size()
+
+    def _in_engine_layout(self, layer_pages: torch.Tensor) -> torch.Tensor:
+        """One layer's pages re-laid out for the engine where the snapshot's layout differs."""
+        if self.snap.kv.layout == self.parts.layout:
+            return layer_pages
+        self.report.layout_converted = True
+        return convert_pages(layer_pages, self.snap.kv.layout, self.parts.layout)
 
     def _move_cuda(self, ids: torch.Tensor, pages: Optional[list[torch.Tensor]], registered: Optional[Any]) -> None:
         from thaw.core.gpu import upload_and_scatter
@@ -179,9 +185,7 @@ class KVPlacement:
             idx = torch.tensor(self.needed, dtype=torch.long)
             host = []
             for layer_pages in pages:
-                if self.snap.kv.layout != self.parts.layout:
-                    layer_pages = convert_pages(layer_pages, self.snap.kv.layout, self.parts.layout)
-                    self.report.layout_converted = True
+                layer_pages = self._in_engine_layout(layer_pages)
                 pinned = torch.empty((len(self.needed), layer_pages.shape[1]), dtype=layer_pages.dtype,
                                      pin_memory=True)
                 torch.index_select(layer_pages, 0, idx, out=pinned)
