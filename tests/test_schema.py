@@ -69,3 +69,18 @@ def test_from_tensors_embedding_path(tmp_path):
     with pytest.raises(SchemaError):
         StateSnapshot.from_tensors({"a": [1, 2]})
     assert thaw.core.StateSnapshot is thaw.StateSnapshot
+
+
+def test_shared_prefix_counts_a_partly_matching_node_in_whole_pages():
+    from thaw.core import PrefixTree
+
+    t = PrefixTree(2)
+    a = t.add(-1, [1, 2, 3, 4, 5, 6], [0, 1, 2])
+    t.add(a, [7, 8], [3])
+    t.add(-1, [9, 9], [4], extra_key="cache_salt:x")
+    assert t.shared_prefix([1, 2, 3, 4, 5, 6, 7, 8, 0, 0]) == 8
+    assert t.shared_prefix([1, 2, 3, 9]) == 2  # 3 tokens agree, 1 whole page
+    assert t.shared_prefix([1, 2, 3, 4, 0]) == 4
+    assert t.shared_prefix([9, 9]) == 0 and t.shared_prefix([9, 9], "cache_salt:x") == 2
+    assert t.shared_prefix([1, 2, 3, 4, 5, 6, 7, 8], before=1) == 6
+    assert t.match_node([1, 2, 3, 4, 5, 6, 7]) == (6, a)

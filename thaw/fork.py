@@ -12,7 +12,8 @@ from typing import Any, Optional
 from .core import SchemaError, load
 from .workers import EngineWorker
 
-DRIVERS = {"vllm": "thaw.adapters.vllm.driver:VLLMDriver"}
+DRIVERS = {"vllm": "thaw.adapters.vllm.driver:VLLMDriver",
+           "sglang": "thaw.adapters.sglang.driver:SGLangDriver"}
 
 
 @dataclass

@@ -123,6 +123,8 @@ def _serve(driver_spec: str, config_json: str) -> None:
             send({"ok": True, "result": getattr(driver, msg["op"])(**msg["args"])})
         except Exception as exc:  # reported to the parent, which raises RemoteError
             send(failure(exc))
+    if hasattr(driver, "close"):  # engines with helper processes shut them down here
+        driver.close()
 
 
 if __name__ == "__main__":

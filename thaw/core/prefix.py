@@ -110,22 +110,52 @@ class PrefixTree:
 
     def match(self, tokens: list[int], extra_key: Optional[str] = None) -> tuple[int, list[int]]:
         """Longest cached prefix of `tokens`: (number of tokens, pages holding them)."""
+        matched, node = self.match_node(tokens, extra_key)
+        return matched, (self.path(node)[1] if node != ROOT else [])
+
+    def match_node(self, tokens: list[int], extra_key: Optional[str] = None) -> tuple[int, int]:
+        """Longest cached prefix of `tokens`: (number of tokens, deepest node; ROOT if none)."""
         children: dict[int, list[int]] = {}
         for i, n in enumerate(self.nodes):
             children.setdefault(n.parent, []).append(i)
         keys = self.keys()
-        matched, pages, node = 0, [], ROOT
+        matched, node = 0, ROOT
         while True:
             for child in children.get(node, []):
                 n = self.nodes[child]
                 span = tokens[matched: matched + len(n.tokens)]
                 if keys[child] == extra_key and span == n.tokens:
                     matched += len(n.tokens)
-                    pages.extend(n.pages)
                     node = child
                     break
             else:
-                return matched, pages
+                return matched, node
+
+    def shared_prefix(self, tokens: list[int], extra_key: Optional[str] = None,
+                      before: Optional[int] = None) -> int:
+        """Tokens of `tokens` that nodes (with ids below `before`) already hold, counting a
+        partly matching last node; whole pages only."""
+        limit = len(self.nodes) if before is None else before
+        children: dict[int, list[int]] = {}
+        for i, n in enumerate(self.nodes[:limit]):
+            children.setdefault(n.parent, []).append(i)
+        keys = self.keys()
+        matched, node = 0, ROOT
+        while True:
+            for child in children.get(node, []):
+                n = self.nodes[child]
+                if keys[child] != extra_key:
+                    continue
+                span = tokens[matched: matched + len(n.tokens)]
+                common = next((j for j, (a, b) in enumerate(zip(span, n.tokens)) if a != b),
+                              min(len(span), len(n.tokens)))
+                if common == len(n.tokens):
+                    matched, node = matched + common, child
+                    break
+                if common >= self.page_size:
+                    return matched + common // self.page_size * self.page_size
+            else:
+                return matched
 
     @property
     def num_tokens(self) -> int:

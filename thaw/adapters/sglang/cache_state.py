@@ -1,0 +1,319 @@
+"""SGLang's radix cache and KV pool, to and from the neutral prefix tree and KV pages.
+
+Works on the cache objects themselves (no scheduler, no engine): a radix cache
+(`RadixCache`, or `UnifiedRadixCache` with the Python tree core), its token-to-KV
+allocator and its `MHATokenToKVPool`. A snapshot page is `page_size` consecutive pool
+slots starting at a multiple of `page_size` (SGLang's own page); its bytes are all K
+rows of the page, then all V rows, token-major (layout "sglang.nhd").
+
+Contract: call these only while nothing else uses the cache (inside the scheduler's own
+thread, between batches). Capture reads only. Restore checks capacity before changing
+anything, takes fresh slots from the allocator, and inserts with `prev_prefix_len` equal
+to the prefix the caller already holds, so no slot is freed twice.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from thaw.core import EngineUnsupported, KVLayout, PrefixTree, ROOT, ThawError, nhd_layout
+from thaw.core.dtypes import dtype_name
+
+LAYOUT_NAME = "sglang.nhd"
+TREE_CORE_SETTING = "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python"
+
+
+# -- namespaces: SGLang's (extra_key, cache_salt) <-> the neutral extra key ---------------
+def encode_namespace(extra_key: Optional[str], cache_salt: Optional[str]) -> Optional[str]:
+    """A cache salt alone is written as vLLM writes it ("cache_salt:<salt>")."""
+    if extra_key is None and not cache_salt:
+        return None
+    if extra_key is None:
+        return f"cache_salt:{cache_salt}"
+    return "sglang:" + json.dumps([extra_key, cache_salt or None])
+
+
+def decode_namespace(key: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    if key is None:
+        return None, None
+    if key.startswith("cache_salt:"):
+        return None, key[len("cache_salt:"):]
+    if key.startswith("sglang:"):
+        extra, salt = json.loads(key[len("sglang:"):])
+        return extra, salt
+    raise EngineUnsupported(f"prefix extra key {key!r} has no SGLang equivalent")
+
+
+# -- reaching the tree ------------------------------------------------------------------
+def _is_unified(tree_cache: Any) -> bool:
+    return hasattr(tree_cache, "tree_core")
+
+
+def _root(tree_cache: Any) -> Any:
+    """The root node of a tree thaw can walk node by node (legacy, or the Python core)."""
+    return tree_cache.tree_core.root_node if _is_unified(tree_cache) else tree_cache.root_node
+
+
+def _walks_nodes(tree_cache: Any) -> bool:
+    return not _is_unified(tree_cache) or getattr(tree_cache, "_tree_core_backend", "") == "python"
+
+
+def _device_value(tree_cache: Any, node: Any) -> Optional[torch.Tensor]:
+    if _is_unified(tree_cache):
+        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+
+        return node.component(ComponentType.FULL).value
+    return node.value
+
+
+def check_supported(tree_cache: Any) -> None:
+    """Raises EngineUnsupported when the cache is of a kind this module cannot translate."""
+    if getattr(tree_cache, "disable", False):
+        raise EngineUnsupported("SGLang's radix cache is disabled (disable_radix_cache); "
+                                "there is no prefix index to snapshot or restore")
+    if getattr(tree_cache, "is_eagle", False):
+        raise EngineUnsupported("SGLang radix caches keyed by EAGLE bigrams are not supported")
+    if _is_unified(tree_cache):
+        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+
+        if tuple(tree_cache.tree_components) != (ComponentType.FULL,):
+            raise EngineUnsupported(f"SGLang tree components {tree_cache.tree_components} "
+                                    "(sliding window / mamba state) are not supported; full "
+                                    "attention KV only")
+    if not _walks_nodes(tree_cache) and not getattr(type(tree_cache).insert, "_thaw_records", False):
+        raise EngineUnsupported(
+            f"SGLang's radix tree uses the {tree_cache._tree_core_backend!r} tree core, whose "
+            "nodes hold no token ids readable from Python, and thaw's insert recorder was not "
+            "installed when this cache was built (thaw's SGLang plugin installs it in the "
+            f"scheduler process); start the engine with thaw installed, or with {TREE_CORE_SETTING}")
+
+
+def kv_layout(kv_pool: Any, page_size: int) -> KVLayout:
+    k = kv_pool.k_buffer[0]
+    return nhd_layout(page_size, k.shape[1], k.shape[2], dtype_name(k.dtype), name=LAYOUT_NAME)
+
+
+# -- capture ----------------------------------------------------------------------------
+@dataclass
+class CacheCapture:
+    tree: PrefixTree
+    pool_pages: list[int]  # snapshot page i is pool page pool_pages[i]
+    tokens_skipped: int = 0  # evicted from the device, or (Rust core) never recorded
+
+
+def capture_tree(tree_cache: Any, page_size: int) -> CacheCapture:
+    """The tree's device-resident nodes, parents first, as a neutral PrefixTree."""
+    check_supported(tree_cache)
+    if not _walks_nodes(tree_cache):
+        from .slot_walk import capture_from_slot_walk
+
+        return capture_from_slot_walk(tree_cache, page_size)
+    tree = PrefixTree(page_size)
+    pool_pages: list[int] = []
+    skipped = 0
+    stack: list[tuple[Any, int]] = [(c, ROOT) for c in _root(tree_cache).children.values()]
+    while stack:
+        node, parent = stack.pop()
+        value = _device_value(tree_cache, node)
+        if value is None:
+            skipped += _subtree_tokens(node)
+            continue
+        slots = value.to("cpu", torch.int64)
+        if len(slots) % page_size or (page_size > 1 and bool((slots[::page_size] % page_size).any())):
+            raise ThawError(f"radix node {node.id}: {len(slots)} slots are not whole pages of {page_size}")
+        pages = (slots[::page_size] // page_size).tolist()
+        first = len(pool_pages)
+        pool_pages.extend(pages)
+        key = node.key
+        tokens = list(key.raw_token_ids())
+        namespace = encode_namespace(key.extra_key, getattr(key, "cache_salt", None))
+        parent_key = tree.key_of(parent) if parent != ROOT else None
+        me = tree.add(parent, tokens, list(range(first, first + len(pages))),
+                      namespace if namespace != parent_key else None)
+        stack.extend((c, me) for c in node.children.values())
+    return CacheCapture(tree, pool_pages, skipped)
+
+
+def _subtree_tokens(node: Any) -> int:
+    total, stack = 0, [node]
+    while stack:
+        n = stack.pop()
+        total += len(n.key)
+        stack.extend(n.children.values())
+    return total
+
+
+def slots_of_pages(pool_pages: list[int], page_size: int) -> torch.Tensor:
+    pages = torch.tensor(pool_pages, dtype=torch.int64)
+    return (pages[:, None] * page_size + torch.arange(page_size)).reshape(-1)
+
+
+def gather_pages(kv_pool: Any, pool_pages: list[int], page_size: int) -> list[torch.Tensor]:
+    """Every layer's pages in one indexed read per K and V buffer: [n, page_elems] each."""
+    slots = slots_of_pages(pool_pages, page_size).to(kv_pool.k_buffer[0].device)
+    n = len(pool_pages)
+    plane = page_size * kv_pool.k_buffer[0][0].numel()
+    out = []
+    for k, v in zip(kv_pool.k_buffer, kv_pool.v_buffer):
+        rows = torch.cat([k.index_select(0, slots).reshape(n, plane),
+                          v.index_select(0, slots).reshape(n, plane)], dim=1)
+        out.append(rows.cpu())
+    return out
+
+
+def scatter_pages(kv_pool: Any, pages: list[torch.Tensor], slots: torch.Tensor) -> None:
+    """Writes snapshot pages ([n, page_elems] per layer, sglang.nhd) into pool `slots`."""
+    if not len(slots):
+        return
+    k0 = kv_pool.k_buffer[0]
+    shape = (len(slots),) + tuple(k0.shape[1:])
+    slots = slots.to(k0.device)
+    for layer, (k, v) in enumerate(zip(kv_pool.k_buffer, kv_pool.v_buffer)):
+        rows = pages[layer].reshape(pages[layer].shape[0], 2, -1)
+        k.index_copy_(0, slots, rows[:, 0].reshape(shape).to(k.device))
+        v.index_copy_(0, slots, rows[:, 1].reshape(shape).to(v.device))
+
+
+# -- restore ----------------------------------------------------------------------------
+@dataclass
+class PathInsert:
+    """One token path to put into the tree: `tokens[start:]` are new, with KV in `pages`."""
+
+    tokens: list[int]
+    namespace: Optional[str]
+    start: int
+    pages: list[int]  # snapshot pages holding tokens[start:]
+
+
+def plan_inserts(tree_cache: Any, tree: PrefixTree) -> list[PathInsert]:
+    """For every snapshot node (parents first), the part the target will not hold yet when
+    the node's turn to be inserted comes.
+
+    Only looks: `match_prefix` may split a node of the target, which SGLang documents as
+    a structural refinement that changes no cached content.
+    """
+    p = tree.page_size
+    depths = tree.depths()
+    keys = tree.keys()
+    plans = []
+    for i, tokens, pages in tree.walk():
+        held = match_length(tree_cache, tokens, keys[i])
+        parent_depth = depths[tree.nodes[i].parent] if tree.nodes[i].parent != ROOT else 0
+        # Earlier nodes are inserted first, so what they share with this path is held then.
+        start = max(held, parent_depth, tree.shared_prefix(tokens, keys[i], before=i))
+        if start >= len(tokens):
+            continue
+        plans.append(PathInsert(tokens, keys[i], start, pages[start // p:]))
+    return plans
+
+
+def radix_key(tokens: list[int], namespace: Optional[str]) -> Any:
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    extra, salt = decode_namespace(namespace)
+    return RadixKey(array("q", tokens), extra_key=extra, cache_salt=salt)
+
+
+def match_length(tree_cache: Any, tokens: list[int], namespace: Optional[str]) -> int:
+    return len(match_indices(tree_cache, tokens, namespace))
+
+
+def match_indices(tree_cache: Any, tokens: list[int], namespace: Optional[str]) -> torch.Tensor:
+    from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
+
+    return tree_cache.match_prefix(MatchPrefixParams(key=radix_key(tokens, namespace))).device_indices
+
+
+def free_slots(tree_cache: Any) -> int:
+    return int(tree_cache.token_to_kv_pool_allocator.available_size())
+
+
+def evictable_slots(tree_cache: Any) -> int:
+    return int(tree_cache.evictable_size())
+
+
+def make_room(tree_cache: Any, needed: int) -> None:
+    """Evicts unlocked cached prefixes until `needed` slots are free; refuses first if the
+    cache cannot hold them even then."""
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+    free = free_slots(tree_cache)
+    if needed > free + evictable_slots(tree_cache):
+        raise ThawError(f"the snapshot needs {needed} KV slots; this engine has {free} free and "
+                        f"{evictable_slots(tree_cache)} evictable")
+    if needed > free:
+        tree_cache.evict(EvictParams(num_tokens=needed - free))
+    if free_slots(tree_cache) < needed:
+        raise ThawError(f"evicting cached prefixes freed only {free_slots(tree_cache)} of the "
+                        f"{needed} KV slots the snapshot needs")
+
+
+def allocate(tree_cache: Any, num_tokens: int) -> torch.Tensor:
+    slots = tree_cache.token_to_kv_pool_allocator.alloc(num_tokens)
+    if slots is None:
+        raise ThawError(f"SGLang's allocator refused {num_tokens} KV slots")
+    return slots
+
+
+def insert_paths(tree_cache: Any, plans: list[PathInsert], slots: torch.Tensor) -> None:
+    """Inserts each planned path; `slots` holds the new tokens of all plans, in order."""
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams
+
+    unified = _is_unified(tree_cache)
+    offset = 0
+    for plan in plans:
+        new = slots[offset: offset + len(plan.tokens) - plan.start]
+        offset += len(new)
+        held = match_indices(tree_cache, plan.tokens, plan.namespace)[: plan.start]
+        if len(held) != plan.start:
+            raise ThawError(f"radix path of {len(plan.tokens)} tokens: expected {plan.start} tokens "
+                            f"already inserted, found {len(held)}")
+        value = torch.cat([held.to(new.device, torch.int64), new.to(torch.int64)])
+        result = tree_cache.insert(InsertParams(key=radix_key(plan.tokens, plan.namespace),
+                                                value=value, prev_prefix_len=plan.start))
+        if not unified and result.prefix_len > plan.start:
+            # The legacy tree keeps its own copy of a prefix that appeared meanwhile; the
+            # duplicate slots are ours to free (the unified tree frees them itself).
+            tree_cache.token_to_kv_pool_allocator.free(value[plan.start: result.prefix_len])
+
+
+def check_room(tree_cache: Any, tree: PrefixTree) -> None:
+    """Raises before anything changes when the cache cannot hold the tree's new tokens even
+    after evicting every unlocked prefix."""
+    needed = sum(len(p.tokens) - p.start for p in plan_inserts(tree_cache, tree))
+    free, evictable = free_slots(tree_cache), evictable_slots(tree_cache)
+    if needed > free + evictable:
+        raise ThawError(f"the snapshot needs {needed} KV slots; this engine has {free} free and "
+                        f"{evictable} evictable (raise max_total_tokens / mem_fraction_static)")
+
+
+def restore_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> int:
+    """Puts a snapshot's tree and pages ([num_pages, page_elems] per layer, checked) into
+    the cache; returns how many tokens were new. Raises before changing anything when the
+    cache cannot make room; evicts unlocked prefixes only when that makes enough room."""
+    check_supported(tree_cache)
+    for _ in range(8):
+        plans = plan_inserts(tree_cache, tree)
+        needed = sum(len(p.tokens) - p.start for p in plans)
+        if needed <= free_slots(tree_cache):
+            break
+        make_room(tree_cache, needed)  # may evict prefixes the plan counted on: plan again
+    else:
+        raise ThawError("could not make room for the snapshot's KV: eviction kept dropping "
+                        "prefixes the snapshot shares")
+    if not plans:
+        return 0
+    slots = allocate(tree_cache, needed)
+    try:
+        ids = torch.tensor([page for plan in plans for page in plan.pages], dtype=torch.int64)
+        scatter_pages(kv_pool, [pages.index_select(0, ids) for pages in layer_pages], slots)
+    except BaseException:
+        tree_cache.token_to_kv_pool_allocator.free(slots)
+        raise
+    insert_paths(tree_cache, plans, slots)
+    return needed

@@ -1,0 +1,112 @@
+"""An SGLang engine behind the worker protocol (thaw.workers), for fork, demo and conformance."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Optional
+
+# The settings under which SGLang 0.5.21 serves on a CPU-only machine (see the README).
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "device": "cpu", "attention_backend": "torch_native", "model_impl": "transformers",
+    "sampling_backend": "pytorch", "disable_cuda_graph": True, "disable_overlap_schedule": True,
+    "grammar_backend": "none", "dtype": "float32", "max_total_tokens": 4096,
+    "skip_tokenizer_init": True, "random_seed": 0, "log_level": "error",
+}
+CPU_ENV = {"SGLANG_USE_CPU_ENGINE": "0"}  # the CPU engine needs a sgl_kernel build not on PyPI
+
+
+class SGLangDriver:
+    """Builds `sglang.Engine(model_path=config["model"], **ENGINE_DEFAULTS | config)` and
+    attaches thaw to it. Config key `model` is the model directory (as for vLLM); key
+    `env` sets environment variables for the engine (e.g. its radix tree core)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        config = {**ENGINE_DEFAULTS, **config}
+        model = config.pop("model")
+        os.environ.update(config.pop("env", {}))
+        for key, value in (CPU_ENV if config["device"] == "cpu" else {}).items():
+            os.environ.setdefault(key, value)
+        import sglang
+
+        from . import attach
+
+        t0 = time.perf_counter()
+        self.engine = sglang.Engine(model_path=model, **config)
+        self.boot_seconds = time.perf_counter() - t0
+        self.handle = attach(self.engine)
+        self.pending: dict[str, asyncio.Task] = {}
+        self.paused = False
+
+    def _sampling(self, max_tokens: int, temperature: float, seed: Optional[int]) -> dict[str, Any]:
+        return {"max_new_tokens": max_tokens, "temperature": temperature, "ignore_eos": True,
+                **({"sampling_seed": seed} if seed is not None else {})}
+
+    def _run(self, coro: Any) -> Any:
+        return self.engine.loop.run_until_complete(coro)
+
+    def info(self) -> dict[str, Any]:
+        return {"identity": self.handle.identity().to_json(), "boot_seconds": self.boot_seconds}
+
+    def generate(self, prompt_token_ids: list[int], max_tokens: int, temperature: float = 0.0,
+                 seed: Optional[int] = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = self._run(self.engine.async_generate(
+            input_ids=prompt_token_ids, sampling_params=self._sampling(max_tokens, temperature, seed)))
+        return {"tokens": list(out["output_ids"]), "cached_tokens": out["meta_info"]["cached_tokens"],
+                "seconds": time.perf_counter() - t0}
+
+    def generate_many(self, prompt_token_ids: list[int], n: int, max_tokens: int,
+                      temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
+        """`n` branches of one prompt submitted together, each with its own seed."""
+        t0 = time.perf_counter()
+        outs = self._run(asyncio.gather(*[
+            self.engine.async_generate(input_ids=prompt_token_ids,
+                                       sampling_params=self._sampling(max_tokens, temperature, seed + i))
+            for i in range(n)]))
+        return {"tokens": [list(o["output_ids"]) for o in outs],
+                "cached_tokens": [o["meta_info"]["cached_tokens"] for o in outs],
+                "seconds": time.perf_counter() - t0}
+
+    def state(self) -> dict[str, Any]:
+        return self.handle.state()
+
+    def snapshot(self, path: str, weights: bool = True) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        report = self.handle.snapshot(path, weights=weights)
+        return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
+
+    def restore(self, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        report = self.handle.restore(path, weights=weights, requests=requests)
+        report["requests"] = [r["request_id"] for r in report["requests"]]
+        return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,
+                    temperature: float = 0.0, seed: Optional[int] = None) -> None:
+        self.pending[request_id] = self.engine.loop.create_task(self.engine.async_generate(
+            input_ids=prompt_token_ids, sampling_params=self._sampling(max_tokens, temperature, seed),
+            rid=request_id))
+
+    def step(self, n: int = 1) -> None:
+        """Lets the added requests produce at least `n` tokens each, then pauses the engine
+        in place (requests keep their KV) so that a snapshot sees them in flight. SGLang
+        runs batches on its own; the count may overshoot `n`, never undershoot it."""
+        while True:
+            self._run(asyncio.sleep(0.01))
+            live = self.handle.call("progress")
+            if all(t.done() or live.get(rid, 0) >= n for rid, t in self.pending.items()):
+                break
+        self.handle.pause()
+        self.paused = True
+
+    def finish(self) -> dict[str, list[int]]:
+        if self.paused:
+            self.handle.resume()
+            self.paused = False
+        pending, self.pending = self.pending, {}
+        return self.handle.finish_requests(extra=pending)
+
+    def close(self) -> None:
+        self.engine.shutdown()

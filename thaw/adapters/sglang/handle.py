@@ -1,0 +1,138 @@
+"""The handle `attach` returns, in the process that owns the `sglang.Engine`.
+
+The engine's scheduler runs in another process; every snapshot and restore runs there,
+through `Engine.collective_rpc("thaw_call", ...)` (see `plugin`), and comes back through a
+reply file, so errors keep their type (ChecksumError, IdentityMismatch, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from typing import Any, Optional, Union
+
+from thaw.core import errors as thaw_errors
+from thaw.core import EngineUnsupported, Identity, ThawError
+
+from .cache_state import decode_namespace
+
+PLUGIN_HINT = ("thaw's SGLang plugin is not active in the engine's scheduler: install thaw in "
+               "the environment that runs SGLang (it registers entry point group "
+               "'sglang.srt.plugins', name 'thaw') and, if SGLANG_PLUGINS is set, include 'thaw'")
+
+
+def _rebuild(reply: dict[str, Any]) -> Exception:
+    """The scheduler-side exception as the same thaw error type, with its message."""
+    cls = getattr(thaw_errors, reply["type"], None)
+    if isinstance(cls, type) and issubclass(cls, ThawError):
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, reply["message"])
+        return exc
+    return ThawError(f"in SGLang's scheduler: {reply['type']}: {reply['message']}\n{reply.get('traceback', '')}")
+
+
+class SGLangHandle:
+    """Bound to one `sglang.Engine` in this process. Use from the thread that drives the
+    engine, while no `generate` call is running."""
+
+    def __init__(self, engine: Any) -> None:
+        if not hasattr(engine, "collective_rpc") or not hasattr(engine, "tokenizer_manager"):
+            raise EngineUnsupported(f"attach() needs an sglang.Engine, got {type(engine).__name__}")
+        self.engine = engine
+        self.resumed: dict[str, asyncio.Task] = {}
+        self.resumed_prior: dict[str, list[int]] = {}
+        self.hello = self.call("hello")
+
+    # -- the scheduler side ------------------------------------------------------------
+    def call(self, op: str, **args: Any) -> Any:
+        """Runs `scheduler_ops.<op>` in the scheduler process and returns its result."""
+        fd, reply_path = tempfile.mkstemp(prefix="thaw-sglang-", suffix=".json")
+        os.close(fd)
+        os.unlink(reply_path)
+        try:
+            try:
+                self.engine.collective_rpc("thaw_call", op=op, args_json=json.dumps(args),
+                                           reply_path=reply_path)
+            except AssertionError as exc:  # SGLang reports a failed RPC this way
+                if "thaw_call" in str(exc):
+                    raise EngineUnsupported(f"{PLUGIN_HINT} ({exc})") from None
+                raise ThawError(f"SGLang RPC thaw_call({op}) failed: {exc}") from None
+            with open(reply_path) as f:
+                reply = json.load(f)
+        finally:
+            if os.path.exists(reply_path):
+                os.unlink(reply_path)
+        if not reply["ok"]:
+            raise _rebuild(reply)
+        return reply["result"]
+
+    def identity(self) -> Identity:
+        return Identity.from_json(self.call("hello")["identity"])
+
+    def state(self) -> dict[str, Any]:
+        return self.call("state")
+
+    # -- generation control (tokenizer manager, on the engine's event loop) ----------------
+    def _run(self, coro: Any) -> Any:
+        return self.engine.loop.run_until_complete(coro)
+
+    def pause(self) -> None:
+        """Stops the scheduler from running batches; live requests keep their KV in place."""
+        from sglang.srt.managers.io_struct import PauseGenerationReqInput
+
+        self._run(self.engine.tokenizer_manager.pause_generation(PauseGenerationReqInput(mode="in_place")))
+
+    def resume(self) -> None:
+        from sglang.srt.managers.io_struct import ContinueGenerationReqInput
+
+        self._run(self.engine.tokenizer_manager.continue_generation(ContinueGenerationReqInput()))
+
+    # -- snapshot / restore ------------------------------------------------------------
+    def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True) -> dict[str, Any]:
+        """Writes the engine's state (tree, KV, live requests, weights) to `path` atomically;
+        the scheduler writes it between two batches."""
+        return self.call("snapshot", path=os.fspath(path), weights=weights)
+
+    def restore(self, path: Union[str, os.PathLike], *, weights: bool = True,
+                requests: bool = True) -> dict[str, Any]:
+        """Hydrates the engine from a snapshot file. Raises a ThawError subclass before
+        anything changes when the snapshot does not fit or is corrupted. Restored
+        requests are resubmitted and run whenever the engine's event loop runs
+        (`finish_requests`, or the next `generate`)."""
+        report = self.call("restore", path=os.fspath(path), weights=weights, requests=requests)
+        for req in report["requests"]:
+            self._resubmit(req)
+        return report
+
+    def _resubmit(self, req: dict[str, Any]) -> None:
+        extra, salt = decode_namespace(req["extra"].get("namespace"))
+        if extra is not None:
+            raise EngineUnsupported(f"request {req['request_id']!r} carries SGLang extra key "
+                                    f"{extra!r}, which Engine.generate cannot resubmit")
+        sampling = dict(req["sampling"])
+        produced = len(req["output_token_ids"])
+        sampling["max_new_tokens"] = max(1, sampling["max_new_tokens"] - produced)
+        sampling["min_new_tokens"] = max(0, (sampling.get("min_new_tokens") or 0) - produced)
+        coro = self.engine.async_generate(
+            input_ids=list(req["prompt_token_ids"]) + list(req["output_token_ids"]),
+            sampling_params=sampling, rid=req["request_id"], cache_salt=salt)
+        self.resumed[req["request_id"]] = self.engine.loop.create_task(coro)
+        self.resumed_prior[req["request_id"]] = list(req["output_token_ids"])
+
+    def finish_requests(self, extra: Optional[dict[str, asyncio.Task]] = None) -> dict[str, list[int]]:
+        """Runs the engine until every resumed request (and the `extra` tasks) finish; returns
+        each one's full output, including tokens generated before the snapshot."""
+        tasks = {**self.resumed, **(extra or {})}
+        self.resumed = {}
+        results = self._run(asyncio.gather(*tasks.values())) if tasks else []
+        return {rid: self.resumed_prior.pop(rid, []) + list(out["output_ids"])
+                for rid, out in zip(tasks, results)}
+
+
+def attach(engine: Any) -> SGLangHandle:
+    """Binds thaw to an `sglang.Engine`. The engine must have been started with thaw
+    installed (its plugin adds the scheduler-side operations) and, for the default
+    UnifiedRadixCache, with SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python."""
+    return SGLangHandle(engine)

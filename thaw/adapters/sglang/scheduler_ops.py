@@ -1,0 +1,269 @@
+"""Operations that run inside an SGLang scheduler process (reached through `plugin.thaw_call`).
+
+Each op takes the `Scheduler` and JSON-able keyword arguments and returns a JSON-able
+value. They run on the scheduler's thread between batches, so the radix cache, KV pool
+and queues are quiescent while they work. The one place that knows SGLang's scheduler
+attributes; the cache itself is translated by `cache_state`.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import torch
+
+from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, PrefixTree, RequestState,
+                       StateSnapshot, TensorData, ThawError, config_digest, convert_pages, load, save)
+from thaw.core.dtypes import dtype_name
+from thaw.core.prefix import ROOT
+from thaw.core.snapshot_io import weights_digest
+
+from ..checkpoint import model_config_for_digest, read_checkpoint
+from . import cache_state
+
+SUPPORTED_RANGE = ((0, 5, 20), (0, 5, 22))  # [0.5.20, 0.5.22): the releases pinning torch 2.13
+MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
+                "num_kv_heads", "head_dim", "page_size", "tp_size")
+SAMPLING_FIELDS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k",
+                   "ignore_eos", "stop_token_ids")
+
+
+def _state(s: Any) -> SimpleNamespace:
+    """thaw's own per-scheduler state: weights restored from a snapshot, their digest."""
+    if not hasattr(s, "_thaw_state"):
+        s._thaw_state = SimpleNamespace(restored_weights=None, weights_digest=None)
+    return s._thaw_state
+
+
+def _kv_pool(s: Any) -> Any:
+    return s.token_to_kv_pool_allocator.get_kvcache()
+
+
+def _dummy(s: Any) -> bool:
+    return str(s.server_args.load_format).lower() == "dummy"
+
+
+def sglang_version() -> str:
+    import sglang
+
+    return sglang.__version__
+
+
+def check_supported(s: Any) -> None:
+    version = sglang_version()
+    parts = tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
+    lo, hi = SUPPORTED_RANGE
+    if not lo <= parts < hi:
+        raise EngineUnsupported(f"SGLang {version} is outside the supported range "
+                                f"{'.'.join(map(str, lo))} <= version < {'.'.join(map(str, hi))}")
+    if s.server_args.tp_size != 1 or getattr(s.server_args, "pp_size", 1) != 1:
+        raise EngineUnsupported("SGLang with tensor/pipeline parallelism is not supported (tp_size=1, pp_size=1)")
+    pool = _kv_pool(s)
+    if not hasattr(pool, "k_buffer") or not hasattr(pool, "v_buffer"):
+        raise EngineUnsupported(f"SGLang KV pool {type(pool).__name__} is not a K/V (MHA) pool")
+    cache_state.check_supported(s.tree_cache)
+
+
+def checkpoint_weights(s: Any) -> dict[str, torch.Tensor]:
+    st = _state(s)
+    if st.restored_weights is not None:
+        return {name: data.tensor() for name, data in st.restored_weights.items()}
+    return read_checkpoint(s.server_args.model_path, dummy=_dummy(s))
+
+
+def current_weights_digest(s: Any) -> str:
+    st = _state(s)
+    if st.weights_digest is None:
+        try:
+            w = checkpoint_weights(s)
+        except ThawError:
+            return ""
+        st.weights_digest = weights_digest({k: TensorData.of(v) for k, v in w.items()})
+    return st.weights_digest
+
+
+def engine_identity(s: Any) -> Identity:
+    mc = s.model_config
+    pool = _kv_pool(s)
+    layout = cache_state.kv_layout(pool, s.page_size)
+    return Identity(
+        model_architecture=(mc.hf_config.architectures or ["unknown"])[0],
+        model_config_digest=config_digest(model_config_for_digest(mc.hf_config.to_dict())),
+        weights_digest=current_weights_digest(s),
+        dtype=dtype_name(mc.dtype),
+        num_layers=len(pool.k_buffer),
+        num_kv_heads=layout.num_kv_heads,
+        head_dim=layout.head_dim,
+        page_size=s.page_size,
+        kv_layout=layout.name,
+        engine="sglang",
+        engine_version=sglang_version(),
+        tp_rank=s.tp_worker.model_runner.tp_rank,
+        tp_size=s.server_args.tp_size,
+        extra={"load_format": str(s.server_args.load_format), "context_len": mc.context_len,
+               "tree_cache": type(s.tree_cache).__name__},
+    )
+
+
+# -- ops ----------------------------------------------------------------------------------
+def hello(s: Any) -> dict[str, Any]:
+    check_supported(s)
+    return {"identity": engine_identity(s).to_json()}
+
+
+def state(s: Any) -> dict[str, Any]:
+    """What a refused restore must leave unchanged."""
+    cap = cache_state.capture_tree(s.tree_cache, s.page_size)
+    return {"free_slots": cache_state.free_slots(s.tree_cache),
+            "evictable_slots": cache_state.evictable_slots(s.tree_cache),
+            "tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
+            "requests": sorted(r.rid for r in _live_requests(s)),
+            "weights_digest": _state(s).weights_digest}
+
+
+def progress(s: Any) -> dict[str, int]:
+    """Output tokens produced so far by each live request."""
+    return {r.rid: len(r.output_ids) for r in _live_requests(s)}
+
+
+def _live_requests(s: Any) -> list[Any]:
+    running = [r for r in s.running_batch.reqs if not r.finished()]
+    return running + [r for r in s.waiting_queue if r not in running]
+
+
+def _capture_requests(s: Any, page_of: dict[int, int], pool_pages: list[int]) -> list[RequestState]:
+    """Live requests with the KV they hold (whole pages); pool pages not yet in the snapshot
+    are appended to `pool_pages`."""
+    p = s.page_size
+    running = set(map(id, s.running_batch.reqs))
+    out = []
+    for req in _live_requests(s):
+        kv = req.kv
+        computed = int(kv.kv_committed_len) // p * p if kv.req_pool_idx is not None else 0
+        slots = s.req_to_token_pool.req_to_token[kv.req_pool_idx, :computed].to("cpu", torch.int64) \
+            if computed else torch.empty(0, dtype=torch.int64)
+        pages = []
+        for pool_page in (slots[::p] // p).tolist():
+            if pool_page not in page_of:
+                page_of[pool_page] = len(pool_pages)
+                pool_pages.append(pool_page)
+            pages.append(page_of[pool_page])
+        sp = req.sampling_params
+        sampling = {f: getattr(sp, f) for f in SAMPLING_FIELDS}
+        sampling["stop_token_ids"] = sorted(sampling["stop_token_ids"] or [])
+        out.append(RequestState(
+            request_id=req.rid, prompt_token_ids=list(req.origin_input_ids),
+            output_token_ids=list(req.output_ids), sampling=sampling,
+            num_computed_tokens=computed, pages=pages,
+            status="running" if id(req) in running else "waiting",
+            extra={"namespace": cache_state.encode_namespace(req.extra_key,
+                                                             getattr(req, "cache_salt", None))}))
+    return out
+
+
+def snapshot(s: Any, path: str, weights: bool = True) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    check_supported(s)
+    cap = cache_state.capture_tree(s.tree_cache, s.page_size)
+    page_of = {pool_page: i for i, pool_page in enumerate(cap.pool_pages)}
+    requests = _capture_requests(s, page_of, cap.pool_pages)
+    pool = _kv_pool(s)
+    layers = cache_state.gather_pages(pool, cap.pool_pages, s.page_size)
+    snap = StateSnapshot.from_kv(cache_state.kv_layout(pool, s.page_size), layers, cap.tree,
+                                 engine_identity(s), requests)
+    if weights:
+        snap.weights = {k: TensorData.of(v) for k, v in checkpoint_weights(s).items()}
+    snap.extras = {"sglang": {"tokens_skipped": cap.tokens_skipped}}
+    t1 = time.perf_counter()
+    save(snap, path)
+    return {"tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
+            "pages": len(cap.pool_pages), "requests": len(requests), "weights": len(snap.weights),
+            "kv_bytes": snap.kv.nbytes, "tokens_skipped": cap.tokens_skipped,
+            "seconds": {"capture": t1 - t0, "write": time.perf_counter() - t1}}
+
+
+def _tree_with_requests(snap: StateSnapshot) -> PrefixTree:
+    """The snapshot's tree plus, for each request holding KV, a node for the part of its
+    computed tokens the tree does not already hold, under the deepest node it extends."""
+    tree = PrefixTree(snap.prefix.page_size, list(snap.prefix.nodes))
+    for req in snap.requests:
+        if not req.num_computed_tokens:
+            continue
+        tokens = (list(req.prompt_token_ids) + list(req.output_token_ids))[: req.num_computed_tokens]
+        namespace = req.extra.get("namespace")
+        matched, node = tree.match_node(tokens, namespace)
+        if matched < len(tokens):
+            own = namespace if node == ROOT or tree.key_of(node) != namespace else None
+            tree.add(node, tokens[matched:], req.pages[matched // tree.page_size:], own)
+    return tree
+
+
+def _check_fits(s: Any, snap: StateSnapshot, load_weights: bool, resume: bool) -> None:
+    mine = engine_identity(s)
+    snap.identity.check_matches(mine, MATCH_FIELDS)
+    if not load_weights and snap.identity.weights_digest != mine.weights_digest:
+        raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
+                               mine.weights_digest or "(dummy or unknown weights)")
+    if load_weights and not snap.weights and snap.identity.weights_digest != mine.weights_digest:
+        raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
+                               mine.weights_digest or "(dummy or unknown weights)")
+    layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
+    if snap.kv is not None and not snap.kv.layout.same_shape(layout):
+        raise IdentityMismatch("kv layout", snap.kv.layout.to_json(), layout.to_json())
+    if resume:
+        live = {r.rid for r in _live_requests(s)}
+        clash = [r.request_id for r in snap.requests if r.request_id in live]
+        if clash:
+            raise ThawError(f"requests {clash} are already live in this engine")
+
+
+def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+    """Checks, reads and verifies everything, then loads weights and inserts the tree.
+    Returns the requests for the caller to resubmit (they resume from the restored KV)."""
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name], clock[0] = now - clock[0], now
+
+    check_supported(s)
+    snap = load(path, verify=False)
+    load_weights = weights and bool(snap.weights)
+    _check_fits(s, snap, load_weights, requests)
+    tree: Optional[PrefixTree] = None
+    if snap.prefix is not None and snap.kv is not None:
+        tree = _tree_with_requests(snap) if requests else snap.prefix
+        cache_state.check_room(s.tree_cache, tree)
+    lap("checks")
+    named = [(name, data.tensor()) for name, data in snap.weights.items()] if load_weights else []
+    pages: list[torch.Tensor] = []
+    if tree is not None:
+        layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
+        pages = [convert_pages(layer.tensor(), snap.kv.layout, layout) for layer in snap.kv.layers]
+    lap("read_and_verify")
+    if named:
+        _load_weights(s, named)
+        st = _state(s)
+        st.restored_weights, st.weights_digest = dict(snap.weights), snap.identity.weights_digest
+    lap("weights")
+    new_tokens = cache_state.restore_tree(s.tree_cache, _kv_pool(s), tree, pages) if tree is not None else 0
+    lap("kv")
+    return {"tree_nodes": len(snap.prefix.nodes) if snap.prefix else 0,
+            "new_tokens": new_tokens, "weights_restored": len(named),
+            "kv_bytes": snap.kv.nbytes if snap.kv else 0,
+            "requests": [r.to_json() for r in snap.requests] if requests else [],
+            "seconds": seconds}
+
+
+def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
+    """Through SGLang's own tensor weight-update path (`load_weights` of the model)."""
+    ok, message = s.tp_worker.model_runner.weight_updater.update_weights_from_tensor(named_tensors=named)
+    if not ok:
+        raise ThawError(f"SGLang refused the snapshot's weights: {message}")
+
+
+OPS = {"hello": hello, "state": state, "progress": progress, "snapshot": snapshot,
+       "restore": restore}
