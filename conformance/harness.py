@@ -49,7 +49,7 @@ class EngineUnderTest:
 
     def expected_cached(self, snapshot: Path, prompt: list[int]) -> int:
         """Full pages of `prompt` in the snapshot's tree; engines keep >= 1 token to compute."""
-        matched, _ = load(snapshot, verify=False).prefix.match(prompt)
+        matched = load(snapshot, verify=False).prefix.shared_prefix(prompt)
         limit = (len(prompt) - 1) // self.page_size * self.page_size
         return min(matched, limit)
 

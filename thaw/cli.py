@@ -89,10 +89,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return run_demo(args)
-    if importlib.util.find_spec("vllm") is None:
-        raise EngineUnsupported("the fork demo needs vLLM: install it with "
-                                "`bash scripts/setup.sh --engines`, or run `thaw demo --core` "
-                                "for the engine-free example")
+    if importlib.util.find_spec(args.engine) is None:
+        raise EngineUnsupported(f"the fork demo with --engine {args.engine} needs {args.engine}: "
+                                "install the engines with `bash scripts/setup.sh --engines`, or "
+                                "run `thaw demo --core` for the engine-free example")
     from .demo_fork import run_fork_demo
 
     return run_fork_demo(args)
@@ -129,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
-    p = sub.add_parser("demo", help="fork a warm vLLM engine into fresh children (needs vLLM)")
+    p = sub.add_parser("demo", help="fork a warm engine (vLLM or SGLang) into fresh children")
     p.add_argument("--workdir", default=None, help="where to write the model and snapshots (default: a temp dir)")
     p.add_argument("--core", action="store_true", help="the engine-free example instead: save, verify, inspect, load")
+    p.add_argument("--engine", choices=["vllm", "sglang"], default="vllm", help="engine to fork (default vllm)")
     p.add_argument("--context", type=int, default=2048, help="shared context length in tokens")
     p.add_argument("--children", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=16)

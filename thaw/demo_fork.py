@@ -1,4 +1,4 @@
-"""The fork demo: a warm vLLM parent, a snapshot, children restored in fresh processes.
+"""The fork demo: a warm parent engine, a snapshot, children restored in fresh processes.
 
 Builds a small random Llama locally, prefills a long shared context in a parent engine,
 snapshots it, measures a cold engine's time to first token on the same context, then
@@ -23,29 +23,36 @@ DEMO_MODEL = TinyLlama(hidden_size=512, intermediate_size=1024, num_hidden_layer
                        max_position_embeddings=16384)
 
 
+def engine_config(engine: str, model: str, context: int) -> dict:
+    """Room for the context (and, for SGLang's token pool, the parent's second pass)."""
+    if engine == "sglang":
+        return {"model": model, "context_length": context + 64, "max_total_tokens": 2 * context + 512}
+    return {"model": model, "max_model_len": context + 64, "kv_cache_memory_bytes": 256 * 2**20}
+
+
 def run_fork_demo(args: argparse.Namespace) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="thaw-fork-demo-")
     os.makedirs(workdir, exist_ok=True)
     model = str(build_tiny_llama(os.path.join(workdir, "model"), DEMO_MODEL))
     context = [4 + (i * 7919) % 500 for i in range(args.context)]
-    config = {"model": model, "max_model_len": args.context + 64,
-              "kv_cache_memory_bytes": 256 * 2**20}
+    engine = args.engine
+    config = engine_config(engine, model, args.context)
     snap = os.path.join(workdir, "parent.thaw")
     print(f"model: 6 layers x 512 wide, random weights, in {model}")
-    print(f"parent: prefilling a shared context of {args.context} tokens ...")
-    with EngineWorker(DRIVERS["vllm"], config) as parent:
+    print(f"parent ({engine}): prefilling a shared context of {args.context} tokens ...")
+    with EngineWorker(DRIVERS[engine], config) as parent:
         parent.call("generate", prompt_token_ids=context, max_tokens=1)
         ref = parent.call("generate", prompt_token_ids=context, max_tokens=args.max_tokens)
         t0 = time.perf_counter()
         rep = parent.call("snapshot", path=snap)
-        print(f"parent: snapshot of {rep['captured_blocks']} blocks written in "
-              f"{time.perf_counter() - t0:.2f} s ({os.path.getsize(snap) / 2**20:.1f} MiB)")
-    with EngineWorker(DRIVERS["vllm"], config) as cold:
+        print(f"parent: snapshot written in {time.perf_counter() - t0:.2f} s "
+              f"({os.path.getsize(snap) / 2**20:.1f} MiB)")
+    with EngineWorker(DRIVERS[engine], config) as cold:
         cold_first = cold.call("generate", prompt_token_ids=context, max_tokens=1)
     print(f"cold engine: time to first token {cold_first['seconds'] * 1e3:.0f} ms "
           f"({cold_first['cached_tokens']} cached tokens)")
     print(f"forking {args.children} children (fresh processes, dummy weights, restored) ...")
-    children = fork(snap, args.children, engine="vllm",
+    children = fork(snap, args.children, engine=engine,
                     engine_config={**config, "load_format": "dummy"}, prompt=context,
                     max_tokens=args.max_tokens, temperature=1.0)
     print()

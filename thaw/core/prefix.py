@@ -109,7 +109,8 @@ class PrefixTree:
             yield i, mine[0], mine[1]
 
     def match(self, tokens: list[int], extra_key: Optional[str] = None) -> tuple[int, list[int]]:
-        """Longest cached prefix of `tokens`: (number of tokens, pages holding them)."""
+        """Longest prefix of `tokens` made of whole nodes: (number of tokens, their pages).
+        `shared_prefix` also counts the whole pages of a partly matching node."""
         matched, node = self.match_node(tokens, extra_key)
         return matched, (self.path(node)[1] if node != ROOT else [])
 

@@ -35,7 +35,11 @@ class SGLangDriver:
         t0 = time.perf_counter()
         self.engine = sglang.Engine(model_path=model, **config)
         self.boot_seconds = time.perf_counter() - t0
-        self.handle = attach(self.engine)
+        try:
+            self.handle = attach(self.engine)
+        except BaseException:
+            self.engine.shutdown()  # its scheduler processes must not outlive a failed attach
+            raise
         self.pending: dict[str, asyncio.Task] = {}
         self.paused = False
 
@@ -68,6 +72,9 @@ class SGLangDriver:
         return {"tokens": [list(o["output_ids"]) for o in outs],
                 "cached_tokens": [o["meta_info"]["cached_tokens"] for o in outs],
                 "seconds": time.perf_counter() - t0}
+
+    def reset_prefix_cache(self) -> bool:
+        return bool(self.engine.flush_cache().success)
 
     def state(self) -> dict[str, Any]:
         return self.handle.state()

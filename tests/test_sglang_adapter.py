@@ -1,0 +1,54 @@
+"""SGLang adapter specifics, on real SGLang engines in separate processes (the shared
+checks are in test_sglang_conformance.py)."""
+
+import pytest
+
+from thaw.testing.tiny_model import build_tiny_llama
+from thaw.workers import EngineWorker, RemoteError
+
+from .engines import needs_sglang
+
+pytestmark = [needs_sglang, pytest.mark.engine]
+
+DRIVER = "thaw.adapters.sglang.driver:SGLangDriver"
+PROMPT = [4 + (i * 13) % 500 for i in range(160)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+def test_python_tree_core_snapshot_restores_into_the_default_rust_core(model, tmp_path):
+    """Both ways of reading the tree produce the same neutral snapshot contract; a dummy-
+    weight engine has nothing to snapshot until it is restored; slots stay accounted for."""
+    snap = tmp_path / "python-core.thaw"
+    python_core = {"SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python"}
+    with EngineWorker(DRIVER, {"model": model, "env": python_core}) as parent:
+        assert parent.call("info")["identity"]["extra"]["tree_cache"] == "UnifiedRadixCache"
+        parent.call("generate", prompt_token_ids=PROMPT, max_tokens=4)
+        parent.call("generate", prompt_token_ids=PROMPT[:100] + [7] * 20, max_tokens=4)  # a branch
+        ref = parent.call("generate", prompt_token_ids=PROMPT, max_tokens=8)
+        report = parent.call("snapshot", path=str(snap))
+        assert report["tree_nodes"] >= 3 and report["tokens_skipped"] == 0
+    with EngineWorker(DRIVER, {"model": model, "load_format": "dummy"}) as child:
+        with pytest.raises(RemoteError) as err:
+            child.call("snapshot", path=str(tmp_path / "dummy.thaw"))
+        assert err.value.type == "ThawError" and "load_format='dummy'" in err.value.remote_message
+        before = child.call("state")
+        restored = child.call("restore", path=str(snap))
+        after = child.call("state")
+        assert restored["new_tokens"] == report["tree_tokens"] == after["tree_tokens"]
+        assert after["free_slots"] + after["evictable_slots"] == before["free_slots"] + before["evictable_slots"]
+        out = child.call("generate", prompt_token_ids=PROMPT, max_tokens=8)
+        assert out["cached_tokens"] == len(PROMPT) - 1 and out["tokens"] == ref["tokens"]
+        branch = child.call("generate", prompt_token_ids=PROMPT[:100] + [7] * 20, max_tokens=1)
+        assert branch["cached_tokens"] == 119
+        child.call("snapshot", path=str(tmp_path / "again.thaw"))  # restored weights are real
+
+
+def test_engine_without_the_plugin_is_refused_with_the_setting_to_change(model):
+    with pytest.raises(RemoteError) as err:
+        EngineWorker(DRIVER, {"model": model, "env": {"SGLANG_PLUGINS": "some-other-plugin"}})
+    assert err.value.type == "EngineUnsupported"
+    assert "sglang.srt.plugins" in err.value.remote_message and "SGLANG_PLUGINS" in err.value.remote_message
