@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Optional
 
-from .core import EngineUnsupported, ThawError, load
+from .core import EngineUnsupported, SchemaError, ThawError, load, save
 from .core.container import Container
 from .core.summary import diff_snapshots, inspect_snapshot
 
@@ -98,6 +98,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_fork_demo(args)
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .core.layouts import named_layout
+    from .core.recut import recut
+
+    snap = load(args.src, verify=False)
+    if snap.kv is None or snap.prefix is None:
+        raise SchemaError(f"{args.src} holds no KV pages and prefix tree to convert")
+    src = snap.kv.layout
+    layout = named_layout(args.layout, args.page_size or src.page_size, src.num_kv_heads,
+                          src.head_dim, src.dtype)
+    out, report = recut(snap, layout)
+    save(out, args.dst)
+    print(json.dumps(report.to_json(), indent=2) if args.json else
+          f"{args.dst}: {report.target_tokens} tokens in pages of {report.target_page_size} "
+          f"({report.target_layout}) from {report.source_tokens} in pages of "
+          f"{report.source_page_size} ({report.source_layout}); dropped {report.leaf_tokens_dropped} "
+          f"tokens after the last whole page of a path and {report.requests_dropped} requests")
+    return 0
+
+
 def cmd_fork(args: argparse.Namespace) -> int:
     from .fork import fork
 
@@ -137,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--children", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=16)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("convert", help="re-cut a snapshot's KV pages and prefix tree for another engine's page size and layout")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--layout", required=True, help="target layout: vllm.cpu.vec, vllm.flash_attn, sglang.nhd, thaw.nhd")
+    p.add_argument("--page-size", type=int, default=0, help="tokens per target page (default: the source's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_convert)
     p = sub.add_parser("fork", help="restore a snapshot into N fresh engines and continue each")
     p.add_argument("snapshot")
     p.add_argument("-n", type=int, default=4, help="number of children")

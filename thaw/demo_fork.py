@@ -44,7 +44,7 @@ def run_fork_demo(args: argparse.Namespace) -> int:
         parent.call("generate", prompt_token_ids=context, max_tokens=1)
         ref = parent.call("generate", prompt_token_ids=context, max_tokens=args.max_tokens)
         t0 = time.perf_counter()
-        rep = parent.call("snapshot", path=snap)
+        parent.call("snapshot", path=snap)
         print(f"parent: snapshot written in {time.perf_counter() - t0:.2f} s "
               f"({os.path.getsize(snap) / 2**20:.1f} MiB)")
     with EngineWorker(DRIVERS[engine], config) as cold:

@@ -8,7 +8,9 @@ them back through the engine's weight-loading path on restore.
 from __future__ import annotations
 
 import glob
+import json
 import os
+from typing import Any
 
 import torch
 
@@ -19,8 +21,26 @@ from thaw.core import ThawError
 VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype")
 
 
-def model_config_for_digest(hf_config: dict) -> dict:
-    return {k: v for k, v in hf_config.items() if k not in VOLATILE_CONFIG_KEYS}
+# Dict-valued config keys in which `type` is the legacy spelling of `rope_type`; one engine
+# adds the alias (SGLang 0.5.21) and another does not (vLLM 0.32), for the same model.
+ROPE_KEYS = ("rope_scaling", "rope_parameters")
+
+
+def model_config_for_digest(hf_config: Any, model_dir: str) -> dict:
+    """The model's config as both engines see it: the engine's config object restricted to
+    the keys its config class defines and the checkpoint's config.json names (engines add
+    their own attributes to the object), load-specific keys dropped, aliases spelled one way."""
+    known = set(type(hf_config)().to_dict())
+    config_file = os.path.join(model_dir, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file) as f:
+            known |= set(json.load(f))
+    out = {k: v for k, v in hf_config.to_dict().items() if k in known and k not in VOLATILE_CONFIG_KEYS}
+    for key in ROPE_KEYS:
+        rope = out.get(key)
+        if isinstance(rope, dict) and "type" in rope and rope.get("rope_type", rope["type"]) == rope["type"]:
+            out[key] = {**{k: v for k, v in rope.items() if k != "type"}, "rope_type": rope["type"]}
+    return out
 
 
 def checkpoint_files(model_dir: str) -> list[str]:

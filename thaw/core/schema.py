@@ -62,6 +62,11 @@ class Identity:
                 raise SchemaError(f"identity: {name} must be a non-negative integer")
         return ident
 
+    def differences(self, other: "Identity") -> dict[str, list[Any]]:
+        """Every field that differs, as [mine, theirs] (for reports, not for refusals)."""
+        return {f.name: [getattr(self, f.name), getattr(other, f.name)] for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)}
+
     def check_matches(self, engine: "Identity", fields_to_check: tuple[str, ...]) -> None:
         """Raises IdentityMismatch on the first listed field that differs."""
         for name in fields_to_check:

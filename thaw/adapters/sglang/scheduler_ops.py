@@ -18,6 +18,7 @@ from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, PrefixTree
                        StateSnapshot, TensorData, ThawError, config_digest, convert_pages, load, save)
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
+from thaw.core.recut import fit_page_size
 from thaw.core.snapshot_io import weights_digest
 
 from ..checkpoint import model_config_for_digest, read_checkpoint
@@ -90,7 +91,7 @@ def engine_identity(s: Any) -> Identity:
     layout = cache_state.kv_layout(pool, s.page_size)
     return Identity(
         model_architecture=(mc.hf_config.architectures or ["unknown"])[0],
-        model_config_digest=config_digest(model_config_for_digest(mc.hf_config.to_dict())),
+        model_config_digest=config_digest(model_config(s)),
         weights_digest=current_weights_digest(s),
         dtype=dtype_name(mc.dtype),
         num_layers=len(pool.k_buffer),
@@ -111,6 +112,11 @@ def engine_identity(s: Any) -> Identity:
 def hello(s: Any) -> dict[str, Any]:
     check_supported(s)
     return {"identity": engine_identity(s).to_json()}
+
+
+def model_config(s: Any) -> dict[str, Any]:
+    """The model config the identity's digest is computed from."""
+    return model_config_for_digest(s.model_config.hf_config, s.server_args.model_path)
 
 
 def state(s: Any) -> dict[str, Any]:
@@ -232,6 +238,12 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
     check_supported(s)
     snap = load(path, verify=False)
     load_weights = weights and bool(snap.weights)
+    mine = engine_identity(s)
+    # Another engine's (or page size's) snapshot is re-cut to this engine's pages; what no
+    # re-cut can fix is refused first, before any page is read.
+    snap.identity.check_matches(mine, tuple(f for f in MATCH_FIELDS if f != "page_size"))
+    differences = snap.identity.differences(mine)
+    snap, recut_report = fit_page_size(snap, cache_state.kv_layout(_kv_pool(s), s.page_size))
     _check_fits(s, snap, load_weights, requests)
     tree: Optional[PrefixTree] = None
     if snap.prefix is not None and snap.kv is not None:
@@ -255,7 +267,8 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
             "new_tokens": new_tokens, "weights_restored": len(named),
             "kv_bytes": snap.kv.nbytes if snap.kv else 0,
             "requests": [r.to_json() for r in snap.requests] if requests else [],
-            "seconds": seconds}
+            "identity_differences": differences,
+            "recut": recut_report.to_json() if recut_report else None, "seconds": seconds}
 
 
 def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
@@ -265,5 +278,5 @@ def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
         raise ThawError(f"SGLang refused the snapshot's weights: {message}")
 
 
-OPS = {"hello": hello, "state": state, "progress": progress, "snapshot": snapshot,
+OPS = {"hello": hello, "state": state, "model_config": model_config, "progress": progress, "snapshot": snapshot,
        "restore": restore}

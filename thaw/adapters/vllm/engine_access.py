@@ -14,6 +14,7 @@ import torch
 
 from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane, config_digest
 from thaw.core.dtypes import dtype_name
+from thaw.core.layouts import vllm_cpu_vec
 
 from ..checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
 
@@ -113,9 +114,7 @@ def kv_layout(core: Any, kv: torch.Tensor) -> KVLayout:
         if tuple(kv.shape) != expected or not kv.is_contiguous():
             raise EngineUnsupported(f"CPU KV tensor is {tuple(kv.shape)}, expected contiguous {expected}")
         # Per block and head: K transposed [head_dim, block_size], then V [block_size, head_dim].
-        head = 2 * bs * head_dim
-        return KVLayout("vllm.cpu.vec", bs, heads, head_dim, dtype,
-                        KVPlane(0, 1, head, bs), KVPlane(bs * head_dim, head_dim, head, 1))
+        return vllm_cpu_vec(bs, heads, head_dim, dtype)
     if backend == "FlashAttentionImpl" and kv.is_cuda:
         # Logical [blocks, heads, block_size, 2*head_dim] (K then V in the last dim); the
         # physical order comes from the tensor's strides, not from an assumption.
@@ -132,7 +131,7 @@ def kv_layout(core: Any, kv: torch.Tensor) -> KVLayout:
 def engine_identity(parts: EngineParts, weights_digest: str = "") -> Identity:
     cfg = parts.core.vllm_config
     mc = cfg.model_config
-    hf = model_config_for_digest(mc.hf_config.to_dict())
+    hf = model_config_for_digest(mc.hf_config, mc.model)
     return Identity(
         model_architecture=(mc.hf_config.architectures or ["unknown"])[0],
         model_config_digest=config_digest(hf),

@@ -18,6 +18,8 @@ import torch
 from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestState,
                        StateSnapshot, ThawError, convert_pages)
 
+from thaw.core.recut import fit_page_size
+
 from .engine_access import EngineParts, reload_weights
 from .recorder import BlockRecord, BlockTokenRecorder
 
@@ -35,6 +37,8 @@ class RestoreReport:
     requests_resumed: list[str] = field(default_factory=list)
     layout_converted: bool = False
     kv_bytes: int = 0
+    identity_differences: dict[str, Any] = field(default_factory=dict)  # reported, not refused
+    recut: Optional[dict[str, Any]] = None  # set when pages were re-cut to this block size
     seconds: dict[str, float] = field(default_factory=dict)  # checks, weights, kv, requests
 
     def to_json(self) -> dict[str, Any]:
@@ -324,6 +328,14 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
         clock = now
 
     has_weights = load_weights and bool(snap.weights)
+    # Another engine's (or block size's) snapshot is re-cut to this engine's blocks; what
+    # no re-cut can fix is refused first, before any page is read.
+    snap.identity.check_matches(engine_id, tuple(f for f in MATCH_FIELDS if f != "page_size"))
+    report.identity_differences = snap.identity.differences(engine_id)
+    snap, recut_report = fit_page_size(snap, parts.layout)
+    if recut_report is not None:
+        report.recut = recut_report.to_json()
+        report.pages_in_snapshot = snap.kv.num_pages
     check_fits(parts, snap, engine_id, has_weights, engine_weights_digest)
     hashes = derive_hashes(parts, snap) if snap.prefix is not None and snap.prefix.nodes else []
     if hashes:

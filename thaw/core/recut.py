@@ -1,0 +1,123 @@
+"""Re-cutting a snapshot's prefix tree and KV pages for another page size and layout.
+
+This is how a snapshot moves between engines that page differently (vLLM blocks of 16 or
+32 tokens, SGLang pages of 1): every root-to-leaf token path is cut into whole target
+pages, pages with equal tokens under the same parent and namespace are shared, unbranched
+runs become one node, and each target page's K and V rows are copied element by element
+from the source pages that held those tokens (bit-identical). Tokens after a path's last
+whole target page cannot be expressed and are dropped, and counted. In-flight requests
+carry engine-specific sampling settings and are dropped, and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from .errors import SchemaError
+from .kv_layout import KVLayout
+from .prefix import ROOT, PrefixTree
+from .schema import PagedKV, StateSnapshot
+from .tensor_data import TensorData
+
+
+@dataclass
+class RecutReport:
+    source_page_size: int
+    target_page_size: int
+    source_layout: str
+    target_layout: str
+    source_tokens: int
+    target_tokens: int
+    leaf_tokens_dropped: int  # after the last whole target page of each leaf path
+    requests_dropped: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def recut(snap: StateSnapshot, layout: KVLayout) -> tuple[StateSnapshot, RecutReport]:
+    """A snapshot whose tree and KV pages are cut to `layout.page_size` in `layout`."""
+    if snap.kv is None or snap.prefix is None:
+        raise SchemaError("recut: the snapshot has no KV pages and prefix tree")
+    src = snap.kv.layout
+    if (src.num_kv_heads, src.head_dim, src.dtype) != (layout.num_kv_heads, layout.head_dim, layout.dtype):
+        raise SchemaError(
+            f"recut: source pages are {src.num_kv_heads} heads x {src.head_dim} ({src.dtype}), "
+            f"target layout {layout.name!r} needs {layout.num_kv_heads} x {layout.head_dim} ({layout.dtype})")
+    tree, rows, dropped = _recut_tree(snap.prefix, layout.page_size)
+    layers = [TensorData.of(_gather_rows(layer.tensor(), src, rows, layout)) for layer in snap.kv.layers]
+    out = StateSnapshot(
+        identity=replace(snap.identity, page_size=layout.page_size, kv_layout=layout.name,
+                         extra={**snap.identity.extra, "recut_from": {
+                             "page_size": src.page_size, "kv_layout": src.name}}),
+        weights=snap.weights, kv=PagedKV(layout, layers), prefix=tree, requests=[],
+        extras=snap.extras, extra_tensors=snap.extra_tensors, source=snap.source)
+    out.validate()
+    return out, RecutReport(src.page_size, layout.page_size, src.name, layout.name,
+                            snap.prefix.num_tokens, tree.num_tokens, dropped, len(snap.requests))
+
+
+def fit_page_size(snap: StateSnapshot, layout: KVLayout) -> tuple[StateSnapshot, "RecutReport | None"]:
+    """`snap` as is when its pages are `layout.page_size` tokens, else re-cut into `layout`."""
+    if snap.kv is None or snap.prefix is None or snap.kv.layout.page_size == layout.page_size:
+        return snap, None
+    return recut(snap, layout)
+
+
+def _recut_tree(tree: PrefixTree, page: int) -> tuple[PrefixTree, torch.Tensor, int]:
+    """The re-cut tree (one node per page, then compacted), the source token row of every
+    target slot ([target pages, page]), and the leaf tokens dropped."""
+    src_page = tree.page_size
+    keys = tree.keys()
+    paged = PrefixTree(page)
+    children: dict[tuple, int] = {}
+    rows: list[list[int]] = []
+    dropped = 0
+    for leaf in tree.leaves():
+        tokens, pages = tree.path(leaf)
+        whole = len(tokens) // page * page
+        dropped += len(tokens) - whole
+        parent = ROOT
+        for start in range(0, whole, page):
+            span = tuple(tokens[start:start + page])
+            key = (parent, span, keys[leaf])
+            if key not in children:
+                children[key] = paged.add(parent, list(span), [len(rows)],
+                                          keys[leaf] if parent == ROOT else None)
+                rows.append([pages[t // src_page] * src_page + t % src_page
+                             for t in range(start, start + page)])
+            parent = children[key]
+    return _compact(paged), torch.tensor(rows, dtype=torch.int64).reshape(-1, page), dropped
+
+
+def _compact(tree: PrefixTree) -> PrefixTree:
+    """Merges each only child into its parent (same namespace); node order stays parents-first."""
+    counts: dict[int, int] = {}
+    for n in tree.nodes:
+        counts[n.parent] = counts.get(n.parent, 0) + 1
+    out = PrefixTree(tree.page_size)
+    into: dict[int, int] = {}
+    for i, n in enumerate(tree.nodes):
+        if n.parent != ROOT and counts[n.parent] == 1 and n.extra_key is None:
+            target = out.nodes[into[n.parent]]
+            target.tokens.extend(n.tokens)
+            target.pages.extend(n.pages)
+            into[i] = into[n.parent]
+        else:
+            into[i] = out.add(into.get(n.parent, ROOT), n.tokens, n.pages, n.extra_key)
+    return out
+
+
+def _gather_rows(pages: torch.Tensor, src: KVLayout, rows: torch.Tensor, dst: KVLayout) -> torch.Tensor:
+    """Target pages whose token slots hold the K/V of source token rows `rows`."""
+    k, v = src.planes(pages.contiguous())
+    shape = (-1, src.num_kv_heads, src.head_dim)
+    out = torch.empty((rows.shape[0], dst.page_elems), dtype=pages.dtype)
+    dk, dv = dst.planes(out)
+    flat = rows.reshape(-1)
+    dk.copy_(k.reshape(shape)[flat].reshape(dk.shape))
+    dv.copy_(v.reshape(shape)[flat].reshape(dv.shape))
+    return out
