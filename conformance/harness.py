@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from thaw.core import load
-from thaw.workers import EngineWorker
+from thaw.workers import EngineWorker, RemoteError
 
 
 @dataclass
@@ -54,6 +54,10 @@ class EngineUnderTest:
         return min(matched, limit)
 
 
+# The parent engine's `info` (when its driver has one), for the suite's report.
+ENGINE_INFO: dict[str, Any] = {}
+
+
 @dataclass
 class Trunk:
     """A warm parent's outputs and snapshots, made once per test class."""
@@ -71,6 +75,10 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
     trunk_path, inflight_path = workdir / "trunk.thaw", workdir / "inflight.thaw"
     inflight_prompt = eut.prompt[: len(eut.prompt) * 3 // 4]
     with eut.engine() as parent:
+        try:
+            ENGINE_INFO.update(parent.call("info"))
+        except RemoteError as exc:  # `info` is optional in the protocol; say so in the report
+            ENGINE_INFO["identity"] = {"engine": f"(driver has no info: {exc.type})"}
         cold = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         cached = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         parent.call("snapshot", path=str(trunk_path))

@@ -93,3 +93,19 @@ def test_dummy_weight_engine_refuses_a_snapshot_without_weights(model, tmp_path)
             child.call("restore", path=str(snap))
         assert err.value.type == "IdentityMismatch" and "weights_digest" in err.value.remote_message
         assert child.call("state") == before
+
+
+def test_snapshot_of_another_block_size_is_recut_and_hits(model, tmp_path):
+    """A 32-token-block snapshot restores into a 64-token-block engine: whole 64-token
+    blocks of each path are kept (the report says how many tokens were dropped)."""
+    snap = tmp_path / "blocks32.thaw"
+    with EngineWorker(DRIVER, {"model": model}) as parent:
+        parent.call("generate", prompt_token_ids=PROMPT, max_tokens=1)
+        ref = parent.call("generate", prompt_token_ids=PROMPT, max_tokens=4)
+        parent.call("snapshot", path=str(snap))
+    with EngineWorker(DRIVER, {"model": model, "load_format": "dummy", "block_size": 64}) as child:
+        report = child.call("restore", path=str(snap))
+        out = child.call("generate", prompt_token_ids=PROMPT, max_tokens=4)
+    assert report["recut"]["source_page_size"] == 32 and report["recut"]["target_page_size"] == 64
+    assert report["identity_differences"]["page_size"] == [32, 64]
+    assert out["cached_tokens"] == (len(PROMPT) - 1) // 64 * 64 and out["tokens"] == ref["tokens"]

@@ -20,7 +20,6 @@ def engine_under_test(tmp_path_factory):
         config={"model": str(model)},
         fresh_config={"load_format": "dummy"},
         mismatches={
-            "block size": ({"block_size": 64}, "page_size"),
             "dtype": ({"dtype": "bfloat16"}, "dtype"),
             "model": ({"model": str(other)}, "model_config_digest"),
         },

@@ -1,7 +1,8 @@
 """Fork a warm engine: N fresh engines, each in its own process, restored from one snapshot.
 
 Each child gets the parent's prefix as a cache hit and then continues with its own
-sampling seed, so branches diverge. Engines are named by driver (see `DRIVERS`).
+sampling seed, so branches diverge. Engines are named by driver (see `DRIVERS`), or given
+as a driver spec "module:Class".
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ def fork(snapshot_path: str, n: int, *, engine: str = "vllm", engine_config: dic
          seeds: Optional[list[int]] = None) -> list[ForkChild]:
     """Starts `n` children, restores the snapshot into each, and continues `prompt`
     (default: the snapshot's longest cached path) with a different seed per child."""
-    if engine not in DRIVERS:
-        raise SchemaError(f"unknown engine {engine!r}; known: {sorted(DRIVERS)}")
+    if engine not in DRIVERS and ":" not in engine:
+        raise SchemaError(f"unknown engine {engine!r}; known: {sorted(DRIVERS)}, or a driver "
+                          "given as 'module:Class'")
     prompt = prompt if prompt is not None else trunk_tokens(snapshot_path)
     seeds = seeds if seeds is not None else list(range(n))
-    workers = [EngineWorker(DRIVERS[engine], engine_config, start=False) for _ in range(n)]
+    driver = DRIVERS.get(engine, engine)
+    workers = [EngineWorker(driver, engine_config, start=False) for _ in range(n)]
     children = []
     try:
         for i, w in enumerate(workers):

@@ -56,6 +56,8 @@ class SGLangDriver:
     def generate(self, prompt_token_ids: list[int], max_tokens: int, temperature: float = 0.0,
                  seed: Optional[int] = None) -> dict[str, Any]:
         t0 = time.perf_counter()
+        if seed is not None:  # a request run alone samples reproducibly from the seeded RNG
+            self.handle.call("seed_rng", seed=seed)
         out = self._run(self.engine.async_generate(
             input_ids=prompt_token_ids, sampling_params=self._sampling(max_tokens, temperature, seed)))
         return {"tokens": list(out["output_ids"]), "cached_tokens": out["meta_info"]["cached_tokens"],

@@ -129,6 +129,12 @@ def state(s: Any) -> dict[str, Any]:
             "weights_digest": _state(s).weights_digest}
 
 
+def seed_rng(s: Any, seed: int) -> None:
+    """Seeds the scheduler's torch RNG, which SGLang samples from unless it runs with
+    deterministic inference (only then does it honour a request's `sampling_seed`)."""
+    torch.manual_seed(seed)
+
+
 def progress(s: Any) -> dict[str, int]:
     """Output tokens produced so far by each live request."""
     return {r.rid: len(r.output_ids) for r in _live_requests(s)}
@@ -278,5 +284,5 @@ def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
         raise ThawError(f"SGLang refused the snapshot's weights: {message}")
 
 
-OPS = {"hello": hello, "state": state, "model_config": model_config, "progress": progress, "snapshot": snapshot,
+OPS = {"hello": hello, "state": state, "model_config": model_config, "seed_rng": seed_rng, "progress": progress, "snapshot": snapshot,
        "restore": restore}

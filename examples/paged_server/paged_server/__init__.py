@@ -1,0 +1,1 @@
+"""A small paged-KV server on `transformers` models that embeds thaw (see README.md)."""

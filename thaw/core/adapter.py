@@ -1,0 +1,95 @@
+"""The contract between thaw and an inference engine, and the registry of adapters.
+
+An adapter binds one running engine. Three methods are required; everything else has a
+default. Invariants every adapter keeps (the conformance suite checks them):
+
+- **When hooks run.** `identity`, `capture` and `restore` are called by the thread that
+  drives the engine, between steps, never while a forward pass or a scheduler step is
+  running. The adapter may assume the engine's KV pool, prefix index and queues are
+  quiescent for the duration of the call.
+- **`capture` only reads.** It returns a `StateSnapshot` whose prefix tree names, for every
+  cached token path, the KV pages holding it, and whose pages hold exactly the engine's K/V
+  bytes for those tokens (laid out as its `KVLayout` says). It must not evict, lock,
+  reorder or free anything, and must not change what the engine generates next.
+- **`restore` checks, then changes.** Identity (at least the fields in
+  `IDENTITY_FIELDS`), layout shape and capacity are checked, and every byte the engine will
+  use is read and CRC-checked (`TensorData.tensor()` / `read_into` do both), *before* the
+  engine is changed. A refusal raises a `ThawError` subclass (`IdentityMismatch` naming the
+  field, `ChecksumError` naming the section) and leaves the engine serving as it was. Pages
+  go into slots taken from the engine's own allocator; an already-cached path is kept, not
+  overwritten; nothing is freed twice; a failure after the first change undoes it.
+- **Never** hold references to snapshot buffers after `restore` returns unless they are the
+  engine's own copies; never write to a snapshot's mapped (read-only) tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Union
+
+from .errors import SchemaError
+from .schema import Identity, StateSnapshot
+from .snapshot_io import save
+
+# What a restore must compare before touching anything (engines may check more).
+IDENTITY_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
+                   "num_kv_heads", "head_dim")
+
+
+class EngineAdapter(ABC):
+    """One running engine, seen by thaw. Subclass and implement the three abstract methods."""
+
+    @abstractmethod
+    def identity(self) -> Identity:
+        """What the engine runs: model, dtype, KV geometry, page size, layout, versions."""
+
+    @abstractmethod
+    def capture(self, *, weights: bool = True) -> StateSnapshot:
+        """The engine's state now (see the module's invariants); weights only if asked."""
+
+    @abstractmethod
+    def restore(self, snapshot: StateSnapshot, *, weights: bool = True,
+                requests: bool = True) -> dict[str, Any]:
+        """Hydrates the engine from `snapshot`; returns a JSON-able report."""
+
+    def snapshot(self, path: str, *, weights: bool = True) -> dict[str, Any]:
+        """Writes `capture()` to `path` atomically; returns a report."""
+        snap = self.capture(weights=weights)
+        save(snap, path)
+        return {"tree_nodes": len(snap.prefix.nodes) if snap.prefix else 0,
+                "pages": snap.kv.num_pages if snap.kv else 0, "requests": len(snap.requests)}
+
+    def finish_requests(self) -> dict[str, list[int]]:
+        """Runs restored in-flight requests to completion; default: the engine has none."""
+        return {}
+
+
+AdapterFactory = Callable[[Any], Any]
+_REGISTRY: dict[str, Union[str, AdapterFactory]] = {
+    "vllm": "thaw.adapters.vllm:attach",
+    "sglang": "thaw.adapters.sglang:attach",
+}
+
+
+def register_adapter(name: str, factory: Union[str, AdapterFactory]) -> None:
+    """Makes `attach(engine, name)` available; `factory` is a callable or "module:attr"
+    (imported on first use, so registering costs nothing)."""
+    if not name or not isinstance(name, str):
+        raise SchemaError("register_adapter: name must be a non-empty string")
+    _REGISTRY[name] = factory
+
+
+def registered_adapters() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def attach(engine: Any, name: str) -> Any:
+    """The adapter registered as `name`, bound to `engine`."""
+    if name not in _REGISTRY:
+        raise SchemaError(f"no thaw adapter named {name!r}; registered: {registered_adapters()}")
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return factory(engine)
