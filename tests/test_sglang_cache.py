@@ -171,7 +171,6 @@ def test_too_small_a_pool_is_refused_before_anything_changes(kind):
     tree, pages = capture(src, src_pool, 1)
     dst, dst_pool, dst_alloc = build(kind, 1, 128)
     serve(dst, dst_alloc, [4, 5, 6, 7])
-    req = dst.req_to_token_pool  # noqa: F841  (the target's request pool is untouched too)
     free_before, tree_before = dst_alloc.available_size(), capture(dst, dst_pool, 1)[0]
     with pytest.raises(ThawError, match="needs 192 KV slots"):
         cs.restore_tree(dst, dst_pool, tree, pages)

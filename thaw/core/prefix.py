@@ -115,34 +115,27 @@ class PrefixTree:
         return matched, (self.path(node)[1] if node != ROOT else [])
 
     def match_node(self, tokens: list[int], extra_key: Optional[str] = None) -> tuple[int, int]:
-        """Longest cached prefix of `tokens`: (number of tokens, deepest node; ROOT if none)."""
-        children: dict[int, list[int]] = {}
-        for i, n in enumerate(self.nodes):
-            children.setdefault(n.parent, []).append(i)
-        keys = self.keys()
-        matched, node = 0, ROOT
-        while True:
-            for child in children.get(node, []):
-                n = self.nodes[child]
-                span = tokens[matched: matched + len(n.tokens)]
-                if keys[child] == extra_key and span == n.tokens:
-                    matched += len(n.tokens)
-                    node = child
-                    break
-            else:
-                return matched, node
+        """Longest prefix of `tokens` made of whole nodes: (tokens, deepest node; ROOT if none)."""
+        matched, node, _ = self._descend(tokens, extra_key, len(self.nodes))
+        return matched, node
 
     def shared_prefix(self, tokens: list[int], extra_key: Optional[str] = None,
                       before: Optional[int] = None) -> int:
         """Tokens of `tokens` that nodes (with ids below `before`) already hold, counting a
         partly matching last node; whole pages only."""
-        limit = len(self.nodes) if before is None else before
+        matched, _, partial = self._descend(tokens, extra_key, len(self.nodes) if before is None else before)
+        return matched + partial // self.page_size * self.page_size
+
+    def _descend(self, tokens: list[int], extra_key: Optional[str], limit: int) -> tuple[int, int, int]:
+        """Walks whole matching nodes among the first `limit`: (tokens matched, last node,
+        tokens agreeing with the best partly matching child after it)."""
         children: dict[int, list[int]] = {}
         for i, n in enumerate(self.nodes[:limit]):
             children.setdefault(n.parent, []).append(i)
         keys = self.keys()
         matched, node = 0, ROOT
         while True:
+            partial = 0
             for child in children.get(node, []):
                 n = self.nodes[child]
                 if keys[child] != extra_key:
@@ -153,10 +146,9 @@ class PrefixTree:
                 if common == len(n.tokens):
                     matched, node = matched + common, child
                     break
-                if common >= self.page_size:
-                    return matched + common // self.page_size * self.page_size
+                partial = max(partial, common)
             else:
-                return matched
+                return matched, node, partial
 
     @property
     def num_tokens(self) -> int:
