@@ -167,16 +167,36 @@ def gather_pages(kv_pool: Any, pool_pages: list[int], page_size: int) -> list[to
 
 
 def scatter_pages(kv_pool: Any, pages: list[torch.Tensor], slots: torch.Tensor) -> None:
-    """Writes snapshot pages ([n, page_elems] per layer, sglang.nhd) into pool `slots`."""
+    """Writes snapshot pages ([n, page_elems] per layer, sglang.nhd) into pool `slots`
+    (one page's worth of slots per page). Runs of consecutive slots are plain copies."""
     if not len(slots):
         return
     k0 = kv_pool.k_buffer[0]
-    shape = (len(slots),) + tuple(k0.shape[1:])
+    rows_shape = (len(slots),) + tuple(k0.shape[1:])
+    runs = _runs(slots.to("cpu", torch.int64))
     slots = slots.to(k0.device)
     for layer, (k, v) in enumerate(zip(kv_pool.k_buffer, kv_pool.v_buffer)):
-        rows = pages[layer].reshape(pages[layer].shape[0], 2, -1)
-        k.index_copy_(0, slots, rows[:, 0].reshape(shape).to(k.device))
-        v.index_copy_(0, slots, rows[:, 1].reshape(shape).to(v.device))
+        halves = pages[layer].reshape(pages[layer].shape[0], 2, -1)
+        for buf, half in ((k, halves[:, 0]), (v, halves[:, 1])):
+            src = half.reshape(rows_shape).to(buf.device)
+            if runs is None:
+                buf.index_copy_(0, slots, src)
+                continue
+            for start, first, n in runs:
+                buf[first: first + n].copy_(src[start: start + n])
+
+
+def _runs(slots: torch.Tensor) -> Optional[list[tuple[int, int, int]]]:
+    """(position, first slot, length) of each run of consecutive slots; None if there are
+    so many runs that one indexed copy is cheaper."""
+    if len(slots) == 0:
+        return []
+    breaks = (torch.nonzero(slots[1:] != slots[:-1] + 1).reshape(-1) + 1).tolist()
+    if len(breaks) > 64:
+        return None
+    starts = [0] + breaks
+    ends = breaks + [len(slots)]
+    return [(a, int(slots[a]), b - a) for a, b in zip(starts, ends)]
 
 
 # -- restore ----------------------------------------------------------------------------
@@ -311,7 +331,9 @@ def restore_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: l
     slots = allocate(tree_cache, needed)
     try:
         ids = torch.tensor([page for plan in plans for page in plan.pages], dtype=torch.int64)
-        scatter_pages(kv_pool, [pages.index_select(0, ids) for pages in layer_pages], slots)
+        every_page_in_order = len(ids) == len(layer_pages[0]) and torch.equal(ids, torch.arange(len(ids)))
+        scatter_pages(kv_pool, layer_pages if every_page_in_order else
+                      [pages.index_select(0, ids) for pages in layer_pages], slots)
     except BaseException:
         tree_cache.token_to_kv_pool_allocator.free(slots)
         raise

@@ -260,7 +260,9 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
     pages: list[torch.Tensor] = []
     if tree is not None:
         layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
-        pages = [convert_pages(layer.tensor(), snap.kv.layout, layout) for layer in snap.kv.layers]
+        # Verified read-only views of the file where it is mapped (no copy when the layout
+        # is the engine's); the scatter below copies them into the pool.
+        pages = [convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers]
     lap("read_and_verify")
     if named:
         _load_weights(s, named)
