@@ -30,7 +30,6 @@ def engine_under_test(tmp_path_factory):
                 "kv_cache_memory_bytes": 256 * 2**20},
         fresh_config={"load_format": "dummy"},
         mismatches={
-            "block size": ({"block_size": 32}, "page_size"),
             "dtype": ({"dtype": "float16"}, "dtype"),
             "model": ({"model": str(other)}, "model_config_digest"),
         },

@@ -7,6 +7,7 @@ them back through the engine's weight-loading path on restore.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -30,17 +31,25 @@ def model_config_for_digest(hf_config: Any, model_dir: str) -> dict:
     """The model's config as both engines see it: the engine's config object restricted to
     the keys its config class defines and the checkpoint's config.json names (engines add
     their own attributes to the object), load-specific keys dropped, aliases spelled one way."""
-    known = set(type(hf_config)().to_dict())
-    config_file = os.path.join(model_dir, "config.json")
-    if os.path.isfile(config_file):
-        with open(config_file) as f:
-            known |= set(json.load(f))
+    known = _known_keys(type(hf_config), model_dir)
     out = {k: v for k, v in hf_config.to_dict().items() if k in known and k not in VOLATILE_CONFIG_KEYS}
     for key in ROPE_KEYS:
         rope = out.get(key)
         if isinstance(rope, dict) and "type" in rope and rope.get("rope_type", rope["type"]) == rope["type"]:
             out[key] = {**{k: v for k, v in rope.items() if k != "type"}, "rope_type": rope["type"]}
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _known_keys(config_cls: type, model_dir: str) -> frozenset:
+    """Keys the config class defines plus those config.json names (built once per engine:
+    constructing a default config costs tens of milliseconds, too much for every restore)."""
+    known = set(config_cls().to_dict())
+    config_file = os.path.join(model_dir, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file) as f:
+            known |= set(json.load(f))
+    return frozenset(known)
 
 
 def checkpoint_files(model_dir: str) -> list[str]:
