@@ -28,27 +28,32 @@ def engine(name: str, models):
 
 class TestVLLMToSGLang(CrossEngineConformance):
     @pytest.fixture(scope="class")
-    def source(self, models):
+    @classmethod
+    def source(cls, models):
         return engine("vllm", models)
 
     @pytest.fixture(scope="class")
-    def target(self, models):
+    @classmethod
+    def target(cls, models):
         return engine("sglang", models)
 
 
 class TestSGLangToVLLM(CrossEngineConformance):
     @pytest.fixture(scope="class")
-    def source(self, models):
+    @classmethod
+    def source(cls, models):
         return engine("sglang", models)
 
     @pytest.fixture(scope="class")
-    def target(self, models):
+    @classmethod
+    def target(cls, models):
         return engine("vllm", models)
 
 
 class TestVLLMToEmbeddedServer(CrossEngineConformance):
     @pytest.fixture(scope="class", autouse=True)
-    def example_on_path(self):
+    @classmethod
+    def example_on_path(cls):
         """Engine workers inherit the environment; the example is not an installed package."""
         before = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLE), before]))
@@ -59,9 +64,11 @@ class TestVLLMToEmbeddedServer(CrossEngineConformance):
             os.environ["PYTHONPATH"] = before
 
     @pytest.fixture(scope="class")
-    def source(self, models):
+    @classmethod
+    def source(cls, models):
         return engine("vllm", models)
 
     @pytest.fixture(scope="class")
-    def target(self, models, example_on_path):
+    @classmethod
+    def target(cls, models, example_on_path):
         return engine("paged_server", models)
