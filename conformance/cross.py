@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import thaw
 from thaw.core.layouts import named_layout
-from thaw.core.recut import fit_page_size
+from thaw.core.recut import fit_page_size, prefix_rows
 from thaw.workers import RemoteError
 
 from .harness import EngineUnderTest
@@ -58,7 +59,14 @@ class CrossEngineConformance:
             identity = child.call("info")["identity"]
             report = child.call("restore", path=str(source_snapshot))
             out = child.call("generate", prompt_token_ids=source.prompt, max_tokens=CONTINUATION)
+            held = Path(source_snapshot).with_name(f"held-by-{identity['engine']}.thaw")
+            child.call("snapshot", path=str(held), weights=False)  # what the target now holds
         expected = translated_prefix(source_snapshot, identity, source.prompt)
+        # Every K and V element of every translated token, as the target engine holds it,
+        # equals the source engine's (read back through the target's own adapter).
+        k0, v0 = prefix_rows(thaw.load(source_snapshot), source.prompt, expected)
+        k1, v1 = prefix_rows(thaw.load(held), source.prompt, expected)
+        assert torch.equal(k0, k1) and torch.equal(v0, v1), "KV rows changed on the way"
         assert expected >= 2 * max(source.page_size, target.page_size), "prompt too short to test"
         assert report["identity_differences"]["engine"] == [source_engine(source_snapshot), identity["engine"]]
         assert out["cached_tokens"] == expected

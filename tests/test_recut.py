@@ -98,3 +98,15 @@ def test_page_one_to_blocks_and_back_keeps_whole_blocks_and_namespaces():
         n = blocks.prefix.shared_prefix(p)
         assert back.prefix.shared_prefix(p) == n
         assert torch.equal(token_rows(back, p)[0][:, :n], token_rows(snap, p)[0][:, :n])
+
+
+def test_prefix_rows_reads_the_same_tokens_through_any_page_size():
+    from thaw.core.recut import prefix_rows
+
+    seq = [4 + i % 5 for i in range(50)]
+    snap = random_snapshot([seq, seq[:20] + [9] * 8], 1, "sglang.nhd", 3)
+    blocks, _ = recut(snap, named_layout("vllm.cpu.vec", 8, HEADS, DIM, "float32"))
+    k0, v0 = prefix_rows(snap, seq, 48)
+    k1, v1 = prefix_rows(blocks, seq, 48)
+    assert k0.shape == (2, 48, HEADS, DIM) and torch.equal(k0, k1) and torch.equal(v0, v1)
+    assert torch.equal(prefix_rows(snap, seq[:20] + [9] * 8, 24)[0], prefix_rows(blocks, seq[:20] + [9] * 8, 24)[0])

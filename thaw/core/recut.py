@@ -121,3 +121,39 @@ def _gather_rows(pages: torch.Tensor, src: KVLayout, rows: torch.Tensor, dst: KV
     dk.copy_(k.reshape(shape)[flat].reshape(dk.shape))
     dv.copy_(v.reshape(shape)[flat].reshape(dv.shape))
     return out
+
+
+def prefix_rows(snap: StateSnapshot, tokens: list[int], n: int,
+                extra_key: "str | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of the first `n` tokens of `tokens` as the snapshot holds them, whatever its
+    page size and layout: ([layers, n, heads, head_dim], same for V). For comparing what two
+    engines hold for the same prefix."""
+    src = snap.kv.layout
+    flat, _ = fit_page_size(snap, _token_layout(src))
+    tree = flat.prefix
+    if tree.shared_prefix(tokens, extra_key) < n:
+        raise SchemaError(f"prefix_rows: the snapshot holds fewer than {n} tokens of the path")
+    children: dict[int, list[int]] = {}
+    keys = tree.keys()
+    for i, node in enumerate(tree.nodes):
+        children.setdefault(node.parent, []).append(i)
+    pages, node, done = [], ROOT, 0
+    while done < n:
+        node = next(c for c in children.get(node, []) if keys[c] == extra_key
+                    and tree.nodes[c].tokens[0] == tokens[done])
+        take = min(len(tree.nodes[node].tokens), n - done)
+        pages += tree.nodes[node].pages[:take]
+        done += take
+    ids = torch.tensor(pages, dtype=torch.int64)
+    ks, vs = [], []
+    for layer in flat.kv.layers:
+        k, v = flat.kv.layout.planes(layer.tensor().index_select(0, ids))
+        ks.append(k.reshape(n, src.num_kv_heads, src.head_dim))
+        vs.append(v.reshape(n, src.num_kv_heads, src.head_dim))
+    return torch.stack(ks), torch.stack(vs)
+
+
+def _token_layout(src: KVLayout) -> KVLayout:
+    from .kv_layout import nhd_layout
+
+    return src if src.page_size == 1 else nhd_layout(1, src.num_kv_heads, src.head_dim, src.dtype)
