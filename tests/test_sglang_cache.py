@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from thaw.adapters.sglang import cache_restore as cr, cache_state as cs
 from thaw.core import EngineUnsupported, PrefixTree, ThawError
 
 from .engines import needs_sglang
@@ -58,32 +59,26 @@ def serve(cache, alloc, tokens, namespace=None) -> None:
     """What SGLang's scheduler does for one finished request: match, fill new slots, insert."""
     from sglang.srt.mem_cache.base_prefix_cache import InsertParams
 
-    from thaw.adapters.sglang import cache_state as cs
-
     n = len(tokens) // cache.page_size * cache.page_size
     if not n:
         return
-    held = cs.match_indices(cache, tokens[:n], namespace)
+    held = cr.match_indices(cache, tokens[:n], namespace)
     value = torch.cat([held, alloc.alloc(n - len(held))])
-    result = cache.insert(InsertParams(key=cs.radix_key(tokens[:n], namespace), value=value,
+    result = cache.insert(InsertParams(key=cr.radix_key(tokens[:n], namespace), value=value,
                                        prev_prefix_len=len(held)))
     if not hasattr(cache, "tree_core") and result.prefix_len > len(held):
         alloc.free(value[len(held): result.prefix_len])
 
 
 def capture(cache, pool, page_size):
-    from thaw.adapters.sglang import cache_state as cs
-
     cap = cs.capture_tree(cache, page_size)
     cap.tree.validate(len(cap.pool_pages))
     return cap.tree, cs.gather_pages(pool, cap.pool_pages, page_size)
 
 
 def assert_same_answers(src, src_pool, dst, dst_pool, queries, namespace=None) -> None:
-    from thaw.adapters.sglang import cache_state as cs
-
     for q in queries:
-        a, b = cs.match_indices(src, q, namespace), cs.match_indices(dst, q, namespace)
+        a, b = cr.match_indices(src, q, namespace), cr.match_indices(dst, q, namespace)
         assert len(a) == len(b), q
         for layer in range(LAYERS):
             assert torch.equal(src_pool.k_buffer[layer][a], dst_pool.k_buffer[layer][b])
@@ -103,15 +98,13 @@ tokens = st.lists(st.integers(4, 9), min_size=1, max_size=48)
        kind=st.sampled_from(KINDS), page_size=st.sampled_from([1, 4]),
        target_size=st.sampled_from([512, 2048]), seed=st.integers(0, 2**16))
 def test_roundtrip_into_a_differently_sized_pool(seqs, queries, kind, page_size, target_size, seed):
-    from thaw.adapters.sglang import cache_state as cs
-
     src, src_pool, src_alloc = build(kind, page_size, 1024)
     randomize(src_pool, seed)
     for s in seqs:
         serve(src, src_alloc, s)
     tree, pages = capture(src, src_pool, page_size)
     dst, dst_pool, dst_alloc = build(kind, page_size, target_size)
-    new = cs.restore_tree(dst, dst_pool, tree, pages)
+    new = cr.restore_tree(dst, dst_pool, tree, pages)
     assert new == tree.num_tokens
     assert_same_answers(src, src_pool, dst, dst_pool, seqs + queries)
     assert_accounting(dst, dst_alloc, target_size)
@@ -121,8 +114,6 @@ def test_roundtrip_into_a_differently_sized_pool(seqs, queries, kind, page_size,
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("page_size", [1, 4])
 def test_target_already_holding_part_of_the_tree_keeps_it_and_frees_nothing_twice(kind, page_size):
-    from thaw.adapters.sglang import cache_state as cs
-
     rng = random.Random(page_size)
     seqs = [[rng.randrange(4, 8) for _ in range(rng.randrange(8, 40))] for _ in range(12)]
     src, src_pool, src_alloc = build(kind, page_size, 1024)
@@ -134,18 +125,16 @@ def test_target_already_holding_part_of_the_tree_keeps_it_and_frees_nothing_twic
     for s in seqs[:4]:
         serve(dst, dst_alloc, s)  # the target's own KV for these (zeros) is kept
     before = capture(dst, dst_pool, page_size)[0].num_tokens
-    new = cs.restore_tree(dst, dst_pool, tree, pages)
+    new = cr.restore_tree(dst, dst_pool, tree, pages)
     assert new == tree.num_tokens - before
     assert_accounting(dst, dst_alloc, 1024)
     for s in seqs:
-        assert len(cs.match_indices(dst, s, None)) == len(cs.match_indices(src, s, None))
+        assert len(cr.match_indices(dst, s, None)) == len(cr.match_indices(src, s, None))
     assert_same_answers(src, src_pool, dst, dst_pool, seqs[4:][:0])  # own KV differs; lengths checked
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_namespaces_stay_apart(kind):
-    from thaw.adapters.sglang import cache_state as cs
-
     seq = [5, 6, 7, 8] * 6
     src, src_pool, src_alloc = build(kind, 1, 512)
     randomize(src_pool, 2)
@@ -155,16 +144,14 @@ def test_namespaces_stay_apart(kind):
     assert {tree.key_of(i) for i in range(len(tree.nodes))} == {
         None, "cache_salt:s1", 'sglang:["lora-a", null]', 'sglang:["lora-a", "s2"]'}
     dst, dst_pool, dst_alloc = build(kind, 1, 512)
-    cs.restore_tree(dst, dst_pool, tree, pages)
+    cr.restore_tree(dst, dst_pool, tree, pages)
     for ns in (None, "cache_salt:s1", 'sglang:["lora-a", null]', 'sglang:["lora-a", "s2"]', "cache_salt:other"):
         assert_same_answers(src, src_pool, dst, dst_pool, [seq], ns)
-    assert len(cs.match_indices(dst, seq, "cache_salt:other")) == 0
+    assert len(cr.match_indices(dst, seq, "cache_salt:other")) == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_too_small_a_pool_is_refused_before_anything_changes(kind):
-    from thaw.adapters.sglang import cache_state as cs
-
     src, src_pool, src_alloc = build(kind, 1, 1024)
     randomize(src_pool, 3)
     serve(src, src_alloc, list(range(4, 200)))
@@ -173,30 +160,26 @@ def test_too_small_a_pool_is_refused_before_anything_changes(kind):
     serve(dst, dst_alloc, [4, 5, 6, 7])
     free_before, tree_before = dst_alloc.available_size(), capture(dst, dst_pool, 1)[0]
     with pytest.raises(ThawError, match="needs 192 KV slots"):
-        cs.restore_tree(dst, dst_pool, tree, pages)
+        cr.restore_tree(dst, dst_pool, tree, pages)
     assert dst_alloc.available_size() == free_before
     assert capture(dst, dst_pool, 1)[0] == tree_before
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_unrelated_cached_prefixes_are_evicted_to_make_room(kind):
-    from thaw.adapters.sglang import cache_state as cs
-
     src, src_pool, src_alloc = build(kind, 1, 1024)
     randomize(src_pool, 4)
     serve(src, src_alloc, list(range(4, 100)))
     tree, pages = capture(src, src_pool, 1)
     dst, dst_pool, dst_alloc = build(kind, 1, 128)
     serve(dst, dst_alloc, [300 + i for i in range(100)])  # fills most of the target
-    cs.restore_tree(dst, dst_pool, tree, pages)
+    cr.restore_tree(dst, dst_pool, tree, pages)
     assert_same_answers(src, src_pool, dst, dst_pool, [list(range(4, 100))])
     assert_accounting(dst, dst_alloc, 128)
 
 
 def test_rust_tree_core_without_the_recorder_is_refused_naming_the_setting():
     from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
-
-    from thaw.adapters.sglang import cache_state as cs
 
     cache, _, _ = build("unified-rust", 1, 256)
 
@@ -209,25 +192,22 @@ def test_rust_tree_core_without_the_recorder_is_refused_naming_the_setting():
 
 
 def test_rust_tree_slots_inserted_before_recording_are_reported_not_guessed():
-    from thaw.adapters.sglang import cache_state as cs
     from thaw.adapters.sglang.slot_walk import SLOT_TOKENS_ATTR
 
     cache, pool, alloc = build("unified-rust", 1, 256)
     serve(cache, alloc, [4, 5, 6, 7])
     serve(cache, alloc, [4, 5, 8, 9, 10])
     rec = getattr(cache, SLOT_TOKENS_ATTR)
-    rec.tokens[cs.match_indices(cache, [4, 5, 8], None)[2]] = -1  # as if never recorded
+    rec.tokens[cr.match_indices(cache, [4, 5, 8], None)[2]] = -1  # as if never recorded
     cap = cs.capture_tree(cache, 1)
     assert cap.tokens_skipped == 3
     assert sorted(map(tuple, (cap.tree.path(i)[0] for i in cap.tree.leaves()))) == [(4, 5, 6, 7)]
 
 
 def test_empty_tree_roundtrips():
-    from thaw.adapters.sglang import cache_state as cs
-
     src, src_pool, _ = build("unified", 4, 256)
     tree, pages = capture(src, src_pool, 4)
     assert tree == PrefixTree(4) and all(p.shape[0] == 0 for p in pages)
     dst, dst_pool, dst_alloc = build("unified", 4, 256)
-    assert cs.restore_tree(dst, dst_pool, tree, pages) == 0
+    assert cr.restore_tree(dst, dst_pool, tree, pages) == 0
     assert dst_alloc.available_size() == 256

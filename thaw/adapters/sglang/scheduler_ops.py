@@ -22,7 +22,7 @@ from thaw.core.recut import fit_page_size
 from thaw.core.snapshot_io import weights_digest
 
 from ..checkpoint import model_config_for_digest, read_checkpoint
-from . import cache_state
+from . import cache_restore, cache_state
 
 SUPPORTED_RANGE = ((0, 5, 20), (0, 5, 22))  # [0.5.20, 0.5.22): the releases pinning torch 2.13
 MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
@@ -122,8 +122,8 @@ def model_config(s: Any) -> dict[str, Any]:
 def state(s: Any) -> dict[str, Any]:
     """What a refused restore must leave unchanged."""
     cap = cache_state.capture_tree(s.tree_cache, s.page_size)
-    return {"free_slots": cache_state.free_slots(s.tree_cache),
-            "evictable_slots": cache_state.evictable_slots(s.tree_cache),
+    return {"free_slots": cache_restore.free_slots(s.tree_cache),
+            "evictable_slots": cache_restore.evictable_slots(s.tree_cache),
             "tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
             "requests": sorted(r.rid for r in _live_requests(s)),
             "weights_digest": _state(s).weights_digest}
@@ -254,7 +254,7 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
     tree: Optional[PrefixTree] = None
     if snap.prefix is not None and snap.kv is not None:
         tree = _tree_with_requests(snap) if requests else snap.prefix
-        cache_state.check_room(s.tree_cache, tree)
+        cache_restore.check_room(s.tree_cache, tree)
     lap("checks")
     named = [(name, data.tensor()) for name, data in snap.weights.items()] if load_weights else []
     pages: list[torch.Tensor] = []
@@ -269,7 +269,7 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
         st = _state(s)
         st.restored_weights, st.weights_digest = dict(snap.weights), snap.identity.weights_digest
     lap("weights")
-    new_tokens = cache_state.restore_tree(s.tree_cache, _kv_pool(s), tree, pages) if tree is not None else 0
+    new_tokens = cache_restore.restore_tree(s.tree_cache, _kv_pool(s), tree, pages) if tree is not None else 0
     lap("kv")
     return {"tree_nodes": len(snap.prefix.nodes) if snap.prefix else 0,
             "new_tokens": new_tokens, "weights_restored": len(named),

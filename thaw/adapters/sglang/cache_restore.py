@@ -1,0 +1,194 @@
+"""Restoring SGLang's radix cache and KV pool from a neutral prefix tree and KV pages.
+
+Contract: call only while nothing else uses the cache (inside the scheduler's own thread,
+between batches). `check_room` and `plan_inserts` only look; `restore_tree` refuses before
+changing anything when the cache cannot make room, takes fresh slots from the allocator,
+writes them, and inserts with `prev_prefix_len` equal to the prefix already held, so no
+slot is freed twice.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from thaw.core import PrefixTree, ROOT, ThawError
+
+from .cache_state import _is_unified, check_supported, decode_namespace
+
+
+def scatter_pages(kv_pool: Any, pages: list[torch.Tensor], slots: torch.Tensor) -> None:
+    """Writes snapshot pages ([n, page_elems] per layer, sglang.nhd) into pool `slots`
+    (one page's worth of slots per page). Runs of consecutive slots are plain copies."""
+    if not len(slots):
+        return
+    k0 = kv_pool.k_buffer[0]
+    rows_shape = (len(slots),) + tuple(k0.shape[1:])
+    runs = _runs(slots.to("cpu", torch.int64))
+    slots = slots.to(k0.device)
+    for layer, (k, v) in enumerate(zip(kv_pool.k_buffer, kv_pool.v_buffer)):
+        halves = pages[layer].reshape(pages[layer].shape[0], 2, -1)
+        for buf, half in ((k, halves[:, 0]), (v, halves[:, 1])):
+            src = half.reshape(rows_shape).to(buf.device)
+            if runs is None:
+                buf.index_copy_(0, slots, src)
+                continue
+            for start, first, n in runs:
+                buf[first: first + n].copy_(src[start: start + n])
+
+
+def _runs(slots: torch.Tensor) -> Optional[list[tuple[int, int, int]]]:
+    """(position, first slot, length) of each run of consecutive slots; None if there are
+    so many runs that one indexed copy is cheaper."""
+    if len(slots) == 0:
+        return []
+    breaks = (torch.nonzero(slots[1:] != slots[:-1] + 1).reshape(-1) + 1).tolist()
+    if len(breaks) > 64:
+        return None
+    starts = [0] + breaks
+    ends = breaks + [len(slots)]
+    return [(a, int(slots[a]), b - a) for a, b in zip(starts, ends)]
+
+
+@dataclass
+class PathInsert:
+    """One token path to put into the tree: `tokens[start:]` are new, with KV in `pages`."""
+
+    tokens: list[int]
+    namespace: Optional[str]
+    start: int
+    pages: list[int]  # snapshot pages holding tokens[start:]
+
+
+def plan_inserts(tree_cache: Any, tree: PrefixTree) -> list[PathInsert]:
+    """For every snapshot node (parents first), the part the target will not hold yet when
+    the node's turn to be inserted comes.
+
+    Only looks: `match_prefix` may split a node of the target, which SGLang documents as
+    a structural refinement that changes no cached content.
+    """
+    p = tree.page_size
+    depths = tree.depths()
+    keys = tree.keys()
+    plans = []
+    for i, tokens, pages in tree.walk():
+        held = match_length(tree_cache, tokens, keys[i])
+        parent_depth = depths[tree.nodes[i].parent] if tree.nodes[i].parent != ROOT else 0
+        # Earlier nodes are inserted first, so what they share with this path is held then.
+        start = max(held, parent_depth, tree.shared_prefix(tokens, keys[i], before=i))
+        if start >= len(tokens):
+            continue
+        plans.append(PathInsert(tokens, keys[i], start, pages[start // p:]))
+    return plans
+
+
+def radix_key(tokens: list[int], namespace: Optional[str]) -> Any:
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    extra, salt = decode_namespace(namespace)
+    return RadixKey(array("q", tokens), extra_key=extra, cache_salt=salt)
+
+
+def match_length(tree_cache: Any, tokens: list[int], namespace: Optional[str]) -> int:
+    return len(match_indices(tree_cache, tokens, namespace))
+
+
+def match_indices(tree_cache: Any, tokens: list[int], namespace: Optional[str]) -> torch.Tensor:
+    from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
+
+    return tree_cache.match_prefix(MatchPrefixParams(key=radix_key(tokens, namespace))).device_indices
+
+
+def free_slots(tree_cache: Any) -> int:
+    return int(tree_cache.token_to_kv_pool_allocator.available_size())
+
+
+def evictable_slots(tree_cache: Any) -> int:
+    return int(tree_cache.evictable_size())
+
+
+def make_room(tree_cache: Any, needed: int) -> None:
+    """Evicts unlocked cached prefixes until `needed` slots are free; refuses first if the
+    cache cannot hold them even then."""
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+    free = free_slots(tree_cache)
+    if needed > free + evictable_slots(tree_cache):
+        raise ThawError(f"the snapshot needs {needed} KV slots; this engine has {free} free and "
+                        f"{evictable_slots(tree_cache)} evictable")
+    if needed > free:
+        tree_cache.evict(EvictParams(num_tokens=needed - free))
+    if free_slots(tree_cache) < needed:
+        raise ThawError(f"evicting cached prefixes freed only {free_slots(tree_cache)} of the "
+                        f"{needed} KV slots the snapshot needs")
+
+
+def allocate(tree_cache: Any, num_tokens: int) -> torch.Tensor:
+    slots = tree_cache.token_to_kv_pool_allocator.alloc(num_tokens)
+    if slots is None:
+        raise ThawError(f"SGLang's allocator refused {num_tokens} KV slots")
+    return slots
+
+
+def insert_paths(tree_cache: Any, plans: list[PathInsert], slots: torch.Tensor) -> None:
+    """Inserts each planned path; `slots` holds the new tokens of all plans, in order."""
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams
+
+    unified = _is_unified(tree_cache)
+    offset = 0
+    for plan in plans:
+        new = slots[offset: offset + len(plan.tokens) - plan.start]
+        offset += len(new)
+        held = match_indices(tree_cache, plan.tokens, plan.namespace)[: plan.start]
+        if len(held) != plan.start:
+            raise ThawError(f"radix path of {len(plan.tokens)} tokens: expected {plan.start} tokens "
+                            f"already inserted, found {len(held)}")
+        value = torch.cat([held.to(new.device, torch.int64), new.to(torch.int64)])
+        result = tree_cache.insert(InsertParams(key=radix_key(plan.tokens, plan.namespace),
+                                                value=value, prev_prefix_len=plan.start))
+        if not unified and result.prefix_len > plan.start:
+            # The legacy tree keeps its own copy of a prefix that appeared meanwhile; the
+            # duplicate slots are ours to free (the unified tree frees them itself).
+            tree_cache.token_to_kv_pool_allocator.free(value[plan.start: result.prefix_len])
+
+
+def check_room(tree_cache: Any, tree: PrefixTree) -> None:
+    """Raises before anything changes when the cache cannot hold the tree's new tokens even
+    after evicting every unlocked prefix."""
+    needed = sum(len(p.tokens) - p.start for p in plan_inserts(tree_cache, tree))
+    free, evictable = free_slots(tree_cache), evictable_slots(tree_cache)
+    if needed > free + evictable:
+        raise ThawError(f"the snapshot needs {needed} KV slots; this engine has {free} free and "
+                        f"{evictable} evictable (raise max_total_tokens / mem_fraction_static)")
+
+
+def restore_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> int:
+    """Puts a snapshot's tree and pages ([num_pages, page_elems] per layer, checked) into
+    the cache; returns how many tokens were new. Raises before changing anything when the
+    cache cannot make room; evicts unlocked prefixes only when that makes enough room."""
+    check_supported(tree_cache)
+    for _ in range(8):
+        plans = plan_inserts(tree_cache, tree)
+        needed = sum(len(p.tokens) - p.start for p in plans)
+        if needed <= free_slots(tree_cache):
+            break
+        make_room(tree_cache, needed)  # may evict prefixes the plan counted on: plan again
+    else:
+        raise ThawError("could not make room for the snapshot's KV: eviction kept dropping "
+                        "prefixes the snapshot shares")
+    if not plans:
+        return 0
+    slots = allocate(tree_cache, needed)
+    try:
+        ids = torch.tensor([page for plan in plans for page in plan.pages], dtype=torch.int64)
+        every_page_in_order = len(ids) == len(layer_pages[0]) and torch.equal(ids, torch.arange(len(ids)))
+        scatter_pages(kv_pool, layer_pages if every_page_in_order else
+                      [pages.index_select(0, ids) for pages in layer_pages], slots)
+    except BaseException:
+        tree_cache.token_to_kv_pool_allocator.free(slots)
+        raise
+    insert_paths(tree_cache, plans, slots)
+    return needed
