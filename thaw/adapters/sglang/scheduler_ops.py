@@ -3,7 +3,7 @@
 Each op takes the `Scheduler` and JSON-able keyword arguments and returns a JSON-able
 value. They run on the scheduler's thread between batches, so the radix cache, KV pool
 and queues are quiescent while they work. The one place that knows SGLang's scheduler
-attributes; the cache itself is translated by `cache_state`.
+attributes; the cache itself is translated by `cache_state` (capture) and `cache_restore`.
 """
 
 from __future__ import annotations
