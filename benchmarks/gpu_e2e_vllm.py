@@ -119,6 +119,7 @@ def main() -> None:
                 rep = w.call("restore", path=snap, weights=False, requests=False)
                 gen = w.call("generate_many", prompt_token_ids=trunk, n=4, max_tokens=64)
                 rounds.append({"restore_s": rep["seconds"], "kv_s": rep["seconds_by_phase"].get("kv"),
+                               "restore_phases_s": rep["seconds_by_phase"],
                                "decode_s": gen["seconds"], "round_s": rep["seconds"] + gen["seconds"],
                                "cached_tokens": gen["cached_tokens"],
                                "distinct_branches": len({tuple(t) for t in gen["tokens"]})})
