@@ -40,6 +40,7 @@ class VLLMHandle:
         self._restored_weights: Optional[dict[str, TensorData]] = None
         self.resumed_outputs: dict[str, list[int]] = {}
         self._registrations: dict[tuple, Any] = {}
+        self._opened: Optional[tuple[tuple, StateSnapshot]] = None
         self.last_capture: Optional[CaptureReport] = None
         self.last_restore: Optional[RestoreReport] = None
 
@@ -92,7 +93,7 @@ class VLLMHandle:
         must then match the snapshot's digest); `requests=False` skips in-flight requests.
         """
         t0 = time.perf_counter()
-        snap = source if isinstance(source, StateSnapshot) else load(source, verify=False)
+        snap = source if isinstance(source, StateSnapshot) else self._opened_snapshot(source)
         verify_seconds = time.perf_counter() - t0
         report, resumed = restore(self.parts, snap, self.recorder, engine_id=self.identity(),
                                   engine_weights_digest=self.weights_digest(),
@@ -104,6 +105,17 @@ class VLLMHandle:
         self.resumed_outputs.update(resumed)
         self.last_restore = report
         return report
+
+    def _opened_snapshot(self, path: Union[str, os.PathLike]) -> StateSnapshot:
+        """The snapshot at `path`, opened once and kept while the file is the same one (path,
+        inode, size, modification time): forks restore the same file again and again, and
+        re-reading a large file's header and section table cost them tens of milliseconds.
+        Every section's bytes are still checked against their CRCs when read."""
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._opened is None or self._opened[0] != key:
+            self._opened = (key, load(path, verify=False))
+        return self._opened[1]
 
     def _registered_file(self, container: Any) -> Any:
         """The snapshot file mapped and registered with CUDA, kept for later restores of the
