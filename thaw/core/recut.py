@@ -19,7 +19,7 @@ import torch
 from .errors import SchemaError
 from .kv_layout import KVLayout
 from .prefix import ROOT, PrefixTree
-from .schema import PagedKV, StateSnapshot
+from .schema import Identity, PagedKV, StateSnapshot
 from .tensor_data import TensorData
 
 
@@ -65,6 +65,20 @@ def fit_page_size(snap: StateSnapshot, layout: KVLayout) -> tuple[StateSnapshot,
     if snap.kv is None or snap.prefix is None or snap.kv.layout.page_size == layout.page_size:
         return snap, None
     return recut(snap, layout)
+
+
+def fit_for_restore(snap: StateSnapshot, engine: Identity, layout: KVLayout,
+                    fields: tuple[str, ...]) -> tuple[StateSnapshot, "RecutReport | None", dict[str, Any]]:
+    """The restore-side identity check around a re-cut. Refuses (IdentityMismatch) on any of
+    `fields` that no re-cut can fix before a page is read, re-cuts to `layout.page_size`
+    when the page sizes differ, then checks every field of `fields` on the result. Returns
+    the snapshot to restore, the re-cut report (None if none was needed), and every identity
+    difference as [snapshot, engine] (for reports, not refusals)."""
+    snap.identity.check_matches(engine, tuple(f for f in fields if f != "page_size"))
+    differences = snap.identity.differences(engine)
+    fitted, report = fit_page_size(snap, layout)
+    fitted.identity.check_matches(engine, fields)
+    return fitted, report, differences
 
 
 def _recut_tree(tree: PrefixTree, page: int) -> tuple[PrefixTree, torch.Tensor, int]:

@@ -10,7 +10,7 @@ from thaw.core import (Identity, IdentityMismatch, PrefixTree, RequestState, Sta
                        TensorData, ThawError, config_digest, convert_pages, nhd_layout)
 from thaw.core.adapter import IDENTITY_FIELDS, EngineAdapter
 from thaw.core.dtypes import dtype_name
-from thaw.core.recut import fit_page_size
+from thaw.core.recut import fit_for_restore
 from thaw.core.snapshot_io import weights_digest
 
 from .engine import ROOT, PagedEngine
@@ -77,9 +77,7 @@ class PagedServerAdapter(EngineAdapter):
     # -- restore: checks, then changes ------------------------------------------------------
     def restore(self, snapshot: StateSnapshot, *, weights: bool = True, requests: bool = True) -> dict[str, Any]:
         e, mine = self.engine, self.identity()
-        snapshot.identity.check_matches(mine, IDENTITY_FIELDS)
-        snap, recut = fit_page_size(snapshot, self.layout)
-        snap.identity.check_matches(mine, MATCH)
+        snap, recut, differences = fit_for_restore(snapshot, mine, self.layout, MATCH)
         load_weights = weights and bool(snap.weights)
         if not load_weights and snap.identity.weights_digest != mine.weights_digest:
             raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
@@ -115,7 +113,7 @@ class PagedServerAdapter(EngineAdapter):
         resumed = self._resume(snap.requests) if requests else []
         return {"pages_written": len(plan), "weights_restored": len(named), "requests": resumed,
                 "kv_bytes": snap.kv.nbytes if snap.kv else 0,
-                "identity_differences": snapshot.identity.differences(mine),
+                "identity_differences": differences,
                 "recut": recut.to_json() if recut else None}
 
     def _plan(self, tree: PrefixTree) -> tuple[list[tuple[int, tuple, int]], dict[int, int]]:

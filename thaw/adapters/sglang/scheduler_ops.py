@@ -18,7 +18,7 @@ from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, PrefixTree
                        StateSnapshot, TensorData, ThawError, config_digest, convert_pages, load, save)
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
-from thaw.core.recut import fit_page_size
+from thaw.core.recut import fit_for_restore
 from thaw.core.snapshot_io import weights_digest
 
 from ..checkpoint import model_config_for_digest, read_checkpoint
@@ -212,16 +212,12 @@ def _tree_with_requests(snap: StateSnapshot) -> PrefixTree:
     return tree
 
 
-def _check_fits(s: Any, snap: StateSnapshot, load_weights: bool, resume: bool) -> None:
-    mine = engine_identity(s)
-    snap.identity.check_matches(mine, MATCH_FIELDS)
+def _check_fits(s: Any, snap: StateSnapshot, mine: Identity, layout: Any, load_weights: bool,
+                resume: bool) -> None:
+    """What `fit_for_restore` does not check: weights, layout shape, request ids."""
     if not load_weights and snap.identity.weights_digest != mine.weights_digest:
         raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
                                mine.weights_digest or "(dummy or unknown weights)")
-    if load_weights and not snap.weights and snap.identity.weights_digest != mine.weights_digest:
-        raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
-                               mine.weights_digest or "(dummy or unknown weights)")
-    layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
     if snap.kv is not None and not snap.kv.layout.same_shape(layout):
         raise IdentityMismatch("kv layout", snap.kv.layout.to_json(), layout.to_json())
     if resume:
@@ -245,12 +241,10 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
     snap = load(path, verify=False)
     load_weights = weights and bool(snap.weights)
     mine = engine_identity(s)
-    # Another engine's (or page size's) snapshot is re-cut to this engine's pages; what no
-    # re-cut can fix is refused first, before any page is read.
-    snap.identity.check_matches(mine, tuple(f for f in MATCH_FIELDS if f != "page_size"))
-    differences = snap.identity.differences(mine)
-    snap, recut_report = fit_page_size(snap, cache_state.kv_layout(_kv_pool(s), s.page_size))
-    _check_fits(s, snap, load_weights, requests)
+    layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
+    # Another engine's (or page size's) snapshot is re-cut to this engine's pages.
+    snap, recut_report, differences = fit_for_restore(snap, mine, layout, MATCH_FIELDS)
+    _check_fits(s, snap, mine, layout, load_weights, requests)
     tree: Optional[PrefixTree] = None
     if snap.prefix is not None and snap.kv is not None:
         tree = _tree_with_requests(snap) if requests else snap.prefix
@@ -259,7 +253,6 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
     named = [(name, data.tensor()) for name, data in snap.weights.items()] if load_weights else []
     pages: list[torch.Tensor] = []
     if tree is not None:
-        layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
         # Verified read-only views of the file where it is mapped (no copy when the layout
         # is the engine's); the scatter below copies them into the pool.
         pages = [convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers]
@@ -286,5 +279,5 @@ def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
         raise ThawError(f"SGLang refused the snapshot's weights: {message}")
 
 
-OPS = {"hello": hello, "state": state, "model_config": model_config, "seed_rng": seed_rng, "progress": progress, "snapshot": snapshot,
-       "restore": restore}
+OPS = {"hello": hello, "state": state, "model_config": model_config, "seed_rng": seed_rng,
+       "progress": progress, "snapshot": snapshot, "restore": restore}

@@ -18,7 +18,7 @@ import torch
 from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestState,
                        StateSnapshot, ThawError, convert_pages)
 
-from thaw.core.recut import fit_page_size
+from thaw.core.recut import fit_for_restore
 
 from .engine_access import EngineParts, reload_weights
 from .recorder import BlockRecord, BlockTokenRecorder
@@ -90,9 +90,9 @@ def check_hasher_agrees(parts: EngineParts, snap: StateSnapshot, hashes: list[by
                                     "derivation; refusing a restore that would never be hit")
 
 
-def check_fits(parts: EngineParts, snap: StateSnapshot, engine_id: Identity, has_weights: bool,
+def check_fits(parts: EngineParts, snap: StateSnapshot, has_weights: bool,
                engine_weights_digest: str) -> None:
-    snap.identity.check_matches(engine_id, MATCH_FIELDS)
+    """What `fit_for_restore` does not check: weights, layout shape, request ids."""
     if not has_weights and snap.identity.weights_digest != engine_weights_digest:
         raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
                                engine_weights_digest or "(dummy or unknown weights)")
@@ -328,15 +328,13 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
         clock = now
 
     has_weights = load_weights and bool(snap.weights)
-    # Another engine's (or block size's) snapshot is re-cut to this engine's blocks; what
-    # no re-cut can fix is refused first, before any page is read.
-    snap.identity.check_matches(engine_id, tuple(f for f in MATCH_FIELDS if f != "page_size"))
-    report.identity_differences = snap.identity.differences(engine_id)
-    snap, recut_report = fit_page_size(snap, parts.layout)
+    # Another engine's (or block size's) snapshot is re-cut to this engine's blocks.
+    snap, recut_report, report.identity_differences = fit_for_restore(snap, engine_id, parts.layout,
+                                                                      MATCH_FIELDS)
     if recut_report is not None:
         report.recut = recut_report.to_json()
         report.pages_in_snapshot = snap.kv.num_pages
-    check_fits(parts, snap, engine_id, has_weights, engine_weights_digest)
+    check_fits(parts, snap, has_weights, engine_weights_digest)
     hashes = derive_hashes(parts, snap) if snap.prefix is not None and snap.prefix.nodes else []
     if hashes:
         check_hasher_agrees(parts, snap, hashes)
