@@ -115,10 +115,8 @@ def make_room(tree_cache: Any, needed: int) -> None:
     cache cannot hold them even then."""
     from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
+    refuse_without_room(tree_cache, needed)
     free = free_slots(tree_cache)
-    if needed > free + evictable_slots(tree_cache):
-        raise ThawError(f"the snapshot needs {needed} KV slots; this engine has {free} free and "
-                        f"{evictable_slots(tree_cache)} evictable")
     if needed > free:
         tree_cache.evict(EvictParams(num_tokens=needed - free))
     if free_slots(tree_cache) < needed:
@@ -158,7 +156,10 @@ def insert_paths(tree_cache: Any, plans: list[PathInsert], slots: torch.Tensor) 
 def check_room(tree_cache: Any, tree: PrefixTree) -> None:
     """Raises before anything changes when the cache cannot hold the tree's new tokens even
     after evicting every unlocked prefix."""
-    needed = sum(len(p.tokens) - p.start for p in plan_inserts(tree_cache, tree))
+    refuse_without_room(tree_cache, sum(len(p.tokens) - p.start for p in plan_inserts(tree_cache, tree)))
+
+
+def refuse_without_room(tree_cache: Any, needed: int) -> None:
     free, evictable = free_slots(tree_cache), evictable_slots(tree_cache)
     if needed > free + evictable:
         raise ThawError(f"the snapshot needs {needed} KV slots; this engine has {free} free and "

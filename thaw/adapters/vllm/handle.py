@@ -111,8 +111,7 @@ class VLLMHandle:
         inode, size, modification time): forks restore the same file again and again, and
         re-reading a large file's header and section table cost them tens of milliseconds.
         Every section's bytes are still checked against their CRCs when read."""
-        st = os.stat(path)
-        key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        key = _file_key(path)
         if self._opened is None or self._opened[0] != key:
             self._opened = (key, load(path, verify=False))
         return self._opened[1]
@@ -123,7 +122,7 @@ class VLLMHandle:
         synchronous, so nothing is reading it any more)."""
         from thaw.core.gpu import RegisteredFile
 
-        key = (container.path, container.file_size, os.stat(container.path).st_mtime_ns)
+        key = _file_key(container.path)
         if key not in self._registrations:
             for old in self._registrations.values():
                 old.close()
@@ -144,6 +143,12 @@ class VLLMHandle:
 
     def detach(self) -> None:
         self.recorder.detach()
+
+
+def _file_key(path: Union[str, os.PathLike]) -> tuple:
+    """Which file is at `path` now: replaced or rewritten files get a new key."""
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def attach(llm: Any, *, prefault_kv: bool = True) -> VLLMHandle:
