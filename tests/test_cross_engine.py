@@ -22,53 +22,37 @@ def models(tmp_path_factory):
     return tiny_models(tmp_path_factory.mktemp("models"))
 
 
-def engine(name: str, models):
-    return engine_under_test(name, models, PROMPT)
-
-
-class TestVLLMToSGLang(CrossEngineConformance):
-    @pytest.fixture(scope="class")
-    @classmethod
-    def source(cls, models):
-        return engine("vllm", models)
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def target(cls, models):
-        return engine("sglang", models)
-
-
-class TestSGLangToVLLM(CrossEngineConformance):
-    @pytest.fixture(scope="class")
-    @classmethod
-    def source(cls, models):
-        return engine("sglang", models)
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def target(cls, models):
-        return engine("vllm", models)
-
-
-class TestVLLMToEmbeddedServer(CrossEngineConformance):
-    @pytest.fixture(scope="class", autouse=True)
-    @classmethod
-    def example_on_path(cls):
-        """Engine workers inherit the environment; the example is not an installed package."""
-        before = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLE), before]))
+@pytest.fixture(scope="module", autouse=True)
+def example_on_path():
+    """Engine workers inherit the environment; the example server is not an installed package."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(EXAMPLE), os.environ.get("PYTHONPATH")])))
         yield
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
+
+
+class CrossRun(CrossEngineConformance):
+    """Binds the suite's `source` and `target` fixtures to the engines named by SOURCE, TARGET."""
+
+    SOURCE = TARGET = ""
 
     @pytest.fixture(scope="class")
     @classmethod
     def source(cls, models):
-        return engine("vllm", models)
+        return engine_under_test(cls.SOURCE, models, PROMPT)
 
     @pytest.fixture(scope="class")
     @classmethod
-    def target(cls, models, example_on_path):
-        return engine("paged_server", models)
+    def target(cls, models):
+        return engine_under_test(cls.TARGET, models, PROMPT)
+
+
+class TestVLLMToSGLang(CrossRun):
+    SOURCE, TARGET = "vllm", "sglang"
+
+
+class TestSGLangToVLLM(CrossRun):
+    SOURCE, TARGET = "sglang", "vllm"
+
+
+class TestVLLMToEmbeddedServer(CrossRun):
+    SOURCE, TARGET = "vllm", "paged_server"
