@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not HAS_CUDA, reason="needs a CUDA device: CPU-only machine; these run on the GPU box")]
 
 if HAS_CUDA:
-    from thaw.core.gpu import (PagePlan, RegisteredFile, copy_sections_to_gpu,
+    from thaw.core.gpu import (PagePlan, RegisteredFile, copy_sections_to_gpu, device_crc32c,
                                device_crc32c_chunks, page_segments, stream_sections_to_gpu,
                                upload_and_scatter)
 
@@ -80,6 +80,15 @@ def test_gpu_crc_equals_cpu(nbytes):
     flipped = data.clone()
     flipped[nbytes // 2] ^= 1
     assert device_crc32c_chunks(flipped.cuda(), 4 << 20) != expected
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 4095, 4096, 4097, (4 << 20) + 12345, 9 << 20])
+def test_whole_tensor_gpu_crc_equals_cpu(nbytes):
+    """The weights digest's CRC of a tensor, computed on the device, equals the CPU's."""
+    data = torch.randint(0, 256, (nbytes,), dtype=torch.uint8)
+    assert device_crc32c(data.cuda()) == movers().crc32c(data)
+    if nbytes % 2 == 0 and nbytes:
+        assert device_crc32c(data.cuda().view(torch.bfloat16)) == movers().crc32c(data)
 
 
 @pytest.mark.parametrize("verify", ["cpu", "gpu"])

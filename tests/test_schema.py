@@ -84,3 +84,27 @@ def test_shared_prefix_counts_a_partly_matching_node_in_whole_pages():
     assert t.shared_prefix([9, 9]) == 0 and t.shared_prefix([9, 9], "cache_salt:x") == 2
     assert t.shared_prefix([1, 2, 3, 4, 5, 6, 7, 8], before=1) == 6
     assert t.match_node([1, 2, 3, 4, 5, 6, 7]) == (6, a)
+
+
+def test_weights_format_round_trips_and_defaults_to_checkpoint(tmp_path):
+    snap = StateSnapshot.from_tensors({"w": torch.ones(3)})
+    assert snap.weights_format == "checkpoint"
+    thaw.save(snap, tmp_path / "a.thaw")
+    assert thaw.load(tmp_path / "a.thaw").weights_format == "checkpoint"
+    snap.weights_format = "vllm.parameters"
+    thaw.save(snap, tmp_path / "b.thaw")
+    assert thaw.load(tmp_path / "b.thaw").weights_format == "vllm.parameters"
+    for bad in ("", "Vllm", "a b", 7, "x" * 65):
+        snap.weights_format = bad
+        with pytest.raises(SchemaError, match="weights_format"):
+            thaw.save(snap, tmp_path / "c.thaw")
+
+
+def test_engines_refuse_weights_in_a_format_they_do_not_load():
+    from thaw.core import IdentityMismatch, check_weights_format
+
+    snap = StateSnapshot.from_tensors({"w": torch.ones(3)})
+    snap.weights_format = "vllm.parameters"
+    with pytest.raises(IdentityMismatch, match="weights_format"):
+        check_weights_format(snap, ("checkpoint",))
+    check_weights_format(StateSnapshot(weights_format="vllm.parameters"), ("checkpoint",))  # no weights

@@ -109,3 +109,26 @@ def test_snapshot_of_another_block_size_is_recut_and_hits(model, tmp_path):
     assert report["recut"]["source_page_size"] == 32 and report["recut"]["target_page_size"] == 64
     assert report["identity_differences"]["page_size"] == [32, 64]
     assert out["cached_tokens"] == (len(PROMPT) - 1) // 64 * 64 and out["tokens"] == ref["tokens"]
+
+
+def test_parameters_weight_format_is_refused_on_the_cpu_backend(model, tmp_path):
+    """vLLM's CPU backend repacks its linear weights, so it neither captures nor loads weights
+    as parameters: both are refused by name, and a refused restore changes nothing."""
+    snap, as_params = tmp_path / "s.thaw", tmp_path / "params.thaw"
+    with EngineWorker(DRIVER, {"model": model}) as parent:
+        parent.call("generate", prompt_token_ids=PROMPT, max_tokens=1)
+        with pytest.raises(RemoteError) as err:
+            parent.call("snapshot", path=str(snap), weights_format="vllm.parameters")
+        assert err.value.type == "EngineUnsupported" and "repacks" in err.value.remote_message
+        parent.call("snapshot", path=str(snap))
+    loaded = thaw.load(snap)
+    assert loaded.weights_format == "checkpoint"
+    loaded.weights_format = "vllm.parameters"
+    thaw.save(loaded, as_params)
+    with EngineWorker(DRIVER, {"model": model, "load_format": "dummy"}) as child:
+        before = child.call("state")
+        for weights in (True, False):
+            with pytest.raises(RemoteError) as err:
+                child.call("restore", path=str(as_params), weights=weights)
+            assert err.value.type == "EngineUnsupported" and "CUDA engine" in err.value.remote_message
+        assert child.call("state") == before

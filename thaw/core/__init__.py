@@ -7,7 +7,8 @@ from .errors import (ChecksumError, EngineUnsupported, FormatError, IdentityMism
                      MoverUnavailable, SchemaError, ThawError)
 from .kv_layout import KVLayout, KVPlane, convert_pages, nhd_layout
 from .prefix import ROOT, PrefixNode, PrefixTree
-from .schema import Identity, PagedKV, RequestState, StateSnapshot, config_digest
+from .schema import (CHECKPOINT_WEIGHTS, Identity, PagedKV, RequestState, StateSnapshot,
+                     check_weights_format, config_digest)
 from .snapshot_io import load, save
 from .tensor_data import TensorData
 
@@ -15,5 +16,5 @@ __all__ = [
     "ChecksumError", "EngineUnsupported", "FormatError", "IdentityMismatch", "MoverUnavailable",
     "SchemaError", "ThawError", "KVLayout", "KVPlane", "convert_pages", "nhd_layout", "ROOT",
     "PrefixNode", "PrefixTree", "Identity", "PagedKV", "RequestState", "StateSnapshot",
-    "config_digest", "load", "save", "TensorData",
+    "config_digest", "CHECKPOINT_WEIGHTS", "check_weights_format", "load", "save", "TensorData",
 ]

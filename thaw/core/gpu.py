@@ -201,6 +201,22 @@ def device_crc32c_chunks(t: torch.Tensor, chunk_size: int, padded_len: Optional[
     return cuda_movers().crc32c_chunks(t.data_ptr(), n, padded_len or align_up(n), chunk_size, s.cuda_stream)
 
 
+def device_crc32c(t: torch.Tensor, chunk_size: int = 4 << 20) -> int:
+    """CRC32C of a contiguous CUDA tensor's bytes, equal to the CPU movers' `crc32c`:
+    chunk CRCs of the 4096-aligned body on the GPU, combined on the host with the tail's."""
+    data = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    n = data.numel()
+    body = n - n % 4096
+    mv = movers()
+    crc = 0
+    if body:
+        for i, c in enumerate(device_crc32c_chunks(data[:body], chunk_size, body)):
+            crc = mv.crc32c_combine(crc, c, min(chunk_size, body - i * chunk_size))
+    if n > body:
+        crc = mv.crc32c_combine(crc, mv.crc32c(data[body:].cpu()), n - body)
+    return crc
+
+
 class RegisteredFile:
     """A snapshot file mapped read-only and registered with CUDA, so that GPU copies read
     the page cache directly at link speed. Keep one per file and reuse it across restores."""
@@ -267,7 +283,8 @@ def stream_sections_to_gpu(c: Container, targets: dict[str, torch.Tensor], *, di
     return used_direct
 
 
-def _check_sections(reg: "RegisteredFile", names: list[str]) -> None:
+def check_sections(reg: "RegisteredFile", names: list[str]) -> None:
+    """Checks the named sections' bytes in the mapped file on CPU threads; raises ChecksumError."""
     mv = movers()
     for name in names:
         sec = reg.container.section(name)
@@ -297,7 +314,7 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
     verifier = DeviceVerifier()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # The CPU checksum runs on native threads (GIL released) while the DMA copies go.
-        checked = pool.submit(_check_sections, reg, list(targets)) if verify == "cpu" else None
+        checked = pool.submit(check_sections, reg, list(targets)) if verify == "cpu" else None
         for name, dst in targets.items():
             with torch.cuda.stream(copy_stream):
                 dst.view(-1).view(torch.uint8).copy_(reg.section(name), non_blocking=True)

@@ -53,7 +53,7 @@ def recut(snap: StateSnapshot, layout: KVLayout) -> tuple[StateSnapshot, RecutRe
         identity=replace(snap.identity, page_size=layout.page_size, kv_layout=layout.name,
                          extra={**snap.identity.extra, "recut_from": {
                              "page_size": src.page_size, "kv_layout": src.name}}),
-        weights=snap.weights, kv=PagedKV(layout, layers), prefix=tree, requests=[],
+        weights=snap.weights, weights_format=snap.weights_format, kv=PagedKV(layout, layers), prefix=tree, requests=[],
         extras=snap.extras, extra_tensors=snap.extra_tensors, source=snap.source)
     out.validate()
     return out, RecutReport(src.page_size, layout.page_size, src.name, layout.name,

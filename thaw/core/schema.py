@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
@@ -13,6 +14,17 @@ from .errors import IdentityMismatch, SchemaError
 from .kv_layout import KVLayout
 from .prefix import PrefixTree
 from .tensor_data import TensorData
+
+
+CHECKPOINT_WEIGHTS = "checkpoint"
+WEIGHTS_FORMAT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_weights_format(snap: "StateSnapshot", accepted: tuple[str, ...]) -> None:
+    """Raises IdentityMismatch, before anything changes, when an engine that accepts only
+    the `accepted` weight formats is asked to load `snap`'s weights."""
+    if snap.weights and snap.weights_format not in accepted:
+        raise IdentityMismatch("weights_format", snap.weights_format, " or ".join(accepted))
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -140,6 +152,10 @@ class StateSnapshot:
 
     identity: Identity = field(default_factory=Identity)
     weights: dict[str, TensorData] = field(default_factory=dict)
+    # How `weights` are named and laid out: CHECKPOINT_WEIGHTS (as in the model's checkpoint
+    # files, readable by any engine) or an engine's own form (e.g. "vllm.parameters": the
+    # engine's parameters as loaded), which only that engine kind accepts.
+    weights_format: str = "checkpoint"
     kv: Optional[PagedKV] = None
     prefix: Optional[PrefixTree] = None
     requests: list[RequestState] = field(default_factory=list)
@@ -172,6 +188,9 @@ class StateSnapshot:
 
     def validate(self) -> None:
         """Cross-checks the parts against each other; raises SchemaError naming the field."""
+        if not isinstance(self.weights_format, str) or not WEIGHTS_FORMAT_NAME.fullmatch(self.weights_format):
+            raise SchemaError(f"weights_format: {self.weights_format!r} is not a format name "
+                              "(lowercase letters, digits, '.', '_' and '-')")
         num_pages = 0
         if self.kv is not None:
             self.kv.validate()

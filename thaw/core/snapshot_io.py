@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -15,7 +15,7 @@ from .errors import SchemaError, ThawError
 from .kv_layout import KVLayout
 from .movers import movers
 from .prefix import PrefixNode, PrefixTree
-from .schema import Identity, PagedKV, RequestState, StateSnapshot
+from .schema import CHECKPOINT_WEIGHTS, Identity, PagedKV, RequestState, StateSnapshot
 from .tensor_data import TensorData
 
 SCHEMA_VERSION = 1
@@ -23,12 +23,16 @@ SCHEMA_VERSION = 1
 
 def weights_digest(weights: dict[str, TensorData]) -> str:
     """sha256 over (name, dtype, shape, CRC32C of bytes) of every weight, by name."""
-    h = hashlib.sha256()
     crc = movers().crc32c
-    for name in sorted(weights):
-        w = weights[name]
-        t = w.raw_bytes_view()
-        h.update(f"{name}|{dtype_name(w.dtype)}|{list(w.shape)}|{crc(_bytes(t)):08x};".encode())
+    return digest_of((name, w.dtype, w.shape, crc(_bytes(w.raw_bytes_view()))) for name, w in weights.items())
+
+
+def digest_of(entries: Iterable[tuple[str, torch.dtype, Sequence[int], int]]) -> str:
+    """The weights digest from (name, dtype, shape, CRC32C of the bytes) of each tensor, in
+    any order: for engines that compute the CRCs where the tensors are (e.g. on a GPU)."""
+    h = hashlib.sha256()
+    for name, dtype, shape, crc in sorted(entries, key=lambda e: e[0]):
+        h.update(f"{name}|{dtype_name(dtype)}|{list(shape)}|{crc:08x};".encode())
     return h.hexdigest()
 
 
@@ -61,6 +65,7 @@ def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = 
         "schema": SCHEMA_VERSION,
         "identity": snapshot.identity.to_json(),
         "weights": [],
+        "weights_format": snapshot.weights_format,
         "kv": None,
         "prefix": None,
         "requests": [r.to_json() for r in snapshot.requests],
@@ -160,7 +165,8 @@ def load(path: str | os.PathLike, *, verify: bool = True,
     if meta.get("schema") != SCHEMA_VERSION:
         raise SchemaError(f"meta: schema {meta.get('schema')!r} is not supported (expected {SCHEMA_VERSION})")
     try:
-        snap = StateSnapshot(identity=Identity.from_json(meta.get("identity")))
+        snap = StateSnapshot(identity=Identity.from_json(meta.get("identity")),
+                             weights_format=meta.get("weights_format", CHECKPOINT_WEIGHTS))
         for entry in _field(meta, "weights", list):
             name, data = _file_tensor(c, entry, "weights")
             snap.weights[name] = data

@@ -6,8 +6,9 @@ from typing import Any
 
 
 from thaw.adapters.checkpoint import model_config_for_digest
-from thaw.core import (Identity, IdentityMismatch, PrefixTree, RequestState, StateSnapshot,
-                       TensorData, ThawError, config_digest, convert_pages, nhd_layout)
+from thaw.core import (CHECKPOINT_WEIGHTS, Identity, IdentityMismatch, PrefixTree, RequestState,
+                       StateSnapshot, TensorData, ThawError, check_weights_format, config_digest,
+                       convert_pages, nhd_layout)
 from thaw.core.adapter import IDENTITY_FIELDS, EngineAdapter
 from thaw.core.dtypes import dtype_name
 from thaw.core.recut import fit_for_restore
@@ -79,6 +80,8 @@ class PagedServerAdapter(EngineAdapter):
         e, mine = self.engine, self.identity()
         snap, recut, differences = fit_for_restore(snapshot, mine, self.layout, MATCH)
         load_weights = weights and bool(snap.weights)
+        if load_weights:
+            check_weights_format(snap, (CHECKPOINT_WEIGHTS,))
         if not load_weights and snap.identity.weights_digest != mine.weights_digest:
             raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
                                    mine.weights_digest or "(dummy weights)")

@@ -14,8 +14,9 @@ from typing import Any, Optional
 
 import torch
 
-from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, PrefixTree, RequestState,
-                       StateSnapshot, TensorData, ThawError, config_digest, convert_pages, load, save)
+from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, IdentityMismatch, PrefixTree,
+                       RequestState, StateSnapshot, TensorData, ThawError, check_weights_format,
+                       config_digest, convert_pages, load, save)
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
 from thaw.core.recut import fit_for_restore
@@ -215,6 +216,8 @@ def _tree_with_requests(snap: StateSnapshot) -> PrefixTree:
 def _check_fits(s: Any, snap: StateSnapshot, mine: Identity, layout: Any, load_weights: bool,
                 resume: bool) -> None:
     """What `fit_for_restore` does not check: weights, layout shape, request ids."""
+    if load_weights:
+        check_weights_format(snap, (CHECKPOINT_WEIGHTS,))  # SGLang loads checkpoint tensors only
     if not load_weights and snap.identity.weights_digest != mine.weights_digest:
         raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
                                mine.weights_digest or "(dummy or unknown weights)")

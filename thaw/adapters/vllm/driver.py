@@ -18,7 +18,9 @@ class VLLMDriver:
 
     def __init__(self, config: dict[str, Any]) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        t0 = time.perf_counter()
         from vllm import LLM
+        self.import_seconds = time.perf_counter() - t0
 
         from . import attach
 
@@ -41,6 +43,7 @@ class VLLMDriver:
 
     def info(self) -> dict[str, Any]:
         return {"identity": self.handle.identity().to_json(), "boot_seconds": self.boot_seconds,
+                "import_seconds": self.import_seconds,
                 "kv_prefault": sorted(self.handle.kv_prefault),
                 "kv_prefault_seconds": self.handle.kv_prefault_seconds}
 
@@ -82,10 +85,13 @@ class VLLMDriver:
     def reset_prefix_cache(self) -> bool:
         return bool(self.llm.reset_prefix_cache())
 
-    def snapshot(self, path: str, weights: bool = True) -> dict[str, Any]:
+    def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.snapshot(path, weights=weights).to_json()
+        report = self.handle.snapshot(path, weights=weights, weights_format=weights_format).to_json()
         return {**report, "seconds": time.perf_counter() - t0}
+
+    def prepare(self, path: str) -> float:
+        return self.handle.prepare(path)
 
     def restore(self, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from thaw.core import StateSnapshot, ThawError, load, save
+from thaw.core import CHECKPOINT_WEIGHTS, StateSnapshot, ThawError, load, save
 from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
@@ -18,6 +18,7 @@ from . import engine_access
 from .capture import CaptureReport, capture
 from .recorder import BlockTokenRecorder
 from .restore import RestoreReport, restore
+from .weights import PARAMETERS_FORMAT, check_format, native_format, parameters, parameters_digest
 
 SnapshotSource = Union[str, os.PathLike, StateSnapshot]
 
@@ -36,8 +37,12 @@ class VLLMHandle:
         self.kv_prefault = ({populate_for_write(s) for s in storages.values()}
                             if prefault_kv else {"skipped"})
         self.kv_prefault_seconds = time.perf_counter() - t0
-        self._weights_digest: Optional[str] = None
-        self._restored_weights: Optional[dict[str, TensorData]] = None
+        # Weights: digest per format (cached; see weights_digest), the checkpoint tensors of
+        # the last restore with checkpoint weights, and whether the weights are known at all
+        # (an engine started with dummy weights has none until a restore brings them).
+        self._digests: dict[str, str] = {}
+        self._restored_checkpoint: Optional[dict[str, TensorData]] = None
+        self._weights_known = not engine_access.loads_dummy_weights(self.parts)
         self.resumed_outputs: dict[str, list[int]] = {}
         self._registrations: dict[tuple, Any] = {}
         self._opened: Optional[tuple[tuple, StateSnapshot]] = None
@@ -46,40 +51,77 @@ class VLLMHandle:
 
     # -- weights --------------------------------------------------------------------
     def checkpoint_weights(self) -> dict[str, torch.Tensor]:
-        """The checkpoint tensors the engine loaded (by checkpoint name).
-
-        On vLLM's CPU backend linear weights are repacked for oneDNN and cannot be read
-        back from the model, so the snapshot takes them from the checkpoint the engine
-        was loaded from, or from the snapshot it was last restored from.
-        """
-        if self._restored_weights is not None:
-            return {name: data.tensor() for name, data in self._restored_weights.items()}
+        """The checkpoint tensors the engine loaded (by checkpoint name): from the checkpoint
+        the engine was loaded from, or from the snapshot it was last restored from."""
+        if self._restored_checkpoint is not None:
+            return {name: data.tensor() for name, data in self._restored_checkpoint.items()}
         return read_checkpoint(self.parts.core.vllm_config.model_config.model,
                                dummy=engine_access.loads_dummy_weights(self.parts))
 
-    def weights_digest(self) -> str:
-        if self._weights_digest is None:
-            try:
-                w = self.checkpoint_weights()
-            except ThawError:
-                return ""
-            self._weights_digest = weights_digest({k: TensorData.of(v) for k, v in w.items()})
-        return self._weights_digest
+    def weights_digest(self, weights_format: Optional[str] = None) -> str:
+        """Digest of the engine's weights in `weights_format` (default: the engine's own,
+        `weights.native_format`); "" when the weights are unknown (dummy, not restored).
+
+        Cached until a restore replaces the weights: after changing the engine's weights
+        any other way, call `forget_weights_digest`."""
+        fmt = weights_format or native_format(self.parts)
+        check_format(self.parts, fmt)
+        if fmt not in self._digests:
+            self._digests[fmt] = self._compute_digest(fmt)
+        return self._digests[fmt]
+
+    def _compute_digest(self, fmt: str) -> str:
+        if fmt == PARAMETERS_FORMAT:
+            return parameters_digest(parameters(self.parts)) if self._weights_known else ""
+        try:
+            w = self.checkpoint_weights()
+        except ThawError:
+            return ""
+        return weights_digest({k: TensorData.of(v) for k, v in w.items()})
+
+    def forget_weights_digest(self) -> None:
+        """Drops the cached digests, for weights changed outside thaw."""
+        self._digests.clear()
+        self._restored_checkpoint = None
 
     def identity(self):
+        """The engine's identity, with its weights digest in the engine's own format."""
         return engine_access.engine_identity(self.parts, self.weights_digest())
 
     # -- snapshot -------------------------------------------------------------------
-    def capture(self, *, weights: bool = True) -> StateSnapshot:
-        """An in-memory StateSnapshot of the engine (KV copied out, weights referenced)."""
-        snap, self.last_capture = capture(self.parts, self.recorder, self.identity(),
-                                          self.checkpoint_weights() if weights else None)
+    def capture(self, *, weights: bool = True, weights_format: Optional[str] = None) -> StateSnapshot:
+        """An in-memory StateSnapshot of the engine (KV copied out; weights copied out, or
+        referenced from the checkpoint). `weights_format` (default: the engine's own) names
+        how weights are stored and what the identity's weights digest covers."""
+        fmt = weights_format or native_format(self.parts)
+        check_format(self.parts, fmt)
+        tensors = None
+        if weights and fmt == PARAMETERS_FORMAT:
+            if not self._weights_known:
+                raise ThawError("the engine runs dummy weights and was not restored: no weights to capture")
+            tensors = parameters(self.parts)
+        elif weights:
+            tensors = self.checkpoint_weights()
+        identity = engine_access.engine_identity(self.parts, self.weights_digest(fmt))
+        snap, self.last_capture = capture(self.parts, self.recorder, identity, tensors)
+        snap.weights_format = fmt
         return snap
 
-    def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True) -> CaptureReport:
+    def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True,
+                 weights_format: Optional[str] = None) -> CaptureReport:
         """Writes the engine's state to `path` atomically; returns what was captured."""
-        save(self.capture(weights=weights), path)
+        save(self.capture(weights=weights, weights_format=weights_format), path)
         return self.last_capture
+
+    def prepare(self, path: Union[str, os.PathLike]) -> float:
+        """Opens the snapshot at `path` (and, for a CUDA engine, maps it and registers it
+        with CUDA) ahead of restores from it, so that they start at once; returns the
+        seconds it took. Restores do the same on first use."""
+        t0 = time.perf_counter()
+        snap = self._opened_snapshot(path)
+        if self.parts.kv_caches[0].is_cuda:
+            self._registered_file(snap.source)
+        return time.perf_counter() - t0
 
     # -- restore --------------------------------------------------------------------
     def restore(self, source: SnapshotSource, *, weights: bool = True,
@@ -95,13 +137,18 @@ class VLLMHandle:
         t0 = time.perf_counter()
         snap = source if isinstance(source, StateSnapshot) else self._opened_snapshot(source)
         verify_seconds = time.perf_counter() - t0
-        report, resumed = restore(self.parts, snap, self.recorder, engine_id=self.identity(),
-                                  engine_weights_digest=self.weights_digest(),
+        # Only digests already known go into the identity compared here (the comparison
+        # reports differences); the check that needs one computes it (check_fits).
+        engine_id = engine_access.engine_identity(self.parts, self._digests.get(snap.weights_format, ""))
+        report, resumed = restore(self.parts, snap, self.recorder, engine_id=engine_id,
+                                  engine_weights_digest=self.weights_digest,
                                   load_weights=weights, resume=requests, registry=self._registered_file)
         report.seconds["open"] = verify_seconds
         if report.weights_restored:
-            self._restored_weights = dict(snap.weights)  # file-backed; read again only to capture
-            self._weights_digest = snap.identity.weights_digest
+            self._digests = {snap.weights_format: snap.identity.weights_digest}
+            # file-backed; read again only to capture checkpoint weights
+            self._restored_checkpoint = dict(snap.weights) if snap.weights_format == CHECKPOINT_WEIGHTS else None
+            self._weights_known = True
         self.resumed_outputs.update(resumed)
         self.last_restore = report
         return report

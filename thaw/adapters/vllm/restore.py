@@ -20,8 +20,9 @@ from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestSta
 
 from thaw.core.recut import fit_for_restore
 
-from .engine_access import EngineParts, reload_weights
+from .engine_access import EngineParts
 from .recorder import BlockRecord, BlockTokenRecorder
+from .weights import WeightsLoad
 
 # Identity fields that must agree before anything is touched.
 MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
@@ -39,6 +40,9 @@ class RestoreReport:
     kv_bytes: int = 0
     identity_differences: dict[str, Any] = field(default_factory=dict)  # reported, not refused
     recut: Optional[dict[str, Any]] = None  # set when pages were re-cut to this block size
+    weights_format: Optional[str] = None  # when weights were restored: their format,
+    weights_route: Optional[str] = None  # the way they took (see weights.WeightsLoad)
+    weights_bytes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # checks, weights, kv, requests
 
     def to_json(self) -> dict[str, Any]:
@@ -91,11 +95,14 @@ def check_hasher_agrees(parts: EngineParts, snap: StateSnapshot, hashes: list[by
 
 
 def check_fits(parts: EngineParts, snap: StateSnapshot, has_weights: bool,
-               engine_weights_digest: str) -> None:
-    """What `fit_for_restore` does not check: weights, layout shape, request ids."""
-    if not has_weights and snap.identity.weights_digest != engine_weights_digest:
-        raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
-                               engine_weights_digest or "(dummy or unknown weights)")
+               engine_weights_digest: Callable[[str], str]) -> None:
+    """What `fit_for_restore` does not check: weights (without weights, the engine's own
+    digest in the snapshot's weight format must match), layout shape, request ids."""
+    if not has_weights:
+        mine = engine_weights_digest(snap.weights_format)
+        if snap.identity.weights_digest != mine:
+            raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
+                                   mine or "(dummy or unknown weights)")
     if snap.kv is not None and not snap.kv.layout.same_shape(parts.layout):
         raise IdentityMismatch("kv layout", snap.kv.layout.to_json(), parts.layout.to_json())
     live = set(parts.llm.llm_engine.output_processor.request_states)
@@ -278,24 +285,6 @@ def _page_record(snap: StateSnapshot, index: dict[int, tuple[int, int]], page: i
                        extra_key=snap.prefix.key_of(i) if root_page else None, supported=True)
 
 
-def _read_weights(parts: EngineParts, snap: StateSnapshot,
-                  registry: Optional[Callable[[Any], Any]]) -> list[tuple[str, torch.Tensor]]:
-    """The snapshot's weights, checked. For a CUDA engine restored from a file they are
-    copied from the CUDA-registered file into GPU tensors and checked there as they land;
-    otherwise read into CPU memory with every chunk checked."""
-    on_gpu = (parts.kv_caches[0].is_cuda and registry is not None and snap.source is not None
-              and all(not w.in_memory for w in snap.weights.values()))
-    if not on_gpu:
-        return [(name, data.tensor()) for name, data in snap.weights.items()]
-    from thaw.core.gpu import copy_sections_to_gpu
-
-    device = parts.kv_caches[0].device
-    targets = {data._section: torch.empty(data.shape, dtype=data.dtype, device=device)
-               for data in snap.weights.values()}
-    copy_sections_to_gpu(registry(snap.source), targets, verify="gpu")
-    return [(name, targets[data._section]) for name, data in snap.weights.items()]
-
-
 def resume_requests(parts: EngineParts, requests: list[RequestState], report: RestoreReport) -> dict[str, list[int]]:
     """Re-queues in-flight requests; their KV prefix is found in the restored cache."""
     from vllm import SamplingParams
@@ -316,7 +305,7 @@ def resume_requests(parts: EngineParts, requests: list[RequestState], report: Re
 
 
 def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorder, *,
-            engine_id: Identity, engine_weights_digest: str, load_weights: bool, resume: bool,
+            engine_id: Identity, engine_weights_digest: Callable[[str], str], load_weights: bool, resume: bool,
             registry: Optional[Callable[[Any], Any]] = None) -> tuple[RestoreReport, dict[str, list[int]]]:
     report = RestoreReport(pages_in_snapshot=snap.kv.num_pages if snap.kv else 0)
     clock = time.perf_counter()
@@ -339,15 +328,24 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
     if hashes:
         check_hasher_agrees(parts, snap, hashes)
     placement = KVPlacement(parts, snap, hashes, report) if hashes else None
+    weights = WeightsLoad(parts, snap, registry) if has_weights else None
+    if weights is not None:
+        report.weights_format, report.weights_route, report.weights_bytes = (
+            snap.weights_format, weights.route, weights.bytes)
     lap("checks")
     # Every byte is CRC-checked before the engine can use it: weights and CPU-bound KV here,
     # KV uploaded to a GPU as it lands there (before its scatter), all before any hash is
     # registered or any weight replaced.
-    weights = _read_weights(parts, snap, registry) if has_weights else []
     direct = (placement is not None and registry is not None and parts.kv_caches[0].is_cuda
               and placement.every_page and snap.kv.layout == parts.layout
               and all(layer._section for layer in snap.kv.layers) and snap.source is not None)
     pages = ([layer.mapped() for layer in snap.kv.layers] if placement is not None and not direct else None)
+    if weights is not None:
+        try:
+            weights.stage()
+        except BaseException:
+            weights.release()
+            raise
     lap("read_and_verify")
     if placement is not None:
         placement.allocate()
@@ -355,13 +353,14 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
         if placement is not None:
             placement.move(pages, registry(snap.source) if direct else None)
         lap("kv")
-        if has_weights:
-            reload_weights(parts, weights)
-            report.weights_restored = len(weights)
+        if weights is not None:
+            report.weights_restored = weights.commit()
         lap("weights")
         if placement is not None:
             placement.register(recorder)
     except BaseException:
+        if weights is not None:
+            weights.release()
         if placement is not None:
             placement.rollback()
         raise

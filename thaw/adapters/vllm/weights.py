@@ -1,0 +1,173 @@
+"""A vLLM engine's weights in a snapshot, in one of two formats, and the way back in.
+
+- ``checkpoint``: tensors named and shaped as in the model's checkpoint files, which any
+  engine can load; vLLM takes them through its own reload path, which re-applies its
+  loader's processing. The only format on vLLM's CPU backend, which repacks linear weights
+  for its kernels so that they cannot be read back from the model.
+- ``vllm.parameters`` (`PARAMETERS_FORMAT`): the model's parameters as loaded (after
+  vLLM's processing), by parameter name, read straight from a CUDA engine and written
+  straight back into another one's parameters with no loader in between. The target's
+  parameter names, dtypes and shapes must equal the snapshot's; other engines refuse it.
+
+`WeightsLoad` splits a restore in three steps so that the restore can keep its order
+(checks, then every byte verified, then the engine changed): construction checks and
+changes nothing, `stage` reads and verifies without touching the engine, `commit` writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, IdentityMismatch, StateSnapshot,
+                       check_weights_format)
+from thaw.core.snapshot_io import digest_of
+
+from .engine_access import EngineParts, reload_weights
+
+PARAMETERS_FORMAT = "vllm.parameters"
+FORMATS = (CHECKPOINT_WEIGHTS, PARAMETERS_FORMAT)
+# GPU memory left free after staging a parameters restore on the device.
+STAGING_HEADROOM = 512 * 2**20
+
+
+def parameters(parts: EngineParts) -> dict[str, torch.Tensor]:
+    """The model's parameters by name, as the engine runs them."""
+    return {name: p.detach() for name, p in parts.model_runner.get_model().named_parameters()}
+
+
+def native_format(parts: EngineParts) -> str:
+    """The format this engine snapshots by default: its parameters where it runs on CUDA."""
+    return PARAMETERS_FORMAT if parts.kv_caches[0].is_cuda else CHECKPOINT_WEIGHTS
+
+
+def check_format(parts: EngineParts, fmt: str) -> None:
+    """Refuses a weight format this engine cannot capture or load, naming why."""
+    if fmt not in FORMATS:
+        raise IdentityMismatch("weights_format", fmt, " or ".join(FORMATS))
+    if fmt == PARAMETERS_FORMAT and not parts.kv_caches[0].is_cuda:
+        raise EngineUnsupported(
+            "weights as vLLM parameters need a CUDA engine: vLLM's CPU backend repacks linear "
+            f"weights for its kernels, so its parameters are not the loaded values; use {CHECKPOINT_WEIGHTS!r}")
+
+
+def parameters_digest(params: dict[str, torch.Tensor]) -> str:
+    """The weights digest of CUDA parameters, with their CRC32Cs computed on the device."""
+    from thaw.core.gpu import device_crc32c
+
+    return digest_of((name, p.dtype, tuple(p.shape), device_crc32c(p.contiguous()))
+                     for name, p in params.items())
+
+
+def _check_parameters_match(snap: StateSnapshot, params: dict[str, torch.Tensor]) -> None:
+    only_snap, only_engine = sorted(set(snap.weights) - set(params)), sorted(set(params) - set(snap.weights))
+    if only_snap or only_engine:
+        raise IdentityMismatch("weight parameters", {"only in the snapshot": only_snap[:5]},
+                               {"only in the engine": only_engine[:5]})
+    for name, data in snap.weights.items():
+        p = params[name]
+        if (data.dtype, data.shape) != (p.dtype, tuple(p.shape)):
+            raise IdentityMismatch(f"parameter {name!r}", f"{data.dtype}{list(data.shape)}",
+                                   f"{p.dtype}{list(p.shape)}")
+        if not p.is_contiguous():
+            raise EngineUnsupported(f"parameter {name!r} is not contiguous; thaw writes parameters whole")
+
+
+class WeightsLoad:
+    """One restore's weights: checked at construction, then `stage`, then `commit`.
+
+    Routes (reported as `route`):
+      checkpoint/gpu-staged  checkpoint tensors copied from the CUDA-registered file into
+                             GPU tensors, checked there, then vLLM's reload path;
+      checkpoint/host        checkpoint tensors read and checked on the host, then reload;
+      parameters/gpu-staged  every parameter copied from the registered file into one GPU
+                             staging buffer and checked there; commit is a device copy;
+      parameters/host-verified  (too little free GPU memory to stage) the file's bytes are
+                             checked on the host first, then copied into the parameters;
+      parameters/host        an in-memory snapshot: host tensors copied into the parameters.
+    """
+
+    def __init__(self, parts: EngineParts, snap: StateSnapshot,
+                 registry: Optional[Callable[[Any], Any]]) -> None:
+        check_weights_format(snap, FORMATS)
+        check_format(parts, snap.weights_format)
+        self.parts, self.snap = parts, snap
+        self.bytes = sum(d.nbytes for d in snap.weights.values())
+        on_gpu = parts.kv_caches[0].is_cuda
+        from_file = registry is not None and snap.source is not None and \
+            all(not d.in_memory for d in snap.weights.values())
+        self.registered = registry(snap.source) if on_gpu and from_file else None
+        self.params: dict[str, torch.Tensor] = {}
+        if snap.weights_format == PARAMETERS_FORMAT:
+            self.params = parameters(parts)
+            _check_parameters_match(snap, self.params)
+            if self.registered is None:
+                self.route = "parameters/host"
+            elif _free_gpu_bytes(parts) >= self.bytes + STAGING_HEADROOM:
+                self.route = "parameters/gpu-staged"
+            else:
+                self.route = "parameters/host-verified"
+        else:
+            self.route = "checkpoint/gpu-staged" if self.registered is not None else "checkpoint/host"
+        self._staged: dict[str, torch.Tensor] = {}
+        self._staging: Optional[torch.Tensor] = None
+
+    def stage(self) -> None:
+        """Reads and verifies every weight byte; the engine is not touched."""
+        from_file = {d._section: name for name, d in self.snap.weights.items()}
+        if self.route == "parameters/gpu-staged":
+            from thaw.core.gpu import copy_sections_to_gpu
+
+            offsets, total = {}, 0
+            for section in from_file:
+                offsets[section] = total
+                total += -(-self.registered.container.section(section).length // 256) * 256
+            self._staging = torch.empty(total, dtype=torch.uint8, device=self.parts.kv_caches[0].device)
+            views = {sec: self._staging[off:off + self.registered.container.section(sec).length]
+                     for sec, off in offsets.items()}
+            copy_sections_to_gpu(self.registered, views, verify="gpu")
+            self._staged = {from_file[sec]: v for sec, v in views.items()}
+        elif self.route == "parameters/host-verified":
+            from thaw.core.gpu import check_sections
+
+            check_sections(self.registered, list(from_file))
+        elif self.route == "checkpoint/gpu-staged":
+            from thaw.core.gpu import copy_sections_to_gpu
+
+            device = self.parts.kv_caches[0].device
+            targets = {d._section: torch.empty(d.shape, dtype=d.dtype, device=device)
+                       for d in self.snap.weights.values()}
+            copy_sections_to_gpu(self.registered, targets, verify="gpu")
+            self._staged = {from_file[sec]: t for sec, t in targets.items()}
+        else:  # host routes: every chunk is checked as it is read
+            self._staged = {name: d.tensor() for name, d in self.snap.weights.items()}
+
+    def commit(self) -> int:
+        """Puts the staged weights into the engine; returns how many tensors were loaded."""
+        if self.route.startswith("checkpoint/"):
+            reload_weights(self.parts, list(self._staged.items()))
+        elif self.route == "parameters/host-verified":
+            from thaw.core.gpu import copy_sections_to_gpu
+
+            copy_sections_to_gpu(self.registered, {d._section: self.params[name].view(-1).view(torch.uint8)
+                                                   for name, d in self.snap.weights.items()}, verify="none")
+        else:  # parameters, staged on the GPU or read on the host: byte copies into each one
+            with torch.no_grad():
+                for name, src in self._staged.items():
+                    self.params[name].view(-1).view(torch.uint8).copy_(src.reshape(-1).view(torch.uint8))
+        self.release()
+        return len(self.snap.weights)
+
+    def release(self) -> None:
+        """Frees what `stage` held (also after a failure); safe to call more than once."""
+        self._staged, self._staging = {}, None
+        if self.parts.kv_caches[0].is_cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # the staging memory goes back to the device, not to torch's cache
+
+
+def _free_gpu_bytes(parts: EngineParts) -> int:
+    device = parts.kv_caches[0].device
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
