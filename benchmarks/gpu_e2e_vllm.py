@@ -10,7 +10,9 @@ head dim 128), built on the device. Measured side by side, each engine in its ow
             cache, then the trunk as a cache hit; weights GB/s against pinned memcpy
             measured on the same card in the same run
   fork      rounds of: restore the trunk's KV into a warm worker, then 4 branches x 64
-            tokens; thaw's share of each round reported apart from decoding
+            tokens; thaw's share of each round reported apart from decoding; once with the
+            KV uploaded from the registered file each round, once with the trunk's pages
+            kept on the device by `prepare(kv_on_device=True)`
 A phase that fails records its error in the receipt instead of a number.
 Usage: python benchmarks/gpu_e2e_vllm.py [--trunk 4000] [--rounds 5]
 """
@@ -151,8 +153,9 @@ def main() -> None:
                     "total_s": booted + served, "tokens_out": out16["tokens"],
                     "digest_equals_parent": info["identity"]["weights_digest"] == r["parent"].get("digest")}
 
-    def fork_rounds():
+    def fork_rounds(kv_on_device: bool):
         with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}) as w:
+            prepare = w.call("prepare", path=snap, kv_on_device=kv_on_device)
             w.call("restore", path=snap)  # weights once; each round restores the trunk's KV
             rounds = []
             for _ in range(args.rounds):
@@ -160,15 +163,17 @@ def main() -> None:
                 rep = w.call("restore", path=snap, weights=False, requests=False)
                 gen = w.call("generate_many", prompt_token_ids=trunk, n=4, max_tokens=64)
                 rounds.append({"restore_s": rep["seconds"], "kv_s": rep["seconds_by_phase"].get("kv"),
-                               "restore_phases_s": rep["seconds_by_phase"],
+                               "kv_from": rep["kv_from"], "restore_phases_s": rep["seconds_by_phase"],
                                "decode_s": gen["seconds"], "round_s": rep["seconds"] + gen["seconds"],
                                "cached_tokens": gen["cached_tokens"],
                                "distinct_branches": len({tuple(t) for t in gen["tokens"]})})
-            return {"rounds": rounds,
+            return {"prepare_s": prepare, "rounds": rounds,
                     "median_restore_s": statistics.median(x["restore_s"] for x in rounds),
+                    "median_decode_s": statistics.median(x["decode_s"] for x in rounds),
                     "median_round_s": statistics.median(x["round_s"] for x in rounds)}
 
-    for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore), ("fork", fork_rounds)):
+    for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore),
+                     ("fork", lambda: fork_rounds(False)), ("fork_kv_on_device", lambda: fork_rounds(True))):
         phase(r, name, fn)
     try:
         r["thaw_output_equals_parent_cached"] = r["thaw"]["tokens_out"] == r["parent"]["cached_tokens_out"]

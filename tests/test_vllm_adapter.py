@@ -131,4 +131,7 @@ def test_parameters_weight_format_is_refused_on_the_cpu_backend(model, tmp_path)
             with pytest.raises(RemoteError) as err:
                 child.call("restore", path=str(as_params), weights=weights)
             assert err.value.type == "EngineUnsupported" and "CUDA engine" in err.value.remote_message
+        with pytest.raises(RemoteError) as err:
+            child.call("prepare", path=str(snap), kv_on_device=True)
+        assert err.value.type == "EngineUnsupported" and "CUDA engine" in err.value.remote_message
         assert child.call("state") == before

@@ -1,6 +1,7 @@
-"""Weights restored as vLLM parameters on a CUDA device: straight into another engine's
-parameters, checked before anything changes. Skipped, with the reason, without CUDA or
-vLLM; runs on the GPU box with vLLM 0.26 (scripts/gpu/)."""
+"""Restores into vLLM on a CUDA device beyond the shared suite: weights as vLLM parameters,
+straight into another engine's parameters and checked before anything changes; KV pages
+kept on the device for repeated restores. Skipped, with the reason, without CUDA or vLLM;
+runs on the GPU box with vLLM 0.26 (scripts/gpu/)."""
 
 import pytest
 import torch
@@ -84,3 +85,15 @@ def test_parameters_of_another_model_are_refused(config, parent_run, tmp_path_fa
         with pytest.raises(RemoteError) as err:
             child.call("restore", path=str(parent_run["dir"] / "params.thaw"))
         assert err.value.type == "IdentityMismatch"
+
+
+def test_kv_pages_kept_on_the_device_restore_again_and_again(config, parent_run):
+    path = str(parent_run["dir"] / "params.thaw")
+    with EngineWorker(DRIVER, {**config, "load_format": "dummy"}) as child:
+        child.call("prepare", path=path, kv_on_device=True)
+        for weights in (True, False, False):
+            child.call("reset_prefix_cache")
+            report = child.call("restore", path=path, weights=weights, requests=False)
+            assert report["kv_from"] == "device" and report["pages_written"] == report["pages_in_snapshot"]
+            out = child.call("generate", prompt_token_ids=PROMPT, max_tokens=16)
+            assert out["cached_tokens"] > 0 and out["tokens"] == parent_run["tokens"]

@@ -201,6 +201,18 @@ def device_crc32c_chunks(t: torch.Tensor, chunk_size: int, padded_len: Optional[
     return cuda_movers().crc32c_chunks(t.data_ptr(), n, padded_len or align_up(n), chunk_size, s.cuda_stream)
 
 
+def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device) -> torch.Tensor:
+    """The named sections' bytes back to back in one new device buffer, each checked on the
+    GPU as it lands; raises ChecksumError naming the section."""
+    lengths = [reg.container.section(n).length for n in names]
+    buf = torch.empty(sum(lengths), dtype=torch.uint8, device=device)
+    views, at = {}, 0
+    for name, n in zip(names, lengths):
+        views[name], at = buf[at:at + n], at + n
+    copy_sections_to_gpu(reg, views, verify="gpu")
+    return buf
+
+
 def device_crc32c(t: torch.Tensor, chunk_size: int = 4 << 20) -> int:
     """CRC32C of a contiguous CUDA tensor's bytes, equal to the CPU movers' `crc32c`:
     chunk CRCs of the 4096-aligned body on the GPU, combined on the host with the tail's."""

@@ -90,8 +90,8 @@ class VLLMDriver:
         report = self.handle.snapshot(path, weights=weights, weights_format=weights_format).to_json()
         return {**report, "seconds": time.perf_counter() - t0}
 
-    def prepare(self, path: str) -> float:
-        return self.handle.prepare(path)
+    def prepare(self, path: str, kv_on_device: bool = False) -> float:
+        return self.handle.prepare(path, kv_on_device=kv_on_device)
 
     def restore(self, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from thaw.core import CHECKPOINT_WEIGHTS, StateSnapshot, ThawError, load, save
+from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, StateSnapshot, ThawError, load, save
 from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
@@ -45,6 +45,7 @@ class VLLMHandle:
         self._weights_known = not engine_access.loads_dummy_weights(self.parts)
         self.resumed_outputs: dict[str, list[int]] = {}
         self._registrations: dict[tuple, Any] = {}
+        self._resident: Optional[tuple[tuple, torch.Tensor]] = None
         self._opened: Optional[tuple[tuple, StateSnapshot]] = None
         self.last_capture: Optional[CaptureReport] = None
         self.last_restore: Optional[RestoreReport] = None
@@ -113,15 +114,43 @@ class VLLMHandle:
         save(self.capture(weights=weights, weights_format=weights_format), path)
         return self.last_capture
 
-    def prepare(self, path: Union[str, os.PathLike]) -> float:
+    def prepare(self, path: Union[str, os.PathLike], *, kv_on_device: bool = False) -> float:
         """Opens the snapshot at `path` (and, for a CUDA engine, maps it and registers it
         with CUDA) ahead of restores from it, so that they start at once; returns the
-        seconds it took. Restores do the same on first use."""
+        seconds it took. Restores do the same on first use.
+
+        `kv_on_device` (CUDA only): also copies the snapshot's KV pages into GPU memory
+        outside the engine's pool (their size, reported by the restore as `kv_bytes`),
+        checked as they land; later restores of every page of this file scatter them from
+        there instead of the link, e.g. a fork server restoring one trunk again and again.
+        Preparing another file, or `release_prepared`, frees them."""
         t0 = time.perf_counter()
         snap = self._opened_snapshot(path)
         if self.parts.kv_caches[0].is_cuda:
-            self._registered_file(snap.source)
+            reg = self._registered_file(snap.source)
+            if kv_on_device and snap.kv is not None:
+                from thaw.core.gpu import upload_sections
+
+                self._resident = None  # the previous file's pages go before the next are placed
+                names = [layer._section for layer in snap.kv.layers]
+                self._resident = (_file_key(path), upload_sections(reg, names, self.parts.kv_caches[0].device))
+        elif kv_on_device:
+            raise EngineUnsupported("kv_on_device needs a CUDA engine; this one runs on the CPU")
         return time.perf_counter() - t0
+
+    def release_prepared(self) -> None:
+        """Frees what `prepare` and restores from files hold: CUDA registrations and KV
+        pages kept on the device."""
+        self._resident = None
+        for reg in self._registrations.values():
+            reg.close()
+        self._registrations = {}
+
+    def _resident_kv(self, container: Any) -> Optional[torch.Tensor]:
+        """The KV pages `prepare(kv_on_device=True)` keeps for the file `container` is, if any."""
+        if self._resident is not None and self._resident[0] == _file_key(container.path):
+            return self._resident[1]
+        return None
 
     # -- restore --------------------------------------------------------------------
     def restore(self, source: SnapshotSource, *, weights: bool = True,
@@ -142,7 +171,8 @@ class VLLMHandle:
         engine_id = engine_access.engine_identity(self.parts, self._digests.get(snap.weights_format, ""))
         report, resumed = restore(self.parts, snap, self.recorder, engine_id=engine_id,
                                   engine_weights_digest=self.weights_digest,
-                                  load_weights=weights, resume=requests, registry=self._registered_file)
+                                  load_weights=weights, resume=requests, registry=self._registered_file,
+                                  resident_kv=self._resident_kv)
         report.seconds["open"] = verify_seconds
         if report.weights_restored:
             self._digests = {snap.weights_format: snap.identity.weights_digest}
@@ -171,8 +201,7 @@ class VLLMHandle:
 
         key = _file_key(container.path)
         if key not in self._registrations:
-            for old in self._registrations.values():
-                old.close()
+            self.release_prepared()
             self._registrations = {key: RegisteredFile(container)}
         return self._registrations[key]
 

@@ -43,6 +43,7 @@ class RestoreReport:
     weights_format: Optional[str] = None  # when weights were restored: their format,
     weights_route: Optional[str] = None  # the way they took (see weights.WeightsLoad)
     weights_bytes: int = 0
+    kv_from: Optional[str] = None  # "file" (registered, uploaded), "host", or "device" (prepared)
     seconds: dict[str, float] = field(default_factory=dict)  # checks, weights, kv, requests
 
     def to_json(self) -> dict[str, Any]:
@@ -151,17 +152,28 @@ class KVPlacement:
         bp.touch(self.held)  # keep hit blocks from being evicted while allocating
         self.fresh = bp.get_new_blocks(len(self.needed)) if self.needed else []
 
-    def move(self, pages: Optional[list[torch.Tensor]], registered: Optional[Any] = None) -> None:
+    def move(self, pages: Optional[list[torch.Tensor]], registered: Optional[Any] = None,
+             resident: Optional[torch.Tensor] = None) -> None:
         """Writes the needed pages. `pages`: verified [num_pages, page_elems] CPU layers; or,
         for CUDA engines, `registered`: the snapshot file registered with CUDA, whose KV
-        sections are uploaded as they are and checked on the GPU before their scatter."""
+        sections are uploaded as they are and checked on the GPU before their scatter; or
+        `resident`: every layer's pages of that file, already checked, in device memory."""
         if not self.needed:
             return
         kv0 = self.parts.kv_caches[0]
         ids = torch.tensor([b.block_id for b in self.fresh], dtype=torch.long, device=kv0.device)
+        if resident is not None:
+            from thaw.core.gpu import PagePlan
+
+            PagePlan(self.parts.kv_caches, ids).scatter(resident)  # one kernel, device to device
+            self.report.kv_bytes += resident.numel()
+            self.report.kv_from = "device"
+            return
         if kv0.is_cuda:
             self._move_cuda(ids, pages, registered)
+            self.report.kv_from = "file" if registered is not None else "host"
             return
+        self.report.kv_from = "host"
         runs = _runs(self.needed)
         for layer_pages, kv in zip(pages, self.parts.kv_caches):
             layer_pages = self._in_engine_layout(layer_pages)
@@ -306,7 +318,9 @@ def resume_requests(parts: EngineParts, requests: list[RequestState], report: Re
 
 def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorder, *,
             engine_id: Identity, engine_weights_digest: Callable[[str], str], load_weights: bool, resume: bool,
-            registry: Optional[Callable[[Any], Any]] = None) -> tuple[RestoreReport, dict[str, list[int]]]:
+            registry: Optional[Callable[[Any], Any]] = None,
+            resident_kv: Optional[Callable[[Any], Optional[torch.Tensor]]] = None,
+            ) -> tuple[RestoreReport, dict[str, list[int]]]:
     report = RestoreReport(pages_in_snapshot=snap.kv.num_pages if snap.kv else 0)
     clock = time.perf_counter()
 
@@ -351,7 +365,8 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
         placement.allocate()
     try:
         if placement is not None:
-            placement.move(pages, registry(snap.source) if direct else None)
+            resident = resident_kv(snap.source) if direct and resident_kv is not None else None
+            placement.move(pages, registry(snap.source) if direct and resident is None else None, resident)
         lap("kv")
         if weights is not None:
             report.weights_restored = weights.commit()
