@@ -3,6 +3,7 @@ checks are in test_sglang_conformance.py)."""
 
 import pytest
 
+import thaw
 from thaw.testing.tiny_model import build_tiny_llama
 from thaw.workers import EngineWorker, RemoteError
 
@@ -36,6 +37,13 @@ def test_python_tree_core_snapshot_restores_into_the_default_rust_core(model, tm
             child.call("snapshot", path=str(tmp_path / "dummy.thaw"))
         assert err.value.type == "ThawError" and "load_format='dummy'" in err.value.remote_message
         before = child.call("state")
+        foreign = thaw.load(snap)  # weights in a vLLM-only format: refused by name, nothing changes
+        foreign.weights_format = "vllm.parameters"
+        thaw.save(foreign, tmp_path / "foreign.thaw")
+        with pytest.raises(RemoteError) as err:
+            child.call("restore", path=str(tmp_path / "foreign.thaw"))
+        assert err.value.type == "IdentityMismatch" and "weights_format" in err.value.remote_message
+        assert child.call("state") == before
         restored = child.call("restore", path=str(snap))
         after = child.call("state")
         assert restored["new_tokens"] == report["tree_tokens"] == after["tree_tokens"]

@@ -21,7 +21,8 @@ from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestSta
 from thaw.core.recut import fit_for_restore
 
 from .engine_access import EngineParts
-from .recorder import BlockRecord, BlockTokenRecorder
+from .recorder import BlockTokenRecorder
+from .pages import page_depths, page_index, page_parents, page_record, runs
 from .weights import WeightsLoad
 
 # Identity fields that must agree before anything is touched.
@@ -174,13 +175,13 @@ class KVPlacement:
             self.report.kv_from = "file" if registered is not None else "host"
             return
         self.report.kv_from = "host"
-        runs = _runs(self.needed)
+        page_runs = runs(self.needed)
         for layer_pages, kv in zip(pages, self.parts.kv_caches):
             layer_pages = self._in_engine_layout(layer_pages)
             block_shape = tuple(kv.shape[1:])
             # One scatter per run of consecutive snapshot pages, straight from the (mapped)
             # source: no intermediate copy.
-            for (first, count), at in runs:
+            for (first, count), at in page_runs:
                 src = layer_pages[first:first + count].reshape((count,) + block_shape)
                 kv.index_copy_(0, ids[at:at + count], src)
             self.report.kv_bytes += len(self.needed) * layer_pages.shape[1] * layer_pages.element_size()
@@ -221,14 +222,14 @@ class KVPlacement:
 
     def register(self, recorder: BlockTokenRecorder) -> None:
         bp, snap, hashes = self.parts.block_pool, self.snap, self.hashes
-        parents = _page_parents(snap)
-        depth = _depths(snap)
-        index = _page_index(snap)
+        parents = page_parents(snap)
+        depth = page_depths(snap)
+        index = page_index(snap)
         for page, blk in zip(self.needed, self.fresh):
             bp._insert_block_hash(self.keys[page], blk, num_tokens=(depth[page] + 1) * self.parts.block_size)
             self.inserted.append(blk)
             parent = parents[page]
-            recorder.add(hashes[page], _page_record(snap, index, page,
+            recorder.add(hashes[page], page_record(snap, index, page,
                                                     hashes[parent] if parent is not None else None))
         # Deepest pages first: they are evicted before their parents, as vLLM itself orders it.
         order = sorted(zip(self.needed, self.fresh), key=lambda pb: -depth[pb[0]])
@@ -244,57 +245,6 @@ class KVPlacement:
         bp.free_blocks(self.fresh)
         bp.free_blocks(self.held)
         self.fresh, self.held, self.inserted = [], [], []
-
-
-def _runs(pages: list[int]) -> list[tuple[tuple[int, int], int]]:
-    """Splits sorted page ids into runs of consecutive ids: ((first, count), offset in list)."""
-    runs: list[tuple[tuple[int, int], int]] = []
-    for at, page in enumerate(pages):
-        if runs and runs[-1][0][0] + runs[-1][0][1] == page:
-            (first, count), start = runs[-1]
-            runs[-1] = ((first, count + 1), start)
-        else:
-            runs.append(((page, 1), at))
-    return runs
-
-
-def _page_parents(snap: StateSnapshot) -> dict[int, Optional[int]]:
-    parents: dict[int, Optional[int]] = {}
-    last: dict[int, Optional[int]] = {}
-    for i, node in enumerate(snap.prefix.nodes):
-        prev = last.get(node.parent) if node.parent >= 0 else None
-        for page in node.pages:
-            parents[page] = prev
-            prev = page
-        last[i] = prev
-    return parents
-
-
-def _depths(snap: StateSnapshot) -> dict[int, int]:
-    """Number of ancestor pages of each page (nodes list parents before children)."""
-    depth: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for i, node in enumerate(snap.prefix.nodes):
-        first = last[node.parent] + 1 if node.parent >= 0 else 0
-        for k, page in enumerate(node.pages):
-            depth[page] = first + k
-        last[i] = first + len(node.pages) - 1
-    return depth
-
-
-def _page_index(snap: StateSnapshot) -> dict[int, tuple[int, int]]:
-    """page -> (node, position of the page within the node)."""
-    return {page: (i, k) for i, node in enumerate(snap.prefix.nodes) for k, page in enumerate(node.pages)}
-
-
-def _page_record(snap: StateSnapshot, index: dict[int, tuple[int, int]], page: int,
-                 parent_hash: Optional[bytes]) -> BlockRecord:
-    i, k = index[page]
-    node = snap.prefix.nodes[i]
-    bs = snap.prefix.page_size
-    root_page = node.parent < 0 and k == 0
-    return BlockRecord(parent=parent_hash, tokens=tuple(node.tokens[k * bs:(k + 1) * bs]),
-                       extra_key=snap.prefix.key_of(i) if root_page else None, supported=True)
 
 
 def resume_requests(parts: EngineParts, requests: list[RequestState], report: RestoreReport) -> dict[str, list[int]]:
