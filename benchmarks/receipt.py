@@ -1,4 +1,6 @@
-"""Writes benchmark receipts: results plus the hardware, versions and date they came from."""
+"""Writes benchmark receipts: results plus the hardware, versions, git commit and date they
+came from. Names carry the time to the second and the commit, and a file is never
+overwritten: a second receipt in the same second gets a numbered suffix."""
 
 from __future__ import annotations
 
@@ -48,11 +50,36 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def git_state() -> dict[str, Any]:
+    """The commit the benchmark ran from, and whether the tree had changes. Where the tree
+    is a copy without git metadata (a device run), THAW_GIT_COMMIT names the commit."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        commit = os.environ.get("THAW_GIT_COMMIT", "")
+        return {"commit": commit or "unknown (no git checkout; set THAW_GIT_COMMIT)",
+                "dirty": None, "from": "THAW_GIT_COMMIT" if commit else "none"}
+
+
 def write_receipt(name: str, results: dict[str, Any]) -> Path:
     now = datetime.datetime.now(datetime.timezone.utc)
     RECEIPTS.mkdir(parents=True, exist_ok=True)
-    path = RECEIPTS / f"{name}-{now:%Y%m%d}.json"
+    git = git_state()
     body = {"benchmark": name, "date": now.isoformat(timespec="seconds"), "machine": machine(),
-            "results": results}
-    path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    return path
+            "git": git, "results": results}
+    text = json.dumps(body, indent=2, sort_keys=True) + "\n"
+    stem = f"{name}-{now:%Y%m%dT%H%M%SZ}-{git['commit'][:8] if git['dirty'] is not None else 'nogit'}"
+    for n in range(1000):
+        path = RECEIPTS / (stem + (f"-{n}" if n else "") + ".json")
+        try:
+            with open(path, "x") as f:  # never replaces an existing receipt
+                f.write(text)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free receipt name under {RECEIPTS} for {stem}")

@@ -5,6 +5,8 @@
 // together, using crc(A||B) = crc(A) * x^(8|B|) + crc(B) over GF(2), then applies the
 // standard pre/post conditioning for the chunk's length.
 #include <cuda_runtime.h>
+#include <mutex>
+#include <set>
 
 #include <stdexcept>
 #include <string>
@@ -117,9 +119,15 @@ __global__ void chunk_crcs(const uint32_t* pieces, uint64_t padded_len, uint64_t
   }
 }
 
+// __constant__ memory exists once per device: upload to each device the first time a
+// kernel runs there (the device current on the calling thread).
 void upload_tables() {
-  static bool done = false;  // per process; the device must be current
-  if (done) return;
+  static std::mutex lock;
+  static std::set<int> uploaded;
+  int device = 0;
+  check(cudaGetDevice(&device), "current device");
+  std::lock_guard<std::mutex> guard(lock);
+  if (uploaded.count(device)) return;
   uint32_t table[4 * 256], pow2k[64];
   for (uint32_t i = 0; i < 256; ++i) {
     uint32_t c = i;
@@ -138,7 +146,7 @@ void upload_tables() {
   }
   check(cudaMemcpyToSymbol(c_table, table, sizeof(table)), "upload CRC table");
   check(cudaMemcpyToSymbol(c_x_pow_2k, pow2k, sizeof(pow2k)), "upload CRC powers");
-  done = true;
+  uploaded.insert(device);
 }
 
 }  // namespace

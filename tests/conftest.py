@@ -19,3 +19,29 @@ class _nullcontext:
 
     def __exit__(self, *a):
         return False
+
+
+def pytest_report_header(config):
+    """Names the CPU the suite runs on: vLLM's CPU kernels (and so KV layouts) depend on it."""
+    return cpu_description()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The same line at the end, where `pytest -q` (which prints no header) shows it too."""
+    terminalreporter.write_line(cpu_description())
+
+
+def cpu_description() -> str:
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError as exc:
+        return f"cpu: unknown ({exc})"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return f"cpu: {model}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + ' '.join(wanted)}"

@@ -142,4 +142,38 @@ def test_upload_and_scatter_checks_each_layer():
     with pytest.raises(thaw.ChecksumError, match="kv layer 2"):
         upload_and_scatter(fresh, ids, host, torch.empty_like(staging), block_dim=1, expected_crcs=expected)
     torch.cuda.synchronize()
-    assert torch.equal(fresh[1][:, ids], layers[1][:, ids]) and not fresh[2].any()
+    assert not any(f.any() for f in fresh)  # every layer is checked before any block is written
+
+
+RFC3720_ZEROS_32 = 0x8A9136AA  # RFC 3720 B.4: CRC32C of 32 bytes of 0x00
+
+
+def test_gpu_crc_on_every_device():
+    """The CRC tables live in each device's constant memory: every device computes the
+    same (RFC 3720 known-answer) CRC, whichever device ran first. With one GPU this checks
+    that a second stream on it agrees and the table upload survived an earlier use."""
+    assert movers().crc32c(torch.zeros(32, dtype=torch.uint8)) == RFC3720_ZEROS_32
+    zeros = torch.zeros(8192, dtype=torch.uint8)
+    big = torch.randint(0, 256, ((4 << 20) + 777,), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    want_zeros, want = movers().crc32c(zeros), movers().crc32c(big)
+    for dev in reversed(range(torch.cuda.device_count())):  # the highest device first
+        with torch.cuda.device(dev):
+            assert device_crc32c(zeros.cuda()) == want_zeros, dev
+            side = torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                assert device_crc32c(big.cuda()) == want, dev
+
+
+def test_gpu_checked_section_refuses_nonzero_padding(tmp_path):
+    """A GPU check sees only a section's payload; the padding it counts as zeros is checked
+    in the file, so a file whose padding is not zero is refused as the CPU path refuses it."""
+    path = tmp_path / "w.thaw"
+    thaw.save(thaw.StateSnapshot.from_tensors({"w": torch.arange(1000, dtype=torch.float32)}), path)
+    sec = Container(path).section("weights/w")
+    with open(path, "r+b") as f:
+        f.seek(sec.offset + sec.length + 7)
+        f.write(b"\x01")
+    reg = RegisteredFile(Container(path))
+    with pytest.raises(thaw.FormatError, match="padding"):
+        copy_sections_to_gpu(reg, {"weights/w": torch.empty(1000, device="cuda")}, verify="gpu")
+    reg.close()

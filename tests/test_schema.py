@@ -108,3 +108,16 @@ def test_engines_refuse_weights_in_a_format_they_do_not_load():
     with pytest.raises(IdentityMismatch, match="weights_format"):
         check_weights_format(snap, ("checkpoint",))
     check_weights_format(StateSnapshot(weights_format="vllm.parameters"), ("checkpoint",))  # no weights
+
+
+def test_unknown_weights_digest_is_never_a_match():
+    from thaw.core import IdentityMismatch, check_kv_weights
+
+    check_kv_weights("abc", "abc")
+    for mine, theirs in (("", ""), ("abc", ""), ("", "abc"), ("abc", "abd")):
+        with pytest.raises(IdentityMismatch, match="weights_digest"):
+            check_kv_weights(mine, theirs)
+    check_kv_weights("", "", trust_unknown=True)
+    check_kv_weights("abc", "", trust_unknown=True)
+    with pytest.raises(IdentityMismatch):  # known and different is never trusted
+        check_kv_weights("abc", "abd", trust_unknown=True)

@@ -211,3 +211,24 @@ def test_empty_tree_roundtrips():
     dst, dst_pool, dst_alloc = build("unified", 4, 256)
     assert cr.restore_tree(dst, dst_pool, tree, pages) == 0
     assert dst_alloc.available_size() == 256
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_placed_tree_released_leaves_cache_and_slots_as_they_were(kind):
+    """Pages written by `place_tree` and then released (a restore failing after the KV
+    moved, e.g. in its weights) leave no slot taken and no prefix cached."""
+    src, src_pool, src_alloc = build(kind, 1, 256)
+    randomize(src_pool, 3)
+    path = [5, 6, 7, 8, 9, 10, 4, 4]
+    serve(src, src_alloc, path)
+    tree, pages = capture(src, src_pool, 1)
+    dst, dst_pool, dst_alloc = build(kind, 1, 256)
+    free = cr.free_slots(dst)
+    placement = cr.place_tree(dst, dst_pool, tree, pages)
+    assert cr.free_slots(dst) == free - len(path) and cr.match_length(dst, path, None) == 0
+    placement.release()
+    assert cr.free_slots(dst) == free and cr.match_length(dst, path, None) == 0
+    placement.release()  # idempotent
+    assert_accounting(dst, dst_alloc, 256)
+    assert cr.restore_tree(dst, dst_pool, tree, pages) == len(path)
+    assert_same_answers(src, src_pool, dst, dst_pool, [path])

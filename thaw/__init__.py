@@ -2,12 +2,12 @@
 
 from .core import (ChecksumError, EngineUnsupported, FormatError, Identity, IdentityMismatch,
                    KVLayout, MoverUnavailable, PrefixTree, RequestState, SchemaError,
-                   StateSnapshot, TensorData, ThawError, load, save)
+                   SnapshotIncomplete, StateSnapshot, TensorData, ThawError, load, save)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChecksumError", "EngineUnsupported", "FormatError", "Identity", "IdentityMismatch",
     "KVLayout", "MoverUnavailable", "PrefixTree", "RequestState", "SchemaError",
-    "StateSnapshot", "TensorData", "ThawError", "load", "save", "__version__",
+    "SnapshotIncomplete", "StateSnapshot", "TensorData", "ThawError", "load", "save", "__version__",
 ]

@@ -49,9 +49,11 @@ class EngineAdapter(ABC):
         """The engine's state now (see the module's invariants); weights only if asked."""
 
     @abstractmethod
-    def restore(self, snapshot: StateSnapshot, *, weights: bool = True,
-                requests: bool = True) -> dict[str, Any]:
-        """Hydrates the engine from `snapshot`; returns a JSON-able report."""
+    def restore(self, snapshot: StateSnapshot, *, weights: bool = True, requests: bool = True,
+                trust_unknown_weights: bool = False) -> dict[str, Any]:
+        """Hydrates the engine from `snapshot`; returns a JSON-able report. With
+        `weights=False` the engine keeps its weights, whose digest must be known and equal
+        the snapshot's (`check_kv_weights`) unless `trust_unknown_weights`."""
 
     def snapshot(self, path: str, *, weights: bool = True) -> dict[str, Any]:
         """Writes `capture()` to `path` atomically; returns a report."""

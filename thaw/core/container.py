@@ -117,7 +117,7 @@ class Container:
             raise FormatError("header: field 'meta' must be a JSON object")
         self.meta: dict[str, Any] = header["meta"]
         self.data_start = fmt.PREAMBLE_SIZE + pre.header_length
-        self._maps: list[mmap.mmap] = []
+        self._maps: dict[str, np.ndarray] = {}  # section name -> view of its one mapping
         self.sections: dict[str, fmt.Section] = {
             s.name: s for s in fmt.parse_sections(header, self.data_start, self.file_size)
         }
@@ -141,7 +141,9 @@ class Container:
 
     def read_into(self, name: str, dest: Buffer, *, verify: bool = True,
                   threads: int = DEFAULT_THREADS, direct: bool = False) -> None:
-        """Fills `dest` (exactly the section's length) with the section's payload."""
+        """Fills `dest` (exactly the section's length) with the section's payload, checking
+        every chunk. On a ChecksumError, `dest` holds the unverified bytes read so far: it
+        must not be used (verify-then-copy costs a second pass, so it is not done here)."""
         sec = self.section(name)
         n = _nbytes(_as_bytes_view(dest))
         if n != sec.length:
@@ -150,21 +152,31 @@ class Container:
 
     def map_section(self, name: str) -> np.ndarray:
         """The section's payload as a read-only view of the page cache (no copy), after the
-        CRC32C of every chunk of its padded extent has been checked.
+        CRC32C of every chunk of its padded extent has been checked (on every call: the
+        file's pages are checked, not trusted).
 
-        The mapping is populated up front and stays valid while this Container lives.
-        """
+        Each section is mapped once per Container and populated up front; the mapping
+        stays valid while this Container lives. Works on kernels with any page size: the
+        mapping starts at the allocation granularity below the section."""
         sec = self.section(name)
         if sec.padded_length == 0:
             return np.empty(0, dtype=np.uint8)
-        with open(self.path, "rb") as f:
-            # Read-only: a writable private mapping would be populated by copying every page.
-            m = mmap.mmap(f.fileno(), sec.padded_length, flags=mmap.MAP_SHARED | _MAP_POPULATE,
-                          prot=mmap.PROT_READ, offset=sec.offset)
-        self._maps.append(m)
-        view = np.frombuffer(m, dtype=np.uint8)
+        view = self._maps.get(name)
+        if view is None:
+            lead = sec.offset % mmap.ALLOCATIONGRANULARITY
+            with open(self.path, "rb") as f:
+                # Read-only: a writable private mapping would be populated by copying every page.
+                m = mmap.mmap(f.fileno(), lead + sec.padded_length, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                              prot=mmap.PROT_READ, offset=sec.offset - lead)
+            view = np.frombuffer(m, dtype=np.uint8)[lead:]
+            self._maps[name] = view
         sec.check_crcs(movers().crc32c_chunks(view, sec.chunk_size, DEFAULT_THREADS))
         return view[:sec.length]
+
+    @property
+    def num_mappings(self) -> int:
+        """Sections mapped so far (one mapping each)."""
+        return len(self._maps)
 
     def read(self, name: str, *, verify: bool = True) -> np.ndarray:
         sec = self.section(name)

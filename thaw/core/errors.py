@@ -40,6 +40,10 @@ class IdentityMismatch(ThawError):
         self.engine_value = engine_value
 
 
+class SnapshotIncomplete(ThawError):
+    """A strict snapshot would leave out state the engine holds (the message says what)."""
+
+
 class EngineUnsupported(ThawError):
     """The engine runs in a configuration thaw cannot reach; the message says what to change."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import mmap
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from .container import Container
-from .errors import ChecksumError, MoverUnavailable, SchemaError
+from .errors import ChecksumError, FormatError, MoverUnavailable, SchemaError
 from .format import align_up
 from .movers import DEFAULT_THREADS, movers
 from .tensor_data import readonly_tensor
@@ -149,6 +150,35 @@ class DeviceVerifier:
                 raise ChecksumError(f"{name} chunk {k} (in GPU memory)", expected[k], actual[k])
 
 
+def upload_checked(parts: list[torch.Tensor], staging: torch.Tensor, *,
+                   expected_crcs: Optional[list[list[int]]] = None, chunk_size: int = 4 << 20,
+                   names: Optional[list[str]] = None) -> list[torch.Tensor]:
+    """Copies each host part (pinned or CUDA-registered bytes) into `staging`, back to back,
+    on a copy stream, checks each on the GPU as it lands (against `expected_crcs[i]`, the
+    file's chunk CRCs of that part), waits, and raises ChecksumError naming the first bad
+    part. Returns the parts' device views. Nothing but `staging` is written, so a caller
+    can verify everything before it changes anything else."""
+    sizes = [p.numel() * p.element_size() for p in parts]
+    if staging.numel() * staging.element_size() < sum(sizes):
+        raise SchemaError("staging buffer too small")
+    copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
+    copy_stream.wait_stream(compute)
+    views, at = [], 0
+    verifier = DeviceVerifier()
+    with torch.cuda.stream(copy_stream):
+        for i, (part, n) in enumerate(zip(parts, sizes)):
+            view = staging[at:at + n]
+            at += n
+            view.copy_(part.reshape(-1).view(torch.uint8), non_blocking=True)
+            views.append(view)
+            if expected_crcs is not None:
+                verifier.check(names[i] if names else f"kv layer {i}", view, expected_crcs[i], chunk_size,
+                               stream=copy_stream)
+    compute.wait_stream(copy_stream)
+    verifier.raise_if_failed()  # synchronizes
+    return views
+
+
 def upload_and_scatter(layers: list[torch.Tensor], block_ids: torch.Tensor,
                        host_packed: "torch.Tensor | list[torch.Tensor]",
                        staging: torch.Tensor, *, block_dim: int = 0,
@@ -157,39 +187,26 @@ def upload_and_scatter(layers: list[torch.Tensor], block_ids: torch.Tensor,
     """Restore path for KV pages: host (pinned) packed pages -> GPU staging -> paged layers.
 
     `host_packed` is one pinned buffer holding every layer's packed pages in order, or one
-    pinned (or CUDA-registered) uint8 tensor per layer. All host->device copies are queued at once on a copy stream; each layer's bytes are
-    checked on the GPU as they land (against `expected_crcs[layer]`, the file's chunk CRCs
-    of that layer's section) and scattered only if they match, gated on the device, so
-    nothing waits on the host until the end. Raises ChecksumError naming the layer; the
-    blocks of a layer that failed are not written. `names` label the layers in errors.
+    pinned (or CUDA-registered) uint8 tensor per layer. Every layer is uploaded and checked
+    first (`upload_checked`, raising ChecksumError naming the layer before any block is
+    written), then each is scattered into its blocks. `names` label the layers in errors.
     """
     plans = [PagePlan([t], block_ids, block_dim) for t in layers]
     per_layer = plans[0].packed_bytes if plans else 0
-    if staging.numel() * staging.element_size() < per_layer * len(layers):
-        raise SchemaError("staging buffer too small")
-    copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
-    copy_stream.wait_stream(compute)
-    landed = []
     if isinstance(host_packed, torch.Tensor):
         host_packed = [host_packed[i * per_layer:(i + 1) * per_layer] for i in range(len(layers))]
-    with torch.cuda.stream(copy_stream):
-        for i in range(len(layers)):
-            staging[i * per_layer:(i + 1) * per_layer].copy_(host_packed[i].view(-1).view(torch.uint8),
-                                                              non_blocking=True)
-            ev = torch.cuda.Event()
-            ev.record(copy_stream)
-            landed.append(ev)
-    verifier = DeviceVerifier()
-    for i, plan in enumerate(plans):
-        compute.wait_event(landed[i])
-        part = staging[i * per_layer:(i + 1) * per_layer]
-        name = names[i] if names else f"kv layer {i}"
-        gate = (verifier.check(name, part, expected_crcs[i], chunk_size, stream=compute)
-                if expected_crcs is not None else None)
-        plan.scatter(part, compute, gate)
-    compute.wait_stream(copy_stream)
-    if expected_crcs is not None:
-        verifier.raise_if_failed()
+    views = upload_checked(list(host_packed), staging, expected_crcs=expected_crcs, chunk_size=chunk_size,
+                           names=names)
+    scatter_staged(plans, views)
+
+
+def scatter_staged(plans: "list[PagePlan]", views: list[torch.Tensor]) -> None:
+    """Scatters each staged, already checked layer into its blocks (device to device)."""
+    compute = torch.cuda.current_stream()
+    for plan, view in zip(plans, views):
+        if view.numel() != plan.packed_bytes:
+            raise SchemaError(f"staged layer holds {view.numel()} bytes; its blocks take {plan.packed_bytes}")
+        plan.scatter(view, compute)
 
 
 def device_crc32c_chunks(t: torch.Tensor, chunk_size: int, padded_len: Optional[int] = None,
@@ -245,15 +262,31 @@ class RegisteredFile:
             raise MoverUnavailable(f"cudaHostRegister of {c.path} failed with CUDA error {int(err)}")
         self._ptr = ptr
         self.host = readonly_tensor(self.array)
+        # Unregistered when closed or collected, whichever comes first.
+        self._finalizer = weakref.finalize(self, _unregister_host, ptr)
 
     def section(self, name: str) -> torch.Tensor:
         sec = self.container.section(name)
         return self.host[sec.offset:sec.offset + sec.length]
 
+    def check_padding(self, name: str) -> None:
+        """GPU checks see a section's payload only and count its padding as the zeros the
+        format requires; this checks those bytes in the file are zeros (on the CPU: under
+        4 KiB per section), so a GPU-checked section is checked whole."""
+        sec = self.container.section(name)
+        tail = self.array[sec.offset + sec.length:sec.offset + sec.padded_length]
+        if tail.any():
+            raise FormatError(f"section {name!r}: the padding after its payload is not zero bytes "
+                              f"(file {self.container.path})")
+
     def close(self) -> None:
-        if self._ptr:
-            torch.cuda.cudart().cudaHostUnregister(self._ptr)
-            self._ptr = 0
+        """Unregisters the mapping from CUDA (idempotent); the mapping goes with the object."""
+        self._finalizer()
+        self._ptr = 0
+
+
+def _unregister_host(ptr: int) -> None:
+    torch.cuda.cudart().cudaHostUnregister(ptr)
 
 
 def stream_sections_to_gpu(c: Container, targets: dict[str, torch.Tensor], *, direct: bool = True,
@@ -331,6 +364,7 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
             with torch.cuda.stream(copy_stream):
                 dst.view(-1).view(torch.uint8).copy_(reg.section(name), non_blocking=True)
             if verify == "gpu":
+                reg.check_padding(name)
                 landed = torch.cuda.Event()
                 landed.record(copy_stream)
                 s.wait_event(landed)

@@ -130,10 +130,8 @@ def _gather_rows(pages: torch.Tensor, src: KVLayout, rows: torch.Tensor, dst: KV
     k, v = src.planes(pages.contiguous())
     shape = (-1, src.num_kv_heads, src.head_dim)
     out = torch.empty((rows.shape[0], dst.page_elems), dtype=pages.dtype)
-    dk, dv = dst.planes(out)
     flat = rows.reshape(-1)
-    dk.copy_(k.reshape(shape)[flat].reshape(dk.shape))
-    dv.copy_(v.reshape(shape)[flat].reshape(dv.shape))
+    dst.write_planes(out, k.reshape(shape)[flat], v.reshape(shape)[flat])
     return out
 
 

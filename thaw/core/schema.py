@@ -27,6 +27,20 @@ def check_weights_format(snap: "StateSnapshot", accepted: tuple[str, ...]) -> No
         raise IdentityMismatch("weights_format", snap.weights_format, " or ".join(accepted))
 
 
+def check_kv_weights(snapshot_digest: str, engine_digest: str, *, trust_unknown: bool = False) -> None:
+    """For a restore that keeps the engine's weights: the KV was computed with the
+    snapshot's weights, so both digests must be known and equal. An empty digest (dummy
+    weights, a hub id, a checkpoint thaw cannot read) is unknown, never a match; only
+    `trust_unknown=True` (the caller vouches the weights are the same) lets it pass."""
+    if snapshot_digest and engine_digest and snapshot_digest == engine_digest:
+        return
+    if trust_unknown and (not snapshot_digest or not engine_digest):
+        return
+    raise IdentityMismatch("weights_digest", snapshot_digest or "(unknown)",
+                           engine_digest or "(unknown: dummy or unreadable weights; pass "
+                           "trust_unknown_weights=True to vouch they equal the snapshot's)")
+
+
 def config_digest(config: dict[str, Any]) -> str:
     """sha256 of a model config in canonical JSON (sorted keys, no whitespace)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
@@ -79,10 +93,16 @@ class Identity:
         return {f.name: [getattr(self, f.name), getattr(other, f.name)] for f in fields(self)
                 if getattr(self, f.name) != getattr(other, f.name)}
 
+    def field(self, name: str) -> Any:
+        """A field by name; ``extra.KEY`` reads `extra` (None where the key is absent)."""
+        if name.startswith("extra."):
+            return self.extra.get(name[len("extra."):])
+        return getattr(self, name)
+
     def check_matches(self, engine: "Identity", fields_to_check: tuple[str, ...]) -> None:
-        """Raises IdentityMismatch on the first listed field that differs."""
+        """Raises IdentityMismatch on the first listed field (or ``extra.KEY``) that differs."""
         for name in fields_to_check:
-            mine, theirs = getattr(self, name), getattr(engine, name)
+            mine, theirs = self.field(name), engine.field(name)
             if mine != theirs:
                 raise IdentityMismatch(name, mine, theirs)
 

@@ -56,12 +56,15 @@ class TensorData:
         return self._tensor is not None
 
     def tensor(self) -> torch.Tensor:
-        """The data as a CPU tensor (read and verified from the file on first use)."""
-        if self._tensor is None:
-            out = torch.empty(self.shape, dtype=self.dtype)
-            self.read_into(out)
-            self._tensor = out
-        return self._tensor
+        """The data as a CPU tensor: the in-memory one, or a fresh copy read and verified
+        from the file on each call. File-backed data is never cached here, so a snapshot
+        kept open (a server restoring it again and again) holds no host copy of its
+        weights or KV; keep the returned tensor where it is needed again."""
+        if self._tensor is not None:
+            return self._tensor
+        out = torch.empty(self.shape, dtype=self.dtype)
+        self.read_into(out)
+        return out
 
     def read_into(self, out: torch.Tensor) -> None:
         """Copies the data into `out`, a contiguous CPU tensor of the same dtype and shape."""

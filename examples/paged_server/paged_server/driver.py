@@ -36,9 +36,11 @@ class PagedServerDriver:
     def snapshot(self, path: str, weights: bool = True) -> dict[str, Any]:
         return self.thaw.snapshot(path, weights=weights)
 
-    def restore(self, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+    def restore(self, path: str, weights: bool = True, requests: bool = True,
+                trust_unknown_weights: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.thaw.restore(load(path, verify=False), weights=weights, requests=requests)
+        report = self.thaw.restore(load(path, verify=False), weights=weights, requests=requests,
+                                   trust_unknown_weights=trust_unknown_weights)
         return {**report, "seconds": time.perf_counter() - t0}
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,

@@ -7,6 +7,7 @@ from typing import Any
 
 from thaw.adapters.checkpoint import model_config_for_digest
 from thaw.core import (CHECKPOINT_WEIGHTS, Identity, IdentityMismatch, PrefixTree, RequestState,
+                       check_kv_weights,
                        StateSnapshot, TensorData, ThawError, check_weights_format, config_digest,
                        convert_pages, nhd_layout)
 from thaw.core.adapter import IDENTITY_FIELDS, EngineAdapter
@@ -76,15 +77,16 @@ class PagedServerAdapter(EngineAdapter):
         return order
 
     # -- restore: checks, then changes ------------------------------------------------------
-    def restore(self, snapshot: StateSnapshot, *, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+    def restore(self, snapshot: StateSnapshot, *, weights: bool = True, requests: bool = True,
+                trust_unknown_weights: bool = False) -> dict[str, Any]:
         e, mine = self.engine, self.identity()
         snap, recut, differences = fit_for_restore(snapshot, mine, self.layout, MATCH)
         load_weights = weights and bool(snap.weights)
         if load_weights:
             check_weights_format(snap, (CHECKPOINT_WEIGHTS,))
-        if not load_weights and snap.identity.weights_digest != mine.weights_digest:
-            raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
-                                   mine.weights_digest or "(dummy weights)")
+        if not load_weights:
+            check_kv_weights(snap.identity.weights_digest, mine.weights_digest,
+                             trust_unknown=trust_unknown_weights)
         state = e.model.state_dict()
         if load_weights and set(snap.weights) != set(state):
             raise IdentityMismatch("weight names", sorted(set(snap.weights) ^ set(state))[:5], "(engine's)")

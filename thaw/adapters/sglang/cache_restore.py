@@ -1,10 +1,10 @@
 """Restoring SGLang's radix cache and KV pool from a neutral prefix tree and KV pages.
 
 Contract: call only while nothing else uses the cache (inside the scheduler's own thread,
-between batches). `check_room` and `plan_inserts` only look; `restore_tree` refuses before
-changing anything when the cache cannot make room, takes fresh slots from the allocator,
-writes them, and inserts with `prev_prefix_len` equal to the prefix already held, so no
-slot is freed twice.
+between batches). `check_room` and `plan_inserts` only look; `place_tree` refuses before
+changing anything when the cache cannot make room, takes fresh slots from the allocator and
+writes them (no radix node names them yet: `release` gives them back); its `commit` inserts
+with `prev_prefix_len` equal to the prefix already held, so no slot is freed twice.
 """
 
 from __future__ import annotations
@@ -132,21 +132,27 @@ def allocate(tree_cache: Any, num_tokens: int) -> torch.Tensor:
 
 
 def insert_paths(tree_cache: Any, plans: list[PathInsert], slots: torch.Tensor) -> None:
-    """Inserts each planned path; `slots` holds the new tokens of all plans, in order."""
+    """Inserts each planned path; `slots` holds the new tokens of all plans, in order. If an
+    insert fails, the slots of that plan and every later one go back to the allocator (the
+    paths inserted before it are whole, valid cache entries and stay)."""
     from sglang.srt.mem_cache.base_prefix_cache import InsertParams
 
     unified = _is_unified(tree_cache)
     offset = 0
     for plan in plans:
         new = slots[offset: offset + len(plan.tokens) - plan.start]
+        try:
+            held = match_indices(tree_cache, plan.tokens, plan.namespace)[: plan.start]
+            if len(held) != plan.start:
+                raise ThawError(f"radix path of {len(plan.tokens)} tokens: expected {plan.start} tokens "
+                                f"already inserted, found {len(held)}")
+            value = torch.cat([held.to(new.device, torch.int64), new.to(torch.int64)])
+            result = tree_cache.insert(InsertParams(key=radix_key(plan.tokens, plan.namespace),
+                                                    value=value, prev_prefix_len=plan.start))
+        except BaseException:
+            tree_cache.token_to_kv_pool_allocator.free(slots[offset:])
+            raise
         offset += len(new)
-        held = match_indices(tree_cache, plan.tokens, plan.namespace)[: plan.start]
-        if len(held) != plan.start:
-            raise ThawError(f"radix path of {len(plan.tokens)} tokens: expected {plan.start} tokens "
-                            f"already inserted, found {len(held)}")
-        value = torch.cat([held.to(new.device, torch.int64), new.to(torch.int64)])
-        result = tree_cache.insert(InsertParams(key=radix_key(plan.tokens, plan.namespace),
-                                                value=value, prev_prefix_len=plan.start))
         if not unified and result.prefix_len > plan.start:
             # The legacy tree keeps its own copy of a prefix that appeared meanwhile; the
             # duplicate slots are ours to free (the unified tree frees them itself).
@@ -166,10 +172,32 @@ def refuse_without_room(tree_cache: Any, needed: int) -> None:
                         f"{evictable} evictable (raise max_total_tokens / mem_fraction_static)")
 
 
-def restore_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> int:
-    """Puts a snapshot's tree and pages ([num_pages, page_elems] per layer, checked) into
-    the cache; returns how many tokens were new. Raises before changing anything when the
-    cache cannot make room; evicts unlocked prefixes only when that makes enough room."""
+class TreePlacement:
+    """A snapshot's tree and pages written into fresh KV slots that no radix node names yet
+    (`place`), then made cache hits (`commit`) or given back (`release`). Between the two
+    the engine serves exactly as before: nothing it can look up has changed."""
+
+    def __init__(self, tree_cache: Any, plans: list[PathInsert], slots: Optional[torch.Tensor]) -> None:
+        self.tree_cache, self.plans, self.slots = tree_cache, plans, slots
+        self.new_tokens = 0 if slots is None else int(slots.numel())
+
+    def commit(self) -> int:
+        """Inserts the paths; returns how many tokens were new."""
+        if self.slots is not None:
+            slots, self.slots = self.slots, None
+            insert_paths(self.tree_cache, self.plans, slots)
+        return self.new_tokens
+
+    def release(self) -> None:
+        if self.slots is not None:
+            self.tree_cache.token_to_kv_pool_allocator.free(self.slots)
+            self.slots = None
+
+
+def place_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> TreePlacement:
+    """Writes a snapshot's pages ([num_pages, page_elems] per layer, checked) into fresh
+    slots for the paths the cache lacks. Raises before changing anything when the cache
+    cannot make room; evicts unlocked prefixes only when that makes enough room."""
     check_supported(tree_cache)
     for _ in range(8):
         plans = plan_inserts(tree_cache, tree)
@@ -181,15 +209,19 @@ def restore_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: l
         raise ThawError("could not make room for the snapshot's KV: eviction kept dropping "
                         "prefixes the snapshot shares")
     if not plans:
-        return 0
-    slots = allocate(tree_cache, needed)
+        return TreePlacement(tree_cache, [], None)
+    placement = TreePlacement(tree_cache, plans, allocate(tree_cache, needed))
     try:
         ids = torch.tensor([page for plan in plans for page in plan.pages], dtype=torch.int64)
         every_page_in_order = len(ids) == len(layer_pages[0]) and torch.equal(ids, torch.arange(len(ids)))
         scatter_pages(kv_pool, layer_pages if every_page_in_order else
-                      [pages.index_select(0, ids) for pages in layer_pages], slots)
+                      [pages.index_select(0, ids) for pages in layer_pages], placement.slots)
     except BaseException:
-        tree_cache.token_to_kv_pool_allocator.free(slots)
+        placement.release()
         raise
-    insert_paths(tree_cache, plans, slots)
-    return needed
+    return placement
+
+
+def restore_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> int:
+    """`place_tree` then `commit`: the tree's new tokens are cache hits; returns their count."""
+    return place_tree(tree_cache, kv_pool, tree, layer_pages).commit()

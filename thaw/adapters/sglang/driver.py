@@ -86,17 +86,21 @@ class SGLangDriver:
         report = self.handle.snapshot(path, weights=weights)
         return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
 
-    def restore(self, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+    def restore(self, path: str, weights: bool = True, requests: bool = True,
+                trust_unknown_weights: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.restore(path, weights=weights, requests=requests)
+        report = self.handle.restore(path, weights=weights, requests=requests,
+                                     trust_unknown_weights=trust_unknown_weights)
         report["requests"] = [r["request_id"] for r in report["requests"]]
         return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,
-                    temperature: float = 0.0, seed: Optional[int] = None) -> None:
+                    temperature: float = 0.0, seed: Optional[int] = None,
+                    sampling: Optional[dict[str, Any]] = None) -> None:
+        """Queues a request; `sampling` sets further SGLang sampling parameters by name."""
+        params = {**self._sampling(max_tokens, temperature, seed), **(sampling or {})}
         self.pending[request_id] = self.engine.loop.create_task(self.engine.async_generate(
-            input_ids=prompt_token_ids, sampling_params=self._sampling(max_tokens, temperature, seed),
-            rid=request_id))
+            input_ids=prompt_token_ids, sampling_params=params, rid=request_id))
 
     def step(self, n: int = 1) -> None:
         """Lets the added requests produce at least `n` tokens each, then pauses the engine

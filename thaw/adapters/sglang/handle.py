@@ -96,12 +96,14 @@ class SGLangHandle:
         return self.call("snapshot", path=os.fspath(path), weights=weights)
 
     def restore(self, path: Union[str, os.PathLike], *, weights: bool = True,
-                requests: bool = True) -> dict[str, Any]:
+                requests: bool = True, trust_unknown_weights: bool = False) -> dict[str, Any]:
         """Hydrates the engine from a snapshot file. Raises a ThawError subclass before
-        anything changes when the snapshot does not fit or is corrupted. Restored
-        requests are resubmitted and run whenever the engine's event loop runs
-        (`finish_requests`, or the next `generate`)."""
-        report = self.call("restore", path=os.fspath(path), weights=weights, requests=requests)
+        anything changes when the snapshot does not fit or is corrupted. `weights=False`
+        keeps the engine's weights: their digest must be known and equal the snapshot's,
+        unless `trust_unknown_weights`. Restored requests are resubmitted and run whenever
+        the engine's event loop runs (`finish_requests`, or the next `generate`)."""
+        report = self.call("restore", path=os.fspath(path), weights=weights, requests=requests,
+                           trust_unknown_weights=trust_unknown_weights)
         for req in report["requests"]:
             self._resubmit(req)
         return report

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, IdentityMismatch, PrefixTree,
-                       RequestState, StateSnapshot, TensorData, ThawError, check_weights_format,
+                       StateSnapshot, TensorData, ThawError, check_kv_weights, check_weights_format,
                        config_digest, convert_pages, load, save)
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
@@ -24,14 +24,11 @@ from thaw.core.snapshot_io import weights_digest
 
 from ..checkpoint import model_config_for_digest, read_checkpoint
 from . import cache_restore, cache_state
+from .requests import capture_requests, live_requests
 
 SUPPORTED_RANGE = ((0, 5, 20), (0, 5, 22))  # [0.5.20, 0.5.22): the releases pinning torch 2.13
 MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
-                "num_kv_heads", "head_dim", "page_size", "tp_size")
-SAMPLING_FIELDS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k",
-                   "ignore_eos", "stop_token_ids")
-
-
+                "num_kv_heads", "head_dim", "page_size", "tp_size", "extra.quantization")
 def _state(s: Any) -> SimpleNamespace:
     """thaw's own per-scheduler state: weights restored from a snapshot, their digest."""
     if not hasattr(s, "_thaw_state"):
@@ -65,6 +62,10 @@ def check_supported(s: Any) -> None:
     pool = _kv_pool(s)
     if not hasattr(pool, "k_buffer") or not hasattr(pool, "v_buffer"):
         raise EngineUnsupported(f"SGLang KV pool {type(pool).__name__} is not a K/V (MHA) pool")
+    kv_dtype = str(getattr(s.server_args, "kv_cache_dtype", "auto"))
+    if kv_dtype not in ("auto", str(s.model_config.dtype).replace("torch.", "")):
+        raise EngineUnsupported(f"KV cache dtype {kv_dtype!r}: thaw captures unquantized KV caches only "
+                                "(their scales are not captured); start SGLang with kv_cache_dtype='auto'")
     cache_state.check_supported(s.tree_cache)
 
 
@@ -105,6 +106,7 @@ def engine_identity(s: Any) -> Identity:
         tp_rank=s.tp_worker.model_runner.tp_rank,
         tp_size=s.server_args.tp_size,
         extra={"load_format": str(s.server_args.load_format), "context_len": mc.context_len,
+               "quantization": s.server_args.quantization,  # None: unquantized weights
                "tree_cache": type(s.tree_cache).__name__},
     )
 
@@ -126,7 +128,7 @@ def state(s: Any) -> dict[str, Any]:
     return {"free_slots": cache_restore.free_slots(s.tree_cache),
             "evictable_slots": cache_restore.evictable_slots(s.tree_cache),
             "tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
-            "requests": sorted(r.rid for r in _live_requests(s)),
+            "requests": sorted(r.rid for r in live_requests(s)),
             "weights_digest": _state(s).weights_digest}
 
 
@@ -138,42 +140,7 @@ def seed_rng(s: Any, seed: int) -> None:
 
 def progress(s: Any) -> dict[str, int]:
     """Output tokens produced so far by each live request."""
-    return {r.rid: len(r.output_ids) for r in _live_requests(s)}
-
-
-def _live_requests(s: Any) -> list[Any]:
-    running = [r for r in s.running_batch.reqs if not r.finished()]
-    return running + [r for r in s.waiting_queue if r not in running]
-
-
-def _capture_requests(s: Any, page_of: dict[int, int], pool_pages: list[int]) -> list[RequestState]:
-    """Live requests with the KV they hold (whole pages); pool pages not yet in the snapshot
-    are appended to `pool_pages`."""
-    p = s.page_size
-    running = set(map(id, s.running_batch.reqs))
-    out = []
-    for req in _live_requests(s):
-        kv = req.kv
-        computed = int(kv.kv_committed_len) // p * p if kv.req_pool_idx is not None else 0
-        slots = s.req_to_token_pool.req_to_token[kv.req_pool_idx, :computed].to("cpu", torch.int64) \
-            if computed else torch.empty(0, dtype=torch.int64)
-        pages = []
-        for pool_page in (slots[::p] // p).tolist():
-            if pool_page not in page_of:
-                page_of[pool_page] = len(pool_pages)
-                pool_pages.append(pool_page)
-            pages.append(page_of[pool_page])
-        sp = req.sampling_params
-        sampling = {f: getattr(sp, f) for f in SAMPLING_FIELDS}
-        sampling["stop_token_ids"] = sorted(sampling["stop_token_ids"] or [])
-        out.append(RequestState(
-            request_id=req.rid, prompt_token_ids=list(req.origin_input_ids),
-            output_token_ids=list(req.output_ids), sampling=sampling,
-            num_computed_tokens=computed, pages=pages,
-            status="running" if id(req) in running else "waiting",
-            extra={"namespace": cache_state.encode_namespace(req.extra_key,
-                                                             getattr(req, "cache_salt", None))}))
-    return out
+    return {r.rid: len(r.output_ids) for r in live_requests(s)}
 
 
 def snapshot(s: Any, path: str, weights: bool = True) -> dict[str, Any]:
@@ -181,7 +148,7 @@ def snapshot(s: Any, path: str, weights: bool = True) -> dict[str, Any]:
     check_supported(s)
     cap = cache_state.capture_tree(s.tree_cache, s.page_size)
     page_of = {pool_page: i for i, pool_page in enumerate(cap.pool_pages)}
-    requests = _capture_requests(s, page_of, cap.pool_pages)
+    requests = capture_requests(s, page_of, cap.pool_pages)
     pool = _kv_pool(s)
     layers = cache_state.gather_pages(pool, cap.pool_pages, s.page_size)
     snap = StateSnapshot.from_kv(cache_state.kv_layout(pool, s.page_size), layers, cap.tree,
@@ -214,23 +181,24 @@ def _tree_with_requests(snap: StateSnapshot) -> PrefixTree:
 
 
 def _check_fits(s: Any, snap: StateSnapshot, mine: Identity, layout: Any, load_weights: bool,
-                resume: bool) -> None:
+                resume: bool, trust_unknown_weights: bool) -> None:
     """What `fit_for_restore` does not check: weights, layout shape, request ids."""
     if load_weights:
         check_weights_format(snap, (CHECKPOINT_WEIGHTS,))  # SGLang loads checkpoint tensors only
-    if not load_weights and snap.identity.weights_digest != mine.weights_digest:
-        raise IdentityMismatch("weights_digest", snap.identity.weights_digest or "(none)",
-                               mine.weights_digest or "(dummy or unknown weights)")
+    else:
+        check_kv_weights(snap.identity.weights_digest, mine.weights_digest,
+                         trust_unknown=trust_unknown_weights)
     if snap.kv is not None and not snap.kv.layout.same_shape(layout):
         raise IdentityMismatch("kv layout", snap.kv.layout.to_json(), layout.to_json())
     if resume:
-        live = {r.rid for r in _live_requests(s)}
+        live = {r.rid for r in live_requests(s)}
         clash = [r.request_id for r in snap.requests if r.request_id in live]
         if clash:
             raise ThawError(f"requests {clash} are already live in this engine")
 
 
-def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
+            trust_unknown_weights: bool = False) -> dict[str, Any]:
     """Checks, reads and verifies everything, then loads weights and inserts the tree.
     Returns the requests for the caller to resubmit (they resume from the restored KV)."""
     clock = [time.perf_counter()]
@@ -247,7 +215,7 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
     layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
     # Another engine's (or page size's) snapshot is re-cut to this engine's pages.
     snap, recut_report, differences = fit_for_restore(snap, mine, layout, MATCH_FIELDS)
-    _check_fits(s, snap, mine, layout, load_weights, requests)
+    _check_fits(s, snap, mine, layout, load_weights, requests, trust_unknown_weights)
     tree: Optional[PrefixTree] = None
     if snap.prefix is not None and snap.kv is not None:
         tree = _tree_with_requests(snap) if requests else snap.prefix
@@ -260,13 +228,20 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True) -> d
         # is the engine's); the scatter below copies them into the pool.
         pages = [convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers]
     lap("read_and_verify")
-    if named:
-        _load_weights(s, named)
-        st = _state(s)
-        st.restored_weights, st.weights_digest = dict(snap.weights), snap.identity.weights_digest
-    lap("weights")
-    new_tokens = cache_restore.restore_tree(s.tree_cache, _kv_pool(s), tree, pages) if tree is not None else 0
+    # KV first into slots nothing names yet, then weights, then the tree: a failure before
+    # the insert gives the slots back and leaves the cache as it was.
+    placement = cache_restore.place_tree(s.tree_cache, _kv_pool(s), tree, pages) if tree is not None else None
     lap("kv")
+    try:
+        if named:
+            _load_weights(s, named)
+            st = _state(s)
+            st.restored_weights, st.weights_digest = dict(snap.weights), snap.identity.weights_digest
+        lap("weights")
+        new_tokens = placement.commit() if placement is not None else 0
+    finally:
+        if placement is not None:
+            placement.release()  # no-op once committed
     return {"tree_nodes": len(snap.prefix.nodes) if snap.prefix else 0,
             "new_tokens": new_tokens, "weights_restored": len(named),
             "kv_bytes": snap.kv.nbytes if snap.kv else 0,

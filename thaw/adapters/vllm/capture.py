@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from thaw.core import PagedKV, PrefixTree, RequestState, StateSnapshot, TensorData
+from thaw.core import EngineUnsupported, PagedKV, PrefixTree, RequestState, StateSnapshot, TensorData
 
-from .engine_access import EngineParts, external_request_id
+from .engine_access import EngineParts, external_request_id, parallel_sampling_n, uncarried_request_features
 from .recorder import BlockTokenRecorder
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens",
@@ -99,6 +99,23 @@ def gather_kv(parts: EngineParts, block_ids: list[int]) -> list[torch.Tensor]:
     return [kv.index_select(0, ids).reshape(len(block_ids), elems).cpu() for kv in parts.kv_caches]
 
 
+def check_requests_carried(parts: EngineParts) -> None:
+    """Refuses, naming the request and feature, a snapshot that would resume any in-flight
+    request differently (stop strings, logprobs, logit bias, structured output, n, LoRA,
+    multimodal inputs, ...): thaw carries exactly SAMPLING_FIELDS, nothing approximately."""
+    sched = parts.scheduler
+    for req in list(sched.running) + list(sched.waiting):
+        lost = uncarried_request_features(req, SAMPLING_FIELDS)
+        n = parallel_sampling_n(parts, req.request_id)
+        if n != 1:
+            lost.append(f"sampling.n={n} (one of its parallel samples)")
+        if lost:
+            raise EngineUnsupported(
+                f"in-flight request {external_request_id(parts, req.request_id)!r} uses {', '.join(lost)}, "
+                f"which a snapshot does not carry (it carries {', '.join(SAMPLING_FIELDS)}); finish or abort "
+                "it before the snapshot, or snapshot with requests=False")
+
+
 def capture_requests(parts: EngineParts, page_of_block: dict[int, int]) -> list[RequestState]:
     sched = parts.scheduler
     out = []
@@ -122,19 +139,24 @@ def capture_requests(parts: EngineParts, page_of_block: dict[int, int]) -> list[
 
 
 def capture(parts: EngineParts, recorder: BlockTokenRecorder, identity,
-            weights: dict[str, torch.Tensor] | None) -> tuple[StateSnapshot, CaptureReport]:
+            weights: dict[str, torch.Tensor] | None, *,
+            requests: bool = True) -> tuple[StateSnapshot, CaptureReport]:
+    """The engine's state; in-flight requests only when `requests` (each must be carried
+    exactly, else EngineUnsupported before anything is copied)."""
+    if requests:
+        check_requests_carried(parts)
     report = CaptureReport()
     tree, block_ids, _ = capture_prefix(parts, recorder, report)
     layers = gather_kv(parts, block_ids)
     page_of_block = {b: i for i, b in enumerate(block_ids)}
-    requests = capture_requests(parts, page_of_block)
-    report.requests = len(requests)
+    in_flight = capture_requests(parts, page_of_block) if requests else []
+    report.requests = len(in_flight)
     snap = StateSnapshot(
         identity=identity,
         weights={k: TensorData.of(v) for k, v in (weights or {}).items()},
         kv=PagedKV(parts.layout, [TensorData.of(t) for t in layers]),
         prefix=tree,
-        requests=requests,
+        requests=in_flight,
         extras={"vllm": {"capture": report.to_json()}},
     )
     snap.validate()

@@ -70,6 +70,26 @@ class VLLMDriver:
         return {"tokens": [list(o.outputs[0].token_ids) for o in outs],
                 "cached_tokens": [o.num_cached_tokens for o in outs], "seconds": time.perf_counter() - t0}
 
+    def generate_distinct(self, prompts: list[list[int]], max_tokens: int) -> int:
+        """Serves every prompt once (greedy) in one batch; returns how many were served."""
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts],
+                                 self._params(max_tokens, 0.0, None), use_tqdm=False)
+        return len(outs)
+
+    def process_stats(self) -> dict[str, Any]:
+        """This engine process's resident memory and memory mappings (leak checks)."""
+        with open("/proc/self/statm") as f:
+            rss_pages = int(f.read().split()[1])
+        with open("/proc/self/maps") as f:
+            mappings = sum(1 for _ in f)
+        return {"rss_bytes": rss_pages * os.sysconf("SC_PAGE_SIZE"), "mappings": mappings}
+
+    def recorder_stats(self) -> dict[str, Any]:
+        rec = self.handle.recorder
+        return {"records": len(rec.records), "bound": rec.prune_above,
+                "pool_blocks": self.handle.parts.block_pool.num_gpu_blocks,
+                "since_pool_start": rec.since_pool_start}
+
     def sleep(self, level: int) -> float:
         t0 = time.perf_counter()
         self.llm.sleep(level=level)
@@ -85,24 +105,35 @@ class VLLMDriver:
     def reset_prefix_cache(self) -> bool:
         return bool(self.llm.reset_prefix_cache())
 
-    def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None) -> dict[str, Any]:
+    def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None,
+                 strict: bool = False, requests: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.snapshot(path, weights=weights, weights_format=weights_format).to_json()
+        report = self.handle.snapshot(path, weights=weights, weights_format=weights_format,
+                                      strict=strict, requests=requests).to_json()
         return {**report, "seconds": time.perf_counter() - t0}
 
     def prepare(self, path: str, kv_on_device: bool = False) -> float:
         return self.handle.prepare(path, kv_on_device=kv_on_device)
 
-    def restore(self, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+    def restore(self, path: str, weights: bool = True, requests: bool = True,
+                trust_unknown_weights: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.restore(path, weights=weights, requests=requests).to_json()
+        report = self.handle.restore(path, weights=weights, requests=requests,
+                                     trust_unknown_weights=trust_unknown_weights).to_json()
         report["seconds_by_phase"] = report.pop("seconds")
         return {**report, "seconds": time.perf_counter() - t0}
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,
-                    temperature: float = 0.0, seed: Optional[int] = None) -> None:
-        self.llm.llm_engine.add_request(request_id, {"prompt_token_ids": prompt_token_ids},
-                                        self._params(max_tokens, temperature, seed))
+                    temperature: float = 0.0, seed: Optional[int] = None,
+                    sampling: Optional[dict[str, Any]] = None) -> None:
+        """Queues a request; `sampling` sets further SamplingParams fields by name."""
+        from vllm import SamplingParams
+
+        params = self._params(max_tokens, temperature, seed)
+        if sampling:
+            fields = {f: getattr(params, f) for f in ("max_tokens", "temperature", "seed", "ignore_eos")}
+            params = SamplingParams(**{**fields, **sampling})
+        self.llm.llm_engine.add_request(request_id, {"prompt_token_ids": prompt_token_ids}, params)
 
     def step(self, n: int = 1) -> None:
         for _ in range(n):

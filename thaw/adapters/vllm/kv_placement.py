@@ -1,0 +1,187 @@
+"""Where a vLLM restore puts KV pages: fresh blocks written first, hashes registered last.
+
+`KVPlacement` only looks when built; `stage` (CUDA) checks pages in GPU memory, `allocate`
+is the first change to the engine, `move` fills blocks nothing can reach yet, `register`
+makes them prefix-cache hits, `rollback` undoes whatever was done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from thaw.core import StateSnapshot, ThawError, convert_pages
+
+from .engine_access import EngineParts
+from .pages import page_depths, page_index, page_parents, page_record, runs
+from .recorder import BlockTokenRecorder
+
+
+@dataclass
+class RestoreReport:
+    pages_in_snapshot: int = 0
+    pages_written: int = 0
+    pages_already_cached: int = 0
+    weights_restored: int = 0
+    requests_resumed: list[str] = field(default_factory=list)
+    layout_converted: bool = False
+    kv_bytes: int = 0
+    identity_differences: dict[str, Any] = field(default_factory=dict)  # reported, not refused
+    recut: Optional[dict[str, Any]] = None  # set when pages were re-cut to this block size
+    weights_format: Optional[str] = None  # when weights were restored: their format,
+    weights_route: Optional[str] = None  # the way they took (see weights.WeightsLoad)
+    weights_bytes: int = 0
+    kv_from: Optional[str] = None  # "file" (registered, uploaded), "host", or "device" (prepared)
+    seconds: dict[str, float] = field(default_factory=dict)  # checks, weights, kv, requests
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class KVPlacement:
+    """Puts snapshot pages into fresh engine blocks, then registers their hashes.
+
+    Construction only looks (pages the engine already caches, capacity) and raises before
+    anything changes. `allocate` + `move` fill blocks the engine cannot reach yet (no
+    hash); `register` makes them prefix-cache hits; `rollback` undoes whatever was done.
+    """
+
+    def __init__(self, parts: EngineParts, snap: StateSnapshot, hashes: list[bytes],
+                 report: RestoreReport) -> None:
+        from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+
+        self.parts, self.snap, self.hashes, self.report = parts, snap, hashes, report
+        self.keys = [make_block_hash_with_group_id(h, 0) for h in hashes]
+        bp = parts.block_pool
+        existing = {}
+        for page, key in enumerate(self.keys):
+            blk = bp.cached_block_hash_to_block.get_one_block(key)
+            if blk is not None:
+                existing[page] = blk
+        self.held = list(existing.values())
+        self.needed = [p for p in range(len(hashes)) if p not in existing]
+        report.pages_already_cached = len(existing)
+        free = bp.get_num_free_blocks() - sum(1 for b in self.held if b.ref_cnt == 0)
+        if len(self.needed) > free:
+            raise ThawError(f"the engine has {bp.get_num_free_blocks()} free KV blocks; the snapshot "
+                            f"needs {len(self.needed)} more (pages not already cached)")
+        self.fresh: list = []
+        self.inserted: list = []
+        self._staged: Optional[list[torch.Tensor]] = None  # CUDA: checked pages in GPU memory
+
+    @property
+    def every_page(self) -> bool:
+        return len(self.needed) == len(self.hashes)
+
+    def allocate(self) -> None:
+        bp = self.parts.block_pool
+        bp.touch(self.held)  # keep hit blocks from being evicted while allocating
+        self.fresh = bp.get_new_blocks(len(self.needed)) if self.needed else []
+
+    def move(self, pages: Optional[list[torch.Tensor]], resident: Optional[torch.Tensor] = None) -> None:
+        """Writes the needed pages into the allocated blocks: for CPU engines from `pages`
+        (verified [num_pages, page_elems] layers); for CUDA engines from what `stage` checked
+        in GPU memory, or from `resident`: every layer's pages of the file, checked when
+        prepared, in device memory."""
+        if not self.needed:
+            return
+        kv0 = self.parts.kv_caches[0]
+        ids = torch.tensor([b.block_id for b in self.fresh], dtype=torch.long, device=kv0.device)
+        if resident is not None:
+            from thaw.core.gpu import PagePlan
+
+            PagePlan(self.parts.kv_caches, ids).scatter(resident)  # one kernel, device to device
+            self.report.kv_bytes += resident.numel()
+            self.report.kv_from = "device"
+            return
+        if kv0.is_cuda:
+            from thaw.core.gpu import PagePlan, scatter_staged
+
+            if self._staged is None:
+                raise ThawError("internal: CUDA pages were not staged before the move")
+            staged, self._staged = self._staged, None
+            scatter_staged([PagePlan([t], ids) for t in self.parts.kv_caches], staged)
+            self.report.kv_bytes += sum(v.numel() for v in staged)
+            return
+        self.report.kv_from = "host"
+        page_runs = runs(self.needed)
+        for layer_pages, kv in zip(pages, self.parts.kv_caches):
+            layer_pages = self._in_engine_layout(layer_pages)
+            block_shape = tuple(kv.shape[1:])
+            # One scatter per run of consecutive snapshot pages, straight from the (mapped)
+            # source: no intermediate copy.
+            for (first, count), at in page_runs:
+                src = layer_pages[first:first + count].reshape((count,) + block_shape)
+                kv.index_copy_(0, ids[at:at + count], src)
+            self.report.kv_bytes += len(self.needed) * layer_pages.shape[1] * layer_pages.element_size()
+
+    def _in_engine_layout(self, layer_pages: torch.Tensor) -> torch.Tensor:
+        """One layer's pages re-laid out for the engine where the snapshot's layout differs."""
+        if self.snap.kv.layout == self.parts.layout:
+            return layer_pages
+        self.report.layout_converted = True
+        return convert_pages(layer_pages, self.snap.kv.layout, self.parts.layout)
+
+    def stage(self, pages: Optional[list[torch.Tensor]], registered: Optional[Any] = None) -> None:
+        """CUDA engines, before `allocate` (which may evict cached blocks): uploads the needed
+        pages into one GPU staging buffer and checks every byte there, raising ChecksumError
+        before the engine changes. From `registered` (the snapshot file registered with
+        CUDA, every page in the engine's layout: its KV sections as they are, checked
+        against the file's chunk CRCs), else from `pages` (verified host layers)."""
+        kv0 = self.parts.kv_caches[0]
+        if not self.needed or not kv0.is_cuda:
+            return
+        from thaw.core.gpu import upload_checked
+
+        expected, names, chunk_size = None, None, 4 << 20
+        if registered is not None:
+            sections = [layer._section for layer in self.snap.kv.layers]
+            host = [registered.section(n) for n in sections]
+            for n in sections:
+                registered.check_padding(n)
+            secs = [registered.container.section(n) for n in sections]
+            expected = [list(sec.chunk_crcs) for sec in secs]
+            chunk_size = secs[0].chunk_size
+            names = [f"section {n!r}" for n in sections]
+            self.report.kv_from = "file"
+        else:
+            idx = torch.tensor(self.needed, dtype=torch.long)
+            host = []
+            for layer_pages in pages:
+                layer_pages = self._in_engine_layout(layer_pages)
+                pinned = torch.empty((len(self.needed), layer_pages.shape[1]), dtype=layer_pages.dtype,
+                                     pin_memory=True)
+                torch.index_select(layer_pages, 0, idx, out=pinned)
+                host.append(pinned)
+            self.report.kv_from = "host"
+        total = sum(h.numel() * h.element_size() for h in host)
+        staging = torch.empty(total, dtype=torch.uint8, device=kv0.device)
+        self._staged = upload_checked(host, staging, expected_crcs=expected, chunk_size=chunk_size, names=names)
+
+    def register(self, recorder: BlockTokenRecorder) -> None:
+        bp, snap, hashes = self.parts.block_pool, self.snap, self.hashes
+        parents = page_parents(snap)
+        depth = page_depths(snap)
+        index = page_index(snap)
+        for page, blk in zip(self.needed, self.fresh):
+            bp._insert_block_hash(self.keys[page], blk, num_tokens=(depth[page] + 1) * self.parts.block_size)
+            self.inserted.append(blk)
+            parent = parents[page]
+            recorder.add(hashes[page], page_record(snap, index, page,
+                                                    hashes[parent] if parent is not None else None))
+        # Deepest pages first: they are evicted before their parents, as vLLM itself orders it.
+        order = sorted(zip(self.needed, self.fresh), key=lambda pb: -depth[pb[0]])
+        bp.free_blocks([b for _, b in order])
+        bp.free_blocks(self.held)
+        self.report.pages_written = len(self.needed)
+        self.fresh, self.held = [], []
+
+    def rollback(self) -> None:
+        bp = self.parts.block_pool
+        for blk in self.inserted:
+            bp._maybe_evict_cached_block(blk)
+        bp.free_blocks(self.fresh)
+        bp.free_blocks(self.held)
+        self.fresh, self.held, self.inserted = [], [], []
