@@ -52,8 +52,11 @@ def machine() -> dict[str, Any]:
 
 def git_state() -> dict[str, Any]:
     """The commit the benchmark ran from, and whether the tree had changes. Where the tree
-    is a copy without git metadata (a device run), THAW_GIT_COMMIT names the commit."""
+    is a copy (a device run), THAW_GIT_COMMIT names the commit and takes precedence."""
     root = Path(__file__).resolve().parents[1]
+    named = os.environ.get("THAW_GIT_COMMIT", "")
+    if named:  # a copy of the tree whose own git metadata may be stale (a device run)
+        return {"commit": named, "dirty": None, "from": "THAW_GIT_COMMIT"}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -73,7 +76,8 @@ def write_receipt(name: str, results: dict[str, Any]) -> Path:
     body = {"benchmark": name, "date": now.isoformat(timespec="seconds"), "machine": machine(),
             "git": git, "results": results}
     text = json.dumps(body, indent=2, sort_keys=True) + "\n"
-    stem = f"{name}-{now:%Y%m%dT%H%M%SZ}-{git['commit'][:8] if git['dirty'] is not None else 'nogit'}"
+    known = all(c in "0123456789abcdef" for c in git["commit"]) and len(git["commit"]) >= 8
+    stem = f"{name}-{now:%Y%m%dT%H%M%SZ}-{git['commit'][:8] if known else 'nogit'}"
     for n in range(1000):
         path = RECEIPTS / (stem + (f"-{n}" if n else "") + ".json")
         try:

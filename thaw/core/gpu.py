@@ -163,17 +163,22 @@ def upload_checked(parts: list[torch.Tensor], staging: torch.Tensor, *,
         raise SchemaError("staging buffer too small")
     copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
     copy_stream.wait_stream(compute)
-    views, at = [], 0
-    verifier = DeviceVerifier()
-    with torch.cuda.stream(copy_stream):
-        for i, (part, n) in enumerate(zip(parts, sizes)):
+    views, landed, at = [], [], 0
+    with torch.cuda.stream(copy_stream):  # every copy queued at once
+        for part, n in zip(parts, sizes):
             view = staging[at:at + n]
             at += n
             view.copy_(part.reshape(-1).view(torch.uint8), non_blocking=True)
             views.append(view)
-            if expected_crcs is not None:
-                verifier.check(names[i] if names else f"kv layer {i}", view, expected_crcs[i], chunk_size,
-                               stream=copy_stream)
+            ev = torch.cuda.Event()
+            ev.record(copy_stream)
+            landed.append(ev)
+    verifier = DeviceVerifier()
+    for i, view in enumerate(views):  # each part checked as it lands, while later ones copy
+        compute.wait_event(landed[i])
+        if expected_crcs is not None:
+            verifier.check(names[i] if names else f"kv layer {i}", view, expected_crcs[i], chunk_size,
+                           stream=compute)
     compute.wait_stream(copy_stream)
     verifier.raise_if_failed()  # synchronizes
     return views
