@@ -9,7 +9,18 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
-#define THAW_X86 1
+#define THAW_HW 1
+#define THAW_HW_TARGET __attribute__((target("sse4.2")))
+#define THAW_HW_NAME "sse4.2"
+#elif defined(__aarch64__) && defined(__linux__)
+#include <arm_acle.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_CRC32
+#define HWCAP_CRC32 (1 << 7)
+#endif
+#define THAW_HW 1
+#define THAW_HW_TARGET __attribute__((target("+crc")))
+#define THAW_HW_NAME "armv8-crc"
 #endif
 
 namespace thaw {
@@ -89,29 +100,47 @@ inline uint32_t shift_register(uint32_t state, uint64_t nbytes) {
   return mul_mod_poly(x_pow_8n(nbytes), state);
 }
 
-#ifdef THAW_X86
-__attribute__((target("sse4.2"))) uint32_t update_hw_serial(uint32_t state, const uint8_t* p,
-                                                             size_t n) {
+#ifdef THAW_HW
+// The CPU's CRC32C instructions: SSE4.2 on x86-64, the ARMv8 CRC extension on AArch64
+// (Graviton, Grace). The same code serves both through these two steps.
+#if defined(__x86_64__) || defined(_M_X64)
+THAW_HW_TARGET inline uint64_t hw_step64(uint64_t s, uint64_t w) { return _mm_crc32_u64(s, w); }
+THAW_HW_TARGET inline uint32_t hw_step8(uint32_t s, uint8_t b) { return _mm_crc32_u8(s, b); }
+bool cpu_has_crc() {
+  static const bool has = __builtin_cpu_supports("sse4.2");
+  return has;
+}
+#else
+THAW_HW_TARGET inline uint64_t hw_step64(uint64_t s, uint64_t w) {
+  return __crc32cd(static_cast<uint32_t>(s), w);
+}
+THAW_HW_TARGET inline uint32_t hw_step8(uint32_t s, uint8_t b) { return __crc32cb(s, b); }
+bool cpu_has_crc() {
+  static const bool has = (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0;
+  return has;
+}
+#endif
+
+THAW_HW_TARGET uint32_t update_hw_serial(uint32_t state, const uint8_t* p, size_t n) {
   uint64_t s = state;
   while (n && (reinterpret_cast<uintptr_t>(p) & 7)) {
-    s = _mm_crc32_u8(static_cast<uint32_t>(s), *p++);
+    s = hw_step8(static_cast<uint32_t>(s), *p++);
     --n;
   }
   while (n >= 8) {
     uint64_t w;
     std::memcpy(&w, p, 8);
-    s = _mm_crc32_u64(s, w);
+    s = hw_step64(s, w);
     p += 8;
     n -= 8;
   }
-  while (n--) s = _mm_crc32_u8(static_cast<uint32_t>(s), *p++);
+  while (n--) s = hw_step8(static_cast<uint32_t>(s), *p++);
   return static_cast<uint32_t>(s);
 }
 
 // Three independent streams hide the instruction's 3-cycle latency; their registers are
 // merged with a carry-less shift by the stream length.
-__attribute__((target("sse4.2"))) uint32_t update_hw(uint32_t state, const uint8_t* p,
-                                                      size_t n) {
+THAW_HW_TARGET uint32_t update_hw(uint32_t state, const uint8_t* p, size_t n) {
   constexpr size_t kStream = 16384;  // bytes per stream per block
   static const uint32_t shift_stream = x_pow_8n(kStream);
   while (n >= 3 * kStream) {
@@ -124,9 +153,9 @@ __attribute__((target("sse4.2"))) uint32_t update_hw(uint32_t state, const uint8
       std::memcpy(&wa, pa + i, 8);
       std::memcpy(&wb, pb + i, 8);
       std::memcpy(&wc, pc + i, 8);
-      a = _mm_crc32_u64(a, wa);
-      b = _mm_crc32_u64(b, wb);
-      c = _mm_crc32_u64(c, wc);
+      a = hw_step64(a, wa);
+      b = hw_step64(b, wb);
+      c = hw_step64(c, wc);
     }
     uint32_t ab = mul_mod_poly(shift_stream, static_cast<uint32_t>(a)) ^ static_cast<uint32_t>(b);
     state = mul_mod_poly(shift_stream, ab) ^ static_cast<uint32_t>(c);
@@ -135,15 +164,10 @@ __attribute__((target("sse4.2"))) uint32_t update_hw(uint32_t state, const uint8
   }
   return update_hw_serial(state, p, n);
 }
-
-bool cpu_has_crc() {
-  static const bool has = __builtin_cpu_supports("sse4.2");
-  return has;
-}
 #endif
 
 uint32_t update(uint32_t state, const uint8_t* p, size_t n) {
-#ifdef THAW_X86
+#ifdef THAW_HW
   if (cpu_has_crc()) return update_hw(state, p, n);
 #endif
   return update_portable(state, p, n);
@@ -206,8 +230,8 @@ std::vector<uint32_t> crc32c_chunks(const uint8_t* data, size_t len, size_t chun
 }
 
 const char* crc32c_backend() {
-#ifdef THAW_X86
-  if (cpu_has_crc()) return "sse4.2";
+#ifdef THAW_HW
+  if (cpu_has_crc()) return THAW_HW_NAME;
 #endif
   return "portable";
 }

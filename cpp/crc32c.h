@@ -26,7 +26,8 @@ uint32_t crc32c_parallel(const uint8_t* data, size_t len, int shards, int thread
 std::vector<uint32_t> crc32c_chunks(const uint8_t* data, size_t len, size_t chunk_size,
                                     int threads);
 
-// "sse4.2" where the CPU's CRC32 instruction is used, else "portable".
+// "sse4.2" (x86-64) or "armv8-crc" (AArch64) where the CPU's CRC32C instructions are
+// used, else "portable".
 const char* crc32c_backend();
 
 }  // namespace thaw

@@ -207,7 +207,7 @@ def test_unknown_weights_on_both_sides_are_not_a_match(model, tmp_path):
 
 # Settings of an in-flight request that a snapshot cannot carry, with the word the refusal names.
 UNCARRIED = {"stop strings": ({"stop": ["w5"]}, "stop"), "logprobs": ({"logprobs": 2}, "logprobs"),
-             "logit bias": ({"logit_bias": {7: 1.5}}, "logit_bias"), "n": ({"n": 2}, "n=2"),
+             "logit bias": ({"logit_bias": {7: 1.5}}, "logit_bias"), "n": ({"n": 2, "temperature": 0.8, "seed": 1}, "n=2"),
              "allowed tokens": ({"allowed_token_ids": [5, 6, 7]}, "allowed_token_ids")}
 
 

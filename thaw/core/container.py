@@ -8,9 +8,12 @@ under the target name, and never a temporary file that passes ``open``.
 
 from __future__ import annotations
 
+import errno
+import glob
 import mmap
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -44,6 +47,62 @@ def _nbytes(view: Buffer) -> int:
     return int(view.numel()) if hasattr(view, "numel") else int(view.nbytes)
 
 
+TEMP_MARK = ".tmp-"
+"""Writers build `.NAME.tmp-PID-HEX` beside the target `NAME`; such a file is never a
+finished snapshot (opening one is refused) and is removed by the next save to that name
+once its writer process is gone."""
+
+
+def _target_mode(path: Path) -> int:
+    """The mode to write with: an existing snapshot's own (it holds prompts and KV: keep it
+    as its owner set it), else 0600. Refuses a target that is not a file before writing."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"cannot write snapshot {path}: its directory does not exist",
+                                str(path.parent))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 0o600
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"cannot write snapshot {path}: it exists and is not a regular file")
+    return stat.S_IMODE(st.st_mode)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a writer's temporary file name (see TEMP_MARK)."""
+    if not name.startswith(".") or TEMP_MARK not in name:
+        return False
+    pid, _, rest = name.rsplit(TEMP_MARK, 1)[1].partition("-")
+    return pid.isdigit() and len(rest) == 8 and all(c in "0123456789abcdef" for c in rest)
+
+
+def sweep_stale_temps(path: Path) -> list[Path]:
+    """Removes temporary files that earlier writers of `path` left (killed, crashed) and whose
+    process no longer runs; returns what was removed."""
+    removed = []
+    prefix = f".{path.name}{TEMP_MARK}"
+    for entry in path.parent.glob(f".{glob.escape(path.name)}{TEMP_MARK}*"):
+        name = entry.name
+        if not is_temp_name(name) or not name.startswith(prefix):
+            continue
+        pid = int(name[len(prefix):].partition("-")[0])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def write_container(
     path: str | os.PathLike,
     meta: dict[str, Any],
@@ -61,9 +120,12 @@ def write_container(
     data_start = fmt.PREAMBLE_SIZE + header_len
     planned = fmt.plan_sections([(n, _nbytes(v)) for n, v in views], data_start, chunk_size)
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    mode = _target_mode(path)
+    sweep_stale_temps(path)
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)  # exactly: the umask does not widen or narrow a kept mode
         written = []
         for section, (_, view) in zip(planned, views):
             crcs = mv.write_section(fd, section.offset, view, section.padded_length, chunk_size, threads)
@@ -74,12 +136,17 @@ def write_container(
         os.pwrite(fd, header, fmt.PREAMBLE_SIZE)
         os.pwrite(fd, fmt.pack_preamble(header_len, mv.crc32c(header), mv.crc32c), 0)
         os.fsync(fd)
-    except BaseException:
         os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if fd >= 0:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            raise OSError(exc.errno, f"writing snapshot {path}: {os.strerror(exc.errno)} ({exc.strerror or exc})",
+                          str(path)) from exc
         raise
-    os.close(fd)
-    os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
@@ -97,6 +164,17 @@ class Container:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
         mv = movers()
+        if is_temp_name(os.path.basename(self.path)):
+            raise FormatError(f"{self.path} is a snapshot writer's temporary file (unfinished, or left by "
+                              "a writer that crashed), not a snapshot")
+        try:
+            st = os.stat(self.path)
+        except IsADirectoryError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise FormatError(f"{self.path} is a directory, not a snapshot file")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"{self.path} is not a regular file (a FIFO, socket or device), not a snapshot")
         try:
             with open(self.path, "rb") as f:
                 self.file_size = os.fstat(f.fileno()).st_size

@@ -195,6 +195,11 @@ def _check_fits(s: Any, snap: StateSnapshot, mine: Identity, layout: Any, load_w
         clash = [r.request_id for r in snap.requests if r.request_id in live]
         if clash:
             raise ThawError(f"requests {clash} are already live in this engine")
+        for req in snap.requests:  # resubmitted through Engine.async_generate, after the restore
+            extra, _ = cache_state.decode_namespace(req.extra.get("namespace"))
+            if extra is not None:
+                raise EngineUnsupported(f"request {req.request_id!r} carries SGLang extra key {extra!r}, "
+                                        "which Engine.generate cannot resubmit; restore with requests=False")
 
 
 def restore(s: Any, path: str, weights: bool = True, requests: bool = True,

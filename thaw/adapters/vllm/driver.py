@@ -131,6 +131,9 @@ class VLLMDriver:
 
         params = self._params(max_tokens, temperature, seed)
         if sampling:
+            sampling = dict(sampling)
+            if "logit_bias" in sampling:  # JSON object keys are strings; vLLM wants token ids
+                sampling["logit_bias"] = {int(k): v for k, v in sampling["logit_bias"].items()}
             fields = {f: getattr(params, f) for f in ("max_tokens", "temperature", "seed", "ignore_eos")}
             params = SamplingParams(**{**fields, **sampling})
         self.llm.llm_engine.add_request(request_id, {"prompt_token_ids": prompt_token_ids}, params)

@@ -221,6 +221,19 @@ OUTPUT_ONLY_SAMPLING_FIELDS = frozenset({
     "output_kind", "stream_interval", "skip_clone", "output_text_buffer_length", "flat_logprobs"})
 
 
+def request_rejections() -> tuple[type[BaseException], ...]:
+    """What building a request vLLM does not accept raises: ValueError and friends, and on
+    releases that have it (0.32; not 0.26) vLLM's own client-error class."""
+    import importlib.util
+
+    out: tuple[type[BaseException], ...] = (KeyError, TypeError, ValueError)
+    if importlib.util.find_spec("vllm.exceptions") is not None:
+        from vllm.exceptions import VLLMClientError
+
+        out += (VLLMClientError,)
+    return out
+
+
 def parallel_sampling_n(parts: EngineParts, internal_id: str) -> int:
     """n of the request this one is a child of (vLLM fans n > 1 out into children), else 1."""
     state = parts.llm.llm_engine.output_processor.request_states.get(internal_id)

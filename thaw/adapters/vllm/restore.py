@@ -21,7 +21,7 @@ from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestSta
 
 from thaw.core.recut import fit_for_restore
 
-from .engine_access import EngineParts
+from .engine_access import EngineParts, request_rejections
 from .recorder import BlockTokenRecorder
 from .kv_placement import KVPlacement, RestoreReport
 from .weights import WeightsLoad
@@ -106,7 +106,7 @@ def prepare_requests(requests: list[RequestState]) -> list[tuple[str, dict[str, 
             sampling["max_tokens"] = max(1, sampling["max_tokens"] - produced)
             sampling["min_tokens"] = max(0, sampling.get("min_tokens", 0) - produced)
             params = SamplingParams(**sampling)
-        except (KeyError, TypeError, ValueError) as exc:
+        except request_rejections() as exc:
             raise SchemaError(f"request {req.request_id!r}: sampling settings vLLM does not accept "
                               f"({type(exc).__name__}: {exc})") from None
         prompt: dict[str, Any] = {"prompt_token_ids": list(req.prompt_token_ids) + list(req.output_token_ids)}

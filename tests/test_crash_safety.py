@@ -1,0 +1,106 @@
+"""Writers that crash or fail, and paths that are not snapshots: nothing that looks
+complete is left, nothing blocks, modes are kept, and errors name the file."""
+
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+import thaw
+from thaw.core.container import is_temp_name
+
+from .helpers import small_snapshot
+
+
+def test_a_writers_temporary_file_is_refused_even_when_complete(tmp_path):
+    """A writer killed after fsync, before its rename, leaves a complete-looking temp."""
+    thaw.save(small_snapshot(), tmp_path / "s.thaw")
+    temp = tmp_path / ".s.thaw.tmp-4194000-0badc0de"
+    temp.write_bytes((tmp_path / "s.thaw").read_bytes())
+    assert is_temp_name(temp.name)
+    with pytest.raises(thaw.FormatError, match="temporary file"):
+        thaw.load(temp)
+
+
+def test_next_save_removes_temps_of_dead_writers_only(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".s.thaw.tmp-{dead.pid}-0123abcd"
+    live = tmp_path / f".s.thaw.tmp-{os.getppid()}-0123abcd"  # a running process
+    other = tmp_path / f".t.thaw.tmp-{dead.pid}-0123abcd"  # another target's
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    thaw.save(small_snapshot(), tmp_path / "s.thaw")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.thaw")) == [live.name]
+
+
+def test_killed_writer_leaves_no_snapshot_and_is_swept(tmp_path):
+    script = ("import torch, thaw\n"
+              "snap = thaw.StateSnapshot.from_tensors({f'w{i}': torch.randn(4 << 20) for i in range(16)})\n"
+              f"thaw.save(snap, {str(tmp_path / 'big.thaw')!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(is_temp_name(p.name) for p in tmp_path.iterdir()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "big.thaw").exists()
+    leftovers = [p for p in tmp_path.iterdir() if is_temp_name(p.name)]
+    for p in leftovers:
+        with pytest.raises(thaw.FormatError):
+            thaw.load(p)
+    thaw.save(small_snapshot(), tmp_path / "big.thaw")
+    assert [p for p in tmp_path.iterdir() if is_temp_name(p.name)] == []
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.thaw"
+    os.mkfifo(fifo)
+    out = subprocess.run([sys.executable, "-m", "thaw.cli", "verify", str(fifo)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "not a regular file" in out.stdout + out.stderr
+    with pytest.raises(thaw.FormatError, match="not a regular file"):
+        thaw.load(fifo)
+
+
+def test_directory_target_and_missing_directory_refused_before_writing(tmp_path):
+    (tmp_path / "d.thaw").mkdir()
+    with pytest.raises(thaw.FormatError, match="not a regular file"):
+        thaw.save(small_snapshot(), tmp_path / "d.thaw")
+    with pytest.raises(FileNotFoundError, match="directory does not exist") as err:
+        thaw.save(small_snapshot(), tmp_path / "missing" / "s.thaw")
+    assert err.value.filename == str(tmp_path / "missing")
+    assert [p.name for p in tmp_path.iterdir()] == ["d.thaw"]
+
+
+def test_new_snapshots_are_private_and_resaving_keeps_the_mode(tmp_path):
+    path = tmp_path / "s.thaw"
+    thaw.save(small_snapshot(), path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    os.chmod(path, 0o640)
+    thaw.save(small_snapshot(1), path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+def test_write_failure_names_the_file_and_the_cause(tmp_path):
+    """A disk that runs out (here: a file size limit, EFBIG) is reported with the target's
+    path and the system's reason, and leaves no temporary file."""
+    script = ("import resource, signal, sys, torch, thaw\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+              "snap = thaw.StateSnapshot.from_tensors({'w': torch.randn(1 << 20)})\n"
+              "try:\n"
+              f"    thaw.save(snap, {str(tmp_path / 's.thaw')!r})\n"
+              "except OSError as exc:\n"
+              "    print('ERR', exc.errno, exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    line = next(l for l in out.stdout.splitlines() if l.startswith("ERR")) if "ERR" in out.stdout else out.stderr
+    assert str(tmp_path / "s.thaw") in line and "too large" in line.lower(), line
+    assert list(tmp_path.iterdir()) == []
+    assert resource.RLIMIT_FSIZE  # the limit applied to the child only
