@@ -44,7 +44,7 @@ def test_killed_writer_leaves_no_snapshot_and_is_swept(tmp_path):
     script = ("import torch, thaw\n"
               "snap = thaw.StateSnapshot.from_tensors({f'w{i}': torch.randn(4 << 20) for i in range(16)})\n"
               f"thaw.save(snap, {str(tmp_path / 'big.thaw')!r})\n")
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and not any(is_temp_name(p.name) for p in tmp_path.iterdir()):
         time.sleep(0.01)
@@ -63,7 +63,7 @@ def test_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "pipe.thaw"
     os.mkfifo(fifo)
     out = subprocess.run([sys.executable, "-m", "thaw.cli", "verify", str(fifo)], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, cwd=tmp_path)
     assert out.returncode != 0 and "not a regular file" in out.stdout + out.stderr
     with pytest.raises(thaw.FormatError, match="not a regular file"):
         thaw.load(fifo)
@@ -99,8 +99,27 @@ def test_write_failure_names_the_file_and_the_cause(tmp_path):
               f"    thaw.save(snap, {str(tmp_path / 's.thaw')!r})\n"
               "except OSError as exc:\n"
               "    print('ERR', exc.errno, exc)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path.parent)
     line = next(l for l in out.stdout.splitlines() if l.startswith("ERR")) if "ERR" in out.stdout else out.stderr
     assert str(tmp_path / "s.thaw") in line and "too large" in line.lower(), line
     assert list(tmp_path.iterdir()) == []
     assert resource.RLIMIT_FSIZE  # the limit applied to the child only
+
+
+def test_loaded_snapshot_reads_its_own_file_after_the_path_is_replaced(tmp_path):
+    """Another writer replacing the snapshot (atomically, with a smaller one) does not
+    disturb a loaded snapshot: reads, maps and checks go to the file it opened."""
+    import torch
+
+    path = tmp_path / "s.thaw"
+    thaw.save(small_snapshot(0, pages=9), path)
+    loaded = thaw.load(path)
+    want_w = small_snapshot(0, pages=9).weights["w"].tensor()
+    want_kv = small_snapshot(0, pages=9).kv.layers[1].tensor()
+    for i in range(50):
+        thaw.save(small_snapshot(i + 1, pages=4), path)
+        assert torch.equal(loaded.weights["w"].tensor(), want_w)
+        assert torch.equal(loaded.kv.layers[1].mapped(), want_kv)
+        loaded.source.verify()
+    assert thaw.load(path).kv.num_pages == 4

@@ -11,6 +11,7 @@ from typing import Optional
 
 from .core import EngineUnsupported, SchemaError, ThawError, load, save
 from .core.container import Container
+from .core.layouts import NAMED_LAYOUTS as NAMED_LAYOUT_NAMES
 from .core.summary import diff_snapshots, inspect_snapshot
 
 PROGRESS_MIN_BYTES = 256 * 2**20
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="re-cut a snapshot's KV pages and prefix tree for another engine's page size and layout")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--layout", required=True, help="target layout: vllm.cpu.vec, vllm.flash_attn, sglang.nhd, thaw.nhd")
+    p.add_argument("--layout", required=True, help="target layout: " + ", ".join(sorted(NAMED_LAYOUT_NAMES)))
     p.add_argument("--page-size", type=int, default=0, help="tokens per target page (default: the source's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)

@@ -14,6 +14,7 @@ import mmap
 import os
 import secrets
 import stat
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -175,13 +176,20 @@ class Container:
             raise FormatError(f"{self.path} is a directory, not a snapshot file")
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{self.path} is not a regular file (a FIFO, socket or device), not a snapshot")
+        # The file is held open from here on: every later read, map and check goes to this
+        # inode, even after another process atomically replaces the file at `path`.
         try:
-            with open(self.path, "rb") as f:
-                self.file_size = os.fstat(f.fileno()).st_size
-                pre = fmt.parse_preamble(f.read(fmt.PREAMBLE_SIZE), self.file_size, mv.crc32c)
-                raw_header = f.read(pre.header_length)
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except IsADirectoryError:
             raise FormatError(f"{self.path} is a directory, not a snapshot file") from None
+        self._closer = weakref.finalize(self, os.close, self._fd)
+        # The native readers open by path (O_DIRECT needs its own open): /proc/self/fd/N
+        # re-opens this same inode. Where /proc is missing, reads follow the path.
+        self.io_path = f"/proc/self/fd/{self._fd}" if os.path.isdir("/proc/self/fd") else self.path
+        with os.fdopen(os.dup(self._fd), "rb") as f:
+            self.file_size = os.fstat(f.fileno()).st_size
+            pre = fmt.parse_preamble(f.read(fmt.PREAMBLE_SIZE), self.file_size, mv.crc32c)
+            raw_header = f.read(pre.header_length)
         if len(raw_header) != pre.header_length:
             raise FormatError("header: file ends inside the header (truncated?)")
         actual = mv.crc32c(raw_header)
@@ -200,6 +208,14 @@ class Container:
             s.name: s for s in fmt.parse_sections(header, self.data_start, self.file_size)
         }
 
+    def fileno(self) -> int:
+        """The descriptor this Container holds the snapshot file open with."""
+        return self._fd
+
+    def close(self) -> None:
+        """Closes the file (idempotent); mappings already made stay valid."""
+        self._closer()
+
     def section(self, name: str) -> fmt.Section:
         try:
             return self.sections[name]
@@ -212,7 +228,7 @@ class Container:
         view = _as_bytes_view(dest)
         data_len = _nbytes(view)
         padded = fmt.align_up(data_len) if start + data_len == sec.length else data_len
-        crcs, _ = movers().read_section(self.path, sec.offset + start, view, padded,
+        crcs, _ = movers().read_section(self.io_path, sec.offset + start, view, padded,
                                         sec.chunk_size, threads, direct)
         if verify:
             sec.check_crcs(crcs, first_chunk)
@@ -242,10 +258,9 @@ class Container:
         view = self._maps.get(name)
         if view is None:
             lead = sec.offset % mmap.ALLOCATIONGRANULARITY
-            with open(self.path, "rb") as f:
-                # Read-only: a writable private mapping would be populated by copying every page.
-                m = mmap.mmap(f.fileno(), lead + sec.padded_length, flags=mmap.MAP_SHARED | _MAP_POPULATE,
-                              prot=mmap.PROT_READ, offset=sec.offset - lead)
+            # Read-only: a writable private mapping would be populated by copying every page.
+            m = mmap.mmap(self._fd, lead + sec.padded_length, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                          prot=mmap.PROT_READ, offset=sec.offset - lead)
             view = np.frombuffer(m, dtype=np.uint8)[lead:]
             self._maps[name] = view
         sec.check_crcs(movers().crc32c_chunks(view, sec.chunk_size, DEFAULT_THREADS))
@@ -272,7 +287,7 @@ class Container:
             for first in range(0, sec.num_chunks, window_chunks):
                 start = first * sec.chunk_size
                 length = min(sec.padded_length - start, window_chunks * sec.chunk_size)
-                sec.check_crcs(mv.check_section(self.path, sec.offset + start, length,
+                sec.check_crcs(mv.check_section(self.io_path, sec.offset + start, length,
                                                 sec.chunk_size, threads), first)
                 done += length
                 if progress:

@@ -257,8 +257,7 @@ class RegisteredFile:
 
     def __init__(self, c: Container) -> None:
         self.container = c
-        with open(c.path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), c.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        self._map = mmap.mmap(c.fileno(), c.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         self.array = np.frombuffer(self._map, dtype=np.uint8)
         ptr = self.array.ctypes.data
         flags = 8 | 2  # cudaHostRegisterReadOnly | cudaHostRegisterMapped
@@ -313,7 +312,7 @@ def stream_sections_to_gpu(c: Container, targets: dict[str, torch.Tensor], *, di
     def read(i: int, name: str) -> bool:
         sec = c.section(name)
         buf = staging[i % 2][:sec.length]
-        crcs, direct_used = mv.read_section(c.path, sec.offset, buf.numpy(), sec.padded_length,
+        crcs, direct_used = mv.read_section(c.io_path, sec.offset, buf.numpy(), sec.padded_length,
                                             sec.chunk_size, threads, direct)
         sec.check_crcs(crcs)
         return direct_used

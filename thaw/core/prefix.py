@@ -162,10 +162,22 @@ class PrefixTree:
         if self.page_size <= 0:
             raise SchemaError(f"prefix: page_size must be positive, found {self.page_size}")
         owner: dict[int, int] = {}
+        first_pages: dict[tuple, int] = {}
+        keys: list[Optional[str]] = []
         for i, n in enumerate(self.nodes):
             where = f"prefix node {i}"
-            if not (n.parent == ROOT or 0 <= n.parent < i):
-                raise SchemaError(f"{where}: parent {n.parent} must be -1 or an earlier node")
+            if type(n.parent) is not int or not (n.parent == ROOT or 0 <= n.parent < i):
+                raise SchemaError(f"{where}: parent {n.parent!r} must be -1 or an earlier node")
+            if any(type(t) is not int for t in n.tokens) or any(type(p) is not int for p in n.pages):
+                raise SchemaError(f"{where}: tokens and pages must be integers")
+            if n.extra_key is not None and not isinstance(n.extra_key, str):
+                raise SchemaError(f"{where}: extra key must be a string, found {type(n.extra_key).__name__}")
+            keys.append(n.extra_key if n.extra_key is not None else (keys[n.parent] if n.parent != ROOT else None))
+            sibling = (n.parent, keys[i], tuple(n.tokens[: self.page_size]))
+            if sibling in first_pages:
+                raise SchemaError(f"{where}: its first page holds the same tokens as sibling node "
+                                  f"{first_pages[sibling]} (same parent and namespace)")
+            first_pages[sibling] = i
             if not n.tokens or len(n.tokens) != len(n.pages) * self.page_size:
                 raise SchemaError(
                     f"{where}: {len(n.tokens)} tokens do not fill its {len(n.pages)} pages of {self.page_size}")

@@ -86,6 +86,16 @@ class Identity:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size", "tp_rank", "tp_size"):
             if type(getattr(ident, name)) is not int or getattr(ident, name) < 0:
                 raise SchemaError(f"identity: {name} must be a non-negative integer")
+        for name in ("model_architecture", "model_config_digest", "weights_digest", "dtype", "kv_layout",
+                     "engine", "engine_version"):
+            if not isinstance(getattr(ident, name), str):
+                raise SchemaError(f"identity: {name} must be a string, found {type(getattr(ident, name)).__name__}")
+        if ident.tokenizer is not None and not isinstance(ident.tokenizer, str):
+            raise SchemaError("identity: tokenizer must be a string or null")
+        if ident.tp_size < 1 or ident.tp_rank >= ident.tp_size:
+            raise SchemaError(f"identity: tp_rank {ident.tp_rank} must be below tp_size {ident.tp_size} (>= 1)")
+        if not isinstance(ident.extra, dict):
+            raise SchemaError("identity: extra must be a JSON object")
         return ident
 
     def differences(self, other: "Identity") -> dict[str, list[Any]]:
@@ -127,10 +137,22 @@ class RequestState:
 
     @classmethod
     def from_json(cls, obj: Any) -> "RequestState":
+        if not isinstance(obj, dict):
+            raise SchemaError("request: each entry must be a JSON object")
         try:
             req = cls(**obj)
         except TypeError as exc:
             raise SchemaError(f"request: malformed entry ({exc})") from None
+        if not isinstance(req.request_id, str):
+            raise SchemaError(f"request: request_id must be a string, found {type(req.request_id).__name__}")
+        for name in ("prompt_token_ids", "output_token_ids", "pages"):
+            value = getattr(req, name)
+            if not isinstance(value, list) or any(type(v) is not int or v < 0 for v in value):
+                raise SchemaError(f"request {req.request_id!r}: {name} must be a list of non-negative integers")
+        if type(req.num_computed_tokens) is not int:
+            raise SchemaError(f"request {req.request_id!r}: num_computed_tokens must be an integer")
+        if not isinstance(req.sampling, dict) or not isinstance(req.extra, dict):
+            raise SchemaError(f"request {req.request_id!r}: sampling and extra must be JSON objects")
         if req.status not in cls.STATUSES:
             raise SchemaError(f"request {req.request_id!r}: status {req.status!r} not in {cls.STATUSES}")
         total = len(req.prompt_token_ids) + len(req.output_token_ids)
@@ -221,7 +243,14 @@ class StateSnapshot:
                     f"prefix: page_size {self.prefix.page_size} differs from the kv layout's "
                     f"{self.kv.layout.page_size}")
             self.prefix.validate(num_pages)
+        if self.kv is not None and self.identity.num_layers and self.identity.num_layers != len(self.kv.layers):
+            raise SchemaError(f"identity: num_layers {self.identity.num_layers} but the kv holds "
+                              f"{len(self.kv.layers)} layers")
+        seen: set[str] = set()
         for req in self.requests:
+            if req.request_id in seen:
+                raise SchemaError(f"request {req.request_id!r}: the id appears twice")
+            seen.add(req.request_id)
             bad = [p for p in req.pages if not 0 <= p < num_pages]
             if bad:
                 raise SchemaError(f"request {req.request_id!r}: pages {bad[:5]} outside the {num_pages} pages")

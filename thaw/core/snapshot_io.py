@@ -167,23 +167,35 @@ def load(path: str | os.PathLike, *, verify: bool = True,
     try:
         snap = StateSnapshot(identity=Identity.from_json(meta.get("identity")),
                              weights_format=meta.get("weights_format", CHECKPOINT_WEIGHTS))
-        for entry in _field(meta, "weights", list):
-            name, data = _file_tensor(c, entry, "weights")
-            snap.weights[name] = data
-        for entry in _field(meta, "extra_tensors", list):
-            name, data = _file_tensor(c, entry, "extra_tensors")
-            snap.extra_tensors[name] = data
+        owners: dict[str, str] = {}  # section -> what uses it: each section means one thing
+
+        def claim(section: str, user: str) -> None:
+            if section in owners:
+                raise SchemaError(f"{user}: section {section!r} is already used by {owners[section]}")
+            owners[section] = user
+
+        for group, into in (("weights", snap.weights), ("extra_tensors", snap.extra_tensors)):
+            for entry in _field(meta, group, list):
+                name, data = _file_tensor(c, entry, group)
+                if name in into:
+                    raise SchemaError(f"{group}: the name {name!r} appears twice")
+                claim(data._section, f"{group} {name!r}")
+                into[name] = data
         kv = meta.get("kv")
         if kv is not None:
             layout = KVLayout.from_json(_field(kv, "layout", dict, "kv"))
             num_pages = _field(kv, "num_pages", int, "kv")
             layers = []
             for i, section in enumerate(_field(kv, "layers", list, "kv")):
+                if isinstance(section, str):
+                    claim(section, f"kv layer {i}")
                 layers.append(_file_tensor(c, {"name": f"layer {i}", "section": section,
                                                "dtype": layout.dtype,
                                                "shape": [num_pages, layout.page_elems]}, "kv")[1])
             snap.kv = PagedKV(layout, layers)
         if meta.get("prefix") is not None:
+            for section in ("prefix/nodes", "prefix/tokens", "prefix/pages"):
+                claim(section, "the prefix tree")
             snap.prefix = _load_prefix(c, _field(meta, "prefix", dict))
         snap.requests = [RequestState.from_json(r) for r in _field(meta, "requests", list)]
         snap.extras = _field(meta, "extras", dict)
