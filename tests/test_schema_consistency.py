@@ -177,3 +177,32 @@ def test_edited_headers_load_or_raise_a_typed_error(pristine, data):
             t.tensor()
     except thaw.ThawError:
         pass
+
+
+def _forged_text(tmp_path, edit_text):
+    """The small snapshot with its header JSON text edited (CRCs recomputed)."""
+    import struct
+
+    import crc32c
+
+    src = tmp_path / "src.thaw"
+    thaw.save(small_snapshot(), src)
+    c = Container(src)
+    text = edit_text(json.dumps({"meta": c.meta, "sections": [s.to_json() for s in c.sections.values()]}))
+    hlen = c.data_start - 32
+    raw = text.encode() + b" " * (hlen - len(text.encode()))
+    head = struct.pack("<8sIIQI", b"THAWSNAP", 1, 0, hlen, crc32c.crc32c(raw))
+    out = tmp_path / "text.thaw"
+    out.write_bytes(head + struct.pack("<I", crc32c.crc32c(head)) + raw + src.read_bytes()[c.data_start:])
+    return out
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.replace('"note": "test"', '"note": 1e400'), "infinity"),
+    (lambda t: t.replace('"request_id": "r0"', '"request_id": "r\\ud800"'), "lone surrogate"),
+    (lambda t: t.replace('"note": "test"', '"note": ' + "[" * 100 + "]" * 100), "nested deeper"),
+])
+def test_header_values_no_writer_can_write_back_are_refused(tmp_path, edit, match):
+    path = _forged_text(tmp_path, edit)
+    with pytest.raises(thaw.FormatError, match=match):
+        thaw.load(path)

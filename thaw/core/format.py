@@ -7,6 +7,7 @@ torch: ``thaw verify`` needs nothing but the standard library and the movers.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -122,18 +123,57 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise FormatError(f"header: number {text} does not fit a double (it would read as infinity)")
+    return value
+
+
+MAX_DEPTH = 64
+"""Deepest nesting of JSON arrays and objects a header may use."""
+
+
+def _check_strings(obj: Any) -> None:
+    """Every string (keys included) is valid Unicode text (JSON's \\u escapes can spell a
+    lone surrogate, which no UTF-8 writer can write back), nesting at most MAX_DEPTH."""
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FormatError(f"header: JSON nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            items = [item]
+        elif isinstance(item, dict):
+            items = list(item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            items = []
+            stack.extend((v, depth + 1) for v in item)
+        else:
+            continue
+        for text in items:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FormatError(f"header: string {text[:40]!r} holds a lone surrogate (not Unicode text)") from None
+
+
 def decode_header(raw: bytes) -> dict[str, Any]:
-    """Parses the header region: one JSON object, then only ASCII spaces."""
+    """Parses the header region: one JSON object, then only ASCII spaces. Numbers that
+    overflow a double, lone surrogates and nesting past MAX_DEPTH are refused."""
     text_end = len(raw.rstrip(b" "))
     try:
         text = raw[:text_end].decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+        obj = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_reject_constant,
+                         parse_float=_finite_float)
     except FormatError:
         raise
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"header: not valid UTF-8 JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise FormatError(f"header: top level must be a JSON object, found {type(obj).__name__}")
+    _check_strings(obj)
     return obj
 
 
