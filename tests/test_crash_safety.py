@@ -123,3 +123,18 @@ def test_loaded_snapshot_reads_its_own_file_after_the_path_is_replaced(tmp_path)
         assert torch.equal(loaded.kv.layers[1].mapped(), want_kv)
         loaded.source.verify()
     assert thaw.load(path).kv.num_pages == 4
+
+
+def test_thaw_gc_removes_dead_writers_temps_only(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".a.thaw.tmp-{dead.pid}-0123abcd"
+    live = tmp_path / f".b.thaw.tmp-{os.getppid()}-0123abcd"
+    keep = tmp_path / "c.thaw"
+    for p in (stale, live, keep):
+        p.write_bytes(b"x")
+    out = subprocess.run([sys.executable, "-m", "thaw.cli", "gc", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "1 temporary file" in out.stdout and str(stale) in out.stdout
+    assert not stale.exists() and live.exists() and keep.exists()

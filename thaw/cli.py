@@ -55,6 +55,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .core.container import sweep_directory
+
+    removed = sweep_directory(args.directory)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"thaw gc: {len(removed)} temporary file(s) of crashed writers removed from {args.directory}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     c = Container(args.path)
     c.verify(progress=None if args.quiet else _progress_printer(sys.stderr))
@@ -145,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("gc", help="remove temporary files that crashed snapshot writers left in a directory")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_gc)
     p = sub.add_parser("diff", help="identity differences, shared prefix, divergence points")
     p.add_argument("a")
     p.add_argument("b")

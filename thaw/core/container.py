@@ -94,6 +94,17 @@ def sweep_stale_temps(path: Path) -> list[Path]:
     return removed
 
 
+def sweep_directory(directory: str | os.PathLike) -> list[Path]:
+    """Removes every writer's temporary file in `directory` whose writer process no longer
+    runs (what `thaw gc` does); returns what was removed."""
+    removed = []
+    for entry in Path(directory).iterdir():
+        if is_temp_name(entry.name):
+            target = entry.name[1:].rsplit(TEMP_MARK, 1)[0]
+            removed += [p for p in sweep_stale_temps(entry.parent / target) if p == entry]
+    return removed
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
