@@ -16,7 +16,7 @@ import secrets
 import stat
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -69,40 +69,42 @@ def _target_mode(path: Path) -> int:
     return stat.S_IMODE(st.st_mode)
 
 
+def _temp_writer_pid(name: str) -> Optional[int]:
+    """The writer's process id if `name` is a writer's temporary file name, else None."""
+    if not name.startswith(".") or TEMP_MARK not in name:
+        return None
+    pid, _, rest = name.rsplit(TEMP_MARK, 1)[1].partition("-")
+    if pid.isdigit() and len(rest) == 8 and all(c in "0123456789abcdef" for c in rest):
+        return int(pid)
+    return None
+
+
 def is_temp_name(name: str) -> bool:
     """Whether `name` is a writer's temporary file name (see TEMP_MARK)."""
-    if not name.startswith(".") or TEMP_MARK not in name:
+    return _temp_writer_pid(name) is not None
+
+
+def _remove_if_writer_gone(entry: Path) -> bool:
+    """Removes `entry` if it is a writer's temporary file whose process no longer runs."""
+    pid = _temp_writer_pid(entry.name)
+    if pid is None or pid == os.getpid() or _process_alive(pid):
         return False
-    pid, _, rest = name.rsplit(TEMP_MARK, 1)[1].partition("-")
-    return pid.isdigit() and len(rest) == 8 and all(c in "0123456789abcdef" for c in rest)
+    entry.unlink(missing_ok=True)
+    return True
 
 
 def sweep_stale_temps(path: Path) -> list[Path]:
     """Removes temporary files that earlier writers of `path` left (killed, crashed) and whose
     process no longer runs; returns what was removed."""
-    removed = []
     prefix = f".{path.name}{TEMP_MARK}"
-    for entry in path.parent.glob(f".{glob.escape(path.name)}{TEMP_MARK}*"):
-        name = entry.name
-        if not is_temp_name(name) or not name.startswith(prefix):
-            continue
-        pid = int(name[len(prefix):].partition("-")[0])
-        if pid == os.getpid() or _process_alive(pid):
-            continue
-        entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
+    return [entry for entry in path.parent.glob(f"{glob.escape(prefix)}*")
+            if entry.name.rsplit(TEMP_MARK, 1)[0] + TEMP_MARK == prefix and _remove_if_writer_gone(entry)]
 
 
 def sweep_directory(directory: str | os.PathLike) -> list[Path]:
     """Removes every writer's temporary file in `directory` whose writer process no longer
     runs (what `thaw gc` does); returns what was removed."""
-    removed = []
-    for entry in Path(directory).iterdir():
-        if is_temp_name(entry.name):
-            target = entry.name[1:].rsplit(TEMP_MARK, 1)[0]
-            removed += [p for p in sweep_stale_temps(entry.parent / target) if p == entry]
-    return removed
+    return [entry for entry in Path(directory).iterdir() if _remove_if_writer_gone(entry)]
 
 
 def _process_alive(pid: int) -> bool:
@@ -179,20 +181,14 @@ class Container:
         if is_temp_name(os.path.basename(self.path)):
             raise FormatError(f"{self.path} is a snapshot writer's temporary file (unfinished, or left by "
                               "a writer that crashed), not a snapshot")
-        try:
-            st = os.stat(self.path)
-        except IsADirectoryError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
+        st = os.stat(self.path)
+        if stat.S_ISDIR(st.st_mode):
             raise FormatError(f"{self.path} is a directory, not a snapshot file")
-        if st is not None and not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{self.path} is not a regular file (a FIFO, socket or device), not a snapshot")
         # The file is held open from here on: every later read, map and check goes to this
         # inode, even after another process atomically replaces the file at `path`.
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except IsADirectoryError:
-            raise FormatError(f"{self.path} is a directory, not a snapshot file") from None
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self._closer = weakref.finalize(self, os.close, self._fd)
         # The native readers open by path (O_DIRECT needs its own open): /proc/self/fd/N
         # re-opens this same inode. Where /proc is missing, reads follow the path.
