@@ -9,7 +9,7 @@ import torch
 
 from thaw.core import EngineUnsupported, PagedKV, PrefixTree, RequestState, StateSnapshot, TensorData
 
-from .engine_access import EngineParts, external_request_id, parallel_sampling_n, uncarried_request_features
+from .engine_access import EngineParts, external_request_id, uncarried_request_features
 from .recorder import BlockTokenRecorder
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens",
@@ -105,10 +105,7 @@ def check_requests_carried(parts: EngineParts) -> None:
     multimodal inputs, ...): thaw carries exactly SAMPLING_FIELDS, nothing approximately."""
     sched = parts.scheduler
     for req in list(sched.running) + list(sched.waiting):
-        lost = uncarried_request_features(req, SAMPLING_FIELDS)
-        n = parallel_sampling_n(parts, req.request_id)
-        if n != 1:
-            lost.append(f"sampling.n={n} (one of its parallel samples)")
+        lost = uncarried_request_features(parts, req, SAMPLING_FIELDS)
         if lost:
             raise EngineUnsupported(
                 f"in-flight request {external_request_id(parts, req.request_id)!r} uses {', '.join(lost)}, "

@@ -241,14 +241,18 @@ def parallel_sampling_n(parts: EngineParts, internal_id: str) -> int:
     return int(parent.n) if parent is not None else 1
 
 
-def uncarried_request_features(req: Any, carried: tuple[str, ...]) -> list[str]:
+def uncarried_request_features(parts: EngineParts, req: Any, carried: tuple[str, ...]) -> list[str]:
     """What an in-flight vLLM request uses that a snapshot of `carried` sampling fields
     would lose: every SamplingParams field set away from its default (other than those
-    carried, derived `_` fields and output-only ones), and LoRA, multimodal or
-    prompt-embeds inputs."""
+    carried, derived `_` fields and output-only ones), membership in an n > 1 request
+    (vLLM fans those out into children with n=1), and LoRA, multimodal or prompt-embeds
+    inputs."""
     from vllm import SamplingParams
 
     out = changed_fields(req.sampling_params, SamplingParams(), (*carried, *OUTPUT_ONLY_SAMPLING_FIELDS))
+    n = parallel_sampling_n(parts, req.request_id)
+    if n != 1:
+        out.append(f"sampling.n={n} (one of its parallel samples)")
     if getattr(req, "lora_request", None) is not None:
         out.append("LoRA adapter")
     if getattr(req, "mm_features", None):
