@@ -56,3 +56,22 @@ def test_combine_and_extend(backend, a, b):
 def test_accepts_numpy_and_memoryview():
     arr = np.arange(1000, dtype=np.uint8)
     assert native.crc32c(arr) == native.crc32c(memoryview(arr.tobytes())) == oracle.crc32c(arr.tobytes())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=3000), st.integers(min_value=0, max_value=4095))
+def test_strip_zeros_inverts_appending_zeros(data, n_zeros):
+    from thaw.core.crc import crc32c_strip_zeros
+    assert crc32c_strip_zeros(oracle.crc32c(data + bytes(n_zeros)), n_zeros) == oracle.crc32c(data)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(min_value=0, max_value=5 * 8192 + 77), st.sampled_from([4096, 8192]), st.randoms())
+def test_payload_crc_from_chunk_crcs(backend, length, chunk, rnd):
+    """A section's payload CRC, folded from its padded chunks' CRCs, equals the payload's own."""
+    from thaw.core import format as fmt
+    payload = rnd.randbytes(length)
+    padded = payload + bytes(fmt.align_up(length) - length)
+    crcs = tuple(oracle.crc32c(padded[k:k + chunk]) for k in range(0, len(padded), chunk))
+    sec = fmt.Section("s", 0, length, chunk, crcs)
+    assert sec.payload_crc32c(backend.crc32c_combine) == oracle.crc32c(payload)

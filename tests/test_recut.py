@@ -110,3 +110,47 @@ def test_prefix_rows_reads_the_same_tokens_through_any_page_size():
     k1, v1 = prefix_rows(blocks, seq, 48)
     assert k0.shape == (2, 48, HEADS, DIM) and torch.equal(k0, k1) and torch.equal(v0, v1)
     assert torch.equal(prefix_rows(snap, seq[:20] + [9] * 8, 24)[0], prefix_rows(blocks, seq[:20] + [9] * 8, 24)[0])
+
+
+def comb_snapshot(depth: int, page: int = 2) -> StateSnapshot:
+    """A trunk of `depth` one-page nodes, each with a one-page side leaf (2 * depth nodes)."""
+    layout = named_layout("thaw.nhd", page, HEADS, DIM, "float32")
+    tree = PrefixTree(page)
+    parent = -1
+    for i in range(depth):
+        trunk = tree.add(parent, [i] * page, [2 * i])
+        tree.add(trunk, [10**6 + i] * page, [2 * i + 1])
+        parent = trunk
+    layers = [torch.arange(2 * depth * layout.page_elems, dtype=torch.float32).reshape(2 * depth, -1)]
+    return StateSnapshot.from_kv(layout, layers, tree)
+
+
+def test_deep_trees_are_cut_in_one_pass_without_walking_paths(monkeypatch):
+    """A 3,000-deep comb re-cuts from each node's parent state: no root-to-leaf walk per leaf
+    (which made convert quadratic in depth), and every side leaf keeps its own row."""
+    snap = comb_snapshot(3000)
+
+    def no_walks(self, node):
+        raise AssertionError("re-cut walked a whole path")
+    monkeypatch.setattr(PrefixTree, "path", no_walks)
+    out, report = recut(snap, named_layout("thaw.nhd", 4, HEADS, DIM, "float32"))
+    monkeypatch.undo()
+    assert report.leaf_tokens_dropped == sum(
+        len(snap.prefix.path(leaf)[0]) % 4 for leaf in snap.prefix.leaves())
+    # The trunk is kept whole; at the deepest leaf the path is 6,002 tokens: 6,000 kept.
+    trunk = [t for i in range(3000) for t in [i, i]]
+    assert out.prefix.shared_prefix(trunk) == 6000
+    k0, _ = token_rows(snap, trunk)
+    k1, _ = token_rows(out, trunk)
+    assert torch.equal(k0, k1)
+
+
+def test_diff_of_a_deep_comb_reports_each_divergent_leaf_once():
+    from thaw.core.summary import diff_snapshots
+
+    a, b = comb_snapshot(2000), comb_snapshot(2000)
+    b.prefix.nodes[2 * 1500 + 1].tokens = [7, 7]  # one side leaf deep down differs
+    d = diff_snapshots(a, b)
+    assert d["only_in_a_pages"] == d["only_in_b_pages"] == 1
+    assert [(v["only_in"], v["leaf"], v["diverges_at_token"]) for v in d["divergences"]] == [
+        ("a", 3001, 3002), ("b", 3001, 3002)]

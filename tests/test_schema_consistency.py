@@ -55,6 +55,16 @@ def test_duplicate_weight_names(tmp_path):
     _refused(tmp_path, edit, "appears twice")
 
 
+@pytest.mark.parametrize("edit_weights", [
+    lambda m: m["identity"].update(weights_digest="0" * 64),   # a digest that names other weights
+    lambda m: m["identity"].update(weights_digest=""),         # weights, but no digest
+    lambda m: m["weights"][0].update(dtype="int32"),          # same bytes, read as another type
+    lambda m: m["weights"][0].update(shape=[16, 8]),          # same bytes, another shape
+], ids=["other-digest", "empty-digest", "retyped", "reshaped"])
+def test_weights_digest_is_rechecked_against_the_weights(tmp_path, edit_weights):
+    _refused(tmp_path, edit_weights, "weights_digest .* is not the digest of the")
+
+
 def test_num_layers_beyond_the_kv_layers(tmp_path):
     def edit(m):
         m["identity"]["num_layers"] = 3
@@ -206,3 +216,30 @@ def test_header_values_no_writer_can_write_back_are_refused(tmp_path, edit, matc
     path = _forged_text(tmp_path, edit)
     with pytest.raises(thaw.FormatError, match=match):
         thaw.load(path)
+
+
+@pytest.mark.parametrize("place,value,match", [
+    ("extras", {1: "a", "b": 2}, "extras: key 1 must be a string"),
+    ("extras", {"x": float("nan")}, "extras.x: nan is not a finite number"),
+    ("extras", {"x": object()}, "extras.x: a object is not a JSON value"),
+    ("extras", {"x": "\ud800"}, "extras.x: string .*lone surrogate"),
+    ("identity", {2: 0}, "identity.extra: key 2 must be a string"),
+    ("sampling", {3: 1.0}, "sampling: key 3 must be a string"),
+    ("request_id", "r\udfff", "request id: string .*lone surrogate"),
+    ("extras", {"deep": __import__("functools").reduce(lambda v, _: [v], range(80), 0)}, "nested deeper"),
+])
+def test_save_refuses_metadata_that_would_not_read_back(tmp_path, place, value, match):
+    """Metadata is written as JSON: what JSON cannot hold as given (or would silently turn
+    into something else, like int keys into strings) is refused before a byte is written."""
+    snap = small_snapshot()
+    if place == "extras":
+        snap.extras = value
+    elif place == "identity":
+        snap.identity.extra = value
+    elif place == "sampling":
+        snap.requests[0].sampling = value
+    else:
+        snap.requests[0].request_id = value
+    with pytest.raises(thaw.SchemaError, match=match):
+        thaw.save(snap, tmp_path / "s.thaw")
+    assert not list(tmp_path.iterdir())

@@ -52,3 +52,24 @@ def crc32c_combine(crc_a: int, crc_b: int, len_b: int) -> int:
         power = _mul_mod_poly(power, power)
         exponent >>= 1
     return _mul_mod_poly(shift, crc_a) ^ crc_b
+
+
+_X_INVERSE = 0x05EC76F1  # x^-1 modulo the CRC32C polynomial, in the same bit order
+
+
+def _power(base: int, exponent: int) -> int:
+    result = 0x80000000  # x^0
+    while exponent:
+        if exponent & 1:
+            result = _mul_mod_poly(base, result)
+        base = _mul_mod_poly(base, base)
+        exponent >>= 1
+    return result
+
+
+def crc32c_strip_zeros(crc_padded: int, n_zeros: int) -> int:
+    """crc(A) from crc(A || n_zeros zero bytes): the inverse of appending zeros, so that a
+    section's payload CRC follows from the CRC of its zero-padded last chunk."""
+    if n_zeros == 0:
+        return crc_padded
+    return _mul_mod_poly(_power(_X_INVERSE, 8 * n_zeros), crc_padded ^ crc32c(bytes(n_zeros)))

@@ -10,8 +10,9 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from .crc import crc32c_strip_zeros
 from .errors import ChecksumError, FormatError
 
 MAGIC = b"THAWSNAP"
@@ -62,6 +63,21 @@ class Section:
         for k, crc in enumerate(actual, start=first_chunk):
             if crc != self.chunk_crcs[k]:
                 raise ChecksumError(f"section {self.name!r} chunk {k}{where}", self.chunk_crcs[k], crc)
+
+    def payload_crc32c(self, combine: Callable[[int, int, int], int]) -> int:
+        """CRC32C of the payload alone (no padding), from the recorded chunk CRCs: what the
+        file claims the payload's CRC is, without reading it (each read checks the claim)."""
+        if not self.chunk_crcs:
+            return 0
+        total = 0
+        for k, crc in enumerate(self.chunk_crcs):
+            start = k * self.chunk_size
+            length = min(self.chunk_size, self.padded_length - start)
+            if k == len(self.chunk_crcs) - 1:
+                pad = self.padded_length - self.length
+                crc, length = crc32c_strip_zeros(crc, pad), length - pad
+            total = crc if k == 0 else combine(total, crc, length)
+        return total
 
     def to_json(self) -> dict[str, Any]:
         return {

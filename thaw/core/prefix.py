@@ -172,6 +172,11 @@ class PrefixTree:
                 raise SchemaError(f"{where}: tokens and pages must be integers")
             if n.extra_key is not None and not isinstance(n.extra_key, str):
                 raise SchemaError(f"{where}: extra key must be a string, found {type(n.extra_key).__name__}")
+            if n.extra_key is not None and not n.extra_key.isascii():
+                try:
+                    n.extra_key.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise SchemaError(f"{where}: extra key is not valid Unicode (lone surrogate)") from None
             keys.append(n.extra_key if n.extra_key is not None else (keys[n.parent] if n.parent != ROOT else None))
             sibling = (n.parent, keys[i], tuple(n.tokens[: self.page_size]))
             if sibling in first_pages:

@@ -83,28 +83,59 @@ def fit_for_restore(snap: StateSnapshot, engine: Identity, layout: KVLayout,
 
 def _recut_tree(tree: PrefixTree, page: int) -> tuple[PrefixTree, torch.Tensor, int]:
     """The re-cut tree (one node per page, then compacted), the source token row of every
-    target slot ([target pages, page]), and the leaf tokens dropped."""
-    src_page = tree.page_size
+    target slot ([target pages, page]), and the leaf tokens dropped.
+
+    One pass over the nodes, parents first: each node continues from where its parent's
+    tokens left off (the target node of the last whole page, and the fewer than `page`
+    tokens after it), so the work is linear in the tokens, whatever the tree's depth."""
     keys = tree.keys()
-    paged = PrefixTree(page)
-    children: dict[tuple, int] = {}
-    rows: list[list[int]] = []
+    cut = _Cutter(tree.page_size, page)
+    has_children = {n.parent for n in tree.nodes}
+    state: dict[int, tuple[int, list[int], list[int]]] = {ROOT: (ROOT, [], [])}
     dropped = 0
-    for leaf in tree.leaves():
-        tokens, pages = tree.path(leaf)
-        whole = len(tokens) // page * page
-        dropped += len(tokens) - whole
-        parent = ROOT
-        for start in range(0, whole, page):
-            span = tuple(tokens[start:start + page])
-            key = (parent, span, keys[leaf])
-            if key not in children:
-                children[key] = paged.add(parent, list(span), [len(rows)],
-                                          keys[leaf] if parent == ROOT else None)
-                rows.append([pages[t // src_page] * src_page + t % src_page
-                             for t in range(start, start + page)])
-            parent = children[key]
-    return _compact(paged), torch.tensor(rows, dtype=torch.int64).reshape(-1, page), dropped
+    for i, n in enumerate(tree.nodes):
+        if n.parent != ROOT and keys[i] != keys[n.parent]:
+            # Another namespace: its whole path is cut again from the root under its key.
+            tokens, pages = tree.path(n.parent)
+            start = cut.extend((ROOT, [], []), tokens, pages, keys[i])
+        else:
+            start = state[n.parent]
+        mine = cut.extend(start, n.tokens, n.pages, keys[i])
+        if i in has_children:
+            state[i] = mine
+        else:
+            dropped += len(mine[1])
+    rows = torch.tensor(cut.rows, dtype=torch.int64).reshape(-1, page)
+    return _compact(cut.paged), rows, dropped
+
+
+class _Cutter:
+    """Builds the one-node-per-page target tree, sharing equal pages under one parent."""
+
+    def __init__(self, src_page: int, page: int) -> None:
+        self.src_page, self.page = src_page, page
+        self.paged = PrefixTree(page)
+        self.children: dict[tuple, int] = {}
+        self.rows: list[list[int]] = []
+
+    def extend(self, start: tuple[int, list[int], list[int]], tokens: list[int], pages: list[int],
+               key: "str | None") -> tuple[int, list[int], list[int]]:
+        """From (target node, tail tokens, their source rows), appends `tokens` (held in
+        source `pages`) and cuts every whole target page; returns the new such triple."""
+        parent, tail, tail_rows = start
+        sp = self.src_page
+        span = tail + list(tokens)
+        span_rows = tail_rows + [pages[t // sp] * sp + t % sp for t in range(len(tokens))]
+        whole = len(span) // self.page * self.page
+        for at in range(0, whole, self.page):
+            chunk = tuple(span[at:at + self.page])
+            k = (parent, chunk, key)
+            if k not in self.children:
+                self.children[k] = self.paged.add(parent, list(chunk), [len(self.rows)],
+                                                  key if parent == ROOT else None)
+                self.rows.append(span_rows[at:at + self.page])
+            parent = self.children[k]
+        return parent, span[whole:], span_rows[whole:]
 
 
 def _compact(tree: PrefixTree) -> PrefixTree:

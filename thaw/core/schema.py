@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
@@ -45,6 +46,38 @@ def config_digest(config: dict[str, Any]) -> str:
     """sha256 of a model config in canonical JSON (sorted keys, no whitespace)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+MAX_JSON_DEPTH = 64  # the header parser refuses deeper nesting
+
+
+def check_plain_json(value: Any, where: str, depth: int = 0) -> None:
+    """Refuses (SchemaError, naming the place) what would not read back as written: keys
+    that are not strings, numbers that are not finite, strings that are not valid Unicode
+    (lone surrogates), types JSON lacks, nesting past MAX_JSON_DEPTH."""
+    if depth > MAX_JSON_DEPTH:
+        raise SchemaError(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SchemaError(f"{where}: {value} is not a finite number")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SchemaError(f"{where}: string {value[:40]!r} is not valid Unicode (lone surrogate)") from None
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain_json(item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SchemaError(f"{where}: key {key!r} must be a string, found {type(key).__name__}")
+            check_plain_json(key, f"{where}: key", depth + 1)
+            check_plain_json(item, f"{where}.{key}", depth + 1)
+    else:
+        raise SchemaError(f"{where}: a {type(value).__name__} is not a JSON value")
 
 
 @dataclass
@@ -230,6 +263,12 @@ class StateSnapshot:
 
     def validate(self) -> None:
         """Cross-checks the parts against each other; raises SchemaError naming the field."""
+        check_plain_json(self.identity.to_json(), "identity")
+        check_plain_json(self.extras, "extras")
+        for req in self.requests:
+            check_plain_json(req.request_id, "request id")
+            check_plain_json(req.sampling, f"request {req.request_id!r}: sampling")
+            check_plain_json(req.extra, f"request {req.request_id!r}: extra")
         if not isinstance(self.weights_format, str) or not WEIGHTS_FORMAT_NAME.fullmatch(self.weights_format):
             raise SchemaError(f"weights_format: {self.weights_format!r} is not a format name "
                               "(lowercase letters, digits, '.', '_' and '-')")

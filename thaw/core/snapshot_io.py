@@ -151,6 +151,21 @@ def _load_prefix(c: Container, meta: dict[str, Any]) -> PrefixTree:
     return tree
 
 
+def _check_weights_digest(c: Container, snap: StateSnapshot) -> None:
+    """The identity's weights digest must be the digest of the weights the file holds (from
+    the recorded CRCs, which every read of the weights checks): a restore that trusts the
+    digest to pair KV with weights must get the weights it names."""
+    if not snap.weights:
+        return
+    combine = movers().crc32c_combine
+    actual = digest_of((name, w.dtype, w.shape, c.section(w._section).payload_crc32c(combine))
+                       for name, w in snap.weights.items())
+    claimed = snap.identity.weights_digest
+    if claimed != actual:
+        raise SchemaError(f"identity.weights_digest {claimed or '(empty)'!r} is not the digest of the "
+                          f"{len(snap.weights)} weights this file holds ({actual!r})")
+
+
 def load(path: str | os.PathLike, *, verify: bool = True,
          progress: Optional[Callable[[int, int], None]] = None) -> StateSnapshot:
     """Opens a snapshot. With `verify`, every byte's CRC32C is checked before returning.
@@ -200,6 +215,7 @@ def load(path: str | os.PathLike, *, verify: bool = True,
         snap.requests = [RequestState.from_json(r) for r in _field(meta, "requests", list)]
         snap.extras = _field(meta, "extras", dict)
         snap.validate()
+        _check_weights_digest(c, snap)
     except ThawError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError) as exc:

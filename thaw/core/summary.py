@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Optional
 
 from .schema import StateSnapshot
 
@@ -77,14 +77,14 @@ def diff_snapshots(a: StateSnapshot, b: StateSnapshot) -> dict[str, Any]:
                 if h not in shared:
                     first_unshared[node] = min(depth, first_unshared.get(node, depth))
             lengths = snap.prefix.depths()
+            # The shallowest unshared page on each node's path, parents first: linear in nodes.
+            at: list[Optional[int]] = []
+            for i, n in enumerate(snap.prefix.nodes):
+                above = at[n.parent] if n.parent >= 0 else None
+                at.append(above if above is not None else first_unshared.get(i))
             for leaf in snap.prefix.leaves():
-                node, at = leaf, None
-                while node >= 0:  # the shallowest unshared page on the leaf's path
-                    if node in first_unshared:
-                        at = first_unshared[node]
-                    node = snap.prefix.nodes[node].parent
-                if at is not None:
-                    divergences.append({"only_in": side, "leaf": leaf, "diverges_at_token": at * page_a,
+                if at[leaf] is not None:
+                    divergences.append({"only_in": side, "leaf": leaf, "diverges_at_token": at[leaf] * page_a,
                                         "path_tokens": lengths[leaf]})
     return {
         "identity_differences": identity,
