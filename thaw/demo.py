@@ -46,8 +46,20 @@ def example_snapshot(page_size: int = 16, layers: int = 4, heads: int = 2, head_
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    keep = bool(args.workdir) or args.keep
     workdir = args.workdir or tempfile.mkdtemp(prefix="thaw-demo-")
     os.makedirs(workdir, exist_ok=True)
+    try:
+        ok = _run(workdir)
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"kept {workdir}: try `thaw inspect {os.path.join(workdir, 'example.thaw')}`" if keep else
+          f"removed {workdir} (--keep keeps the snapshot and its corrupted copy)")
+    return 0 if ok else 1
+
+
+def _run(workdir: str) -> bool:
     path = os.path.join(workdir, "example.thaw")
     snap = example_snapshot()
     t0 = time.perf_counter()
@@ -75,9 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         Container(bad).verify()
         print("corrupted copy: NOT detected")
-        return 1
+        return False
     except ChecksumError as exc:
         print(f"corrupted copy refused: {exc}")
-    if not args.workdir:
-        shutil.rmtree(workdir)
-    return 0 if same else 1
+    return same

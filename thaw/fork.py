@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .core import SchemaError, load
+from .progress import Steps
 from .workers import EngineWorker
 
 DRIVERS = {"vllm": "thaw.adapters.vllm.driver:VLLMDriver",
@@ -45,24 +46,30 @@ def trunk_tokens(snapshot_path: str) -> list[int]:
 
 def fork(snapshot_path: str, n: int, *, engine: str = "vllm", engine_config: dict[str, Any],
          prompt: Optional[list[int]] = None, max_tokens: int = 16, temperature: float = 1.0,
-         seeds: Optional[list[int]] = None) -> list[ForkChild]:
+         seeds: Optional[list[int]] = None, steps: Optional[Steps] = None) -> list[ForkChild]:
     """Starts `n` children, restores the snapshot into each, and continues `prompt`
-    (default: the snapshot's longest cached path) with a different seed per child."""
+    (default: the snapshot's longest cached path) with a different seed per child.
+    `steps` shows each child's boot, restore and generation as it happens."""
     if engine not in DRIVERS and ":" not in engine:
         raise SchemaError(f"unknown engine {engine!r}; known: {sorted(DRIVERS)}, or a driver "
                           "given as 'module:Class'")
     prompt = prompt if prompt is not None else trunk_tokens(snapshot_path)
     seeds = seeds if seeds is not None else list(range(n))
     driver = DRIVERS.get(engine, engine)
+    steps = steps or Steps(quiet=True)
     workers = [EngineWorker(driver, engine_config, start=False) for _ in range(n)]
     children = []
     try:
         for i, w in enumerate(workers):
-            report = w.call("restore", path=str(snapshot_path), requests=False)
-            first = w.call("generate", prompt_token_ids=prompt, max_tokens=1)
-            greedy = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens)
-            out = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens,
-                         temperature=temperature, seed=seeds[i])
+            with steps.step(f"child {i}: starting the {engine} engine (all {n} boot in parallel)"):
+                w.wait_ready()
+            with steps.step(f"child {i}: restoring {snapshot_path}"):
+                report = w.call("restore", path=str(snapshot_path), requests=False)
+            with steps.step(f"child {i}: generating ({len(prompt)} cached-prefix tokens + {max_tokens})"):
+                first = w.call("generate", prompt_token_ids=prompt, max_tokens=1)
+                greedy = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens)
+                out = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens,
+                             temperature=temperature, seed=seeds[i])
             children.append(ForkChild(i, seeds[i], first["cached_tokens"], first["seconds"],
                                       greedy["tokens"], out["tokens"], report["seconds"], report))
     finally:

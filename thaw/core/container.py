@@ -211,6 +211,7 @@ class Container:
         self.meta: dict[str, Any] = header["meta"]
         self.data_start = fmt.PREAMBLE_SIZE + pre.header_length
         self._maps: dict[str, np.ndarray] = {}  # section name -> view of its one mapping
+        self.checked: set[str] = set()  # sections whose every chunk's CRC has been checked
         self.sections: dict[str, fmt.Section] = {
             s.name: s for s in fmt.parse_sections(header, self.data_start, self.file_size)
         }
@@ -239,6 +240,8 @@ class Container:
                                         sec.chunk_size, threads, direct)
         if verify:
             sec.check_crcs(crcs, first_chunk)
+            if first_chunk == 0 and padded == sec.padded_length:
+                self.checked.add(sec.name)
 
     def read_into(self, name: str, dest: Buffer, *, verify: bool = True,
                   threads: int = DEFAULT_THREADS, direct: bool = False) -> None:
@@ -271,6 +274,7 @@ class Container:
             view = np.frombuffer(m, dtype=np.uint8)[lead:]
             self._maps[name] = view
         sec.check_crcs(movers().crc32c_chunks(view, sec.chunk_size, DEFAULT_THREADS))
+        self.checked.add(name)
         return view[:sec.length]
 
     @property
@@ -299,3 +303,4 @@ class Container:
                 done += length
                 if progress:
                     progress(done, total)
+            self.checked.add(sec.name)

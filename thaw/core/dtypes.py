@@ -1,29 +1,46 @@
-"""Names of tensor dtypes as written in snapshot headers."""
+"""Names of tensor dtypes as written in snapshot headers.
+
+Names and sizes are known without torch (``thaw inspect`` and ``thaw verify`` never import
+it); the torch dtype of a name is looked up only when a tensor is made.
+"""
 
 from __future__ import annotations
 
-import torch
+from functools import cache
+from typing import TYPE_CHECKING, Union
 
 from .errors import SchemaError
 
-_BY_NAME: dict[str, torch.dtype] = {
-    "float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
-    "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
-    "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
-    "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2,
+if TYPE_CHECKING:
+    import torch
+
+ITEMSIZE: dict[str, int] = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+    "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1,
 }
-_BY_DTYPE = {v: k for k, v in _BY_NAME.items()}
 
 
-def dtype_from_name(name: str) -> torch.dtype:
-    try:
-        return _BY_NAME[name]
-    except (KeyError, TypeError):
-        raise SchemaError(f"unknown dtype {name!r}; known: {sorted(_BY_NAME)}") from None
+def check_dtype_name(name: object) -> str:
+    """`name` if it is a dtype name the format knows, else SchemaError."""
+    if not isinstance(name, str) or name not in ITEMSIZE:
+        raise SchemaError(f"unknown dtype {name!r}; known: {sorted(ITEMSIZE)}")
+    return name
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    try:
-        return _BY_DTYPE[dtype]
-    except KeyError:
-        raise SchemaError(f"dtype {dtype} cannot be stored in a snapshot") from None
+@cache
+def _torch_dtypes() -> dict[str, "torch.dtype"]:
+    import torch
+
+    return {name: getattr(torch, name) for name in ITEMSIZE}
+
+
+def dtype_from_name(name: str) -> "torch.dtype":
+    return _torch_dtypes()[check_dtype_name(name)]
+
+
+def dtype_name(dtype: Union["torch.dtype", str]) -> str:
+    """The header name of a torch dtype (or of a name, checked)."""
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name not in ITEMSIZE:
+        raise SchemaError(f"dtype {dtype} cannot be stored in a snapshot")
+    return name

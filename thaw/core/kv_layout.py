@@ -18,12 +18,14 @@ pairs of tokens for 16-dim groups.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .dtypes import dtype_from_name
+from .dtypes import ITEMSIZE, check_dtype_name, dtype_from_name
 from .errors import SchemaError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 MAX_PAGE_ELEMS = 1 << 24
 """Largest page a layout may describe (elements); far above any engine's page, small
@@ -64,12 +66,23 @@ class KVLayout:
         return 2 * self.page_size * self.num_kv_heads * self.head_dim
 
     @property
-    def torch_dtype(self) -> torch.dtype:
+    def torch_dtype(self) -> "torch.dtype":
         return dtype_from_name(self.dtype)
 
     @property
     def page_bytes(self) -> int:
-        return self.page_elems * self.torch_dtype.itemsize
+        return self.page_elems * ITEMSIZE[check_dtype_name(self.dtype)]
+
+    def _element_offsets(self, p: KVPlane) -> np.ndarray:
+        """Offset within a page of every (token, head, dim) element of plane `p`."""
+        import numpy as np
+
+        tg, dg = p.groups(self.page_size, self.head_dim)
+        t = np.arange(self.page_size, dtype=np.int64).reshape(-1, 1, 1)
+        h = np.arange(self.num_kv_heads, dtype=np.int64).reshape(1, -1, 1)
+        d = np.arange(self.head_dim, dtype=np.int64).reshape(1, 1, -1)
+        return (p.offset + (t // tg) * p.token_group_stride + (t % tg) * p.token_stride + h * p.head_stride
+                + (d // dg) * p.dim_group_stride + (d % dg) * p.dim_stride)
 
     def validate(self) -> None:
         """Checks field ranges, and that K and V together cover every element of a page
@@ -78,7 +91,7 @@ class KVLayout:
             value = getattr(self, field)
             if type(value) is not int or value <= 0:
                 raise SchemaError(f"kv layout {self.name!r}: {field} must be a positive integer, found {value!r}")
-        self.torch_dtype  # unknown dtype raises
+        check_dtype_name(self.dtype)
         if self.page_elems > MAX_PAGE_ELEMS:
             raise SchemaError(f"kv layout {self.name!r}: a page of {self.page_elems} elements is larger "
                               f"than the {MAX_PAGE_ELEMS} thaw accepts")
@@ -87,19 +100,23 @@ class KVLayout:
                 value = getattr(plane, field)
                 if type(value) is not int:
                     raise SchemaError(f"kv layout {self.name!r}: {which}.{field} must be an integer, found {value!r}")
+                if not 0 <= value <= MAX_PAGE_ELEMS:  # also keeps the offset arithmetic below exact
+                    raise SchemaError(f"kv layout {self.name!r}: {which}.{field} = {value} is outside "
+                                      f"[0, {MAX_PAGE_ELEMS}]")
             for group, axis, size in (("token_group", "page_size", self.page_size),
                                       ("dim_group", "head_dim", self.head_dim)):
                 g = getattr(plane, group)
-                if g < 0 or (g and size % g):
+                if g and size % g:
                     raise SchemaError(f"kv layout {self.name!r}: {which}.{group} {g} does not divide "
                                       f"{axis} {size}")
-        flat = torch.arange(self.page_elems, dtype=torch.int64).reshape(1, -1)
-        try:
-            k, v = self._views(flat)
-        except RuntimeError as exc:
-            raise SchemaError(f"kv layout {self.name!r}: planes fall outside the page ({exc})") from None
-        seen = torch.cat([k.reshape(-1), v.reshape(-1)]).sort().values
-        if not torch.equal(seen, flat.reshape(-1)):
+        import numpy as np
+
+        seen = np.concatenate([self._element_offsets(self.k).reshape(-1),
+                               self._element_offsets(self.v).reshape(-1)])
+        if seen.min() < 0 or seen.max() >= self.page_elems:
+            raise SchemaError(f"kv layout {self.name!r}: planes fall outside the page of {self.page_elems} elements")
+        seen.sort()
+        if not np.array_equal(seen, np.arange(self.page_elems, dtype=np.int64)):
             raise SchemaError(f"kv layout {self.name!r}: K and V planes do not cover each page element exactly once")
 
     def _check_pages(self, pages: torch.Tensor) -> None:
@@ -189,7 +206,7 @@ def nhd_layout(page_size: int, num_kv_heads: int, head_dim: int, dtype: str,
                     KVPlane(plane, num_kv_heads * head_dim, head_dim, 1))
 
 
-def convert_pages(pages: torch.Tensor, src: KVLayout, dst: KVLayout) -> torch.Tensor:
+def convert_pages(pages: "torch.Tensor", src: KVLayout, dst: KVLayout) -> "torch.Tensor":
     """Re-lays `pages` ([N, src.page_elems]) out as `dst` pages; exact, element by element."""
     if src == dst:
         return pages
@@ -199,6 +216,6 @@ def convert_pages(pages: torch.Tensor, src: KVLayout, dst: KVLayout) -> torch.Te
             f"head_dim or dtype differ ({src.page_size},{src.num_kv_heads},{src.head_dim},{src.dtype}) "
             f"vs ({dst.page_size},{dst.num_kv_heads},{dst.head_dim},{dst.dtype})"
         )
-    out = torch.empty((pages.shape[0], dst.page_elems), dtype=pages.dtype)
+    out = pages.new_empty((pages.shape[0], dst.page_elems))
     dst.write_planes(out, *src.planes(pages))
     return out

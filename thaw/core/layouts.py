@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .dtypes import dtype_from_name
+from .dtypes import ITEMSIZE, check_dtype_name
 from .errors import SchemaError
 from .kv_layout import KVLayout, KVPlane, nhd_layout
 
@@ -33,7 +33,7 @@ def vllm_cpu_amx(page_size: int, heads: int, head_dim: int, dtype: str) -> KVLay
     a unit, token-minor. V: groups of 16 dims, each a [tokens/2, 16, 2] tile column, pairs
     of tokens innermost. Transcribed from the kernel's `reshape_and_cache` (vLLM
     csrc/cpu/cpu_attn_amx.hpp) and checked against that kernel where the wheel has it."""
-    itemsize = dtype_from_name(dtype).itemsize
+    itemsize = ITEMSIZE[check_dtype_name(dtype)]
     if itemsize != 2:
         raise SchemaError(f"vllm.cpu.amx: AMX blocks hold 2-byte elements, not {dtype}")
     pair = 4 // itemsize                       # elements per 4-byte unit

@@ -7,14 +7,15 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import IdentityMismatch, SchemaError
 from .kv_layout import KVLayout
 from .prefix import PrefixTree
 from .tensor_data import TensorData
+
+if TYPE_CHECKING:
+    import torch
 
 
 CHECKPOINT_WEIGHTS = "checkpoint"
@@ -215,10 +216,10 @@ class PagedKV:
         self.layout.validate()
         for i, layer in enumerate(self.layers):
             expected = (self.num_pages, self.layout.page_elems)
-            if layer.shape != expected or layer.dtype != self.layout.torch_dtype:
+            if layer.shape != expected or layer.dtype_name != self.layout.dtype:
                 raise SchemaError(
-                    f"kv layer {i}: {layer.dtype}{list(layer.shape)}, layout needs "
-                    f"{self.layout.torch_dtype}{list(expected)}")
+                    f"kv layer {i}: {layer.dtype_name}{list(layer.shape)}, layout needs "
+                    f"{self.layout.dtype}{list(expected)}")
 
 
 @dataclass
@@ -242,6 +243,8 @@ class StateSnapshot:
     def from_tensors(cls, weights: dict[str, torch.Tensor],
                      identity: Optional[Identity] = None) -> "StateSnapshot":
         """A weights-only snapshot built from plain tensors (the embedding path)."""
+        import torch
+
         if not isinstance(weights, dict):
             raise SchemaError("from_tensors: weights must be a dict of name -> torch.Tensor")
         data = {}

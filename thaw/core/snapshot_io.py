@@ -1,22 +1,29 @@
-"""StateSnapshot <-> snapshot file: which sections hold what, and the JSON metadata."""
+"""StateSnapshot <-> snapshot file: which sections hold what, and the JSON metadata.
+
+Loading needs no torch (``thaw inspect`` reads and checks a file without it); tensors are
+made only when their data is asked for, and saving takes torch tensors.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
-import torch
+import numpy as np
 
 from . import format as fmt
 from .container import Container, write_container
-from .dtypes import dtype_from_name, dtype_name
+from .dtypes import check_dtype_name, dtype_name
 from .errors import SchemaError, ThawError
 from .kv_layout import KVLayout
 from .movers import movers
 from .prefix import PrefixNode, PrefixTree
 from .schema import CHECKPOINT_WEIGHTS, Identity, PagedKV, RequestState, StateSnapshot
 from .tensor_data import TensorData
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 1
 
@@ -27,7 +34,7 @@ def weights_digest(weights: dict[str, TensorData]) -> str:
     return digest_of((name, w.dtype, w.shape, crc(_bytes(w.raw_bytes_view()))) for name, w in weights.items())
 
 
-def digest_of(entries: Iterable[tuple[str, torch.dtype, Sequence[int], int]]) -> str:
+def digest_of(entries: Iterable[tuple[str, "torch.dtype | str", Sequence[int], int]]) -> str:
     """The weights digest from (name, dtype, shape, CRC32C of the bytes) of each tensor, in
     any order: for engines that compute the CRCs where the tensors are (e.g. on a GPU)."""
     h = hashlib.sha256()
@@ -36,7 +43,9 @@ def digest_of(entries: Iterable[tuple[str, torch.dtype, Sequence[int], int]]) ->
     return h.hexdigest()
 
 
-def _bytes(t: torch.Tensor) -> torch.Tensor:
+def _bytes(t: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
     return t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
 
 
@@ -44,15 +53,15 @@ def _tensor_entry(name: str, section: str, data: TensorData) -> dict[str, Any]:
     return {"name": name, "section": section, "dtype": dtype_name(data.dtype), "shape": list(data.shape)}
 
 
-def _prefix_arrays(tree: PrefixTree) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    nodes = torch.empty((len(tree.nodes), 3), dtype=torch.int64)
+def _prefix_arrays(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nodes = np.empty((len(tree.nodes), 3), dtype=np.int64)
     tokens: list[int] = []
     pages: list[int] = []
     for i, n in enumerate(tree.nodes):
-        nodes[i, 0], nodes[i, 1], nodes[i, 2] = n.parent, len(tokens), len(n.tokens)
+        nodes[i] = n.parent, len(tokens), len(n.tokens)
         tokens.extend(n.tokens)
         pages.extend(n.pages)
-    return nodes, torch.tensor(tokens, dtype=torch.int64), torch.tensor(pages, dtype=torch.int64)
+    return nodes, np.array(tokens, dtype=np.int64), np.array(pages, dtype=np.int64)
 
 
 def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = fmt.DEFAULT_CHUNK) -> None:
@@ -91,8 +100,7 @@ def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = 
             "extra_keys": {str(i): n.extra_key for i, n in enumerate(snapshot.prefix.nodes)
                            if n.extra_key is not None},
         }
-        payloads += [("prefix/nodes", _bytes(nodes)), ("prefix/tokens", _bytes(tokens)),
-                     ("prefix/pages", _bytes(pages))]
+        payloads += [("prefix/nodes", nodes), ("prefix/tokens", tokens), ("prefix/pages", pages)]
     for name, data in snapshot.extra_tensors.items():
         section = f"extra/{name}"
         meta["extra_tensors"].append(_tensor_entry(name, section, data))
@@ -114,7 +122,7 @@ def _file_tensor(c: Container, entry: Any, where: str) -> tuple[str, TensorData]
     shape = _field(entry, "shape", list, where)
     if not all(type(s) is int and s >= 0 for s in shape):
         raise SchemaError(f"{where} {name!r}: shape {shape!r} must list non-negative integers")
-    data = TensorData(dtype_from_name(entry.get("dtype")), tuple(shape), container=c,
+    data = TensorData(check_dtype_name(entry.get("dtype")), tuple(shape), container=c,
                       section=_field(entry, "section", str, where))
     sec = c.section(data._section)
     if data.nbytes != sec.length:
@@ -122,12 +130,12 @@ def _file_tensor(c: Container, entry: Any, where: str) -> tuple[str, TensorData]
     return name, data
 
 
-def _read_int64(c: Container, section: str, count: int) -> torch.Tensor:
+def _read_int64(c: Container, section: str, count: int) -> np.ndarray:
     sec = c.section(section)
     if sec.length != count * 8:
         raise SchemaError(f"section {section!r}: {sec.length} bytes, expected {count} int64 values")
-    out = torch.empty(count, dtype=torch.int64)
-    c.read_into(section, _bytes(out))
+    out = np.empty(count, dtype="<i8")
+    c.read_into(section, out.view(np.uint8))
     return out
 
 
@@ -158,7 +166,7 @@ def _check_weights_digest(c: Container, snap: StateSnapshot) -> None:
     if not snap.weights:
         return
     combine = movers().crc32c_combine
-    actual = digest_of((name, w.dtype, w.shape, c.section(w._section).payload_crc32c(combine))
+    actual = digest_of((name, w.dtype_name, w.shape, c.section(w._section).payload_crc32c(combine))
                        for name, w in snap.weights.items())
     claimed = snap.identity.weights_digest
     if claimed != actual:

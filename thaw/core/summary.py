@@ -10,6 +10,15 @@ from .schema import StateSnapshot
 INSPECT_SCHEMA = 1
 
 
+def unchecked_bytes(snap: StateSnapshot) -> int:
+    """Bytes of the snapshot's file whose CRCs have not been checked yet (loading without
+    `verify` checks the header and reads only the prefix tree's sections)."""
+    c = snap.source
+    if c is None:
+        return 0
+    return sum(s.padded_length for name, s in c.sections.items() if name not in c.checked)
+
+
 def inspect_snapshot(snap: StateSnapshot) -> dict[str, Any]:
     """The `thaw inspect --json` document; its keys are documented in docs/cli.md."""
     c = snap.source
@@ -38,6 +47,7 @@ def inspect_snapshot(snap: StateSnapshot) -> dict[str, Any]:
                       "num_computed_tokens": r.num_computed_tokens, "pages": len(r.pages)}
                      for r in snap.requests],
         "sections": sections,
+        "unchecked_bytes": unchecked_bytes(snap),
     }
 
 
@@ -95,4 +105,5 @@ def diff_snapshots(a: StateSnapshot, b: StateSnapshot) -> dict[str, Any]:
         "only_in_a_pages": len(ca) - len(shared) if comparable else len(ca),
         "only_in_b_pages": len(cb) - len(shared) if comparable else len(cb),
         "divergences": divergences[:50],
+        "unchecked_bytes": {"a": unchecked_bytes(a), "b": unchecked_bytes(b)},
     }
