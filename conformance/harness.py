@@ -24,6 +24,10 @@ class EngineUnderTest:
         the refusal must name).
     prompt: the shared prefix, long enough to fill several pages.
     page_size: tokens per KV page of the engine.
+    carries_requests: whether the adapter carries in-flight requests for this way of
+        running the engine (False, e.g., where the engine's core runs in another process
+        than the caller's, which alone knows the caller's requests); the in-flight checks
+        are then skipped with that reason.
     """
 
     driver: str
@@ -36,6 +40,7 @@ class EngineUnderTest:
     inflight_steps: int = 3
     inflight_max_tokens: int = 12
     fork_engine: str = "vllm"  # name in thaw.fork.DRIVERS
+    carries_requests: bool = True
 
     @contextmanager
     def engine(self, **overrides: Any) -> Iterator[EngineWorker]:
@@ -82,6 +87,8 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
         cold = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         cached = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         parent.call("snapshot", path=str(trunk_path))
+        if not eut.carries_requests:
+            return Trunk(trunk_path, inflight_path, cold, cached, inflight_prompt, [])
         parent.call("add_request", request_id="inflight-0", prompt_token_ids=inflight_prompt,
                     max_tokens=eut.inflight_max_tokens)
         parent.call("step", n=eut.inflight_steps)

@@ -92,6 +92,8 @@ class SnapshotRestoreConformance:
 
     # -- in-flight requests and fork ----------------------------------------------------
     def test_inflight_request_resumes_to_uninterrupted_result(self, engine_under_test, trunk):
+        if not engine_under_test.carries_requests:
+            pytest.skip("this way of running the engine does not carry in-flight requests (carries_requests=False)")
         snap = thaw.load(trunk.inflight_path)
         req = next(r for r in snap.requests if r.request_id == "inflight-0")
         assert 0 < len(req.output_token_ids) < engine_under_test.inflight_max_tokens

@@ -210,3 +210,13 @@ def test_the_demo_names_receipts_the_readme_cites():
     for engine, receipt in README_RECEIPTS.items():
         assert (root / receipt).is_file(), receipt
         assert receipt in readme, f"README does not cite the {engine} demo's receipt {receipt}"
+
+
+def test_url_commands_name_a_server_that_cannot_be_reached(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = run("status", "--url", f"http://127.0.0.1:{port}", cwd=tmp_path)
+    assert out.returncode == 3 and f"cannot reach http://127.0.0.1:{port}/thaw/status" in out.stderr

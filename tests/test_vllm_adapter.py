@@ -1,7 +1,6 @@
 """vLLM-specific behaviour beyond the shared suite, against real vLLM in separate processes."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,28 +90,6 @@ def test_recorder_stays_bounded_by_the_block_pool(model, tmp_path):
     assert stats["pool_blocks"] < 1000 < 2 * len(prompts)
     assert stats["records"] <= stats["bound"] <= 2 * stats["pool_blocks"] + 64
     assert report["captured_blocks"] == report["cached_blocks"] > 0
-
-
-MP_SCRIPT = r"""
-import sys
-from vllm import LLM
-from thaw.adapters.vllm import attach
-from thaw.adapters.vllm.driver import ENGINE_DEFAULTS
-from thaw.core import EngineUnsupported
-llm = LLM(model=sys.argv[1], **ENGINE_DEFAULTS)
-try:
-    attach(llm)
-except EngineUnsupported as exc:
-    print("REFUSED", exc)
-"""
-
-
-def test_multiprocess_engine_refused_with_the_setting_to_change(model, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
-    out = subprocess.run([sys.executable, "-c", MP_SCRIPT, model], capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=600)
-    assert "REFUSED" in out.stdout, out.stderr[-3000:]
-    assert "VLLM_ENABLE_V1_MULTIPROCESSING=0" in out.stdout
 
 
 def test_fork_cli(model, tmp_path):

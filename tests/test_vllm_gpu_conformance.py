@@ -40,3 +40,26 @@ def engine_under_test(tmp_path_factory):
 
 class TestVLLMOnGPU(SnapshotRestoreConformance):
     pass
+
+
+class TestVLLMMultiprocessOnGPU(SnapshotRestoreConformance):
+    """vLLM's default multiprocess `LLM` on CUDA (TP 1: the worker runs in the engine core,
+    reached through `thaw_call`); in-flight requests are not carried there."""
+
+    @pytest.fixture(scope="class")
+    def engine_under_test(self, engine_under_test):
+        from dataclasses import replace
+
+        return replace(engine_under_test, config={**engine_under_test.config, "thaw_engine": "multiprocess"},
+                       carries_requests=False)
+
+
+class TestAsyncLLMOnGPU(SnapshotRestoreConformance):
+    """`AsyncLLM` on CUDA, the engine `vllm serve` runs."""
+
+    @pytest.fixture(scope="class")
+    def engine_under_test(self, engine_under_test):
+        from dataclasses import replace
+
+        spec = "thaw.adapters.vllm.async_driver:AsyncVLLMDriver"
+        return replace(engine_under_test, driver=spec, fork_engine=spec, carries_requests=False)

@@ -180,6 +180,25 @@ def cmd_fork(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_remote(args: argparse.Namespace) -> int:
+    """snapshot / restore / status of a running server, through its /thaw/ endpoints."""
+    from .http_client import call
+
+    if args.command == "status":
+        reply = call(args.url, "status", api_key=args.api_key)
+    elif args.command == "snapshot":
+        body: dict[str, Any] = {"path": args.path, "weights": not args.no_weights}
+        if args.weights_format:
+            body["weights_format"] = args.weights_format
+        reply = call(args.url, "snapshot", body, api_key=args.api_key)
+    else:
+        reply = call(args.url, "restore", {"path": args.path, "weights": not args.no_weights,
+                                           "trust_unknown_weights": args.trust_unknown_weights},
+                     api_key=args.api_key)
+    print(json.dumps(reply, indent=2, sort_keys=True))
+    return 0
+
+
 def _layout_names() -> str:
     from .core.layouts import NAMED_LAYOUTS
 
@@ -244,6 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_fork)
+    server_help = ("URL of a server started with thaw's endpoints (vllm serve ... --middleware "
+                   "thaw.adapters.vllm.server.ThawMiddleware)")
+    for name, text in (("snapshot", "snapshot a running server's engine to a file under its THAW_SNAPSHOT_DIR"),
+                       ("restore", "restore a running server's engine from a file under its THAW_SNAPSHOT_DIR"),
+                       ("status", "a running server's engine identity and cache state")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--url", required=True, help=server_help)
+        p.add_argument("--api-key", default=None, help="the server's API key (default: $VLLM_API_KEY)")
+        if name != "status":
+            p.add_argument("path", help="relative to the server's THAW_SNAPSHOT_DIR")
+            p.add_argument("--no-weights", action="store_true", help="leave the weights out (snapshot) or keep "
+                           "the engine's own, which must match the snapshot's digest (restore)")
+        if name == "snapshot":
+            p.add_argument("--weights-format", default=None, help="checkpoint or vllm.parameters")
+        if name == "restore":
+            p.add_argument("--trust-unknown-weights", action="store_true",
+                           help="with --no-weights: accept an engine whose weights digest is unknown")
+        p.set_defaults(func=cmd_remote)
     return parser
 
 

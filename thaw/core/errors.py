@@ -50,3 +50,26 @@ class EngineUnsupported(ThawError):
 
 class MoverUnavailable(ThawError):
     """The requested data mover (native extension, CUDA) is not available here."""
+
+
+def error_reply(exc: BaseException) -> dict:
+    """An exception as a JSON-able reply for another process: ``{"ok": False, "type",
+    "message"}``, with its ``traceback`` when it is not one of thaw's own errors."""
+    import traceback
+
+    reply = {"ok": False, "type": type(exc).__name__, "message": str(exc)}
+    if not isinstance(exc, ThawError):
+        reply["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return reply
+
+
+def rebuild_error(type_name: str, message: str, where: str, detail: str = "") -> ThawError:
+    """An error another process reported (by type name and message) as the same ThawError
+    type with the same message; a type that is not thaw's comes back as a ThawError naming
+    it, `where` it was raised, and `detail` (e.g. its traceback)."""
+    cls = globals().get(type_name)
+    if isinstance(cls, type) and issubclass(cls, ThawError):
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+        return exc
+    return ThawError(f"{where}: {type_name}: {message}" + (f"\n{detail}" if detail else ""))

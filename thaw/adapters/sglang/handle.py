@@ -13,24 +13,14 @@ import os
 import tempfile
 from typing import Any, Optional, Union
 
-from thaw.core import errors as thaw_errors
 from thaw.core import EngineUnsupported, Identity, ThawError
+from thaw.core.errors import rebuild_error
 
 from .cache_state import decode_namespace
 
 PLUGIN_HINT = ("thaw's SGLang plugin is not active in the engine's scheduler: install thaw in "
                "the environment that runs SGLang (it registers entry point group "
                "'sglang.srt.plugins', name 'thaw') and, if SGLANG_PLUGINS is set, include 'thaw'")
-
-
-def _rebuild(reply: dict[str, Any]) -> Exception:
-    """The scheduler-side exception as the same thaw error type, with its message."""
-    cls = getattr(thaw_errors, reply["type"], None)
-    if isinstance(cls, type) and issubclass(cls, ThawError):
-        exc = cls.__new__(cls)
-        Exception.__init__(exc, reply["message"])
-        return exc
-    return ThawError(f"in SGLang's scheduler: {reply['type']}: {reply['message']}\n{reply.get('traceback', '')}")
 
 
 class SGLangHandle:
@@ -65,7 +55,7 @@ class SGLangHandle:
             if os.path.exists(reply_path):
                 os.unlink(reply_path)
         if not reply["ok"]:
-            raise _rebuild(reply)
+            raise rebuild_error(reply["type"], reply["message"], "in SGLang's scheduler", reply.get("traceback", ""))
         return reply["result"]
 
     def identity(self) -> Identity:

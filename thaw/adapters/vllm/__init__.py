@@ -1,7 +1,8 @@
-"""thaw for vLLM: ``attach(llm)`` returns a handle that snapshots and restores the engine.
+"""thaw for vLLM: ``attach(engine)`` returns a handle that snapshots and restores the engine:
+an `LLM` (in-process or vLLM's default multiprocess mode) or an `AsyncLLM` (awaitable
+handle); a running `vllm serve` is reached over HTTP (`thaw.adapters.vllm.server`).
 
 ```python
-import os; os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 from vllm import LLM
 from thaw.adapters.vllm import attach
 llm = LLM(model=..., enable_prefix_caching=True)
@@ -9,11 +10,12 @@ h = attach(llm)          # right after creating the engine: records block tokens
 ...                      # serve
 h.snapshot("warm.thaw")
 child = attach(LLM(model=..., enable_prefix_caching=True, load_format="dummy"))
-child.restore("warm.thaw")   # weights, KV pages, prefix index, in-flight requests
+child.restore("warm.thaw")   # weights, KV pages, prefix index (and in-flight requests in-process)
 ```
 """
 
 from .handle import VLLMHandle, attach
+from .remote import AsyncVLLMHandle, RemoteVLLMHandle
 from .engine_access import SUPPORTED_RANGE, TESTED_VERSIONS
 
-__all__ = ["attach", "VLLMHandle", "SUPPORTED_RANGE", "TESTED_VERSIONS"]
+__all__ = ["attach", "VLLMHandle", "RemoteVLLMHandle", "AsyncVLLMHandle", "SUPPORTED_RANGE", "TESTED_VERSIONS"]

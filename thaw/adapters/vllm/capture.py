@@ -9,8 +9,10 @@ import torch
 
 from thaw.core import EngineUnsupported, PagedKV, PrefixTree, RequestState, StateSnapshot, TensorData
 
-from .engine_access import EngineParts, external_request_id, uncarried_request_features
+from .engine_access import (NO_FRONT, EngineParts, external_request_id, in_flight_requests,
+                            uncarried_request_features)
 from .recorder import BlockTokenRecorder
+from .worker_ops import gather_pages
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens",
                    "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty",
@@ -83,28 +85,27 @@ def capture_prefix(parts: EngineParts, recorder: BlockTokenRecorder,
 
 def gather_kv(parts: EngineParts, block_ids: list[int]) -> list[torch.Tensor]:
     """One gather per layer: [num_pages, page_elems] copies of the listed blocks."""
-    ids = torch.tensor(block_ids, dtype=torch.long, device=parts.kv_caches[0].device)
     elems = parts.layout.page_elems
-    if parts.kv_caches[0].is_cuda and block_ids:
+    if parts.on_cuda and block_ids:
         from thaw.core.gpu import PagePlan
 
         # One gather kernel over every layer, in each block's physical order (what the
         # layout describes), straight into pinned host memory.
+        ids = torch.tensor(block_ids, dtype=torch.long, device=parts.kv_caches[0].device)
         plan = PagePlan(parts.kv_caches, ids)
         host = torch.empty(plan.packed_bytes, dtype=torch.uint8, pin_memory=True)
         plan.gather(host)
         torch.cuda.current_stream().synchronize()
         pages = host.view(parts.kv_caches[0].dtype).view(len(parts.kv_caches), len(block_ids), elems)
         return list(pages.unbind(0))
-    return [kv.index_select(0, ids).reshape(len(block_ids), elems).cpu() for kv in parts.kv_caches]
+    return gather_pages(parts.kv_caches, block_ids, elems)
 
 
 def check_requests_carried(parts: EngineParts) -> None:
     """Refuses, naming the request and feature, a snapshot that would resume any in-flight
     request differently (stop strings, logprobs, logit bias, structured output, n, LoRA,
     multimodal inputs, ...): thaw carries exactly SAMPLING_FIELDS, nothing approximately."""
-    sched = parts.scheduler
-    for req in list(sched.running) + list(sched.waiting):
+    for req in in_flight_requests(parts):
         lost = uncarried_request_features(parts, req, SAMPLING_FIELDS)
         if lost:
             raise EngineUnsupported(
@@ -135,19 +136,33 @@ def capture_requests(parts: EngineParts, page_of_block: dict[int, int]) -> list[
     return out
 
 
-def capture(parts: EngineParts, recorder: BlockTokenRecorder, identity,
-            weights: dict[str, torch.Tensor] | None, *,
-            requests: bool = True) -> tuple[StateSnapshot, CaptureReport]:
-    """The engine's state; in-flight requests only when `requests` (each must be carried
-    exactly, else EngineUnsupported before anything is copied)."""
+def capture_index(parts: EngineParts, recorder: BlockTokenRecorder, *,
+                  requests: bool = True) -> tuple[PrefixTree, list[int], list[RequestState], CaptureReport]:
+    """What the core holds: the prefix tree, the block of each snapshot page, and the
+    in-flight requests when `requests` (each must be carried exactly, else
+    EngineUnsupported before anything is copied)."""
     if requests:
+        if parts.front is None and in_flight_requests(parts):
+            raise EngineUnsupported(f"{len(in_flight_requests(parts))} requests are in flight and {NO_FRONT}; "
+                                    "snapshot with requests=False to leave them out")
         check_requests_carried(parts)
     report = CaptureReport()
     tree, block_ids, _ = capture_prefix(parts, recorder, report)
-    layers = gather_kv(parts, block_ids)
     page_of_block = {b: i for i, b in enumerate(block_ids)}
     in_flight = capture_requests(parts, page_of_block) if requests else []
     report.requests = len(in_flight)
+    return tree, block_ids, in_flight, report
+
+
+def capture(parts: EngineParts, recorder: BlockTokenRecorder, identity,
+            weights: dict[str, torch.Tensor] | None, *,
+            requests: bool = True) -> tuple[StateSnapshot, CaptureReport]:
+    """The engine's state in memory (KV copied out of an in-core worker)."""
+    if parts.workers is not None:
+        raise EngineUnsupported("this engine's KV lives in a worker process: snapshot it to a file "
+                                "(snapshot(path)), which the worker writes itself")
+    tree, block_ids, in_flight, report = capture_index(parts, recorder, requests=requests)
+    layers = gather_kv(parts, block_ids)
     snap = StateSnapshot(
         identity=identity,
         weights={k: TensorData.of(v) for k, v in (weights or {}).items()},

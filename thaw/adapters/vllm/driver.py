@@ -13,18 +13,27 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _report(report: Any) -> dict[str, Any]:
+    return report if isinstance(report, dict) else report.to_json()
+
+
 class VLLMDriver:
-    """Builds `vllm.LLM(**ENGINE_DEFAULTS | config)` in-process and attaches thaw to it."""
+    """Builds `vllm.LLM(**ENGINE_DEFAULTS | config)` and attaches thaw to it. The config key
+    `thaw_engine` picks how vLLM runs: "inprocess" (default; VLLM_ENABLE_V1_MULTIPROCESSING=0)
+    or "multiprocess" (vLLM's default: the core and the model in their own processes)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        config = dict(config)
+        mode = config.pop("thaw_engine", "inprocess")
+        if mode not in ("inprocess", "multiprocess"):
+            raise ValueError(f"thaw_engine must be 'inprocess' or 'multiprocess', not {mode!r}")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if mode == "inprocess" else "1"
         t0 = time.perf_counter()
         from vllm import LLM
         self.import_seconds = time.perf_counter() - t0
 
         from . import attach
 
-        config = dict(config)
         # Tokens to serve before attaching (tests: blocks cached before attach are reported).
         before_attach = config.pop("thaw_prompt_before_attach", None)
         t0 = time.perf_counter()
@@ -42,10 +51,11 @@ class VLLMDriver:
                               ignore_eos=True)
 
     def info(self) -> dict[str, Any]:
-        return {"identity": self.handle.identity().to_json(), "boot_seconds": self.boot_seconds,
-                "import_seconds": self.import_seconds,
-                "kv_prefault": sorted(self.handle.kv_prefault),
-                "kv_prefault_seconds": self.handle.kv_prefault_seconds}
+        status = self.handle.status()
+        return {"identity": status["identity"], "boot_seconds": self.boot_seconds,
+                "import_seconds": self.import_seconds, "kv_prefault": status["kv_prefault"],
+                "kv_prefault_seconds": status["kv_prefault_seconds"],
+                "model_in_worker_process": status["model_in_worker_process"]}
 
     def generate(self, prompt_token_ids: list[int], max_tokens: int, temperature: float = 0.0,
                  seed: Optional[int] = None) -> dict[str, Any]:
@@ -56,9 +66,8 @@ class VLLMDriver:
                 "seconds": time.perf_counter() - t0}
 
     def state(self) -> dict[str, Any]:
-        bp = self.handle.parts.block_pool
-        return {"free_blocks": bp.get_num_free_blocks(),
-                "cached_blocks": sum(1 for b in bp.blocks if b.block_hash is not None)}
+        status = self.handle.status()
+        return {"free_blocks": status["free_blocks"], "cached_blocks": status["cached_blocks"]}
 
     def generate_many(self, prompt_token_ids: list[int], n: int, max_tokens: int,
                       temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
@@ -108,8 +117,8 @@ class VLLMDriver:
     def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None,
                  strict: bool = False, requests: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.snapshot(path, weights=weights, weights_format=weights_format,
-                                      strict=strict, requests=requests).to_json()
+        report = _report(self.handle.snapshot(path, weights=weights, weights_format=weights_format,
+                                              strict=strict, requests=requests))
         return {**report, "seconds": time.perf_counter() - t0}
 
     def prepare(self, path: str, kv_on_device: bool = False) -> float:
@@ -118,9 +127,10 @@ class VLLMDriver:
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.restore(path, weights=weights, requests=requests,
-                                     trust_unknown_weights=trust_unknown_weights).to_json()
-        report["seconds_by_phase"] = report.pop("seconds")
+        report = _report(self.handle.restore(path, weights=weights, requests=requests,
+                                             trust_unknown_weights=trust_unknown_weights))
+        if isinstance(report.get("seconds"), dict):
+            report["seconds_by_phase"] = report.pop("seconds")
         return {**report, "seconds": time.perf_counter() - t0}
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,

@@ -1,8 +1,15 @@
 """How thaw reaches into a vLLM engine: the one place that knows vLLM's internal paths.
 
-Supported: vLLM's v1 engine, in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), one KV
-cache group with full attention, tensor parallel size 1. Tested versions are listed in
-``TESTED_VERSIONS``; others inside ``SUPPORTED_RANGE`` are attempted, others refused.
+Two places hold an engine's parts. The EngineCore (in the caller's process for an
+in-process `LLM`, in its own process otherwise) holds the scheduler, the block pool and,
+at tensor parallel size 1, the worker with the KV tensors and weights: `reach_core` finds
+them there. The client (`LLM.llm_engine`) holds the output processor, which knows the
+caller's request ids and delivers outputs: only an in-process engine gives thaw both, as a
+`RequestFront`, and only then are in-flight requests carried.
+
+Supported: vLLM's v1 engine, one KV cache group with full attention, tensor parallel size
+1. Tested versions are listed in ``TESTED_VERSIONS``; others inside ``SUPPORTED_RANGE``
+are attempted, others refused.
 """
 
 from __future__ import annotations
@@ -42,23 +49,88 @@ def check_version(version: str) -> None:
             f"{'.'.join(map(str, lo))} <= version < {'.'.join(map(str, hi))}")
 
 
+class RequestFront:
+    """The client half of an in-process engine: request ids as the caller knows them,
+    queueing and aborting requests whose outputs reach the caller."""
+
+    def __init__(self, llm: Any) -> None:
+        self.engine = llm.llm_engine
+
+    def _states(self) -> dict[str, Any]:
+        return self.engine.output_processor.request_states
+
+    def external_id(self, internal_id: str) -> str:
+        state = self._states().get(internal_id)
+        return getattr(state, "external_req_id", None) or internal_id
+
+    def parallel_sampling_n(self, internal_id: str) -> int:
+        """n of the request this one is a child of (vLLM fans n > 1 out into children), else 1."""
+        parent = getattr(self._states().get(internal_id), "parent_req", None)
+        return int(parent.n) if parent is not None else 1
+
+    def live_ids(self) -> set[str]:
+        states = self._states()
+        return set(states) | {s.external_req_id for s in states.values()}
+
+    def add_request(self, request_id: str, prompt: dict[str, Any], params: Any) -> None:
+        self.engine.add_request(request_id, prompt, params)
+
+    def abort(self, request_ids: list[str]) -> None:
+        self.engine.abort_request(request_ids)
+
+
+class RemoteWorkers:
+    """The model's worker processes of an engine whose executor runs them outside the core
+    (vLLM's multiprocess executor), reached through `collective_rpc` to thaw's
+    `thaw_worker_call` (see `worker_ops`). Tensor parallel size 1: one worker."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    def call(self, op: str, **args: Any) -> Any:
+        from thaw.core.errors import rebuild_error
+
+        try:
+            replies = self.core.collective_rpc("thaw_worker_call", args=(op, args))
+        except NotImplementedError as exc:
+            raise EngineUnsupported(f"thaw's vLLM plugin is not active in the engine's worker process ({exc}); "
+                                    "install thaw where vLLM runs and keep it in VLLM_PLUGINS if that is set") from None
+        reply = replies[0]
+        if reply["ok"]:
+            return reply["result"]
+        if reply["type"] in ("FileNotFoundError", "PermissionError", "OSError"):
+            raise OSError(f"in the vLLM worker process: {reply['message']}")
+        raise rebuild_error(reply["type"], reply["message"], "in the vLLM worker", reply.get("traceback", ""))
+
+
+NO_FRONT = ("in-flight requests are carried only by an in-process vLLM engine "
+            "(VLLM_ENABLE_V1_MULTIPROCESSING=0), where thaw also sees the caller's request ids; "
+            "this engine runs its core in another process")
+
+
 @dataclass
 class EngineParts:
-    """Live objects of one in-process vLLM engine.
+    """Live objects of one vLLM engine core (see the module docstring); `front` is None
+    where the core runs in another process than the caller's.
 
     `layout` raises EngineUnsupported when thaw does not know the engine's KV block
     layout; attaching still works, so that a restore reports identity mismatches (model,
     dtype) before it asks about the layout."""
 
-    llm: Any
+    front: Optional[RequestFront]
     core: Any
     scheduler: Any
     block_pool: Any
-    model_runner: Any
-    kv_caches: list[torch.Tensor]
+    model_runner: Any  # None where the model runs in worker processes (`workers`)
+    kv_caches: list[torch.Tensor]  # empty where the model runs in worker processes
     known_layout: Optional[KVLayout]
     layout_problem: str
     block_size: int
+    workers: Optional[RemoteWorkers] = None
+
+    @property
+    def on_cuda(self) -> bool:
+        return bool(self.kv_caches) and self.kv_caches[0].is_cuda
 
     @property
     def layout(self) -> KVLayout:
@@ -71,17 +143,42 @@ class EngineParts:
         return self.known_layout.name if self.known_layout is not None else "unsupported"
 
 
-def reach(llm: Any) -> EngineParts:
-    """Finds the engine core, block pool and KV tensors, or says exactly what to change."""
-    check_version(vllm_version())
-    engine = getattr(llm, "llm_engine", None)
+def in_process_core(llm: Any) -> Optional[Any]:
+    """The EngineCore object of an in-process `LLM`; None where it runs in its own process."""
+    client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    return getattr(client, "engine_core", None)
+
+
+def engine_client(engine: Any) -> tuple[str, Any]:
+    """How to reach the core of `engine`: ("inprocess", EngineCore), ("sync", the client of
+    a multiprocess `LLM`, with `call_utility`) or ("async", the client of an `AsyncLLM`,
+    with `call_utility_async`); anything else is refused by name."""
+    core = in_process_core(engine)
+    if core is not None:
+        return "inprocess", core
+    client = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+    if client is not None and hasattr(client, "call_utility"):
+        return "sync", client
     client = getattr(engine, "engine_core", None)
-    core = getattr(client, "engine_core", None)
+    if client is not None and hasattr(client, "call_utility_async"):
+        return "async", client
+    raise EngineUnsupported(f"{type(engine).__name__} is not a vLLM LLM or AsyncLLM thaw can reach "
+                            "(expected .llm_engine.engine_core or .engine_core with utility calls)")
+
+
+def reach(llm: Any) -> EngineParts:
+    """The parts of an in-process `LLM` (core and request front)."""
+    core = in_process_core(llm)
     if core is None:
-        raise EngineUnsupported(
-            f"cannot reach the vLLM engine core through {type(client).__name__}: vLLM runs it in "
-            "a separate process by default. Set the environment variable "
-            "VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM.")
+        raise EngineUnsupported("this LLM runs its engine core in another process; attach() reaches it "
+                                "through utility calls instead")
+    return reach_core(core, RequestFront(llm))
+
+
+def reach_core(core: Any, front: Optional["RequestFront"] = None) -> EngineParts:
+    """Finds the block pool and KV tensors of an EngineCore (in the process it runs in), or
+    says exactly what to change."""
+    check_version(vllm_version())
     cfg = core.vllm_config
     if cfg.parallel_config.tensor_parallel_size != 1 or cfg.parallel_config.pipeline_parallel_size != 1:
         raise EngineUnsupported("thaw's vLLM adapter supports tensor/pipeline parallel size 1 only")
@@ -97,24 +194,43 @@ def reach(llm: Any) -> EngineParts:
         raise EngineUnsupported(
             f"hash block size {block_pool.hash_block_size} differs from block size "
             f"{cfg.cache_config.block_size}; thaw supports equal sizes only")
-    runner = core.model_executor.driver_worker.worker.model_runner
-    kv_caches = list(getattr(runner, "kv_caches", []) or [])
-    num_layers = cfg.model_config.get_num_layers(cfg.parallel_config)
-    if len(kv_caches) != num_layers or not all(isinstance(t, torch.Tensor) for t in kv_caches):
-        raise EngineUnsupported(
-            f"model runner {type(runner).__name__} does not expose one KV tensor per layer "
-            f"({len(kv_caches)} for {num_layers} layers)")
     kv_cache_dtype = str(cfg.cache_config.cache_dtype)
     if kv_cache_dtype != "auto":
         raise EngineUnsupported(
             f"KV cache dtype {kv_cache_dtype!r}: thaw captures unquantized KV caches only (its per-layer "
             "scales are not captured); create the engine with kv_cache_dtype='auto'")
+    num_layers = cfg.model_config.get_num_layers(cfg.parallel_config)
+    driver = getattr(core.model_executor, "driver_worker", None)
+    if driver is None:
+        return _parts_with_workers(core, front, scheduler, block_pool, num_layers)
+    runner = driver.worker.model_runner
+    kv_caches = list(getattr(runner, "kv_caches", []) or [])
+    if len(kv_caches) != num_layers or not all(isinstance(t, torch.Tensor) for t in kv_caches):
+        raise EngineUnsupported(
+            f"model runner {type(runner).__name__} does not expose one KV tensor per layer "
+            f"({len(kv_caches)} for {num_layers} layers)")
     try:
         layout, problem = kv_layout(core, kv_caches[0]), ""
     except EngineUnsupported as exc:
         layout, problem = None, str(exc)
-    return EngineParts(llm, core, scheduler, block_pool, runner, kv_caches, layout, problem,
+    return EngineParts(front, core, scheduler, block_pool, runner, kv_caches, layout, problem,
                        cfg.cache_config.block_size)
+
+
+def _parts_with_workers(core: Any, front: Optional[RequestFront], scheduler: Any, block_pool: Any,
+                        num_layers: int) -> EngineParts:
+    """EngineParts of a core whose model runs in a worker process (described from there)."""
+    workers = RemoteWorkers(core)
+    info = workers.call("describe")
+    if info["num_layers"] != num_layers:
+        raise EngineUnsupported(f"the worker exposes {info['num_layers']} KV tensors for {num_layers} layers")
+    if info["on_cuda"]:
+        raise EngineUnsupported("vLLM runs this CUDA model in worker processes (tensor parallel, or the "
+                                "multiprocess executor); thaw's vLLM adapter supports CUDA engines whose "
+                                "worker runs in the engine core (tensor parallel size 1, vLLM's default there)")
+    layout = KVLayout.from_json(info["layout"]) if info["layout"] else None
+    return EngineParts(front, core, scheduler, block_pool, None, [], layout, info["problem"],
+                       core.vllm_config.cache_config.block_size, workers)
 
 
 def on_new_block_pool(name: str, hook: Callable[[Any], None]) -> None:
@@ -211,7 +327,7 @@ def checkpoint_files(parts: EngineParts) -> list[str]:
 
 def reload_weights(parts: EngineParts, weights: list[tuple[str, torch.Tensor]]) -> None:
     """Loads checkpoint-named tensors through vLLM's own weight-reload path."""
-    parts.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+    parts.core.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
 
 
 # SamplingParams fields that change only how output is reported, never which tokens are
@@ -234,13 +350,6 @@ def request_rejections() -> tuple[type[BaseException], ...]:
     return out
 
 
-def parallel_sampling_n(parts: EngineParts, internal_id: str) -> int:
-    """n of the request this one is a child of (vLLM fans n > 1 out into children), else 1."""
-    state = parts.llm.llm_engine.output_processor.request_states.get(internal_id)
-    parent = getattr(state, "parent_req", None)
-    return int(parent.n) if parent is not None else 1
-
-
 def uncarried_request_features(parts: EngineParts, req: Any, carried: tuple[str, ...]) -> list[str]:
     """What an in-flight vLLM request uses that a snapshot of `carried` sampling fields
     would lose: every SamplingParams field set away from its default (other than those
@@ -250,7 +359,7 @@ def uncarried_request_features(parts: EngineParts, req: Any, carried: tuple[str,
     from vllm import SamplingParams
 
     out = changed_fields(req.sampling_params, SamplingParams(), (*carried, *OUTPUT_ONLY_SAMPLING_FIELDS))
-    n = parallel_sampling_n(parts, req.request_id)
+    n = parts.front.parallel_sampling_n(req.request_id) if parts.front is not None else 1
     if n != 1:
         out.append(f"sampling.n={n} (one of its parallel samples)")
     if getattr(req, "lora_request", None) is not None:
@@ -263,5 +372,9 @@ def uncarried_request_features(parts: EngineParts, req: Any, carried: tuple[str,
 
 
 def external_request_id(parts: EngineParts, internal_id: str) -> str:
-    state = parts.llm.llm_engine.output_processor.request_states.get(internal_id)
-    return getattr(state, "external_req_id", None) or internal_id
+    return parts.front.external_id(internal_id) if parts.front is not None else internal_id
+
+
+def in_flight_requests(parts: EngineParts) -> list[Any]:
+    """Requests the scheduler holds (running, then waiting)."""
+    return list(parts.scheduler.running) + list(parts.scheduler.waiting)

@@ -17,10 +17,11 @@ from thaw.core.tensor_data import TensorData
 
 from ..checkpoint import read_checkpoint
 from . import engine_access
-from .capture import CaptureReport, capture
+from .capture import CaptureReport, capture, capture_index
 from .recorder import BlockTokenRecorder
 from .kv_placement import RestoreReport
 from .restore import restore
+from .worker_ops import prefix_to_json
 from .weights import PARAMETERS_FORMAT, check_format, native_format, parameters, parameters_digest
 
 SnapshotSource = Union[str, os.PathLike, StateSnapshot]
@@ -28,24 +29,31 @@ logger = logging.getLogger("thaw.vllm")
 
 
 class VLLMHandle:
-    """Bound to one in-process vLLM engine. Call its methods only while the engine is idle
-    (between `generate` calls or `step`s), from the thread that drives the engine."""
+    """Bound to one vLLM engine core, in the process the core runs in: the caller's for an
+    in-process `LLM`, the EngineCore process otherwise (see `core_service`). Call its
+    methods only while the engine is idle (between `generate` calls or `step`s), from the
+    thread that drives the engine."""
 
-    def __init__(self, llm: Any, *, prefault_kv: bool = True) -> None:
-        self.parts = engine_access.reach(llm)
+    def __init__(self, parts: engine_access.EngineParts, *, prefault_kv: bool = True) -> None:
+        self.parts = parts
         self.recorder = BlockTokenRecorder.of_pool(self.parts.block_pool, self.parts.block_size)
         # Restores write into KV blocks the engine may never have used; back them now so
         # those writes run at memory speed (contents are not changed).
         t0 = time.perf_counter()
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in self.parts.kv_caches}
-        self.kv_prefault = ({populate_for_write(s) for s in storages.values()}
-                            if prefault_kv else {"skipped"})
+        if not prefault_kv:
+            self.kv_prefault = {"skipped"}
+        elif parts.workers is not None:
+            self.kv_prefault = set(parts.workers.call("prefault"))
+        else:
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in self.parts.kv_caches}
+            self.kv_prefault = {populate_for_write(s) for s in storages.values()}
         self.kv_prefault_seconds = time.perf_counter() - t0
         # Weights: digest per format (cached; see weights_digest), the checkpoint tensors of
         # the last restore with checkpoint weights, and whether the weights are known at all
         # (an engine started with dummy weights has none until a restore brings them).
         self._digests: dict[str, str] = {}
         self._restored_checkpoint: Optional[dict[str, TensorData]] = None
+        self._restored_from: Optional[str] = None  # the file those came from
         self._weights_known = not engine_access.loads_dummy_weights(self.parts)
         self.resumed_outputs: dict[str, list[int]] = {}
         self._registrations: dict[tuple, Any] = {}
@@ -93,6 +101,16 @@ class VLLMHandle:
         """The engine's identity, with its weights digest in the engine's own format."""
         return engine_access.engine_identity(self.parts, self.weights_digest())
 
+    def status(self) -> dict[str, Any]:
+        """Identity, block counts and in-flight requests, as plain JSON."""
+        bp = self.parts.block_pool
+        return {"engine": "vllm", "identity": self.identity().to_json(),
+                "free_blocks": bp.get_num_free_blocks(), "num_blocks": bp.num_gpu_blocks,
+                "cached_blocks": sum(1 for b in bp.blocks if b.block_hash is not None),
+                "requests_in_flight": len(engine_access.in_flight_requests(self.parts)),
+                "model_in_worker_process": self.parts.workers is not None,
+                "kv_prefault": sorted(self.kv_prefault), "kv_prefault_seconds": self.kv_prefault_seconds}
+
     # -- snapshot -------------------------------------------------------------------
     def capture(self, *, weights: bool = True, weights_format: Optional[str] = None,
                 strict: bool = False, requests: bool = True) -> StateSnapshot:
@@ -127,9 +145,39 @@ class VLLMHandle:
         """Writes the engine's state to `path` atomically; returns what was captured.
         `strict`: refuse (SnapshotIncomplete) rather than leave cached blocks out;
         `requests=False`: leave in-flight requests out."""
+        if self.parts.workers is not None:
+            return self._snapshot_in_worker(path, weights=weights, weights_format=weights_format,
+                                            strict=strict, requests=requests)
         save(self.capture(weights=weights, weights_format=weights_format, strict=strict,
                           requests=requests), path)
         return self.last_capture
+
+    def _snapshot_in_worker(self, path: Union[str, os.PathLike], *, weights: bool,
+                            weights_format: Optional[str], strict: bool, requests: bool) -> CaptureReport:
+        """The model runs in a worker process: the core captures the prefix index (and
+        requests), the worker gathers its KV blocks and weights and writes the file."""
+        fmt = weights_format or native_format(self.parts)
+        check_format(self.parts, fmt)
+        identity = engine_access.engine_identity(self.parts, self.weights_digest(fmt))
+        tree, block_ids, in_flight, report = capture_index(self.parts, self.recorder, requests=requests)
+        report_missing_blocks(report, strict=strict, recorder_from_start=self.recorder.since_pool_start)
+        source: dict[str, Any] = {}
+        if weights and self._restored_checkpoint is not None:
+            if self._restored_from is None:
+                raise ThawError("the engine's weights came from an in-memory snapshot, which its worker "
+                                "process cannot read: snapshot with weights=False")
+            source = {"snapshot": self._restored_from}
+        elif weights:
+            if engine_access.loads_dummy_weights(self.parts):
+                raise ThawError("the engine runs dummy weights and was not restored: no weights to capture")
+            source = {"checkpoint_of": self.parts.core.vllm_config.model_config.model}
+        meta = {"identity": identity.to_json(), "weights_format": fmt, "layout": self.parts.layout.to_json(),
+                "prefix": prefix_to_json(tree), "requests": [r.to_json() for r in in_flight],
+                "extras": {"vllm": {"capture": report.to_json()}}}
+        self.parts.workers.call("save", path=os.path.abspath(os.fspath(path)), meta=meta,
+                                block_ids=block_ids, weights=source)
+        self.last_capture = report
+        return report
 
     def prepare(self, path: Union[str, os.PathLike], *, kv_on_device: bool = False) -> float:
         """Opens the snapshot at `path` (and, for a CUDA engine, maps it and registers it
@@ -143,7 +191,7 @@ class VLLMHandle:
         Preparing another file, or `release_prepared`, frees them."""
         t0 = time.perf_counter()
         snap = self._opened_snapshot(path)
-        if self.parts.kv_caches[0].is_cuda:
+        if self.parts.on_cuda:
             reg = self._registered_file(snap.source)
             if kv_on_device and snap.kv is not None:
                 from thaw.core.gpu import upload_sections
@@ -197,6 +245,7 @@ class VLLMHandle:
             self._digests = {snap.weights_format: snap.identity.weights_digest}
             # file-backed; read again only to capture checkpoint weights
             self._restored_checkpoint = dict(snap.weights) if snap.weights_format == CHECKPOINT_WEIGHTS else None
+            self._restored_from = snap.source.path if snap.source is not None else None
             self._weights_known = True
         self.resumed_outputs.update(resumed)
         self.last_restore = report
@@ -227,7 +276,9 @@ class VLLMHandle:
     def finish_requests(self) -> dict[str, list[int]]:
         """Steps the engine until every request finishes; returns each one's full output,
         including tokens generated before a snapshot for resumed requests."""
-        engine = self.parts.llm.llm_engine
+        if self.parts.front is None:
+            raise EngineUnsupported(engine_access.NO_FRONT)
+        engine = self.parts.front.engine
         out: dict[str, list[int]] = {}
         while engine.has_unfinished_requests():
             for o in engine.step():
@@ -264,12 +315,28 @@ def report_missing_blocks(report: CaptureReport, *, strict: bool, recorder_from_
     logger.warning(text)
 
 
-def attach(llm: Any, *, prefault_kv: bool = True) -> VLLMHandle:
-    """Binds thaw to an in-process `vllm.LLM`, at any time: thaw's vLLM plugin records the
-    tokens of every block from the engine's start (without it, blocks cached before
-    attaching are left out of snapshots, with a warning).
+def attach(engine: Any, *, prefault_kv: bool = True) -> Any:
+    """Binds thaw to a vLLM engine, at any time: thaw's vLLM plugin records the tokens of
+    every block from the engine's start (without it, blocks cached before attaching are
+    left out of snapshots, with a warning).
+
+    - an in-process `vllm.LLM` (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): a `VLLMHandle`,
+      working on the engine's objects directly, in-flight requests included;
+    - a `vllm.LLM` in vLLM's default multiprocess mode: a `RemoteVLLMHandle`, whose calls
+      run inside the EngineCore process between scheduler steps (KV bytes move between
+      the engine's memory and the file there, never through this process);
+    - a `vllm.AsyncLLM` (what `vllm serve` and RL frameworks run): an `AsyncVLLMHandle`
+      with awaitable methods, likewise.
 
     With `prefault_kv` (default) the engine's host KV buffer is backed by memory now, so
     that later restores write at memory speed; `handle.kv_prefault` says how it went and
     `handle.kv_prefault_seconds` what it cost."""
-    return VLLMHandle(llm, prefault_kv=prefault_kv)
+    kind, target = engine_access.engine_client(engine)
+    if kind == "inprocess":
+        return VLLMHandle(engine_access.reach_core(target, engine_access.RequestFront(engine)),
+                          prefault_kv=prefault_kv)
+    from .remote import AsyncVLLMHandle, RemoteVLLMHandle
+
+    if kind == "sync":
+        return RemoteVLLMHandle(target, prefault_kv=prefault_kv)
+    return AsyncVLLMHandle(target, prefault_kv=prefault_kv)

@@ -12,10 +12,11 @@ from typing import Any, Optional
 
 import torch
 
-from thaw.core import StateSnapshot, ThawError, convert_pages
+from thaw.core import EngineUnsupported, StateSnapshot, ThawError, convert_pages
 
 from .engine_access import EngineParts
-from .pages import page_depths, page_index, page_parents, page_record, runs
+from .pages import page_depths, page_index, page_parents, page_record
+from .worker_ops import scatter_pages
 from .recorder import BlockTokenRecorder
 
 
@@ -87,6 +88,11 @@ class KVPlacement:
         prepared, in device memory."""
         if not self.needed:
             return
+        if self.parts.workers is not None:  # staged in the worker process by `stage`
+            self.report.kv_bytes += self.parts.workers.call(
+                "scatter_kv", block_ids=[b.block_id for b in self.fresh])["kv_bytes"]
+            self.report.kv_from = "worker"
+            return
         kv0 = self.parts.kv_caches[0]
         ids = torch.tensor([b.block_id for b in self.fresh], dtype=torch.long, device=kv0.device)
         if resident is not None:
@@ -106,16 +112,10 @@ class KVPlacement:
             self.report.kv_bytes += sum(v.numel() for v in staged)
             return
         self.report.kv_from = "host"
-        page_runs = runs(self.needed)
-        for layer_pages, kv in zip(pages, self.parts.kv_caches):
-            layer_pages = self._in_engine_layout(layer_pages)
-            block_shape = tuple(kv.shape[1:])
-            # One scatter per run of consecutive snapshot pages, straight from the (mapped)
-            # source: no intermediate copy.
-            for (first, count), at in page_runs:
-                src = layer_pages[first:first + count].reshape((count,) + block_shape)
-                kv.index_copy_(0, ids[at:at + count], src)
-            self.report.kv_bytes += len(self.needed) * layer_pages.shape[1] * layer_pages.element_size()
+        # One scatter per run of consecutive snapshot pages, straight from the (mapped)
+        # source: no intermediate copy.
+        self.report.kv_bytes += scatter_pages(self.parts.kv_caches, [self._in_engine_layout(p) for p in pages],
+                                              self.needed, [b.block_id for b in self.fresh])
 
     def _in_engine_layout(self, layer_pages: torch.Tensor) -> torch.Tensor:
         """One layer's pages re-laid out for the engine where the snapshot's layout differs."""
@@ -129,10 +129,21 @@ class KVPlacement:
         pages into one GPU staging buffer and checks every byte there, raising ChecksumError
         before the engine changes. From `registered` (the snapshot file registered with
         CUDA, every page in the engine's layout: its KV sections as they are, checked
-        against the file's chunk CRCs), else from `pages` (verified host layers)."""
-        kv0 = self.parts.kv_caches[0]
-        if not self.needed or not kv0.is_cuda:
+        against the file's chunk CRCs), else from `pages` (verified host layers).
+        Engines whose KV lives in a worker process: the worker maps the file's KV layers,
+        checking every chunk, and keeps them for `move`."""
+        if self.needed and self.parts.workers is not None:
+            if self.snap.source is None:
+                raise EngineUnsupported(
+                    "this engine's KV lives in a worker process, which reads the snapshot file itself: an "
+                    "in-memory snapshot, or one re-cut to another block size, cannot be restored into it "
+                    "(re-cut the file with `thaw convert --page-size N` first)")
+            converted = self.parts.workers.call("stage_kv", path=self.snap.source.path, needed=self.needed)
+            self.report.layout_converted = converted["layout_converted"]
             return
+        if not self.needed or not self.parts.on_cuda:
+            return
+        kv0 = self.parts.kv_caches[0]
         from thaw.core.gpu import upload_checked
 
         expected, names, chunk_size = None, None, 4 << 20
@@ -179,6 +190,8 @@ class KVPlacement:
         self.fresh, self.held = [], []
 
     def rollback(self) -> None:
+        if self.parts.workers is not None:
+            self.parts.workers.call("release")
         bp = self.parts.block_pool
         for blk in self.inserted:
             bp._maybe_evict_cached_block(blk)

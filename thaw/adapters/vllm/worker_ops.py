@@ -1,0 +1,175 @@
+"""thaw's side of a vLLM worker: the `thaw_worker_call` method, and the host KV copies.
+
+Where vLLM runs the model in worker processes (its multiprocess executor: every
+multiprocess engine on the CPU backend, tensor parallel engines on GPUs), the KV tensors
+and weights live there, not in the EngineCore. thaw's vLLM plugin adds `thaw_worker_call`
+to vLLM's `WorkerWrapperBase`; the core side (`engine_access.RemoteWorkers`) reaches it with
+the executor's `collective_rpc`. KV bytes and weights move between the worker's memory and
+the snapshot file here: only block ids, page lists and small JSON cross processes.
+
+Contract: each op takes and returns JSON-able values and keeps what a restore stages in
+this process until `commit_weights`/`scatter_kv` use it or `release` drops it; a
+`ThawError` (or a missing file) comes back as an error reply, never as an exception
+through vLLM's RPC.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from thaw.core import StateSnapshot, ThawError, TensorData, convert_pages, load, save
+from thaw.core.errors import error_reply
+from thaw.core.kv_layout import KVLayout
+from thaw.core.prefault import populate_for_write
+from thaw.core.schema import Identity, PagedKV, RequestState
+
+from .pages import runs
+
+
+def gather_pages(kv_caches: list[torch.Tensor], block_ids: list[int], page_elems: int) -> list[torch.Tensor]:
+    """[num_pages, page_elems] host copies of the listed blocks, one tensor per layer."""
+    ids = torch.tensor(block_ids, dtype=torch.long, device=kv_caches[0].device)
+    return [kv.index_select(0, ids).reshape(len(block_ids), page_elems).cpu() for kv in kv_caches]
+
+
+def scatter_pages(kv_caches: list[torch.Tensor], layers: list[torch.Tensor], needed: list[int],
+                  block_ids: list[int]) -> int:
+    """Writes snapshot pages `needed` of each layer ([pages, page_elems], engine layout) into
+    `block_ids`, one copy per run of consecutive pages, straight from the source; returns bytes."""
+    ids = torch.tensor(block_ids, dtype=torch.long, device=kv_caches[0].device)
+    moved = 0
+    for layer_pages, kv in zip(layers, kv_caches):
+        block_shape = tuple(kv.shape[1:])
+        for (first, count), at in runs(needed):
+            kv.index_copy_(0, ids[at:at + count], layer_pages[first:first + count].reshape((count,) + block_shape))
+        moved += len(needed) * layer_pages.shape[1] * layer_pages.element_size()
+    return moved
+
+
+def prefix_to_json(tree: Any) -> dict[str, Any]:
+    return {"page_size": tree.page_size,
+            "nodes": [[n.parent, n.tokens, n.pages, n.extra_key] for n in tree.nodes]}
+
+
+def prefix_from_json(obj: dict[str, Any]) -> Any:
+    from thaw.core import PrefixTree
+
+    tree = PrefixTree(obj["page_size"])
+    for parent, tokens, pages, key in obj["nodes"]:
+        tree.add(parent, tokens, pages, key)
+    return tree
+
+
+class _WorkerSide:
+    """What one worker process holds for thaw between calls."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.layout: KVLayout | None = None
+        self.staged_kv: tuple[list[torch.Tensor], list[int]] | None = None
+        self.staged_weights: list[tuple[str, torch.Tensor]] | None = None
+
+    @property
+    def kv_caches(self) -> list[torch.Tensor]:
+        return list(self.worker.model_runner.kv_caches)
+
+    def describe(self) -> dict[str, Any]:
+        from .engine_access import kv_layout
+
+        kv = self.kv_caches
+        out: dict[str, Any] = {"num_layers": len(kv), "on_cuda": bool(kv and kv[0].is_cuda),
+                               "layout": None, "problem": ""}
+        try:
+            self.layout = kv_layout(self.worker, kv[0])
+            out["layout"] = self.layout.to_json()
+        except ThawError as exc:
+            out["problem"] = str(exc)
+        return out
+
+    def prefault(self) -> list[str]:
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in self.kv_caches}
+        return sorted({populate_for_write(s) for s in storages.values()})
+
+    def save(self, path: str, meta: dict[str, Any], block_ids: list[int], weights: dict[str, Any]) -> dict:
+        layout = KVLayout.from_json(meta["layout"])
+        tensors: dict[str, torch.Tensor] = {}
+        if weights.get("checkpoint_of"):
+            from ..checkpoint import read_checkpoint
+
+            tensors = read_checkpoint(weights["checkpoint_of"], dummy=False)
+        elif weights.get("snapshot"):
+            tensors = {k: d.tensor() for k, d in load(weights["snapshot"], verify=False).weights.items()}
+        layers = gather_pages(self.kv_caches, block_ids, layout.page_elems)
+        snap = StateSnapshot(identity=Identity.from_json(meta["identity"]),
+                             weights={k: TensorData.of(v) for k, v in tensors.items()},
+                             weights_format=meta["weights_format"],
+                             kv=PagedKV(layout, [TensorData.of(t) for t in layers]),
+                             prefix=prefix_from_json(meta["prefix"]),
+                             requests=[RequestState.from_json(r) for r in meta["requests"]],
+                             extras=meta["extras"])
+        save(snap, path)
+        return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": os.path.getsize(path)}
+
+    def stage_kv(self, path: str, needed: list[int]) -> dict:
+        """Maps the snapshot's KV layers (every chunk's CRC checked) and keeps them for
+        `scatter_kv`; converted to this engine's layout where they differ."""
+        snap = load(path, verify=False)
+        layers = [layer.mapped() for layer in snap.kv.layers]
+        converted = snap.kv.layout != self.layout
+        if converted:
+            layers = [convert_pages(t, snap.kv.layout, self.layout) for t in layers]
+        self.staged_kv = (layers, needed)
+        return {"layout_converted": converted}
+
+    def scatter_kv(self, block_ids: list[int]) -> dict:
+        if self.staged_kv is None:
+            raise ThawError("internal: no KV pages were staged in this worker")
+        layers, needed = self.staged_kv
+        self.staged_kv = None
+        return {"kv_bytes": scatter_pages(self.kv_caches, layers, needed, block_ids)}
+
+    def stage_weights(self, path: str) -> dict:
+        snap = load(path, verify=False)
+        self.staged_weights = [(name, d.tensor()) for name, d in snap.weights.items()]  # each chunk checked
+        return {"weights": len(self.staged_weights)}
+
+    def commit_weights(self) -> dict:
+        if self.staged_weights is None:
+            raise ThawError("internal: no weights were staged in this worker")
+        weights, self.staged_weights = self.staged_weights, None
+        self.worker.reload_weights(weights_iterator=weights)
+        return {"weights": len(weights)}
+
+    def release(self) -> dict:
+        self.staged_kv = self.staged_weights = None
+        return {}
+
+
+OPS = ("describe", "prefault", "save", "stage_kv", "scatter_kv", "stage_weights", "commit_weights", "release")
+
+
+def thaw_worker_call(wrapper: Any, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Runs one op in this worker (see the module docstring); `wrapper` is vLLM's
+    WorkerWrapperBase, whose `.worker` holds the model runner."""
+    try:
+        if op not in OPS:
+            raise ThawError(f"unknown thaw worker operation {op!r}; known: {list(OPS)}")
+        side = wrapper.__dict__.get("_thaw_side")
+        if side is None:
+            side = wrapper.__dict__["_thaw_side"] = _WorkerSide(wrapper.worker)
+        if side.layout is None and op not in ("describe", "prefault"):
+            side.describe()
+        return {"ok": True, "result": getattr(side, op)(**args)}
+    except (ThawError, OSError) as exc:
+        return error_reply(exc)
+
+
+def install() -> None:
+    """Adds `thaw_worker_call` to vLLM's WorkerWrapperBase class (idempotent)."""
+    from vllm.v1.worker.worker_base import WorkerWrapperBase
+
+    if "thaw_worker_call" not in WorkerWrapperBase.__dict__:
+        WorkerWrapperBase.thaw_worker_call = thaw_worker_call
