@@ -14,30 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import thaw
-from thaw.core import Identity, PrefixTree, StateSnapshot, TensorData, nhd_layout
 from thaw.core.layouts import named_layout
 from thaw.core.recut import recut
-from thaw.core.schema import PagedKV
 from thaw.core.summary import diff_snapshots
+from thaw.testing.trees import comb_snapshot
 
 from receipt import write_receipt
-
-
-def comb(depth: int, page: int = 4) -> StateSnapshot:
-    layout = nhd_layout(page, 1, 8, "float32")
-    tree = PrefixTree(page)
-    parent = -1
-    for i in range(depth):
-        trunk = tree.add(parent, [i] * page, [2 * i])
-        tree.add(trunk, [10**7 + i] * page, [2 * i + 1])
-        parent = trunk
-    identity = Identity(model_architecture="Comb", dtype="float32", num_layers=1, num_kv_heads=1,
-                        head_dim=8, page_size=page, kv_layout=layout.name)
-    return StateSnapshot(identity=identity, prefix=tree,
-                         kv=PagedKV(layout, [TensorData.of(torch.randn(2 * depth, layout.page_elems))]))
 
 
 def timed(fn) -> float:
@@ -48,7 +31,7 @@ def timed(fn) -> float:
 
 def measure(depth: int, folder: Path) -> dict:
     path = folder / f"comb{depth}.thaw"
-    thaw.save(comb(depth), path)
+    thaw.save(comb_snapshot(depth, page=4), path)
     diff_s = timed(lambda: diff_snapshots(thaw.load(path, verify=False), thaw.load(path, verify=False)))
     layout = named_layout("thaw.nhd", 8, 1, 8, "float32")
     convert_s = timed(lambda: thaw.save(recut(thaw.load(path, verify=False), layout)[0], folder / "out.thaw"))

@@ -113,16 +113,9 @@ def test_prefix_rows_reads_the_same_tokens_through_any_page_size():
 
 
 def comb_snapshot(depth: int, page: int = 2) -> StateSnapshot:
-    """A trunk of `depth` one-page nodes, each with a one-page side leaf (2 * depth nodes)."""
-    layout = named_layout("thaw.nhd", page, HEADS, DIM, "float32")
-    tree = PrefixTree(page)
-    parent = -1
-    for i in range(depth):
-        trunk = tree.add(parent, [i] * page, [2 * i])
-        tree.add(trunk, [10**6 + i] * page, [2 * i + 1])
-        parent = trunk
-    layers = [torch.arange(2 * depth * layout.page_elems, dtype=torch.float32).reshape(2 * depth, -1)]
-    return StateSnapshot.from_kv(layout, layers, tree)
+    from thaw.testing.trees import comb_snapshot as comb
+
+    return comb(depth, page, HEADS, DIM)
 
 
 def test_deep_trees_are_cut_in_one_pass_without_walking_paths(monkeypatch):

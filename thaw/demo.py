@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 
 import torch
@@ -19,6 +18,7 @@ from .core import (ChecksumError, Identity, PrefixTree, RequestState, StateSnaps
 from .core.container import Container
 from .core.schema import PagedKV
 from .core.summary import inspect_snapshot
+from .demo_workdir import demo_workdir
 
 
 def example_snapshot(page_size: int = 16, layers: int = 4, heads: int = 2, head_dim: int = 32) -> StateSnapshot:
@@ -46,16 +46,10 @@ def example_snapshot(page_size: int = 16, layers: int = 4, heads: int = 2, head_
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    keep = bool(args.workdir) or args.keep
-    workdir = args.workdir or tempfile.mkdtemp(prefix="thaw-demo-")
-    os.makedirs(workdir, exist_ok=True)
-    try:
+    with demo_workdir(args.workdir, args.keep, "thaw-demo-",
+                      kept="kept {workdir}: try `thaw inspect {workdir}/example.thaw`",
+                      removed="removed {workdir} (--keep keeps the snapshot and its corrupted copy)") as workdir:
         ok = _run(workdir)
-    finally:
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(f"kept {workdir}: try `thaw inspect {os.path.join(workdir, 'example.thaw')}`" if keep else
-          f"removed {workdir} (--keep keeps the snapshot and its corrupted copy)")
     return 0 if ok else 1
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import tempfile
 import time
 
 from .fork import DRIVERS, fork
+from .demo_workdir import demo_workdir
 from .progress import Steps
 from .testing.tiny_model import TinyLlama, build_tiny_llama
 from .workers import EngineWorker
@@ -48,17 +47,11 @@ SGLANG_CPU_TTFT = (
 
 
 def run_fork_demo(args: argparse.Namespace) -> int:
-    keep = bool(args.workdir) or args.keep
-    workdir = args.workdir or tempfile.mkdtemp(prefix="thaw-fork-demo-")
-    os.makedirs(workdir, exist_ok=True)
-    try:
+    with demo_workdir(args.workdir, args.keep, "thaw-fork-demo-",
+                      kept="files kept in {workdir} (model/, parent.thaw)",
+                      removed="removed {workdir} (the model and the snapshot; --keep keeps them)") as workdir:
         with Steps(quiet=args.quiet) as steps:
             ok = _run(args, workdir, steps)
-    finally:
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(f"files kept in {workdir} (model/, parent.thaw)" if keep else
-          f"removed {workdir} (the model and the snapshot; --keep keeps them)")
     return 0 if ok else 1
 
 
