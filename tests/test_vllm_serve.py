@@ -4,16 +4,14 @@ driven by the official `openai` client and by `thaw snapshot/restore/status --ur
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
 import thaw
 from thaw.adapters.vllm.server import resolve_path
+from thaw.testing.vllm_server import VLLMServer
 
 from .engine_configs import tiny_models
 from .engines import needs_vllm
@@ -24,56 +22,8 @@ PROMPT = [4 + (i * 37) % 500 for i in range(300)]
 BLOCK = 32
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m vllm.entrypoints.openai.api_server` (what `vllm serve` runs) as a subprocess."""
-
-    def __init__(self, model: str, snapshot_dir, log_path, *extra: str, env=None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-             "--port", str(self.port), "--host", "127.0.0.1", "--dtype", "float32", "--max-model-len", "2048",
-             "--block-size", str(BLOCK), "--kv-cache-memory-bytes", str(64 * 2**20), "--enable-prefix-caching",
-             "--enforce-eager", "--enable-prompt-tokens-details", "--api-key", KEY,
-             "--middleware", "thaw.adapters.vllm.server.ThawMiddleware", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(snapshot_dir),
-            env={**os.environ, "THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})})
-
-    def wait(self, timeout: float = 300) -> "Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=2).read()
-                return self
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError(f"server did not answer in {timeout} s; see {self.log.name}")
-
-    def complete(self, prompt, max_tokens=8):
-        from openai import OpenAI
-
-        client = OpenAI(base_url=self.url + "/v1", api_key=KEY)
-        out = client.completions.create(model=self.model_name, prompt=prompt, max_tokens=max_tokens,
-                                        temperature=0.0)
-        details = out.usage.prompt_tokens_details
-        return out.choices[0].text, (details.cached_tokens if details else 0) or 0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+ENGINE_ARGS = ("--dtype", "float32", "--max-model-len", "2048", "--block-size", str(BLOCK),
+               "--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager")
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +31,12 @@ def servers(tmp_path_factory):
     model = tiny_models(tmp_path_factory.mktemp("models"))[0]
     snaps = tmp_path_factory.mktemp("snapshots")
     logs = tmp_path_factory.mktemp("logs")
-    parent = Server(model, snaps, logs / "parent.log")
-    child = Server(model, snaps, logs / "child.log", "--load-format", "dummy",
-                   env={"VLLM_SERVER_DEV_MODE": "1"})  # /reset_prefix_cache, for the control
+    parent = VLLMServer(model, snaps, logs / "parent.log", *ENGINE_ARGS, api_key=KEY)
+    child = VLLMServer(model, snaps, logs / "child.log", *ENGINE_ARGS, "--load-format", "dummy", api_key=KEY,
+                       env={"VLLM_SERVER_DEV_MODE": "1"})  # /reset_prefix_cache, for the control
     try:
         for s in (parent, child):
             s.wait()
-            s.model_name = model
         yield parent, child, snaps
     finally:
         parent.stop()
@@ -124,9 +73,7 @@ def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
 
 
 def reset_prefix_cache(server) -> None:
-    req = urllib.request.Request(server.url + "/reset_prefix_cache", method="POST",
-                                 headers={"Authorization": f"Bearer {KEY}"})
-    urllib.request.urlopen(req).read()
+    server.post("/reset_prefix_cache")
 
 
 def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers):

@@ -141,6 +141,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    if args.tp is not None:
+        return _convert_tp(args)
+    if args.layout is None:
+        raise UsageError("convert needs --layout NAME (re-cut pages) or --tp N (re-shard KV heads)")
     from .core.layouts import named_layout
     from .core.recut import recut
     from .core.snapshot_io import load, save
@@ -158,6 +162,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
           f"({report.target_layout}) from {report.source_tokens} in pages of "
           f"{report.source_page_size} ({report.source_layout}); dropped {report.leaf_tokens_dropped} "
           f"tokens after the last whole page of a path and {report.requests_dropped} requests")
+    return 0
+
+
+def _convert_tp(args: argparse.Namespace) -> int:
+    from .core.tp import load_ranks, reshard, save_ranks
+
+    if args.layout is not None or args.page_size:
+        raise UsageError("convert does one thing at a time: --tp, or --layout/--page-size")
+    if args.tp < 1:
+        raise UsageError(f"--tp must be at least 1, not {args.tp}")
+    ranks = load_ranks(args.src)
+    paths = save_ranks(reshard(ranks, args.tp), args.dst)
+    report = {"source_ranks": len(ranks), "target_ranks": args.tp, "files": [str(p) for p in paths]}
+    print(json.dumps(report, indent=2) if args.json else
+          f"{args.dst}: {args.tp} ranks from {len(ranks)} (KV heads re-sharded, every element copied exactly)")
     return 0
 
 
@@ -246,10 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--children", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=16)
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("convert", help="re-cut a snapshot's KV pages and prefix tree for another engine's page size and layout")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--layout", required=True, help="target layout: " + _layout_names())
+    p = sub.add_parser("convert", help="re-cut a snapshot's KV pages and prefix tree for another engine's page "
+                       "size and layout, or re-shard its KV heads for another tensor-parallel size")
+    p.add_argument("src", help="a snapshot file, or (with --tp) a directory of rank files")
+    p.add_argument("dst", help="a snapshot file, or (with --tp N > 1) a directory for N rank files")
+    p.add_argument("--layout", default=None, help="target layout: " + _layout_names())
+    p.add_argument("--tp", type=int, default=None, help="target tensor-parallel size (rank-RRRRR-of-NNNNN.thaw files)")
     p.add_argument("--page-size", type=int, default=0, help="tokens per target page (default: the source's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)

