@@ -50,8 +50,9 @@ class EngineAdapter(ABC):
 
     @abstractmethod
     def restore(self, snapshot: StateSnapshot, *, weights: bool = True, requests: bool = True,
-                trust_unknown_weights: bool = False) -> dict[str, Any]:
-        """Hydrates the engine from `snapshot`; returns a JSON-able report. With
+                trust_unknown_weights: bool = False) -> Any:
+        """Hydrates the engine from `snapshot`; returns a report: a JSON-able dict, or an
+        object whose `to_json()` gives one. Adapters may also take a path. With
         `weights=False` the engine keeps its weights, whose digest must be known and equal
         the snapshot's (`check_kv_weights`) unless `trust_unknown_weights`."""
 

@@ -9,7 +9,7 @@ import torch
 
 from thaw.core import EngineUnsupported, PagedKV, PrefixTree, RequestState, StateSnapshot, TensorData
 
-from .engine_access import (NO_FRONT, EngineParts, external_request_id, in_flight_requests,
+from .engine_access import (NO_FRONT, EngineParts, cached_blocks, external_request_id, in_flight_requests,
                             uncarried_request_features)
 from .recorder import BlockTokenRecorder
 from .worker_ops import gather_pages
@@ -32,25 +32,13 @@ class CaptureReport:
         return dict(self.__dict__)
 
 
-def _cached_blocks(parts: EngineParts) -> dict[bytes, Any]:
-    from vllm.v1.core.kv_cache_utils import get_block_hash, get_group_id
-
-    out = {}
-    for blk in parts.block_pool.blocks:
-        key = blk.block_hash
-        if key is None or blk.is_null or get_group_id(key) != 0:
-            continue
-        out[bytes(get_block_hash(key))] = blk
-    return out
-
-
 def capture_prefix(parts: EngineParts, recorder: BlockTokenRecorder,
                    report: CaptureReport) -> tuple[PrefixTree, list[int], dict[bytes, int]]:
     """The token-keyed tree over every cached block whose tokens are known.
 
     Returns the tree, the engine block id of each snapshot page, and hash -> page.
     """
-    cached = _cached_blocks(parts)
+    cached = cached_blocks(parts.block_pool)
     recorder.prune(set(cached))
     report.cached_blocks = len(cached)
     children: dict[bytes | None, list[bytes]] = {}

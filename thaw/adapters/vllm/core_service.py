@@ -71,7 +71,6 @@ def thaw_call(core: Any, op: str, args: dict[str, Any]) -> dict[str, Any]:
 
 def install() -> None:
     """Adds `thaw_call` to vLLM's EngineCore class (idempotent)."""
-    from vllm.v1.engine.core import EngineCore
+    from .engine_access import add_engine_core_method
 
-    if "thaw_call" not in EngineCore.__dict__:
-        EngineCore.thaw_call = thaw_call
+    add_engine_core_method("thaw_call", thaw_call)

@@ -11,6 +11,7 @@ import torch
 
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError,
                        load, save)
+from thaw.core.adapter import EngineAdapter
 from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
@@ -28,7 +29,7 @@ SnapshotSource = Union[str, os.PathLike, StateSnapshot]
 logger = logging.getLogger("thaw.vllm")
 
 
-class VLLMHandle:
+class VLLMHandle(EngineAdapter):
     """Bound to one vLLM engine core, in the process the core runs in: the caller's for an
     in-process `LLM`, the EngineCore process otherwise (see `core_service`). Call its
     methods only while the engine is idle (between `generate` calls or `step`s), from the
@@ -103,10 +104,7 @@ class VLLMHandle:
 
     def status(self) -> dict[str, Any]:
         """Identity, block counts and in-flight requests, as plain JSON."""
-        bp = self.parts.block_pool
-        return {"engine": "vllm", "identity": self.identity().to_json(),
-                "free_blocks": bp.get_num_free_blocks(), "num_blocks": bp.num_gpu_blocks,
-                "cached_blocks": sum(1 for b in bp.blocks if b.block_hash is not None),
+        return {"engine": "vllm", "identity": self.identity().to_json(), **engine_access.counts(self.parts.block_pool),
                 "requests_in_flight": len(engine_access.in_flight_requests(self.parts)),
                 "model_in_worker_process": self.parts.workers is not None,
                 "kv_prefault": sorted(self.kv_prefault), "kv_prefault_seconds": self.kv_prefault_seconds}

@@ -14,7 +14,7 @@ import torch
 
 from thaw.core import EngineUnsupported, StateSnapshot, ThawError, convert_pages
 
-from .engine_access import EngineParts
+from .engine_access import EngineParts, PoolEdit
 from .pages import page_depths, page_index, page_parents, page_record
 from .worker_ops import scatter_pages
 from .recorder import BlockTokenRecorder
@@ -51,22 +51,19 @@ class KVPlacement:
 
     def __init__(self, parts: EngineParts, snap: StateSnapshot, hashes: list[bytes],
                  report: RestoreReport) -> None:
-        from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
-
         self.parts, self.snap, self.hashes, self.report = parts, snap, hashes, report
-        self.keys = [make_block_hash_with_group_id(h, 0) for h in hashes]
-        bp = parts.block_pool
+        self.pool = PoolEdit(parts.block_pool, hashes)
         existing = {}
-        for page, key in enumerate(self.keys):
-            blk = bp.cached_block_hash_to_block.get_one_block(key)
+        for page in range(len(hashes)):
+            blk = self.pool.cached(page)
             if blk is not None:
                 existing[page] = blk
         self.held = list(existing.values())
         self.needed = [p for p in range(len(hashes)) if p not in existing]
         report.pages_already_cached = len(existing)
-        free = bp.get_num_free_blocks() - sum(1 for b in self.held if b.ref_cnt == 0)
+        free = self.pool.free_count() - sum(1 for b in self.held if b.ref_cnt == 0)
         if len(self.needed) > free:
-            raise ThawError(f"the engine has {bp.get_num_free_blocks()} free KV blocks; the snapshot "
+            raise ThawError(f"the engine has {self.pool.free_count()} free KV blocks; the snapshot "
                             f"needs {len(self.needed)} more (pages not already cached)")
         self.fresh: list = []
         self.inserted: list = []
@@ -77,9 +74,8 @@ class KVPlacement:
         return len(self.needed) == len(self.hashes)
 
     def allocate(self) -> None:
-        bp = self.parts.block_pool
-        bp.touch(self.held)  # keep hit blocks from being evicted while allocating
-        self.fresh = bp.get_new_blocks(len(self.needed)) if self.needed else []
+        self.pool.hold(self.held)  # keep hit blocks from being evicted while allocating
+        self.fresh = self.pool.take(len(self.needed))
 
     def move(self, pages: Optional[list[torch.Tensor]], resident: Optional[torch.Tensor] = None) -> None:
         """Writes the needed pages into the allocated blocks: for CPU engines from `pages`
@@ -172,29 +168,28 @@ class KVPlacement:
         self._staged = upload_checked(host, staging, expected_crcs=expected, chunk_size=chunk_size, names=names)
 
     def register(self, recorder: BlockTokenRecorder) -> None:
-        bp, snap, hashes = self.parts.block_pool, self.snap, self.hashes
+        snap, hashes = self.snap, self.hashes
         parents = page_parents(snap)
         depth = page_depths(snap)
         index = page_index(snap)
         for page, blk in zip(self.needed, self.fresh):
-            bp._insert_block_hash(self.keys[page], blk, num_tokens=(depth[page] + 1) * self.parts.block_size)
+            self.pool.register(page, blk, num_tokens=(depth[page] + 1) * self.parts.block_size)
             self.inserted.append(blk)
             parent = parents[page]
             recorder.add(hashes[page], page_record(snap, index, page,
                                                     hashes[parent] if parent is not None else None))
         # Deepest pages first: they are evicted before their parents, as vLLM itself orders it.
         order = sorted(zip(self.needed, self.fresh), key=lambda pb: -depth[pb[0]])
-        bp.free_blocks([b for _, b in order])
-        bp.free_blocks(self.held)
+        self.pool.release([b for _, b in order])
+        self.pool.release(self.held)
         self.report.pages_written = len(self.needed)
         self.fresh, self.held = [], []
 
     def rollback(self) -> None:
         if self.parts.workers is not None:
             self.parts.workers.call("release")
-        bp = self.parts.block_pool
         for blk in self.inserted:
-            bp._maybe_evict_cached_block(blk)
-        bp.free_blocks(self.fresh)
-        bp.free_blocks(self.held)
+            self.pool.evict(blk)
+        self.pool.release(self.fresh)
+        self.pool.release(self.held)
         self.fresh, self.held, self.inserted = [], [], []

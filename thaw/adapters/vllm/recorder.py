@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .engine_access import cached_blocks, unwrap_cache_full_blocks, wrap_cache_full_blocks
+
 
 @dataclass(frozen=True)
 class BlockRecord:
@@ -40,8 +42,7 @@ class BlockTokenRecorder:
         self.since_pool_start = since_pool_start
         self.records: dict[bytes, BlockRecord] = {}
         self.prune_above = 2 * int(getattr(block_pool, "num_gpu_blocks", 0)) + 64
-        self._original = block_pool.cache_full_blocks
-        block_pool.cache_full_blocks = self._cache_full_blocks
+        self._original = wrap_cache_full_blocks(block_pool, self._cache_full_blocks)
         setattr(block_pool, POOL_ATTRIBUTE, self)
 
     @classmethod
@@ -77,10 +78,7 @@ class BlockTokenRecorder:
 
     def live_hashes(self) -> set[bytes]:
         """Hashes of the blocks the pool caches now (KV cache group 0)."""
-        from vllm.v1.core.kv_cache_utils import get_block_hash, get_group_id
-
-        return {bytes(get_block_hash(b.block_hash)) for b in self.block_pool.blocks
-                if b.block_hash is not None and not b.is_null and get_group_id(b.block_hash) == 0}
+        return set(cached_blocks(self.block_pool))
 
     def add(self, block_hash: bytes, record: BlockRecord) -> None:
         self.records[block_hash] = record
@@ -90,6 +88,6 @@ class BlockTokenRecorder:
         self.records = {h: r for h, r in self.records.items() if h in live}
 
     def detach(self) -> None:
-        self.block_pool.cache_full_blocks = self._original
+        unwrap_cache_full_blocks(self.block_pool, self._original)
         if getattr(self.block_pool, POOL_ATTRIBUTE, None) is self:
             delattr(self.block_pool, POOL_ATTRIBUTE)

@@ -21,7 +21,7 @@ from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestSta
 
 from thaw.core.recut import fit_for_restore
 
-from .engine_access import NO_FRONT, EngineParts, request_rejections
+from .engine_access import NO_FRONT, EngineParts, block_hasher, engine_block_hashes, request_rejections
 from .recorder import BlockTokenRecorder
 from .kv_placement import KVPlacement, RestoreReport
 from .weights import WeightsLoad
@@ -41,12 +41,9 @@ def _salt(extra_key: Optional[str], node: int) -> Optional[str]:
 
 def derive_hashes(parts: EngineParts, snap: StateSnapshot) -> list[bytes]:
     """The target engine's own block hash for every snapshot page (same order as pages)."""
-    from vllm.utils.hashing import get_hash_fn_by_name
-    from vllm.v1.core.kv_cache_utils import hash_block_tokens
-
     tree = snap.prefix
     bs = tree.page_size
-    fn = get_hash_fn_by_name(parts.core.vllm_config.cache_config.prefix_caching_hash_algo)
+    hash_block = block_hasher(parts)
     page_hash: dict[int, bytes] = {}
     last_hash: dict[int, bytes] = {}
     for i, node in enumerate(tree.nodes):
@@ -54,23 +51,17 @@ def derive_hashes(parts: EngineParts, snap: StateSnapshot) -> list[bytes]:
         salt = _salt(tree.key_of(i), i) if node.parent < 0 else None
         for k, page in enumerate(node.pages):
             extra = (("cache_salt", salt),) if salt and k == 0 and node.parent < 0 else None
-            parent = hash_block_tokens(fn, parent, node.tokens[k * bs:(k + 1) * bs], extra)
-            page_hash[page] = bytes(parent)
+            parent = hash_block(parent, node.tokens[k * bs:(k + 1) * bs], extra)
+            page_hash[page] = parent
         last_hash[i] = parent
     return [page_hash[p] for p in range(len(page_hash))]
 
 
 def check_hasher_agrees(parts: EngineParts, snap: StateSnapshot, hashes: list[bytes]) -> None:
     """Guards against silent zero hits: our derivation must equal the engine's own hasher."""
-    from vllm import SamplingParams
-    from vllm.v1.request import Request
-
     for leaf in snap.prefix.leaves()[:1]:
         tokens, pages = snap.prefix.path(leaf)
-        salt = snap.prefix.key_of(leaf)
-        req = Request("thaw-hash-check", tokens, SamplingParams(max_tokens=1), None,
-                      cache_salt=_salt(salt, leaf), block_hasher=parts.core.request_block_hasher)
-        engine = [bytes(h) for h in req.block_hashes[:len(pages)]]
+        engine = engine_block_hashes(parts, tokens, _salt(snap.prefix.key_of(leaf), leaf))[:len(pages)]
         if engine != [hashes[p] for p in pages]:
             raise EngineUnsupported("this vLLM derives block hashes differently from thaw's "
                                     "derivation; refusing a restore that would never be hit")

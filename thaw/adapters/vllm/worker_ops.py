@@ -26,6 +26,7 @@ from thaw.core.kv_layout import KVLayout
 from thaw.core.prefault import populate_for_write
 from thaw.core.schema import Identity, PagedKV, RequestState
 
+from .engine_access import worker_kv_caches, worker_reload_weights
 from .pages import runs
 
 
@@ -74,7 +75,7 @@ class _WorkerSide:
 
     @property
     def kv_caches(self) -> list[torch.Tensor]:
-        return list(self.worker.model_runner.kv_caches)
+        return worker_kv_caches(self.worker)
 
     def describe(self) -> dict[str, Any]:
         from .engine_access import kv_layout
@@ -140,7 +141,7 @@ class _WorkerSide:
         if self.staged_weights is None:
             raise ThawError("internal: no weights were staged in this worker")
         weights, self.staged_weights = self.staged_weights, None
-        self.worker.reload_weights(weights_iterator=weights)
+        worker_reload_weights(self.worker, weights)
         return {"weights": len(weights)}
 
     def release(self) -> dict:
@@ -169,7 +170,6 @@ def thaw_worker_call(wrapper: Any, op: str, args: dict[str, Any]) -> dict[str, A
 
 def install() -> None:
     """Adds `thaw_worker_call` to vLLM's WorkerWrapperBase class (idempotent)."""
-    from vllm.v1.worker.worker_base import WorkerWrapperBase
+    from .engine_access import add_worker_method
 
-    if "thaw_worker_call" not in WorkerWrapperBase.__dict__:
-        WorkerWrapperBase.thaw_worker_call = thaw_worker_call
+    add_worker_method("thaw_worker_call", thaw_worker_call)

@@ -1,4 +1,4 @@
-"""How thaw reaches into a vLLM engine: the one place that knows vLLM's internal paths.
+"""A vLLM engine's parts: versions, the engine core and its worker, KV layouts, identity.
 
 Two places hold an engine's parts. The EngineCore (in the caller's process for an
 in-process `LLM`, in its own process otherwise) holds the scheduler, the block pool and,
@@ -15,7 +15,7 @@ are attempted, others refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -23,8 +23,9 @@ from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane, config_dig
 from thaw.core.dtypes import dtype_name
 from thaw.core.layouts import vllm_cpu_amx, vllm_cpu_vec
 
-from ..checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
-from ..request_fields import changed_fields
+from ...checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
+from .requests import RequestFront
+from .workers import RemoteWorkers
 
 SUPPORTED_RANGE = ((0, 26), (0, 33))  # [0.26, 0.33)
 TESTED_VERSIONS = ("0.32.0 (vllm-cpu, CPU attention 'vec', 'vec16' and 'amx')", "0.26.0 (CUDA, FlashAttention)")
@@ -47,65 +48,6 @@ def check_version(version: str) -> None:
         raise EngineUnsupported(
             f"vLLM {version} is outside the supported range "
             f"{'.'.join(map(str, lo))} <= version < {'.'.join(map(str, hi))}")
-
-
-class RequestFront:
-    """The client half of an in-process engine: request ids as the caller knows them,
-    queueing and aborting requests whose outputs reach the caller."""
-
-    def __init__(self, llm: Any) -> None:
-        self.engine = llm.llm_engine
-
-    def _states(self) -> dict[str, Any]:
-        return self.engine.output_processor.request_states
-
-    def external_id(self, internal_id: str) -> str:
-        state = self._states().get(internal_id)
-        return getattr(state, "external_req_id", None) or internal_id
-
-    def parallel_sampling_n(self, internal_id: str) -> int:
-        """n of the request this one is a child of (vLLM fans n > 1 out into children), else 1."""
-        parent = getattr(self._states().get(internal_id), "parent_req", None)
-        return int(parent.n) if parent is not None else 1
-
-    def live_ids(self) -> set[str]:
-        states = self._states()
-        return set(states) | {s.external_req_id for s in states.values()}
-
-    def add_request(self, request_id: str, prompt: dict[str, Any], params: Any) -> None:
-        self.engine.add_request(request_id, prompt, params)
-
-    def abort(self, request_ids: list[str]) -> None:
-        self.engine.abort_request(request_ids)
-
-
-class RemoteWorkers:
-    """The model's worker processes of an engine whose executor runs them outside the core
-    (vLLM's multiprocess executor), reached through `collective_rpc` to thaw's
-    `thaw_worker_call` (see `worker_ops`). Tensor parallel size 1: one worker."""
-
-    def __init__(self, core: Any) -> None:
-        self.core = core
-
-    def call(self, op: str, **args: Any) -> Any:
-        from thaw.core.errors import rebuild_error
-
-        try:
-            replies = self.core.collective_rpc("thaw_worker_call", args=(op, args))
-        except NotImplementedError as exc:
-            raise EngineUnsupported(f"thaw's vLLM plugin is not active in the engine's worker process ({exc}); "
-                                    "install thaw where vLLM runs and keep it in VLLM_PLUGINS if that is set") from None
-        reply = replies[0]
-        if reply["ok"]:
-            return reply["result"]
-        if reply["type"] in ("FileNotFoundError", "PermissionError", "OSError"):
-            raise OSError(f"in the vLLM worker process: {reply['message']}")
-        raise rebuild_error(reply["type"], reply["message"], "in the vLLM worker", reply.get("traceback", ""))
-
-
-NO_FRONT = ("in-flight requests are carried only by an in-process vLLM engine "
-            "(VLLM_ENABLE_V1_MULTIPROCESSING=0), where thaw also sees the caller's request ids; "
-            "this engine runs its core in another process")
 
 
 @dataclass
@@ -175,7 +117,7 @@ def reach(llm: Any) -> EngineParts:
     return reach_core(core, RequestFront(llm))
 
 
-def reach_core(core: Any, front: Optional["RequestFront"] = None) -> EngineParts:
+def reach_core(core: Any, front: Optional[RequestFront] = None) -> EngineParts:
     """Finds the block pool and KV tensors of an EngineCore (in the process it runs in), or
     says exactly what to change."""
     check_version(vllm_version())
@@ -204,7 +146,7 @@ def reach_core(core: Any, front: Optional["RequestFront"] = None) -> EngineParts
     if driver is None:
         return _parts_with_workers(core, front, scheduler, block_pool, num_layers)
     runner = driver.worker.model_runner
-    kv_caches = list(getattr(runner, "kv_caches", []) or [])
+    kv_caches = worker_kv_caches(driver.worker)
     if len(kv_caches) != num_layers or not all(isinstance(t, torch.Tensor) for t in kv_caches):
         raise EngineUnsupported(
             f"model runner {type(runner).__name__} does not expose one KV tensor per layer "
@@ -231,26 +173,6 @@ def _parts_with_workers(core: Any, front: Optional[RequestFront], scheduler: Any
     layout = KVLayout.from_json(info["layout"]) if info["layout"] else None
     return EngineParts(front, core, scheduler, block_pool, None, [], layout, info["problem"],
                        core.vllm_config.cache_config.block_size, workers)
-
-
-def on_new_block_pool(name: str, hook: Callable[[Any], None]) -> None:
-    """Runs `hook(pool)` at the end of every vLLM BlockPool built from now on in this
-    process (once per `name`, however often this is called)."""
-    from vllm.v1.core.block_pool import BlockPool
-
-    hooks = BlockPool.__dict__.get("_thaw_init_hooks")
-    if hooks is None:
-        hooks = {}
-        original = BlockPool.__init__
-
-        def init_then_hooks(self: Any, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            for each in type(self)._thaw_init_hooks.values():
-                each(self)
-
-        BlockPool._thaw_init_hooks = hooks
-        BlockPool.__init__ = init_then_hooks
-    hooks.setdefault(name, hook)
 
 
 def _attention_layers(core: Any) -> list[Any]:
@@ -330,51 +252,29 @@ def reload_weights(parts: EngineParts, weights: list[tuple[str, torch.Tensor]]) 
     parts.core.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
 
 
-# SamplingParams fields that change only how output is reported, never which tokens are
-# generated or when a request stops: a resumed request may drop them.
-OUTPUT_ONLY_SAMPLING_FIELDS = frozenset({
-    "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
-    "output_kind", "stream_interval", "skip_clone", "output_text_buffer_length", "flat_logprobs"})
 
 
-def request_rejections() -> tuple[type[BaseException], ...]:
-    """What building a request vLLM does not accept raises: ValueError and friends, and on
-    releases that have it (0.32; not 0.26) vLLM's own client-error class."""
-    import importlib.util
+def add_engine_core_method(name: str, fn: Any) -> None:
+    """Adds `fn` as method `name` of vLLM's EngineCore (served by vLLM's utility calls)."""
+    from vllm.v1.engine.core import EngineCore
 
-    out: tuple[type[BaseException], ...] = (KeyError, TypeError, ValueError)
-    if importlib.util.find_spec("vllm.exceptions") is not None:
-        from vllm.exceptions import VLLMClientError
-
-        out += (VLLMClientError,)
-    return out
+    if name not in EngineCore.__dict__:
+        setattr(EngineCore, name, fn)
 
 
-def uncarried_request_features(parts: EngineParts, req: Any, carried: tuple[str, ...]) -> list[str]:
-    """What an in-flight vLLM request uses that a snapshot of `carried` sampling fields
-    would lose: every SamplingParams field set away from its default (other than those
-    carried, derived `_` fields and output-only ones), membership in an n > 1 request
-    (vLLM fans those out into children with n=1), and LoRA, multimodal or prompt-embeds
-    inputs."""
-    from vllm import SamplingParams
+def add_worker_method(name: str, fn: Any) -> None:
+    """Adds `fn` as method `name` of vLLM's WorkerWrapperBase (reached by collective_rpc)."""
+    from vllm.v1.worker.worker_base import WorkerWrapperBase
 
-    out = changed_fields(req.sampling_params, SamplingParams(), (*carried, *OUTPUT_ONLY_SAMPLING_FIELDS))
-    n = parts.front.parallel_sampling_n(req.request_id) if parts.front is not None else 1
-    if n != 1:
-        out.append(f"sampling.n={n} (one of its parallel samples)")
-    if getattr(req, "lora_request", None) is not None:
-        out.append("LoRA adapter")
-    if getattr(req, "mm_features", None):
-        out.append("multimodal inputs")
-    if getattr(req, "prompt_embeds", None) is not None:
-        out.append("prompt embeddings")
-    return out
+    if name not in WorkerWrapperBase.__dict__:
+        setattr(WorkerWrapperBase, name, fn)
 
 
-def external_request_id(parts: EngineParts, internal_id: str) -> str:
-    return parts.front.external_id(internal_id) if parts.front is not None else internal_id
+def worker_kv_caches(worker: Any) -> list[torch.Tensor]:
+    """The KV tensor of every layer, as a vLLM worker (in whatever process) holds them."""
+    return list(getattr(worker.model_runner, "kv_caches", []) or [])
 
 
-def in_flight_requests(parts: EngineParts) -> list[Any]:
-    """Requests the scheduler holds (running, then waiting)."""
-    return list(parts.scheduler.running) + list(parts.scheduler.waiting)
+def worker_reload_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Loads checkpoint-named tensors through the worker's own weight-reload path."""
+    worker.reload_weights(weights_iterator=weights)

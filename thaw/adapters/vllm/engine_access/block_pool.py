@@ -1,0 +1,88 @@
+"""vLLM's BlockPool, every call thaw makes on it (public and private alike), for one KV
+cache group (group 0). Block hashes cross this boundary as bytes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+
+def on_new_block_pool(name: str, hook: Callable[[Any], None]) -> None:
+    """Runs `hook(pool)` at the end of every vLLM BlockPool built from now on in this
+    process (once per `name`, however often this is called)."""
+    from vllm.v1.core.block_pool import BlockPool
+
+    hooks = BlockPool.__dict__.get("_thaw_init_hooks")
+    if hooks is None:
+        hooks = {}
+        original = BlockPool.__init__
+
+        def init_then_hooks(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            for each in type(self)._thaw_init_hooks.values():
+                each(self)
+
+        BlockPool._thaw_init_hooks = hooks
+        BlockPool.__init__ = init_then_hooks
+    hooks.setdefault(name, hook)
+
+
+def cached_blocks(pool: Any) -> dict[bytes, Any]:
+    """Every block the pool caches now, by its hash."""
+    from vllm.v1.core.kv_cache_utils import get_block_hash, get_group_id
+
+    out = {}
+    for blk in pool.blocks:
+        key = blk.block_hash
+        if key is None or blk.is_null or get_group_id(key) != 0:
+            continue
+        out[bytes(get_block_hash(key))] = blk
+    return out
+
+
+def counts(pool: Any) -> dict[str, int]:
+    return {"free_blocks": pool.get_num_free_blocks(), "num_blocks": pool.num_gpu_blocks,
+            "cached_blocks": sum(1 for b in pool.blocks if b.block_hash is not None)}
+
+
+def wrap_cache_full_blocks(pool: Any, wrapper: Callable[..., None]) -> Callable[..., None]:
+    """Routes the pool's `cache_full_blocks` through `wrapper`; returns the original."""
+    original = pool.cache_full_blocks
+    pool.cache_full_blocks = wrapper
+    return original
+
+
+def unwrap_cache_full_blocks(pool: Any, original: Callable[..., None]) -> None:
+    pool.cache_full_blocks = original
+
+
+class PoolEdit:
+    """What a restore does to the pool: find cached blocks, take fresh ones, register
+    their hashes, and undo. Keys are made once from the hashes (group 0)."""
+
+    def __init__(self, pool: Any, hashes: list[bytes]) -> None:
+        from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
+
+        self.pool = pool
+        self.keys = [make_block_hash_with_group_id(h, 0) for h in hashes]
+
+    def cached(self, page: int) -> Optional[Any]:
+        return self.pool.cached_block_hash_to_block.get_one_block(self.keys[page])
+
+    def free_count(self) -> int:
+        return self.pool.get_num_free_blocks()
+
+    def hold(self, blocks: list[Any]) -> None:
+        """Keeps cached blocks from eviction while fresh ones are taken."""
+        self.pool.touch(blocks)
+
+    def take(self, n: int) -> list[Any]:
+        return self.pool.get_new_blocks(n) if n else []
+
+    def register(self, page: int, block: Any, num_tokens: int) -> None:
+        self.pool._insert_block_hash(self.keys[page], block, num_tokens=num_tokens)
+
+    def evict(self, block: Any) -> None:
+        self.pool._maybe_evict_cached_block(block)
+
+    def release(self, blocks: list[Any]) -> None:
+        self.pool.free_blocks(blocks)
