@@ -41,23 +41,12 @@ def _mul_mod_poly(a: int, b: int) -> int:
     return product
 
 
-def crc32c_combine(crc_a: int, crc_b: int, len_b: int) -> int:
-    """CRC of A||B from crc(A), crc(B) and len(B)."""
-    shift = 0x80000000  # x^0
-    power = 0x40000000  # x^1, squared up to x^(2^k)
-    exponent = 8 * len_b
-    while exponent:
-        if exponent & 1:
-            shift = _mul_mod_poly(power, shift)
-        power = _mul_mod_poly(power, power)
-        exponent >>= 1
-    return _mul_mod_poly(shift, crc_a) ^ crc_b
-
-
+_X = 0x40000000  # x^1 in this bit order (x^0 is 0x80000000)
 _X_INVERSE = 0x05EC76F1  # x^-1 modulo the CRC32C polynomial, in the same bit order
 
 
 def _power(base: int, exponent: int) -> int:
+    """base^exponent modulo the polynomial, by squaring."""
     result = 0x80000000  # x^0
     while exponent:
         if exponent & 1:
@@ -65,6 +54,11 @@ def _power(base: int, exponent: int) -> int:
         base = _mul_mod_poly(base, base)
         exponent >>= 1
     return result
+
+
+def crc32c_combine(crc_a: int, crc_b: int, len_b: int) -> int:
+    """CRC of A||B from crc(A), crc(B) and len(B)."""
+    return _mul_mod_poly(_power(_X, 8 * len_b), crc_a) ^ crc_b
 
 
 def crc32c_strip_zeros(crc_padded: int, n_zeros: int) -> int:
