@@ -243,3 +243,18 @@ def test_save_refuses_metadata_that_would_not_read_back(tmp_path, place, value, 
     with pytest.raises(thaw.SchemaError, match=match):
         thaw.save(snap, tmp_path / "s.thaw")
     assert not list(tmp_path.iterdir())
+
+
+def test_metadata_as_deep_as_a_header_allows_saves_and_loads_back(tmp_path):
+    """Save counts nesting where the value sits in the header, as the loader does: the
+    deepest extras the loader reads back are accepted, one level more is refused at save."""
+    import functools
+
+    deepest = 64 - 3  # header -> meta -> extras -> "d" -> the nested lists
+    snap = small_snapshot()
+    snap.extras = {"d": functools.reduce(lambda v, _: [v], range(deepest), 0)}
+    thaw.save(snap, tmp_path / "deep.thaw")
+    assert thaw.load(tmp_path / "deep.thaw").extras == snap.extras
+    snap.extras = {"d": [snap.extras["d"]]}
+    with pytest.raises(thaw.SchemaError, match="nested deeper"):
+        thaw.save(snap, tmp_path / "deeper.thaw")

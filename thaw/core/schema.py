@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import IdentityMismatch, SchemaError
+from .format import MAX_DEPTH
 from .kv_layout import KVLayout
 from .prefix import PrefixTree
 from .tensor_data import TensorData
@@ -49,15 +50,19 @@ def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-MAX_JSON_DEPTH = 64  # the header parser refuses deeper nesting
+# Where metadata sits in a file's header, {"meta": {"identity": ..., "extras": ...,
+# "requests": [{"sampling": ...}]}}, counted as the header parser counts nesting.
+META_FIELD_DEPTH = 2  # identity, extras
+REQUEST_FIELD_DEPTH = 4  # a request's fields
 
 
-def check_plain_json(value: Any, where: str, depth: int = 0) -> None:
+def check_plain_json(value: Any, where: str, depth: int) -> None:
     """Refuses (SchemaError, naming the place) what would not read back as written: keys
     that are not strings, numbers that are not finite, strings that are not valid Unicode
-    (lone surrogates), types JSON lacks, nesting past MAX_JSON_DEPTH."""
-    if depth > MAX_JSON_DEPTH:
-        raise SchemaError(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
+    (lone surrogates), types JSON lacks, nesting past the header parser's MAX_DEPTH when
+    `value` sits at `depth` in the header."""
+    if depth > MAX_DEPTH:
+        raise SchemaError(f"{where}: nested deeper than the {MAX_DEPTH} levels a header may use")
     if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
@@ -266,12 +271,12 @@ class StateSnapshot:
 
     def validate(self) -> None:
         """Cross-checks the parts against each other; raises SchemaError naming the field."""
-        check_plain_json(self.identity.to_json(), "identity")
-        check_plain_json(self.extras, "extras")
+        check_plain_json(self.identity.to_json(), "identity", META_FIELD_DEPTH)
+        check_plain_json(self.extras, "extras", META_FIELD_DEPTH)
         for req in self.requests:
-            check_plain_json(req.request_id, "request id")
-            check_plain_json(req.sampling, f"request {req.request_id!r}: sampling")
-            check_plain_json(req.extra, f"request {req.request_id!r}: extra")
+            check_plain_json(req.request_id, "request id", REQUEST_FIELD_DEPTH)
+            check_plain_json(req.sampling, f"request {req.request_id!r}: sampling", REQUEST_FIELD_DEPTH)
+            check_plain_json(req.extra, f"request {req.request_id!r}: extra", REQUEST_FIELD_DEPTH)
         if not isinstance(self.weights_format, str) or not WEIGHTS_FORMAT_NAME.fullmatch(self.weights_format):
             raise SchemaError(f"weights_format: {self.weights_format!r} is not a format name "
                               "(lowercase letters, digits, '.', '_' and '-')")
