@@ -73,3 +73,20 @@ def rebuild_error(type_name: str, message: str, where: str, detail: str = "") ->
         Exception.__init__(exc, message)
         return exc
     return ThawError(f"{where}: {type_name}: {message}" + (f"\n{detail}" if detail else ""))
+
+
+OS_ERROR_TYPES = frozenset({"FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError",
+                            "OSError"})
+
+
+def reply_result(reply: object, where: str) -> object:
+    """The result of an ``{"ok", ...}`` reply from another process (`where`, e.g. "in the
+    vLLM worker process"), or its error raised: an operating-system error as OSError, a
+    ThawError as the same type (`rebuild_error`), anything else as a ThawError naming it."""
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise ThawError(f"unexpected reply from {where}: {reply!r:.200}")
+    if reply["ok"]:
+        return reply["result"]
+    if reply["type"] in OS_ERROR_TYPES:
+        raise OSError(f"{where}: {reply['message']}")
+    raise rebuild_error(reply["type"], reply["message"], where, reply.get("traceback", ""))

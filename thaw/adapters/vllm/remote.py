@@ -14,29 +14,17 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Union
 
-from thaw.core import Identity, ThawError
-from thaw.core.errors import rebuild_error
+from thaw.core import Identity
+from thaw.core.errors import reply_result
 
 PathLike = Union[str, os.PathLike]
 
 
-OS_ERRORS = ("FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError", "OSError")
-
-
-def raise_for(reply: Any) -> Any:
-    """The result of a `thaw_call` reply, or its error raised with the type it had there
-    (a file the core could not open as OSError)."""
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise ThawError(f"unexpected reply from the vLLM engine core: {reply!r:.200}")
-    if reply["ok"]:
-        return reply["result"]
-    if reply["type"] in OS_ERRORS:
-        raise OSError(f"in the vLLM engine core process: {reply['message']}")
-    raise rebuild_error(reply["type"], reply["message"], "in the vLLM engine core", reply.get("traceback", ""))
+CORE = "in the vLLM engine core process"  # where errors of `thaw_call` were raised
 
 
 def _args(path: Optional[PathLike], prefault_kv: bool, **kwargs: Any) -> dict[str, Any]:
-    out = {k: v for k, v in kwargs.items()}
+    out = dict(kwargs)
     if path is not None:
         out["path"] = os.path.abspath(os.fspath(path))  # the core may run in another directory
     out["prefault_kv"] = prefault_kv
@@ -53,7 +41,7 @@ class RemoteVLLMHandle:
         self.status()  # binds thaw in the core now (and backs its KV buffer), or says why not
 
     def _call(self, op: str, path: Optional[PathLike] = None, **kwargs: Any) -> Any:
-        return raise_for(self.client.call_utility("thaw_call", op, _args(path, self.prefault_kv, **kwargs)))
+        return reply_result(self.client.call_utility("thaw_call", op, _args(path, self.prefault_kv, **kwargs)), CORE)
 
     def identity(self) -> Identity:
         return Identity.from_json(self._call("identity"))
@@ -88,7 +76,7 @@ class AsyncVLLMHandle:
 
     async def _call(self, op: str, path: Optional[PathLike] = None, **kwargs: Any) -> Any:
         reply = await self.client.call_utility_async("thaw_call", op, _args(path, self.prefault_kv, **kwargs))
-        return raise_for(reply)
+        return reply_result(reply, CORE)
 
     async def bind(self) -> dict[str, Any]:
         """Binds thaw in the core (backs its KV buffer); returns `status()`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from thaw.core import EngineUnsupported
+from thaw.core.errors import reply_result
 
 
 class RemoteWorkers:
@@ -16,16 +17,9 @@ class RemoteWorkers:
         self.core = core
 
     def call(self, op: str, **args: Any) -> Any:
-        from thaw.core.errors import rebuild_error
-
         try:
             replies = self.core.collective_rpc("thaw_worker_call", args=(op, args))
         except NotImplementedError as exc:
             raise EngineUnsupported(f"thaw's vLLM plugin is not active in the engine's worker process ({exc}); "
                                     "install thaw where vLLM runs and keep it in VLLM_PLUGINS if that is set") from None
-        reply = replies[0]
-        if reply["ok"]:
-            return reply["result"]
-        if reply["type"] in ("FileNotFoundError", "PermissionError", "OSError"):
-            raise OSError(f"in the vLLM worker process: {reply['message']}")
-        raise rebuild_error(reply["type"], reply["message"], "in the vLLM worker", reply.get("traceback", ""))
+        return reply_result(replies[0], "in the vLLM worker process")
