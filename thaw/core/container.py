@@ -107,6 +107,13 @@ def sweep_directory(directory: str | os.PathLike) -> list[Path]:
     return [entry for entry in Path(directory).iterdir() if _remove_if_writer_gone(entry)]
 
 
+def file_key(path: str | os.PathLike) -> tuple:
+    """Which file is at `path` now (real path, inode, size, modification time): a file
+    replaced or rewritten there gets a new key, for caches of opened snapshots."""
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -12,6 +12,7 @@ import torch
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError,
                        load, save)
 from thaw.core.adapter import EngineAdapter
+from thaw.core.container import file_key
 from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
@@ -196,7 +197,7 @@ class VLLMHandle(EngineAdapter):
 
                 self._resident = None  # the previous file's pages go before the next are placed
                 names = [layer._section for layer in snap.kv.layers]
-                self._resident = (_file_key(path), upload_sections(reg, names, self.parts.kv_caches[0].device))
+                self._resident = (file_key(path), upload_sections(reg, names, self.parts.kv_caches[0].device))
         elif kv_on_device:
             raise EngineUnsupported("kv_on_device needs a CUDA engine; this one runs on the CPU")
         return time.perf_counter() - t0
@@ -211,7 +212,7 @@ class VLLMHandle(EngineAdapter):
 
     def _resident_kv(self, container: Any) -> Optional[torch.Tensor]:
         """The KV pages `prepare(kv_on_device=True)` keeps for the file `container` is, if any."""
-        if self._resident is not None and self._resident[0] == _file_key(container.path):
+        if self._resident is not None and self._resident[0] == file_key(container.path):
             return self._resident[1]
         return None
 
@@ -254,7 +255,7 @@ class VLLMHandle(EngineAdapter):
         inode, size, modification time): forks restore the same file again and again, and
         re-reading a large file's header and section table cost them tens of milliseconds.
         Every section's bytes are still checked against their CRCs when read."""
-        key = _file_key(path)
+        key = file_key(path)
         if self._opened is None or self._opened[0] != key:
             self._opened = (key, load(path, verify=False))
         return self._opened[1]
@@ -265,7 +266,7 @@ class VLLMHandle(EngineAdapter):
         synchronous, so nothing is reading it any more)."""
         from thaw.core.gpu import RegisteredFile
 
-        key = _file_key(container.path)
+        key = file_key(container.path)
         if key not in self._registrations:
             self.release_prepared()
             self._registrations = {key: RegisteredFile(container)}
@@ -287,12 +288,6 @@ class VLLMHandle(EngineAdapter):
 
     def detach(self) -> None:
         self.recorder.detach()
-
-
-def _file_key(path: Union[str, os.PathLike]) -> tuple:
-    """Which file is at `path` now: replaced or rewritten files get a new key."""
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def report_missing_blocks(report: CaptureReport, *, strict: bool, recorder_from_start: bool) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from thaw.core import StateSnapshot, ThawError, TensorData, convert_pages, load, save
+from thaw.core.container import file_key
 from thaw.core.errors import error_reply
 from thaw.core.kv_layout import KVLayout
 from thaw.core.prefault import populate_for_write
@@ -72,6 +73,15 @@ class _WorkerSide:
         self.layout: KVLayout | None = None
         self.staged_kv: tuple[list[torch.Tensor], list[int]] | None = None
         self.staged_weights: list[tuple[str, torch.Tensor]] | None = None
+        self._opened: tuple[tuple, StateSnapshot] | None = None
+
+    def _open(self, path: str) -> StateSnapshot:
+        """The snapshot at `path`, opened once while it is the same file (a restore stages
+        its KV and its weights from one opening; every read is still CRC-checked)."""
+        key = file_key(path)
+        if self._opened is None or self._opened[0] != key:
+            self._opened = (key, load(path, verify=False))
+        return self._opened[1]
 
     @property
     def kv_caches(self) -> list[torch.Tensor]:
@@ -102,7 +112,7 @@ class _WorkerSide:
 
             tensors = read_checkpoint(weights["checkpoint_of"], dummy=False)
         elif weights.get("snapshot"):
-            tensors = {k: d.tensor() for k, d in load(weights["snapshot"], verify=False).weights.items()}
+            tensors = {k: d.tensor() for k, d in self._open(weights["snapshot"]).weights.items()}
         layers = gather_pages(self.kv_caches, block_ids, layout.page_elems)
         snap = StateSnapshot(identity=Identity.from_json(meta["identity"]),
                              weights={k: TensorData.of(v) for k, v in tensors.items()},
@@ -117,7 +127,7 @@ class _WorkerSide:
     def stage_kv(self, path: str, needed: list[int]) -> dict:
         """Maps the snapshot's KV layers (every chunk's CRC checked) and keeps them for
         `scatter_kv`; converted to this engine's layout where they differ."""
-        snap = load(path, verify=False)
+        snap = self._open(path)
         layers = [layer.mapped() for layer in snap.kv.layers]
         converted = snap.kv.layout != self.layout
         if converted:
@@ -133,7 +143,7 @@ class _WorkerSide:
         return {"kv_bytes": scatter_pages(self.kv_caches, layers, needed, block_ids)}
 
     def stage_weights(self, path: str) -> dict:
-        snap = load(path, verify=False)
+        snap = self._open(path)
         self.staged_weights = [(name, d.tensor()) for name, d in snap.weights.items()]  # each chunk checked
         return {"weights": len(self.staged_weights)}
 
