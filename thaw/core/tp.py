@@ -97,8 +97,6 @@ def _check_weights(snap: StateSnapshot) -> None:
 
 def split_heads(snap: StateSnapshot, size: int) -> list[StateSnapshot]:
     """`size` rank snapshots of a TP=1 snapshot: rank r holds heads [r*H/size, (r+1)*H/size)."""
-    import torch
-
     if snap.identity.tp_size != 1:
         raise SchemaError(f"split_heads takes a TP=1 snapshot; this one is rank {snap.identity.tp_rank} "
                           f"of {snap.identity.tp_size} (merge its ranks first)")
@@ -111,25 +109,16 @@ def split_heads(snap: StateSnapshot, size: int) -> list[StateSnapshot]:
         raise SchemaError(f"{heads} KV heads cannot be split evenly over {size} ranks (engines that "
                           "replicate KV heads when TP exceeds them are not supported)")
     dst = _rank_layout(src, heads // size)
-    identity = copy.deepcopy(snap.identity)
+    identity = snap.identity
     if snap.weights and not identity.weights_digest:  # every rank names the weights rank 0 holds
+        identity = copy.deepcopy(identity)
         identity.weights_digest = weights_digest(snap.weights)
     planes = [src.planes(layer.tensor().contiguous()) for layer in snap.kv.layers]
     out = []
     for rank in range(size):
         h0, h1 = rank * heads // size, (rank + 1) * heads // size
-        layers = []
-        for k, v in planes:
-            pages = torch.empty((k.shape[0], dst.page_elems), dtype=k.dtype)
-            dst.write_planes(pages, k[:, :, h0:h1], v[:, :, h0:h1])
-            layers.append(pages)
-        part = _copy_without_kv(snap, weights=rank == 0)
-        part.identity = copy.deepcopy(identity)
-        part.identity.num_kv_heads, part.identity.tp_rank, part.identity.tp_size = heads // size, rank, size
-        part.identity.kv_layout = dst.name
-        part.kv = PagedKV(dst, [TensorData.of(t) for t in layers])
-        part.validate()
-        out.append(part)
+        out.append(_with_kv(snap, identity, dst, [(k[:, :, h0:h1], v[:, :, h0:h1]) for k, v in planes],
+                            rank, size, weights=rank == 0))
     return out
 
 
@@ -158,20 +147,11 @@ def merge_ranks(ranks: list[StateSnapshot]) -> StateSnapshot:
                 raise SchemaError(f"rank {r}: its {what} differs from rank 0's; these are not ranks of one snapshot")
     src = first.kv.layout
     dst = _rank_layout(src, src.num_kv_heads * size)
-    layers = []
+    planes = []
     for i in range(len(first.kv.layers)):
         parts = [snap.kv.layout.planes(snap.kv.layers[i].tensor().contiguous()) for snap in ranks]
-        k = torch.cat([p[0] for p in parts], dim=2)
-        v = torch.cat([p[1] for p in parts], dim=2)
-        pages = torch.empty((k.shape[0], dst.page_elems), dtype=k.dtype)
-        dst.write_planes(pages, k, v)
-        layers.append(pages)
-    whole = _copy_without_kv(first, weights=True)
-    whole.identity.num_kv_heads, whole.identity.tp_rank, whole.identity.tp_size = dst.num_kv_heads, 0, 1
-    whole.identity.kv_layout = dst.name
-    whole.kv = PagedKV(dst, [TensorData.of(t) for t in layers])
-    whole.validate()
-    return whole
+        planes.append((torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2)))
+    return _with_kv(first, first.identity, dst, planes, 0, 1, weights=True)
 
 
 def reshard(ranks: list[StateSnapshot], size: int) -> list[StateSnapshot]:
@@ -180,11 +160,25 @@ def reshard(ranks: list[StateSnapshot], size: int) -> list[StateSnapshot]:
     return [whole] if size == 1 else split_heads(whole, size)
 
 
-def _copy_without_kv(snap: StateSnapshot, *, weights: bool) -> StateSnapshot:
-    return StateSnapshot(identity=copy.deepcopy(snap.identity), weights=dict(snap.weights) if weights else {},
-                         weights_format=snap.weights_format, prefix=copy.deepcopy(snap.prefix),
-                         requests=copy.deepcopy(snap.requests), extras=copy.deepcopy(snap.extras),
-                         extra_tensors=dict(snap.extra_tensors))
+def _with_kv(base: StateSnapshot, identity, layout: KVLayout, planes: list, rank: int, size: int, *,
+             weights: bool) -> StateSnapshot:
+    """`base` (its tree, requests, extras; its weights if `weights`) with `identity` for
+    rank `rank` of `size` and KV pages in `layout` holding K and V [N, P, H, D] of each layer."""
+    import torch
+
+    layers = []
+    for k, v in planes:
+        pages = torch.empty((k.shape[0], layout.page_elems), dtype=k.dtype)
+        layout.write_planes(pages, k, v)
+        layers.append(TensorData.of(pages))
+    snap = StateSnapshot(identity=copy.deepcopy(identity), weights=dict(base.weights) if weights else {},
+                         weights_format=base.weights_format, kv=PagedKV(layout, layers),
+                         prefix=copy.deepcopy(base.prefix), requests=copy.deepcopy(base.requests),
+                         extras=copy.deepcopy(base.extras), extra_tensors=dict(base.extra_tensors))
+    snap.identity.num_kv_heads, snap.identity.tp_rank, snap.identity.tp_size = layout.num_kv_heads, rank, size
+    snap.identity.kv_layout = layout.name
+    snap.validate()
+    return snap
 
 
 def _tree_key(snap: StateSnapshot) -> tuple:
