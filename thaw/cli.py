@@ -35,13 +35,14 @@ def _json_argument(text: str, option: str) -> Any:
                          f"character {exc.pos} of {text!r}") from None
 
 
-def _unchecked_note(path: str, unchecked: int) -> str:
-    return (f"  checked    header and prefix tree; {unchecked:,} bytes of weights and KV not read "
-            f"(`thaw verify {path}` checks every byte)" if unchecked else "  checked    every section")
+def _unchecked_note(path: str, unchecked: int, label: str = "checked") -> str:
+    return (f"  {label:<10} header and prefix tree; {unchecked:,} bytes of weights and KV not read "
+            f"(`thaw verify {path}` checks every byte)" if unchecked else f"  {label:<10} every section")
 
 
 def _shown(value: Any, absent: str = "not recorded") -> str:
-    return str(value) if value not in ("", None, 0, "none") else f"({absent})"
+    """`value`, or `(absent)` for the defaults a snapshot written without them carries."""
+    return str(value) if value not in ("", None, 0, "none", "unknown") else f"({absent})"
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -59,7 +60,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print(f"  engine     {ident['engine']} {ident['engine_version']}  "
               f"(tensor-parallel rank {ident['tp_rank']} of {ident['tp_size']})")
-    print(f"  model      {_shown(ident['model_architecture'].replace('unknown', ''))}  dtype {_shown(ident['dtype'])}"
+    print(f"  model      {_shown(ident['model_architecture'])}  dtype {_shown(ident['dtype'])}"
           f"  layers {_shown(ident['num_layers'])}  kv heads {_shown(ident['num_kv_heads'])}"
           f"  head dim {_shown(ident['head_dim'])}")
     w = info["weights"]
@@ -122,7 +123,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"  leaf {dv['leaf']} (only in {dv['only_in'].upper()}) diverges at token {dv['diverges_at_token']}"
               f" of {dv['path_tokens']}")
     for side, path in (("a", args.a), ("b", args.b)):
-        print(_unchecked_note(path, d["unchecked_bytes"][side]).replace("checked   ", f"{side.upper()} checked"))
+        print(_unchecked_note(path, d["unchecked_bytes"][side], f"{side.upper()} checked"))
     return 0
 
 
