@@ -9,7 +9,9 @@ import torch
 import thaw
 from thaw.core import Identity, PrefixTree, StateSnapshot
 from thaw.core.layouts import named_layout
-from thaw.core.tp import load_ranks, merge_ranks, rank_file_name, reshard, save_ranks, split_heads
+from thaw.core.tp import merge_ranks, reshard, split_heads
+from thaw.core.tp import rank_kv, view_at
+from thaw.core.tp_files import SET_KEY, RankSetWriter, load_ranks, rank_file_name, rank_files, save_ranks
 
 HEADS, DIM, PAGES = 8, 16, 6
 LAYOUTS = [("thaw.nhd", 4, "float32"), ("sglang.nhd", 1, "float32"), ("vllm.cpu.vec", 8, "float32"),
@@ -91,6 +93,9 @@ def test_refusals_name_what_is_wrong(tmp_path):
         split_heads(params, 2)
     ranks = split_heads(snap, 2)
     other = split_heads(full_snapshot("thaw.nhd", 4, "float32", seed=9), 2)
+    with pytest.raises(thaw.SchemaError, match="rank 1: its set id differs"):
+        merge_ranks([ranks[0], other[1]])  # ranks of two takes
+    other[1].extras[SET_KEY] = ranks[0].extras[SET_KEY]
     with pytest.raises(thaw.SchemaError, match="rank 1: its prefix tree differs"):
         merge_ranks([ranks[0], other[1]])
     with pytest.raises(thaw.SchemaError, match="expected 0 of 2"):
@@ -98,9 +103,47 @@ def test_refusals_name_what_is_wrong(tmp_path):
     with pytest.raises(thaw.SchemaError, match="split_heads takes a TP=1 snapshot"):
         split_heads(ranks[0], 2)
     paths = save_ranks(ranks, tmp_path / "tp2")
+    with pytest.raises(thaw.SchemaError, match="pass the directory"):
+        load_ranks(paths[0])  # one rank alone is not a snapshot
     paths[1].unlink()
     with pytest.raises(thaw.SchemaError, match=r"ranks \[1\] of 2 are missing"):
         load_ranks(tmp_path / "tp2")
+
+
+@pytest.mark.parametrize("size,target", [(1, 2), (2, 1), (2, 4), (4, 2), (2, 2)])
+def test_one_rank_at_another_size_is_that_rank_of_the_whole(size, target, tmp_path):
+    snap = full_snapshot("vllm.cpu.vec", 8, "float32", seed=5)
+    save_ranks(split_heads(snap, size) if size > 1 else [snap], tmp_path / "src")
+    ranks = load_ranks(tmp_path / "src") if size > 1 else [thaw.load(tmp_path / "src")]
+    expected = split_heads(snap, target) if target > 1 else [snap]
+    view = view_at(ranks, target)
+    assert (view.identity.num_kv_heads, view.identity.tp_size) == (HEADS // target, target)
+    assert view.kv.num_pages == PAGES and view.kv.layout == expected[0].kv.layout
+    for rank in range(target):
+        layout, layers = rank_kv(ranks, target, rank)
+        assert layout == expected[rank].kv.layout
+        for got, want in zip(layers, expected[rank].kv.layers):
+            assert torch.equal(got.view(torch.uint8), want.tensor().view(torch.uint8))
+
+
+def test_a_set_is_replaced_whole_or_not_at_all(tmp_path):
+    snap = full_snapshot("thaw.nhd", 4, "float32")
+    first = save_ranks(split_heads(snap, 2), tmp_path / "tp")
+    before = [p.read_bytes() for p in first]
+    with pytest.raises(RuntimeError, match="rank 1 crashed"):
+        with RankSetWriter(tmp_path / "tp", 2) as writer:
+            thaw.save(split_heads(full_snapshot("thaw.nhd", 4, "float32", seed=2), 2)[0], writer.path(0))
+            raise RuntimeError("rank 1 crashed")
+    assert [p.read_bytes() for p in rank_files(tmp_path / "tp")] == before
+    assert sorted(e.name for e in tmp_path.iterdir()) == ["tp"]  # no staging directory left
+    writer = RankSetWriter(tmp_path / "tp", 2)
+    thaw.save(split_heads(snap, 2)[0], writer.path(0))
+    with pytest.raises(thaw.SchemaError, match=r"ranks \[1\] of 2 were not written"):
+        writer.commit()
+    writer.abort()
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(thaw.SchemaError, match="is a file"):
+        RankSetWriter(tmp_path / "file", 2)
 
 
 def test_convert_tp_on_the_command_line(tmp_path):
@@ -114,9 +157,18 @@ def test_convert_tp_on_the_command_line(tmp_path):
     out = run(tmp_path / "tp1.thaw", tmp_path / "tp4", "--tp", "4")
     assert out.returncode == 0, out.stderr
     assert "4 ranks" in out.stdout and (tmp_path / "tp4" / rank_file_name(3, 4)).is_file()
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "thaw.cli", *map(str, a)],
+                                    capture_output=True, text=True, cwd=tmp_path)
+    shown = cli("inspect", tmp_path / "tp4")
+    assert shown.returncode == 0 and "4 rank files of one take" in shown.stdout
+    assert "rank 3 of 4" in shown.stdout and shown.stdout.count("kv heads 2") == 4
+    checked = cli("verify", tmp_path / "tp4")
+    assert checked.returncode == 0 and "OK (4 ranks of one take)" in checked.stdout
     out = run(tmp_path / "tp4", tmp_path / "back.thaw", "--tp", "1")
     assert out.returncode == 0, out.stderr
     back = thaw.load(tmp_path / "back.thaw")
     assert all(torch.equal(a.tensor(), b.tensor()) for a, b in zip(back.kv.layers, snap.kv.layers))
     assert run(tmp_path / "tp1.thaw", tmp_path / "x", "--tp", "3").returncode == 2
     assert run(tmp_path / "tp1.thaw", tmp_path / "x", "--tp", "2", "--layout", "thaw.nhd").returncode == 64
+    (tmp_path / "tp4" / rank_file_name(2, 4)).unlink()
+    assert "ranks [2] of 4 are missing" in cli("verify", tmp_path / "tp4").stderr

@@ -63,3 +63,16 @@ class TestAsyncLLMOnGPU(SnapshotRestoreConformance):
 
         spec = "thaw.adapters.vllm.async_driver:AsyncVLLMDriver"
         return replace(engine_under_test, driver=spec, fork_engine=spec, carries_requests=False)
+
+
+class TestVLLMWorkerProcessOnGPU(SnapshotRestoreConformance):
+    """vLLM's multiprocess executor on CUDA (`distributed_executor_backend="mp"`, what tensor
+    parallel runs): the model and its KV in a worker process apart from the engine core;
+    thaw's worker side gathers and scatters the pages there, checked on the host."""
+
+    @pytest.fixture(scope="class")
+    def engine_under_test(self, engine_under_test):
+        from dataclasses import replace
+
+        config = {**engine_under_test.config, "thaw_engine": "multiprocess", "distributed_executor_backend": "mp"}
+        return replace(engine_under_test, config=config, carries_requests=False)

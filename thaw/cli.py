@@ -45,14 +45,36 @@ def _shown(value: Any, absent: str = "not recorded") -> str:
     return str(value) if value not in ("", None, 0, "none", "unknown") else f"({absent})"
 
 
+def _rank_set(path: str) -> list:
+    """The files of the snapshot at `path`, after checking that a directory's rank files
+    are every rank of one take (header only)."""
+    from .core.tp import check_ranks
+    from .core.tp_files import load_ranks, snapshot_paths
+
+    paths = snapshot_paths(path)
+    if len(paths) > 1:
+        check_ranks(load_ranks(path))
+    return paths
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .core.snapshot_io import load
     from .core.summary import inspect_snapshot
 
-    info = inspect_snapshot(load(args.path, verify=False))
+    paths = _rank_set(args.path)
+    infos = [inspect_snapshot(load(p, verify=False)) for p in paths]
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        print(json.dumps(infos[0] if len(paths) == 1 else {"path": args.path, "ranks": infos},
+                         indent=2, sort_keys=True))
         return 0
+    if len(paths) > 1:
+        print(f"{args.path}: tensor-parallel snapshot, {len(paths)} rank files of one take")
+    for path, info in zip(paths, infos):
+        _print_summary(str(path), info)
+    return 0
+
+
+def _print_summary(path: str, info: dict) -> None:
     ident = info["identity"]
     print(f"{info['path']}: {info['file_bytes']:,} bytes, {len(info['sections'])} sections")
     if ident["engine"] in ("", "none"):
@@ -74,8 +96,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for r in info["requests"]:
         print(f"  request    {r['request_id']}: {r['status']}, {r['prompt_tokens']} prompt + "
               f"{r['output_tokens']} output tokens, {r['num_computed_tokens']} computed")
-    print(_unchecked_note(args.path, info["unchecked_bytes"]))
-    return 0
+    print(_unchecked_note(path, info["unchecked_bytes"]))
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -92,11 +113,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .core.container import Container
     from .progress import Steps
 
-    c = Container(args.path)
-    total = sum(s.padded_length for s in c.sections.values())
-    with Steps(quiet=args.quiet) as steps, steps.step(f"verifying {args.path}", total) as advance:
-        c.verify(progress=advance)
-    print(f"{args.path}: OK ({len(c.sections)} sections, {total:,} section bytes, every CRC32C matches)")
+    paths = _rank_set(args.path)
+    for path in paths:
+        c = Container(path)
+        total = sum(s.padded_length for s in c.sections.values())
+        with Steps(quiet=args.quiet) as steps, steps.step(f"verifying {path}", total) as advance:
+            c.verify(progress=advance)
+        print(f"{path}: OK ({len(c.sections)} sections, {total:,} section bytes, every CRC32C matches)")
+    if len(paths) > 1:
+        print(f"{args.path}: OK ({len(paths)} ranks of one take)")
     return 0
 
 
@@ -167,7 +192,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _convert_tp(args: argparse.Namespace) -> int:
-    from .core.tp import load_ranks, reshard, save_ranks
+    from .core.tp import reshard
+    from .core.tp_files import load_ranks, save_ranks
 
     if args.layout is not None or args.page_size:
         raise UsageError("convert does one thing at a time: --tp, or --layout/--page-size")

@@ -1,81 +1,30 @@
-"""Tensor-parallel snapshots: one file per rank, and KV heads re-sharded between sizes.
+"""Tensor-parallel snapshots: KV heads re-sharded between sizes, without an engine.
 
 An engine at tensor parallel size N keeps on rank r the KV heads
 [r*H/N, (r+1)*H/N) of every layer (H the model's KV heads), for the same blocks, under the
-same prefix tree. Its snapshot is a directory of N files named by `rank_file_name`, each a
-complete single-rank snapshot whose identity names its rank and size and whose KV layout
-holds its H/N heads. Weights in checkpoint format do not depend on the rank and travel in
-rank 0's file; engine-specific weight formats (sharded parameters) are refused here.
+same prefix tree. Its snapshot is one rank file per rank (`tp_files`). Weights in
+checkpoint format do not depend on the rank and travel in rank 0's file; engine-specific
+weight formats (sharded parameters) are refused here.
 
-`merge_ranks` joins ranks into one TP=1 snapshot, `split_heads` cuts one into N ranks, and
-`reshard` is the two together: every K and V element arrives bit for bit. Everything here
-runs without an engine.
+`merge_ranks` joins ranks into one TP=1 snapshot, `split_heads` cuts one into N ranks,
+`reshard` is the two together, and `rank_kv` gives one rank's pages at another size (what
+an engine rank reads on restore): every K and V element arrives bit for bit.
+`view_at` re-states a snapshot's identity and layout at another size for the checks an
+engine makes before it reads anything.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import re
-from pathlib import Path
-from typing import Union
+import uuid
 
 from .errors import SchemaError
 from .kv_layout import KVLayout
 from .layouts import NAMED_LAYOUTS, named_layout
 from .schema import CHECKPOINT_WEIGHTS, PagedKV, StateSnapshot
-from .snapshot_io import load, save, weights_digest
+from .snapshot_io import weights_digest
 from .tensor_data import TensorData
-
-RANK_FILE = re.compile(r"rank-(\d{5})-of-(\d{5})\.thaw")
-
-
-def rank_file_name(rank: int, size: int) -> str:
-    return f"rank-{rank:05d}-of-{size:05d}.thaw"
-
-
-def rank_files(directory: Union[str, os.PathLike]) -> list[Path]:
-    """The rank files of a tensor-parallel snapshot directory, by rank; refuses a directory
-    whose files do not name one size and every rank of it exactly once."""
-    found = {}
-    for entry in Path(directory).iterdir():
-        m = RANK_FILE.fullmatch(entry.name)
-        if m:
-            found[(int(m.group(1)), int(m.group(2)))] = entry
-    sizes = {size for _, size in found}
-    if len(sizes) != 1:
-        raise SchemaError(f"{directory}: expected the rank files of one tensor-parallel size, found sizes "
-                          f"{sorted(sizes) or 'none'}")
-    size = sizes.pop()
-    missing = [r for r in range(size) if (r, size) not in found]
-    if missing:
-        raise SchemaError(f"{directory}: ranks {missing} of {size} are missing")
-    return [found[(r, size)] for r in range(size)]
-
-
-def load_ranks(source: Union[str, os.PathLike]) -> list[StateSnapshot]:
-    """The ranks of a snapshot: a directory of rank files, or one file (a single rank)."""
-    if Path(source).is_dir():
-        return [load(path, verify=False) for path in rank_files(source)]
-    return [load(source, verify=False)]
-
-
-def save_ranks(ranks: list[StateSnapshot], target: Union[str, os.PathLike]) -> list[Path]:
-    """Writes one rank as the file `target`, several as rank files in the directory `target`
-    (created if missing; rank files of another size already there are refused)."""
-    target = Path(target)
-    if len(ranks) == 1:
-        save(ranks[0], target)
-        return [target]
-    target.mkdir(exist_ok=True)
-    stale = [e.name for e in target.iterdir() if RANK_FILE.fullmatch(e.name)
-             and int(RANK_FILE.fullmatch(e.name).group(2)) != len(ranks)]
-    if stale:
-        raise SchemaError(f"{target} already holds rank files of another size: {sorted(stale)[:4]}")
-    paths = [target / rank_file_name(r, len(ranks)) for r in range(len(ranks))]
-    for snap, path in zip(ranks, paths):
-        save(snap, path)
-    return paths
+from .tp_files import SET_KEY
 
 
 def _rank_layout(layout: KVLayout, heads: int) -> KVLayout:
@@ -95,6 +44,13 @@ def _check_weights(snap: StateSnapshot) -> None:
                           "or leave the weights out)")
 
 
+def _heads_per_rank(heads: int, size: int) -> int:
+    if size < 1 or heads % size:
+        raise SchemaError(f"{heads} KV heads cannot be split evenly over {size} ranks (engines that "
+                          "replicate KV heads when TP exceeds them are not supported)")
+    return heads // size
+
+
 def split_heads(snap: StateSnapshot, size: int) -> list[StateSnapshot]:
     """`size` rank snapshots of a TP=1 snapshot: rank r holds heads [r*H/size, (r+1)*H/size)."""
     if snap.identity.tp_size != 1:
@@ -104,32 +60,30 @@ def split_heads(snap: StateSnapshot, size: int) -> list[StateSnapshot]:
         raise SchemaError("the snapshot holds no KV pages to shard")
     _check_weights(snap)
     src = snap.kv.layout
-    heads = src.num_kv_heads
-    if size < 1 or heads % size:
-        raise SchemaError(f"{heads} KV heads cannot be split evenly over {size} ranks (engines that "
-                          "replicate KV heads when TP exceeds them are not supported)")
-    dst = _rank_layout(src, heads // size)
+    per_rank = _heads_per_rank(src.num_kv_heads, size)
+    dst = _rank_layout(src, per_rank)
     identity = snap.identity
     if snap.weights and not identity.weights_digest:  # every rank names the weights rank 0 holds
         identity = copy.deepcopy(identity)
         identity.weights_digest = weights_digest(snap.weights)
     planes = [src.planes(layer.tensor().contiguous()) for layer in snap.kv.layers]
+    set_id = uuid.uuid4().hex
     out = []
     for rank in range(size):
-        h0, h1 = rank * heads // size, (rank + 1) * heads // size
-        out.append(_with_kv(snap, identity, dst, [(k[:, :, h0:h1], v[:, :, h0:h1]) for k, v in planes],
-                            rank, size, weights=rank == 0))
+        h = slice(rank * per_rank, (rank + 1) * per_rank)
+        part = _with_kv(snap, identity, dst, [(k[:, :, h], v[:, :, h]) for k, v in planes],
+                        rank, size, weights=rank == 0)
+        part.extras[SET_KEY] = {"id": set_id}
+        out.append(part)
     return out
 
 
-def merge_ranks(ranks: list[StateSnapshot]) -> StateSnapshot:
-    """One TP=1 snapshot from every rank of a TP=N one (in rank order, heads concatenated)."""
-    import torch
-
+def check_ranks(ranks: list[StateSnapshot]) -> None:
+    """Refuses rank snapshots that are not every rank, in order, of one take: rank and size
+    in each identity, one set id, one prefix tree, layout and identity (but the rank's)."""
     if not ranks:
-        raise SchemaError("merge_ranks needs at least one rank")
-    size = len(ranks)
-    first = ranks[0]
+        raise SchemaError("a snapshot needs at least one rank")
+    size, first = len(ranks), ranks[0]
     for r, snap in enumerate(ranks):
         if (snap.identity.tp_rank, snap.identity.tp_size) != (r, size):
             raise SchemaError(f"rank file {r}: its identity says rank {snap.identity.tp_rank} of "
@@ -140,24 +94,84 @@ def merge_ranks(ranks: list[StateSnapshot]) -> StateSnapshot:
         if r and snap.weights:
             raise SchemaError(f"rank {r}: holds weights; checkpoint weights travel in rank 0's file only")
         for what, mine, theirs in (
+                ("set id", snap.extras.get(SET_KEY), first.extras.get(SET_KEY)),
                 ("prefix tree", _tree_key(snap), _tree_key(first)),
                 ("layout", snap.kv.layout.to_json(), first.kv.layout.to_json()),
                 ("identity", _identity_key(snap), _identity_key(first))):
             if mine != theirs:
                 raise SchemaError(f"rank {r}: its {what} differs from rank 0's; these are not ranks of one snapshot")
+
+
+def _whole_planes(ranks: list[StateSnapshot], layer: int) -> tuple:
+    """K and V [N, P, H, D] of one layer with every rank's heads, in rank order."""
+    import torch
+
+    parts = [snap.kv.layout.planes(snap.kv.layers[layer].tensor().contiguous()) for snap in ranks]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2)
+
+
+def merge_ranks(ranks: list[StateSnapshot]) -> StateSnapshot:
+    """One TP=1 snapshot from every rank of a TP=N one (in rank order, heads concatenated)."""
+    check_ranks(ranks)
+    first = ranks[0]
     src = first.kv.layout
-    dst = _rank_layout(src, src.num_kv_heads * size)
-    planes = []
-    for i in range(len(first.kv.layers)):
-        parts = [snap.kv.layout.planes(snap.kv.layers[i].tensor().contiguous()) for snap in ranks]
-        planes.append((torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2)))
-    return _with_kv(first, first.identity, dst, planes, 0, 1, weights=True)
+    dst = _rank_layout(src, src.num_kv_heads * len(ranks))
+    planes = [_whole_planes(ranks, i) for i in range(len(first.kv.layers))]
+    merged = _with_kv(first, first.identity, dst, planes, 0, 1, weights=True)
+    merged.extras.pop(SET_KEY, None)
+    return merged
 
 
 def reshard(ranks: list[StateSnapshot], size: int) -> list[StateSnapshot]:
     """The ranks of a TP=len(ranks) snapshot as the ranks of a TP=`size` one."""
     whole = merge_ranks(ranks) if len(ranks) > 1 or ranks[0].identity.tp_size != 1 else ranks[0]
     return [whole] if size == 1 else split_heads(whole, size)
+
+
+def view_at(ranks: list[StateSnapshot], size: int) -> StateSnapshot:
+    """Rank 0 of `ranks` (every rank of one take, as `check_ranks` accepts them) re-stated
+    for an engine at tensor parallel size `size`: identity (KV heads per rank, rank 0 of
+    `size`) and KV layout as `rank_kv` delivers them; the tree, requests and weights are
+    rank 0's. Its KV layers are rank 0's file sections (the right page count, not the heads
+    the layout names): for checks and page counts only; each engine rank reads its pages
+    with `rank_kv`."""
+    first = ranks[0]
+    if len(ranks) == size:
+        return first
+    per_rank = _heads_per_rank(first.identity.num_kv_heads * len(ranks), size)
+    view = copy.copy(first)
+    view.identity = copy.deepcopy(first.identity)
+    view.identity.num_kv_heads, view.identity.tp_rank, view.identity.tp_size = per_rank, 0, size
+    if first.kv is not None:
+        target = _rank_layout(first.kv.layout, per_rank)
+        view.identity.kv_layout = target.name
+        view.kv = PagedKV(target, list(first.kv.layers))
+    return view
+
+
+def rank_kv(ranks: list[StateSnapshot], size: int, rank: int) -> tuple[KVLayout, list]:
+    """The KV pages rank `rank` of an engine at size `size` holds, from `ranks` (every rank
+    of one take, as `check_ranks` accepts them): (layout, one [pages, page_elems] tensor per
+    layer), each chunk CRC-checked as it is read. The file's own pages where the sizes
+    agree, else the rank's heads cut from every rank's."""
+    if len(ranks) == size:
+        kv = ranks[rank].kv
+        return kv.layout, [layer.mapped() for layer in kv.layers]
+    import torch
+
+    src = ranks[0].kv.layout
+    per_rank = _heads_per_rank(src.num_kv_heads * len(ranks), size)
+    dst = _rank_layout(src, per_rank)
+    h = slice(rank * per_rank, (rank + 1) * per_rank)
+    layers = []
+    for i in range(len(ranks[0].kv.layers)):
+        k, v = _whole_planes(ranks, i)
+        pages = torch.empty((k.shape[0], dst.page_elems), dtype=k.dtype)
+        dst.write_planes(pages, k[:, :, h], v[:, :, h])
+        layers.append(pages)
+    return dst, layers
 
 
 def _with_kv(base: StateSnapshot, identity, layout: KVLayout, planes: list, rank: int, size: int, *,

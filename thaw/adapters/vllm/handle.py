@@ -9,13 +9,14 @@ from typing import Any, Optional, Union
 
 import torch
 
-from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError,
-                       load, save)
+from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError, save
 from thaw.core.adapter import EngineAdapter
 from thaw.core.container import file_key
 from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
+from thaw.core.tp import check_ranks, merge_ranks, view_at
+from thaw.core.tp_files import RankSetWriter, load_ranks, source_key
 
 from ..checkpoint import read_checkpoint
 from . import engine_access
@@ -60,7 +61,7 @@ class VLLMHandle(EngineAdapter):
         self.resumed_outputs: dict[str, list[int]] = {}
         self._registrations: dict[tuple, Any] = {}
         self._resident: Optional[tuple[tuple, torch.Tensor]] = None
-        self._opened: Optional[tuple[tuple, StateSnapshot]] = None
+        self._opened: Optional[tuple[tuple, StateSnapshot, int]] = None  # key, snapshot, its ranks
         self.last_capture: Optional[CaptureReport] = None
         self.last_restore: Optional[RestoreReport] = None
 
@@ -173,8 +174,15 @@ class VLLMHandle(EngineAdapter):
         meta = {"identity": identity.to_json(), "weights_format": fmt, "layout": self.parts.layout.to_json(),
                 "prefix": prefix_to_json(tree), "requests": [r.to_json() for r in in_flight],
                 "extras": {"vllm": {"capture": report.to_json()}}}
-        self.parts.workers.call("save", path=os.path.abspath(os.fspath(path)), meta=meta,
-                                block_ids=block_ids, weights=source)
+        path = os.path.abspath(os.fspath(path))
+        size = engine_access.tp_size(self.parts)
+        if size == 1:
+            self.parts.workers.call("save", path=path, meta=meta, block_ids=block_ids, weights=source)
+        else:  # one rank file per worker, swapped in as one set when every rank has written
+            with RankSetWriter(path, size) as writer:
+                self.parts.workers.call_each("save", path=str(writer.staging), meta=meta, block_ids=block_ids,
+                                             weights=source, set_id=writer.set_id)
+                writer.commit()
         self.last_capture = report
         return report
 
@@ -190,7 +198,7 @@ class VLLMHandle(EngineAdapter):
         Preparing another file, or `release_prepared`, frees them."""
         t0 = time.perf_counter()
         snap = self._opened_snapshot(path)
-        if self.parts.on_cuda:
+        if self.parts.on_cuda and snap.source is not None:
             reg = self._registered_file(snap.source)
             if kv_on_device and snap.kv is not None:
                 from thaw.core.gpu import upload_sections
@@ -198,6 +206,9 @@ class VLLMHandle(EngineAdapter):
                 self._resident = None  # the previous file's pages go before the next are placed
                 names = [layer._section for layer in snap.kv.layers]
                 self._resident = (file_key(path), upload_sections(reg, names, self.parts.kv_caches[0].device))
+        elif kv_on_device and self.parts.workers is not None:
+            raise EngineUnsupported("kv_on_device keeps pages beside a CUDA pool the engine core holds; this "
+                                    "engine's KV lives in worker processes")
         elif kv_on_device:
             raise EngineUnsupported("kv_on_device needs a CUDA engine; this one runs on the CPU")
         return time.perf_counter() - t0
@@ -230,6 +241,7 @@ class VLLMHandle(EngineAdapter):
         """
         t0 = time.perf_counter()
         snap = source if isinstance(source, StateSnapshot) else self._opened_snapshot(source)
+        ranks = self._opened[2] if not isinstance(source, StateSnapshot) else snap.identity.tp_size
         verify_seconds = time.perf_counter() - t0
         # Only digests already known go into the identity compared here (the comparison
         # reports differences); the check that needs one computes it (check_fits).
@@ -240,6 +252,8 @@ class VLLMHandle(EngineAdapter):
                                   trust_unknown_weights=trust_unknown_weights,
                                   resident_kv=self._resident_kv)
         report.seconds["open"] = verify_seconds
+        if ranks != engine_access.tp_size(self.parts):
+            report.tp_resharded = [ranks, engine_access.tp_size(self.parts)]
         if report.weights_restored:
             self._digests = {snap.weights_format: snap.identity.weights_digest}
             # file-backed; read again only to capture checkpoint weights
@@ -251,13 +265,26 @@ class VLLMHandle(EngineAdapter):
         return report
 
     def _opened_snapshot(self, path: Union[str, os.PathLike]) -> StateSnapshot:
-        """The snapshot at `path`, opened once and kept while the file is the same one (path,
-        inode, size, modification time): forks restore the same file again and again, and
-        re-reading a large file's header and section table cost them tens of milliseconds.
-        Every section's bytes are still checked against their CRCs when read."""
-        key = file_key(path)
+        """The snapshot at `path` (one file, or a tensor-parallel directory of rank files)
+        as this engine restores it, opened once and kept while its files are the same ones
+        (path, inode, size, modification time): forks restore the same file again and again,
+        and re-reading a large file's header and section table cost them tens of
+        milliseconds. Every section's bytes are still checked against their CRCs when read.
+
+        Ranks of another tensor parallel size than the engine's: an engine whose workers
+        read the file gets rank 0 re-stated at its size (`tp.view_at`; each worker cuts its
+        heads); an in-core engine (size 1) gets the ranks merged in memory."""
+        key = source_key(path)
         if self._opened is None or self._opened[0] != key:
-            self._opened = (key, load(path, verify=False))
+            ranks = load_ranks(path)
+            if len(ranks) > 1:
+                check_ranks(ranks)
+            size = engine_access.tp_size(self.parts)
+            if self.parts.workers is not None:
+                snap = view_at(ranks, size)
+            else:
+                snap = merge_ranks(ranks) if len(ranks) > 1 else ranks[0]
+            self._opened = (key, snap, len(ranks))
         return self._opened[1]
 
     def _registered_file(self, container: Any) -> Any:

@@ -34,7 +34,8 @@ class RestoreReport:
     weights_format: Optional[str] = None  # when weights were restored: their format,
     weights_route: Optional[str] = None  # the way they took (see weights.WeightsLoad)
     weights_bytes: int = 0
-    kv_from: Optional[str] = None  # "file" (registered, uploaded), "host", or "device" (prepared)
+    kv_from: Optional[str] = None  # "file" (registered, uploaded), "host", "device" (prepared), "worker"
+    tp_resharded: Optional[list[int]] = None  # [snapshot's ranks, engine's]: KV heads re-cut between sizes
     seconds: dict[str, float] = field(default_factory=dict)  # checks, weights, kv, requests
 
     def to_json(self) -> dict[str, Any]:
@@ -184,6 +185,12 @@ class KVPlacement:
         self.pool.release(self.held)
         self.report.pages_written = len(self.needed)
         self.fresh, self.held = [], []
+
+    def unstage(self) -> None:
+        """Drops what `stage` kept (after a failure before `allocate`; the pool is untouched)."""
+        self._staged = None
+        if self.parts.workers is not None:
+            self.parts.workers.call("release")
 
     def rollback(self) -> None:
         if self.parts.workers is not None:

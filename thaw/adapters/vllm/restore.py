@@ -183,6 +183,8 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
     except BaseException:
         if weights is not None:
             weights.release()
+        if placement is not None:
+            placement.unstage()
         raise
     if placement is not None:
         placement.allocate()  # the first change to the engine (it may evict cached blocks)

@@ -46,6 +46,11 @@ def check_format(parts: EngineParts, fmt: str) -> None:
     """Refuses a weight format this engine cannot capture or load, naming why."""
     if fmt not in FORMATS:
         raise IdentityMismatch("weights_format", fmt, " or ".join(FORMATS))
+    if fmt == PARAMETERS_FORMAT and parts.workers is not None:
+        raise EngineUnsupported(
+            "weights as vLLM parameters are read and written where the engine core holds the model; "
+            f"this engine's model runs in worker processes (one shard per rank): use {CHECKPOINT_WEIGHTS!r}, "
+            "which vLLM's loader shards itself")
     if fmt == PARAMETERS_FORMAT and not parts.on_cuda:
         raise EngineUnsupported(
             "weights as vLLM parameters need a CUDA engine: vLLM's CPU backend repacks linear "

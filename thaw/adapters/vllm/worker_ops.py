@@ -2,7 +2,9 @@
 
 Where vLLM runs the model in worker processes (its multiprocess executor: every
 multiprocess engine on the CPU backend, tensor parallel engines on GPUs), the KV tensors
-and weights live there, not in the EngineCore. thaw's vLLM plugin adds `thaw_worker_call`
+and weights live there, not in the EngineCore: each worker holds its tensor-parallel
+rank's KV heads, writes its own rank file (`thaw.core.tp_files`) and, on restore, reads
+its heads from the snapshot's ranks, re-sharded where the sizes differ (`thaw.core.tp`). thaw's vLLM plugin adds `thaw_worker_call`
 to vLLM's `WorkerWrapperBase`; the core side (`engine_access.RemoteWorkers`) reaches it with
 the executor's `collective_rpc`. KV bytes and weights move between the worker's memory and
 the snapshot file here: only block ids, page lists and small JSON cross processes.
@@ -16,18 +18,19 @@ through vLLM's RPC.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from thaw.core import StateSnapshot, ThawError, TensorData, convert_pages, load, save
-from thaw.core.container import file_key
+from thaw.core import StateSnapshot, ThawError, TensorData, convert_pages, save
 from thaw.core.errors import error_reply
+from thaw.core.tp import check_ranks, rank_kv
+from thaw.core.tp_files import SET_KEY, load_ranks, rank_file_name, set_of_file, source_key
 from thaw.core.kv_layout import KVLayout
 from thaw.core.prefault import populate_for_write
 from thaw.core.schema import Identity, PagedKV, RequestState
 
-from .engine_access import worker_kv_caches, worker_reload_weights
+from .engine_access import worker_kv_caches, worker_reload_weights, worker_tp_rank
 from .pages import runs
 
 
@@ -40,13 +43,15 @@ def gather_pages(kv_caches: list[torch.Tensor], block_ids: list[int], page_elems
 def scatter_pages(kv_caches: list[torch.Tensor], layers: list[torch.Tensor], needed: list[int],
                   block_ids: list[int]) -> int:
     """Writes snapshot pages `needed` of each layer ([pages, page_elems], engine layout) into
-    `block_ids`, one copy per run of consecutive pages, straight from the source; returns bytes."""
+    `block_ids`, one copy per run of consecutive pages, straight from the source (host
+    pages into a GPU engine: each run copied to the device first); returns bytes."""
     ids = torch.tensor(block_ids, dtype=torch.long, device=kv_caches[0].device)
     moved = 0
     for layer_pages, kv in zip(layers, kv_caches):
         block_shape = tuple(kv.shape[1:])
         for (first, count), at in runs(needed):
-            kv.index_copy_(0, ids[at:at + count], layer_pages[first:first + count].reshape((count,) + block_shape))
+            run = layer_pages[first:first + count].reshape((count,) + block_shape)
+            kv.index_copy_(0, ids[at:at + count], run.to(kv.device))
         moved += len(needed) * layer_pages.shape[1] * layer_pages.element_size()
     return moved
 
@@ -73,14 +78,19 @@ class _WorkerSide:
         self.layout: KVLayout | None = None
         self.staged_kv: tuple[list[torch.Tensor], list[int]] | None = None
         self.staged_weights: list[tuple[str, torch.Tensor]] | None = None
-        self._opened: tuple[tuple, StateSnapshot] | None = None
+        self._opened: tuple[tuple, list[StateSnapshot]] | None = None
+        self.rank, self.size = worker_tp_rank(worker)
 
-    def _open(self, path: str) -> StateSnapshot:
-        """The snapshot at `path`, opened once while it is the same file (a restore stages
-        its KV and its weights from one opening; every read is still CRC-checked)."""
-        key = file_key(path)
+    def _open(self, path: str) -> list[StateSnapshot]:
+        """The ranks of the snapshot the file `path` belongs to (`set_of_file`), opened and
+        checked once while they are the same files (a restore stages its KV and its weights
+        from one opening; every read is still CRC-checked)."""
+        key = source_key(set_of_file(path))
         if self._opened is None or self._opened[0] != key:
-            self._opened = (key, load(path, verify=False))
+            ranks = load_ranks(set_of_file(path))
+            if len(ranks) > 1:
+                check_ranks(ranks)
+            self._opened = (key, ranks)
         return self._opened[1]
 
     @property
@@ -92,7 +102,7 @@ class _WorkerSide:
 
         kv = self.kv_caches
         out: dict[str, Any] = {"num_layers": len(kv), "on_cuda": bool(kv and kv[0].is_cuda),
-                               "layout": None, "problem": ""}
+                               "layout": None, "problem": "", "rank": [self.rank, self.size]}
         try:
             self.layout = kv_layout(self.worker, kv[0])
             out["layout"] = self.layout.to_json()
@@ -104,36 +114,47 @@ class _WorkerSide:
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in self.kv_caches}
         return sorted({populate_for_write(s) for s in storages.values()})
 
-    def save(self, path: str, meta: dict[str, Any], block_ids: list[int], weights: dict[str, Any]) -> dict:
+    def save(self, path: str, meta: dict[str, Any], block_ids: list[int], weights: dict[str, Any],
+             set_id: Optional[str] = None) -> dict:
+        """Writes this rank's part of a snapshot: the file `path` at tensor parallel size 1,
+        else this rank's file in the directory `path` (marked with the set's `set_id`).
+        Weights (checkpoint format, the same on every rank) go into rank 0's file only."""
         layout = KVLayout.from_json(meta["layout"])
         tensors: dict[str, torch.Tensor] = {}
-        if weights.get("checkpoint_of"):
+        if self.rank == 0 and weights.get("checkpoint_of"):
             from ..checkpoint import read_checkpoint
 
             tensors = read_checkpoint(weights["checkpoint_of"], dummy=False)
-        elif weights.get("snapshot"):
-            tensors = {k: d.tensor() for k, d in self._open(weights["snapshot"]).weights.items()}
+        elif self.rank == 0 and weights.get("snapshot"):
+            tensors = {k: d.tensor() for k, d in self._open(weights["snapshot"])[0].weights.items()}
         layers = gather_pages(self.kv_caches, block_ids, layout.page_elems)
-        snap = StateSnapshot(identity=Identity.from_json(meta["identity"]),
+        identity = Identity.from_json(meta["identity"])
+        identity.tp_rank = self.rank
+        extras = dict(meta["extras"])
+        if self.size > 1:
+            path = os.path.join(path, rank_file_name(self.rank, self.size))
+            extras[SET_KEY] = {"id": set_id}
+        snap = StateSnapshot(identity=identity,
                              weights={k: TensorData.of(v) for k, v in tensors.items()},
                              weights_format=meta["weights_format"],
                              kv=PagedKV(layout, [TensorData.of(t) for t in layers]),
                              prefix=prefix_from_json(meta["prefix"]),
                              requests=[RequestState.from_json(r) for r in meta["requests"]],
-                             extras=meta["extras"])
+                             extras=extras)
         save(snap, path)
         return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": os.path.getsize(path)}
 
     def stage_kv(self, path: str, needed: list[int]) -> dict:
-        """Maps the snapshot's KV layers (every chunk's CRC checked) and keeps them for
-        `scatter_kv`; converted to this engine's layout where they differ."""
-        snap = self._open(path)
-        layers = [layer.mapped() for layer in snap.kv.layers]
-        converted = snap.kv.layout != self.layout
+        """Reads this rank's KV heads from the snapshot `path` belongs to (its own rank file
+        mapped where the sizes agree, else cut from every rank's pages; every chunk's CRC
+        checked) and keeps them for `scatter_kv`, in this engine's layout."""
+        ranks = self._open(path)
+        layout, layers = rank_kv(ranks, self.size, self.rank)
+        converted = layout != self.layout
         if converted:
-            layers = [convert_pages(t, snap.kv.layout, self.layout) for t in layers]
+            layers = [convert_pages(t, layout, self.layout) for t in layers]
         self.staged_kv = (layers, needed)
-        return {"layout_converted": converted}
+        return {"layout_converted": converted, "resharded": len(ranks) != self.size}
 
     def scatter_kv(self, block_ids: list[int]) -> dict:
         if self.staged_kv is None:
@@ -143,7 +164,9 @@ class _WorkerSide:
         return {"kv_bytes": scatter_pages(self.kv_caches, layers, needed, block_ids)}
 
     def stage_weights(self, path: str) -> dict:
-        snap = self._open(path)
+        """Reads the checkpoint weights (rank 0's file holds them) for `commit_weights`,
+        which hands them to vLLM's loader: it cuts this rank's shard itself."""
+        snap = self._open(path)[0]
         self.staged_weights = [(name, d.tensor()) for name, d in snap.weights.items()]  # each chunk checked
         return {"weights": len(self.staged_weights)}
 

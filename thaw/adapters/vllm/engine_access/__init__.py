@@ -14,7 +14,8 @@ from .block_pool import PoolEdit, cached_blocks, counts, on_new_block_pool, unwr
 from .hashing import block_hasher, engine_block_hashes
 from .engine import (CPU_ISA_LAYOUTS, add_engine_core_method, add_worker_method, SUPPORTED_RANGE, TESTED_VERSIONS, EngineParts, check_version, checkpoint_files,
                      engine_client, engine_identity, in_process_core, kv_layout, loads_dummy_weights, reach,
-                     reach_core, reload_weights, vllm_version, worker_kv_caches, worker_reload_weights)
+                     reach_core, reload_weights, tp_size, vllm_version, worker_kv_caches, worker_reload_weights,
+                     worker_tp_rank)
 from .requests import (NO_FRONT, OUTPUT_ONLY_SAMPLING_FIELDS, RequestFront, external_request_id, in_flight_requests,
                        request_rejections, uncarried_request_features)
 from .workers import RemoteWorkers
@@ -23,6 +24,6 @@ __all__ = [
     "block_hasher", "engine_block_hashes", "PoolEdit", "cached_blocks", "counts", "on_new_block_pool", "unwrap_cache_full_blocks", "wrap_cache_full_blocks",
     "CPU_ISA_LAYOUTS", "add_engine_core_method", "add_worker_method", "SUPPORTED_RANGE", "TESTED_VERSIONS", "EngineParts", "check_version", "checkpoint_files",
     "engine_client", "engine_identity", "in_process_core", "kv_layout", "loads_dummy_weights", "reach",
-    "reach_core", "reload_weights", "vllm_version", "worker_kv_caches", "worker_reload_weights", "NO_FRONT", "OUTPUT_ONLY_SAMPLING_FIELDS", "RequestFront",
+    "reach_core", "reload_weights", "tp_size", "worker_tp_rank", "vllm_version", "worker_kv_caches", "worker_reload_weights", "NO_FRONT", "OUTPUT_ONLY_SAMPLING_FIELDS", "RequestFront",
     "external_request_id", "in_flight_requests", "request_rejections", "uncarried_request_features", "RemoteWorkers",
 ]

@@ -2,13 +2,15 @@
 
 Two places hold an engine's parts. The EngineCore (in the caller's process for an
 in-process `LLM`, in its own process otherwise) holds the scheduler, the block pool and,
-at tensor parallel size 1, the worker with the KV tensors and weights: `reach_core` finds
-them there. The client (`LLM.llm_engine`) holds the output processor, which knows the
+where vLLM runs the model in the core (tensor parallel size 1 on GPUs), the worker with
+the KV tensors and weights: `reach_core` finds them there; elsewhere (vLLM's multiprocess
+executor: every CPU engine, tensor parallel engines) each worker process holds its rank's
+KV heads and weights, reached through `RemoteWorkers`. The client (`LLM.llm_engine`) holds the output processor, which knows the
 caller's request ids and delivers outputs: only an in-process engine gives thaw both, as a
 `RequestFront`, and only then are in-flight requests carried.
 
-Supported: vLLM's v1 engine, one KV cache group with full attention, tensor parallel size
-1. Tested versions are listed in ``TESTED_VERSIONS``; others inside ``SUPPORTED_RANGE``
+Supported: vLLM's v1 engine, one KV cache group with full attention, pipeline parallel
+size 1, tensor parallel at any size where the model runs in worker processes. Tested versions are listed in ``TESTED_VERSIONS``; others inside ``SUPPORTED_RANGE``
 are attempted, others refused.
 """
 
@@ -122,8 +124,8 @@ def reach_core(core: Any, front: Optional[RequestFront] = None) -> EngineParts:
     says exactly what to change."""
     check_version(vllm_version())
     cfg = core.vllm_config
-    if cfg.parallel_config.tensor_parallel_size != 1 or cfg.parallel_config.pipeline_parallel_size != 1:
-        raise EngineUnsupported("thaw's vLLM adapter supports tensor/pipeline parallel size 1 only")
+    if cfg.parallel_config.pipeline_parallel_size != 1:
+        raise EngineUnsupported("thaw's vLLM adapter supports pipeline parallel size 1 only")
     if not cfg.cache_config.enable_prefix_caching:
         raise EngineUnsupported("prefix caching is off: create the LLM with enable_prefix_caching=True")
     scheduler = core.scheduler
@@ -163,13 +165,15 @@ def _parts_with_workers(core: Any, front: Optional[RequestFront], scheduler: Any
                         num_layers: int) -> EngineParts:
     """EngineParts of a core whose model runs in a worker process (described from there)."""
     workers = RemoteWorkers(core)
-    info = workers.call("describe")
-    if info["num_layers"] != num_layers:
-        raise EngineUnsupported(f"the worker exposes {info['num_layers']} KV tensors for {num_layers} layers")
-    if info["on_cuda"]:
-        raise EngineUnsupported("vLLM runs this CUDA model in worker processes (tensor parallel, or the "
-                                "multiprocess executor); thaw's vLLM adapter supports CUDA engines whose "
-                                "worker runs in the engine core (tensor parallel size 1, vLLM's default there)")
+    described = workers.call_each("describe")
+    info = described[0]
+    for rank, other in enumerate(described):
+        if (other["num_layers"], other["layout"], list(other["rank"])) != (num_layers, info["layout"], [rank, len(described)]):
+            raise EngineUnsupported(f"worker {rank} of {len(described)} exposes {other['num_layers']} KV tensors "
+                                    f"for {num_layers} layers, as tensor-parallel rank {other['rank']}, in layout "
+                                    f"{other['layout'] and other['layout']['name']} (worker 0: "
+                                    f"{info['layout'] and info['layout']['name']}); thaw needs one KV tensor per "
+                                    "layer and one layout on every rank, workers in rank order")
     layout = KVLayout.from_json(info["layout"]) if info["layout"] else None
     return EngineParts(front, core, scheduler, block_pool, None, [], layout, info["problem"],
                        core.vllm_config.cache_config.block_size, workers)
@@ -227,6 +231,8 @@ def engine_identity(parts: EngineParts, weights_digest: str = "") -> Identity:
         head_dim=mc.get_head_size(),
         page_size=parts.block_size,
         kv_layout=parts.layout_name,
+        tp_rank=0,  # the core speaks for rank 0; each worker writes its own rank into its file
+        tp_size=cfg.parallel_config.tensor_parallel_size,
         tokenizer=None,
         engine="vllm",
         engine_version=vllm_version(),
@@ -273,6 +279,18 @@ def add_worker_method(name: str, fn: Any) -> None:
 def worker_kv_caches(worker: Any) -> list[torch.Tensor]:
     """The KV tensor of every layer, as a vLLM worker (in whatever process) holds them."""
     return list(getattr(worker.model_runner, "kv_caches", []) or [])
+
+
+def tp_size(parts: EngineParts) -> int:
+    """The engine's tensor parallel size (its number of KV head shards)."""
+    return parts.core.vllm_config.parallel_config.tensor_parallel_size
+
+
+def worker_tp_rank(worker: Any) -> tuple[int, int]:
+    """(rank, size) of the tensor-parallel group the worker process belongs to."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    return get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
 
 
 def worker_reload_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
