@@ -17,6 +17,17 @@ def _report(report: Any) -> dict[str, Any]:
     return report if isinstance(report, dict) else report.to_json()
 
 
+def _with_times(report: dict[str, Any], waited: float) -> dict[str, Any]:
+    """`report` with `seconds` (what this call took), `seconds_core` (what the engine core
+    spent on it: reported by a core in another process, else the same) and, where the
+    report has them, `seconds_by_phase`."""
+    report = dict(report)
+    core = report.pop("seconds", None)
+    if isinstance(core, dict):
+        report["seconds_by_phase"], core = core, None
+    return {**report, "seconds": waited, "seconds_core": waited if core is None else core}
+
+
 class VLLMDriver:
     """Builds `vllm.LLM(**ENGINE_DEFAULTS | config)` and attaches thaw to it. The config key
     `thaw_engine` picks how vLLM runs: "inprocess" (default; VLLM_ENABLE_V1_MULTIPROCESSING=0)
@@ -119,7 +130,7 @@ class VLLMDriver:
         t0 = time.perf_counter()
         report = _report(self.handle.snapshot(path, weights=weights, weights_format=weights_format,
                                               strict=strict, requests=requests))
-        return {**report, "seconds": time.perf_counter() - t0}
+        return _with_times(report, time.perf_counter() - t0)
 
     def prepare(self, path: str, kv_on_device: bool = False) -> float:
         return self.handle.prepare(path, kv_on_device=kv_on_device)
@@ -129,9 +140,7 @@ class VLLMDriver:
         t0 = time.perf_counter()
         report = _report(self.handle.restore(path, weights=weights, requests=requests,
                                              trust_unknown_weights=trust_unknown_weights))
-        if isinstance(report.get("seconds"), dict):
-            report["seconds_by_phase"] = report.pop("seconds")
-        return {**report, "seconds": time.perf_counter() - t0}
+        return _with_times(report, time.perf_counter() - t0)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,
                     temperature: float = 0.0, seed: Optional[int] = None,
