@@ -117,3 +117,14 @@ def test_snapshot_directory_is_required_and_confines_paths(tmp_path):
     for path in ("../a.thaw", "/etc/passwd", "escape/passwd", ""):
         with pytest.raises(Exception, match="outside|non-empty"):
             resolve_path(path, str(tmp_path))
+
+
+def test_snapshot_urls_are_taken_only_under_the_operators_prefixes(tmp_path):
+    with pytest.raises(Exception, match="THAW_SNAPSHOT_URLS"):
+        resolve_path("s3://bucket/a.thaw", str(tmp_path), None)
+    allowed = "s3://bucket/snaps, s3://other/x"
+    assert resolve_path("s3://bucket/snaps/a.thaw", None, allowed) == "s3://bucket/snaps/a.thaw"
+    for url in ("s3://bucket/snapshots/a.thaw", "s3://bucket/snaps/../b.thaw", "s3://bucket/a.thaw",
+                "gs://bucket/snaps/a.thaw", "s3://bucket/snaps/./a.thaw"):
+        with pytest.raises(Exception, match="not under the allowed"):
+            resolve_path(url, str(tmp_path), allowed)

@@ -110,12 +110,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .core.container import Container
+    from .core.container import open_container
     from .progress import Steps
 
     paths = _rank_set(args.path)
     for path in paths:
-        c = Container(path)
+        c = open_container(path)
         total = sum(s.padded_length for s in c.sections.values())
         with Steps(quiet=args.quiet) as steps, steps.step(f"verifying {path}", total) as advance:
             c.verify(progress=advance)

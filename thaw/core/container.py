@@ -175,16 +175,48 @@ def write_container(
         os.close(dir_fd)
 
 
+def parse_head(read: Callable[[int, int], bytes], file_size: int) -> tuple[dict[str, Any], dict[str, fmt.Section], int]:
+    """(meta, sections by name, data start) of a snapshot of `file_size` bytes whose bytes
+    `read(offset, length)` returns: preamble, header CRC and section table validated."""
+    mv = movers()
+    pre = fmt.parse_preamble(read(0, min(fmt.PREAMBLE_SIZE, file_size)), file_size, mv.crc32c)
+    raw_header = read(fmt.PREAMBLE_SIZE, pre.header_length)
+    if len(raw_header) != pre.header_length:
+        raise FormatError("header: file ends inside the header (truncated?)")
+    actual = mv.crc32c(raw_header)
+    if actual != pre.header_crc:
+        raise ChecksumError("the header", pre.header_crc, actual)
+    header = fmt.decode_header(raw_header)
+    extra = set(header) - {"meta", "sections"}
+    if extra:
+        raise FormatError(f"header: unknown top-level fields {sorted(extra)}")
+    if not isinstance(header.get("meta"), dict):
+        raise FormatError("header: field 'meta' must be a JSON object")
+    data_start = fmt.PREAMBLE_SIZE + pre.header_length
+    sections = {s.name: s for s in fmt.parse_sections(header, data_start, file_size)}
+    return header["meta"], sections, data_start
+
+
+def open_container(source: str | os.PathLike) -> Any:
+    """The open snapshot at `source`: a `Container` for a file, an
+    `object_store.ObjectContainer` for a URL (s3://, gs://, ...)."""
+    from .object_store import ObjectContainer, is_url
+
+    return ObjectContainer(source) if is_url(source) else Container(source)
+
+
 class Container:
     """An open snapshot file whose preamble, header and section table have been validated.
 
     Opening reads only the preamble and header; section bytes are read on demand, and
-    every read checks the CRC32C of each chunk it touches before returning.
+    every read checks the CRC32C of each chunk it touches before returning. `is_local`:
+    a file that can be mapped (URLs open as `object_store.ObjectContainer`).
     """
+
+    is_local = True
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
-        mv = movers()
         if is_temp_name(os.path.basename(self.path)):
             raise FormatError(f"{self.path} is a snapshot writer's temporary file (unfinished, or left by "
                               "a writer that crashed), not a snapshot")
@@ -200,28 +232,11 @@ class Container:
         # The native readers open by path (O_DIRECT needs its own open): /proc/self/fd/N
         # re-opens this same inode. Where /proc is missing, reads follow the path.
         self.io_path = f"/proc/self/fd/{self._fd}" if os.path.isdir("/proc/self/fd") else self.path
-        with os.fdopen(os.dup(self._fd), "rb") as f:
-            self.file_size = os.fstat(f.fileno()).st_size
-            pre = fmt.parse_preamble(f.read(fmt.PREAMBLE_SIZE), self.file_size, mv.crc32c)
-            raw_header = f.read(pre.header_length)
-        if len(raw_header) != pre.header_length:
-            raise FormatError("header: file ends inside the header (truncated?)")
-        actual = mv.crc32c(raw_header)
-        if actual != pre.header_crc:
-            raise ChecksumError("the header", pre.header_crc, actual)
-        header = fmt.decode_header(raw_header)
-        extra = set(header) - {"meta", "sections"}
-        if extra:
-            raise FormatError(f"header: unknown top-level fields {sorted(extra)}")
-        if not isinstance(header.get("meta"), dict):
-            raise FormatError("header: field 'meta' must be a JSON object")
-        self.meta: dict[str, Any] = header["meta"]
-        self.data_start = fmt.PREAMBLE_SIZE + pre.header_length
+        self.file_size = os.fstat(self._fd).st_size
+        self.meta, self.sections, self.data_start = parse_head(
+            lambda offset, length: os.pread(self._fd, length, offset), self.file_size)
         self._maps: dict[str, np.ndarray] = {}  # section name -> view of its one mapping
         self.checked: set[str] = set()  # sections whose every chunk's CRC has been checked
-        self.sections: dict[str, fmt.Section] = {
-            s.name: s for s in fmt.parse_sections(header, self.data_start, self.file_size)
-        }
 
     def fileno(self) -> int:
         """The descriptor this Container holds the snapshot file open with."""

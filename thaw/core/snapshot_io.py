@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from . import format as fmt
-from .container import Container, write_container
+from .container import Container, open_container, write_container
 from .dtypes import check_dtype_name, dtype_name
 from .errors import SchemaError, ThawError
 from .kv_layout import KVLayout
@@ -65,7 +65,14 @@ def _prefix_arrays(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = fmt.DEFAULT_CHUNK) -> None:
-    """Validates `snapshot` and writes it atomically to `path` (one file)."""
+    """Validates `snapshot` and writes it atomically to `path` (one file, or an object at a
+    URL: written locally, then uploaded, see `object_store`)."""
+    from .object_store import is_url, save_to_url
+
+    if is_url(path):
+        snapshot.validate()  # before anything is written or sent
+        save_to_url(lambda local: save(snapshot, local, chunk_size=chunk_size), path)
+        return
     snapshot.validate()
     if snapshot.weights and not snapshot.identity.weights_digest:
         snapshot.identity.weights_digest = weights_digest(snapshot.weights)
@@ -181,7 +188,7 @@ def load(path: str | os.PathLike, *, verify: bool = True,
     Tensor payloads stay in the file and are read (and checked again) on demand, through
     ``TensorData.tensor()`` or ``TensorData.read_into(buffer)``.
     """
-    c = Container(path)
+    c = open_container(path)
     if verify:
         c.verify(progress=progress)
     meta = c.meta

@@ -21,6 +21,7 @@ from typing import Union
 
 from .container import file_key
 from .errors import SchemaError
+from .object_store import is_url, object_key
 from .schema import StateSnapshot
 from .snapshot_io import load, save
 
@@ -52,13 +53,19 @@ def rank_files(directory: PathLike) -> list[Path]:
     return [found[(r, size)] for r in range(size)]
 
 
-def snapshot_paths(source: PathLike) -> list[Path]:
-    """The files of the snapshot at `source`: its rank files (a directory) or itself."""
+def snapshot_paths(source: PathLike) -> list:
+    """The files of the snapshot at `source`: its rank files (a directory), or itself (a
+    file, or an object at a URL)."""
+    if is_url(source):
+        return [source]
     return rank_files(source) if Path(source).is_dir() else [Path(source)]
 
 
 def source_key(source: PathLike) -> tuple:
-    """Which snapshot is at `source` now (see `file_key`), for caches of opened snapshots."""
+    """Which snapshot is at `source` now (see `file_key`, `object_key`), for caches of
+    opened snapshots."""
+    if is_url(source):
+        return (object_key(source),)
     return tuple(file_key(p) for p in snapshot_paths(source))
 
 
@@ -74,9 +81,11 @@ def load_ranks(source: PathLike) -> list[StateSnapshot]:
     return ranks
 
 
-def set_of_file(path: PathLike) -> Path:
+def set_of_file(path: PathLike) -> PathLike:
     """The snapshot a file belongs to: its directory when it is a rank file of a set larger
-    than one, else the file itself."""
+    than one, else the file itself (or the object at a URL)."""
+    if is_url(path):
+        return path
     path = Path(path)
     m = RANK_FILE.fullmatch(path.name)
     return path.parent if m and int(m.group(2)) > 1 else path
@@ -92,6 +101,9 @@ class RankSetWriter:
     rank files of a previous set."""
 
     def __init__(self, target: PathLike, size: int) -> None:
+        if is_url(target):
+            raise SchemaError(f"{target}: tensor-parallel snapshots (a set of {size} rank files) are written "
+                              "to local directories; object storage takes single-rank snapshots")
         self.target, self.size = Path(target).absolute(), size
         if self.target.exists():
             if not self.target.is_dir():

@@ -12,6 +12,7 @@ import torch
 from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError, save
 from thaw.core.adapter import EngineAdapter
 from thaw.core.container import file_key
+from thaw.core.object_store import absolute
 from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
@@ -174,7 +175,7 @@ class VLLMHandle(EngineAdapter):
         meta = {"identity": identity.to_json(), "weights_format": fmt, "layout": self.parts.layout.to_json(),
                 "prefix": prefix_to_json(tree), "requests": [r.to_json() for r in in_flight],
                 "extras": {"vllm": {"capture": report.to_json()}}}
-        path = os.path.abspath(os.fspath(path))
+        path = absolute(path)
         size = engine_access.tp_size(self.parts)
         if size == 1:
             self.parts.workers.call("save", path=path, meta=meta, block_ids=block_ids, weights=source)
@@ -198,7 +199,7 @@ class VLLMHandle(EngineAdapter):
         Preparing another file, or `release_prepared`, frees them."""
         t0 = time.perf_counter()
         snap = self._opened_snapshot(path)
-        if self.parts.on_cuda and snap.source is not None:
+        if self.parts.on_cuda and snap.source is not None and snap.source.is_local:
             reg = self._registered_file(snap.source)
             if kv_on_device and snap.kv is not None:
                 from thaw.core.gpu import upload_sections

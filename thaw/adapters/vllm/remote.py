@@ -15,6 +15,7 @@ import os
 from typing import Any, Optional, Union
 
 from thaw.core import Identity
+from thaw.core.object_store import absolute
 from thaw.core.errors import reply_result
 
 PathLike = Union[str, os.PathLike]
@@ -26,7 +27,7 @@ CORE = "in the vLLM engine core process"  # where errors of `thaw_call` were rai
 def _args(path: Optional[PathLike], prefault_kv: bool, **kwargs: Any) -> dict[str, Any]:
     out = dict(kwargs)
     if path is not None:
-        out["path"] = os.path.abspath(os.fspath(path))  # the core may run in another directory
+        out["path"] = absolute(path)  # the core may run in another directory
     out["prefault_kv"] = prefault_kv
     return out
 

@@ -169,7 +169,8 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
     # registered or any weight replaced.
     direct = (placement is not None and registry is not None and parts.on_cuda
               and placement.every_page and snap.kv.layout == parts.layout
-              and all(layer._section for layer in snap.kv.layers) and snap.source is not None)
+              and all(layer._section for layer in snap.kv.layers) and snap.source is not None
+              and snap.source.is_local)  # a file the GPU can map (not an object at a URL)
     in_core = placement is not None and not direct and parts.workers is None  # else the worker reads them
     pages = [layer.mapped() for layer in snap.kv.layers] if in_core else None
     resident = resident_kv(snap.source) if direct and resident_kv is not None else None

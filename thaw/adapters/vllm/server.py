@@ -11,7 +11,9 @@ It answers under ``/thaw/`` and passes every other request to vLLM untouched:
 
 Snapshot, restore and prepare read or write server-side files, so they are off unless the
 operator names a directory in the environment variable ``THAW_SNAPSHOT_DIR``; paths are
-taken relative to it and must resolve inside it. The server's own API keys (``--api-key``
+taken relative to it and must resolve inside it. URLs (``s3://...``) are taken only under
+the prefixes the operator lists in ``THAW_SNAPSHOT_URLS`` (separated by spaces or commas;
+none by default), with no ``..`` segment. The server's own API keys (``--api-key``
 or ``VLLM_API_KEY``) are required here too. In-flight requests are never carried through
 the server: they belong to its HTTP clients. Each call runs in the EngineCore between
 scheduler steps (`core_service`); a refusal or failure comes back as an HTTP error whose
@@ -28,6 +30,7 @@ import secrets
 from typing import Any, Awaitable, Callable
 
 SNAPSHOT_DIR_ENV = "THAW_SNAPSHOT_DIR"
+SNAPSHOT_URLS_ENV = "THAW_SNAPSHOT_URLS"
 STATUS_OF = {"IdentityMismatch": 409, "SnapshotIncomplete": 409, "ChecksumError": 422, "FormatError": 422,
              "SchemaError": 422, "EngineUnsupported": 501, "FileNotFoundError": 404, "NotADirectoryError": 404,
              "PermissionError": 403, "IsADirectoryError": 409}
@@ -46,8 +49,28 @@ class HTTPRefusal(Exception):
         self.status, self.type_name = status, type_name
 
 
-def resolve_path(requested: Any, root: str | None) -> str:
-    """`requested` (relative to `root`, or absolute inside it) as a real path inside `root`."""
+def resolve_url(requested: str, allowed: str | None) -> str:
+    """`requested`, a URL, if it lies under one of the `allowed` prefixes (see the module
+    docstring)."""
+    prefixes = [p.rstrip("/") + "/" for p in (allowed or "").replace(",", " ").split()]
+    if not prefixes:
+        raise HTTPRefusal(403, "EndpointDisabled",
+                          f"snapshot URLs are off: start the server with {SNAPSHOT_URLS_ENV}='s3://BUCKET/PREFIX' "
+                          "to allow snapshots to be written and read under it")
+    scheme, _, rest = requested.partition("://")
+    if any(part in ("..", ".") for part in rest.split("/")) or not any(requested.startswith(p) for p in prefixes):
+        raise HTTPRefusal(403, "PathOutsideSnapshotDir",
+                          f"{requested!r} is not under the allowed snapshot URLs {prefixes}")
+    return requested
+
+
+def resolve_path(requested: Any, root: str | None, allowed_urls: str | None = None) -> str:
+    """`requested` (relative to `root`, or absolute inside it) as a real path inside
+    `root`; a URL only under `allowed_urls` (`resolve_url`)."""
+    from thaw.core.object_store import is_url
+
+    if is_url(requested):
+        return resolve_url(requested, allowed_urls)
     if root is None:
         raise HTTPRefusal(403, "EndpointDisabled",
                           f"thaw's snapshot endpoints are off: start the server with {SNAPSHOT_DIR_ENV}=DIR "
@@ -119,7 +142,8 @@ class ThawMiddleware:
         op, method = scope["path"][len("/thaw/"):], scope.get("method")
         if op == "status" and method == "GET":
             result = await _call_core(app, "status", {})
-            return {**result, "snapshot_dir": os.environ.get(SNAPSHOT_DIR_ENV)}
+            return {**result, "snapshot_dir": os.environ.get(SNAPSHOT_DIR_ENV),
+                    "snapshot_urls": os.environ.get(SNAPSHOT_URLS_ENV)}
         if op not in FIELDS:
             raise HTTPRefusal(404, "NotFound", f"no thaw endpoint {scope['path']!r}; known: /thaw/status, "
                               + ", ".join(f"/thaw/{k}" for k in FIELDS))
@@ -129,7 +153,8 @@ class ThawMiddleware:
         unknown = set(body) - FIELDS[op]
         if unknown:
             raise HTTPRefusal(400, "BadRequest", f"unknown fields {sorted(unknown)}; /thaw/{op} takes {sorted(FIELDS[op])}")
-        body["path"] = resolve_path(body.get("path"), os.environ.get(SNAPSHOT_DIR_ENV))
+        body["path"] = resolve_path(body.get("path"), os.environ.get(SNAPSHOT_DIR_ENV),
+                                    os.environ.get(SNAPSHOT_URLS_ENV))
         if op != "prepare":
             body["requests"] = False  # the server's in-flight requests belong to its clients
         return await _call_core(app, op, body)

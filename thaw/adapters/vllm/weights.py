@@ -104,7 +104,7 @@ class WeightsLoad:
         on_gpu = parts.on_cuda
         from_file = registry is not None and snap.source is not None and \
             all(not d.in_memory for d in snap.weights.values())
-        self.registered = registry(snap.source) if on_gpu and from_file else None
+        self.registered = registry(snap.source) if on_gpu and from_file and snap.source.is_local else None
         self.params: dict[str, torch.Tensor] = {}
         if snap.weights_format == PARAMETERS_FORMAT:
             self.params = parameters(parts)

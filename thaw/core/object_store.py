@@ -1,0 +1,215 @@
+"""Snapshots at URLs: `s3://`, `gs://`, anything fsspec serves.
+
+Reading (`ObjectContainer`) needs no local copy: the preamble and header come in one
+ranged GET, each section in parallel ranged GETs straight into one buffer, and every
+chunk's CRC32C is checked against the header before a byte is used, on every read (the
+store's bytes are checked, not trusted). An object replaced while it is read fails those
+checks instead of mixing two snapshots. Writing (`upload_file`) sends a finished local
+snapshot file with the store's own upload (S3: multipart), which makes the object appear
+only once every part has arrived: an interrupted upload leaves no object that looks
+complete.
+
+Credentials and endpoints are the store's usual environment (`AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, ...). fsspec and the
+store's client (s3fs for `s3://`: ``pip install thaw[s3]``) are imported only when a URL
+is used; a missing client is reported by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import format as fmt
+from .errors import FormatError, ThawError
+from .movers import movers
+
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+PART_BYTES = 16 * 2**20  # one ranged GET
+GET_THREADS = int(os.environ.get("THAW_OBJECT_THREADS", "16"))
+HEAD_GUESS = 1 * 2**20  # the first GET: preamble and (usually) the whole header
+ProgressFn = Callable[[int, int], None]
+
+
+def is_url(source: Any) -> bool:
+    """True for a URL thaw reads through fsspec (any scheme but file://)."""
+    return isinstance(source, str) and bool(URL.match(source)) and not source.startswith("file://")
+
+
+def absolute(source: Any) -> str:
+    """`source` as another process can open it: a URL as it is, a path made absolute."""
+    return source if is_url(source) else os.path.abspath(os.fspath(source))
+
+
+class ObjectStoreUnavailable(ThawError):
+    """The URL's scheme has no installed client, or the store cannot be reached."""
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for `url`; S3 honours `AWS_ENDPOINT_URL`."""
+    try:
+        import fsspec
+    except ImportError:
+        raise ObjectStoreUnavailable(f"{url}: reading URLs needs fsspec (pip install thaw[s3])") from None
+    scheme = url.split("://", 1)[0].lower()
+    options: dict[str, Any] = {}
+    if scheme in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as exc:
+        raise ObjectStoreUnavailable(f"{url}: no client for {scheme}:// is installed ({exc}); for s3:// "
+                                     "pip install thaw[s3]") from None
+
+
+def object_key(url: str) -> tuple:
+    """Which object is at `url` now (size and ETag or version), for caches of opened snapshots."""
+    fs, path = filesystem(url)
+    info = fs.info(path)
+    return ("url", url, info.get("size"), info.get("ETag") or info.get("VersionId") or info.get("mtime"))
+
+
+class ObjectContainer:
+    """A snapshot object at a URL, read with ranged GETs; the same reading interface as
+    `container.Container` (header validated at open, sections fetched on demand and
+    checked chunk by chunk). `is_local` is False: nothing maps it as a file."""
+
+    is_local = False
+
+    def __init__(self, url: str) -> None:
+        from .container import parse_head
+
+        self.path = url
+        self._fs, self._key = filesystem(url)
+        try:
+            info = self._fs.info(self._key)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no snapshot object at {url}") from None
+        if info.get("type") == "directory":
+            raise FormatError(f"{url} is a prefix (a directory), not a snapshot object")
+        self.file_size = int(info["size"])
+        head = self._get(0, min(self.file_size, HEAD_GUESS))
+
+        def read(offset: int, length: int) -> bytes:
+            if offset + length <= len(head):
+                return head[offset:offset + length]
+            return self._get(offset, min(length, self.file_size - offset))
+
+        self.meta, self.sections, self.data_start = parse_head(read, self.file_size)
+        self._buffers: dict[str, np.ndarray] = {}
+        self.checked: set[str] = set()
+
+    def _get(self, offset: int, length: int) -> bytes:
+        data = self._fs.cat_file(self._key, start=offset, end=offset + length)
+        if len(data) != length:
+            raise FormatError(f"{self.path}: asked for {length} bytes at {offset}, the store sent "
+                              f"{len(data)} (the object changed or was truncated?)")
+        return data
+
+    def _fetch(self, offset: int, out: np.ndarray, progress: Optional[Callable[[int], None]] = None) -> None:
+        """Fills `out` with the object's bytes from `offset`, parallel ranged GETs."""
+        parts = [(start, min(PART_BYTES, out.size - start)) for start in range(0, out.size, PART_BYTES)]
+
+        def one(part: tuple[int, int]) -> None:
+            start, length = part
+            out[start:start + length] = np.frombuffer(self._get(offset + start, length), dtype=np.uint8)
+            if progress:
+                progress(length)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(GET_THREADS, len(parts)))) as pool:
+            list(pool.map(one, parts))
+
+    def section(self, name: str) -> fmt.Section:
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise FormatError(f"section {name!r} is missing from {self.path}") from None
+
+    def map_section(self, name: str) -> np.ndarray:
+        """The section's payload, fetched once into memory and kept; the CRC32C of every
+        chunk of its padded extent is checked on every call."""
+        sec = self.section(name)
+        if sec.padded_length == 0:
+            return np.empty(0, dtype=np.uint8)
+        buf = self._buffers.get(name)
+        if buf is None:
+            buf = np.empty(sec.padded_length, dtype=np.uint8)
+            self._fetch(sec.offset, buf)
+            self._buffers[name] = buf
+        sec.check_crcs(movers().crc32c_chunks(buf, sec.chunk_size, 8))
+        self.checked.add(name)
+        return buf[:sec.length]
+
+    @property
+    def num_mappings(self) -> int:
+        return len(self._buffers)
+
+    def read_into(self, name: str, dest: Any, *, verify: bool = True, threads: int = 0,
+                  direct: bool = False) -> None:
+        """Fills `dest` (exactly the section's length) with the checked payload."""
+        from .container import _as_bytes_view, _nbytes
+
+        sec = self.section(name)
+        view = _as_bytes_view(dest)
+        if _nbytes(view) != sec.length:
+            raise FormatError(f"section {name!r} holds {sec.length} bytes; the buffer has {_nbytes(view)}")
+        if sec.length:
+            target = view.numpy() if hasattr(view, "numpy") else view  # torch uint8 view: same memory
+            target[:] = self.map_section(name)
+        self._buffers.pop(name, None)  # read once: not kept
+
+    def read(self, name: str, *, verify: bool = True) -> np.ndarray:
+        out = np.empty(self.section(name).length, dtype=np.uint8)
+        self.read_into(name, out)
+        return out
+
+    def verify(self, *, progress: Optional[ProgressFn] = None, threads: int = 0) -> None:
+        """Fetches and checks every chunk of every section (nothing is kept)."""
+        total = sum(s.padded_length for s in self.sections.values())
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(done, total)
+
+        for sec in self.sections.values():
+            buf = np.empty(sec.padded_length, dtype=np.uint8)
+            self._fetch(sec.offset, buf, advance)
+            sec.check_crcs(movers().crc32c_chunks(buf, sec.chunk_size, 8))
+            self.checked.add(sec.name)
+
+    def close(self) -> None:
+        self._buffers.clear()
+
+
+def upload_file(local: str, url: str) -> None:
+    """Puts the finished snapshot file `local` at `url` with the store's upload (multipart
+    on S3: the object exists only once every part is in)."""
+    fs, key = filesystem(url)
+    fs.put_file(local, key)
+
+
+def save_to_url(write: Callable[[str], None], url: str) -> None:
+    """Writes a snapshot with `write(path)` into a local spool file (under
+    `THAW_SPOOL_DIR`, else the system's temporary directory), uploads it to `url`, and
+    removes the spool file whatever happens. The spool file carries a writer's temporary
+    name (`.thaw-upload.tmp-PID-HEX`): readers refuse it, and `thaw gc` removes it if the
+    process is killed before it can."""
+    from .container import TEMP_MARK
+
+    spool = os.environ.get("THAW_SPOOL_DIR") or tempfile.gettempdir()
+    local = os.path.join(spool, f".thaw-upload{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        write(local)
+        upload_file(local, url)
+    finally:
+        if os.path.exists(local):
+            os.unlink(local)
