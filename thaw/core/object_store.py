@@ -68,6 +68,14 @@ def filesystem(url: str) -> tuple[Any, str]:
                                      "pip install thaw[s3]") from None
 
 
+def stored_size(source: Any) -> int:
+    """Bytes of the snapshot file or object at `source`."""
+    if not is_url(source):
+        return os.path.getsize(source)
+    fs, path = filesystem(source)
+    return int(fs.info(path)["size"])
+
+
 def object_key(url: str) -> tuple:
     """Which object is at `url` now (size and ETag or version), for caches of opened snapshots."""
     fs, path = filesystem(url)

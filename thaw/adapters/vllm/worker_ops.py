@@ -24,6 +24,7 @@ import torch
 
 from thaw.core import StateSnapshot, ThawError, TensorData, convert_pages, save
 from thaw.core.errors import error_reply
+from thaw.core.object_store import stored_size
 from thaw.core.tp import check_ranks, rank_kv
 from thaw.core.tp_files import SET_KEY, load_ranks, rank_file_name, set_of_file, source_key
 from thaw.core.kv_layout import KVLayout
@@ -142,7 +143,7 @@ class _WorkerSide:
                              requests=[RequestState.from_json(r) for r in meta["requests"]],
                              extras=extras)
         save(snap, path)
-        return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": os.path.getsize(path)}
+        return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": stored_size(path)}
 
     def stage_kv(self, path: str, needed: list[int]) -> dict:
         """Reads this rank's KV heads from the snapshot `path` belongs to (its own rank file
