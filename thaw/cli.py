@@ -1,4 +1,4 @@
-"""The `thaw` command line: inspect, verify, diff, convert, gc, fork, demo.
+"""The `thaw` command line: inspect, verify, diff, convert, gc, fork, fleet, demo.
 
 `--help`, `inspect`, `verify`, `diff` and `gc` need neither torch nor an engine: each
 command imports what it uses when it runs. Exit status: 0 success, 2 a `ThawError` (a bad,
@@ -13,26 +13,16 @@ import json
 import sys
 from typing import Any, NoReturn, Optional
 
+from .cli_args import UsageError
+from .cli_engines import add_engine_commands
 from .core.errors import EngineUnsupported, SchemaError, ThawError
 
 EXIT_THAW, EXIT_OS, EXIT_USAGE, EXIT_INTERRUPTED = 2, 3, 64, 130
 
 
-class UsageError(Exception):
-    """Arguments that do not make a command (exit 64, with the usage line)."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
-
-
-def _json_argument(text: str, option: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{option} must be JSON, e.g. '{{\"model\": \"DIR\"}}': {exc.msg} at "
-                         f"character {exc.pos} of {text!r}") from None
 
 
 def _unchecked_note(path: str, unchecked: int, label: str = "checked") -> str:
@@ -207,44 +197,6 @@ def _convert_tp(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fork(args: argparse.Namespace) -> int:
-    from .fork import fork
-    from .progress import Steps
-
-    config = _json_argument(args.engine_config, "--engine-config")
-    if not isinstance(config, dict):
-        raise UsageError(f"--engine-config must be a JSON object, found {type(config).__name__}")
-    with Steps(quiet=args.quiet) as steps:
-        children = fork(args.snapshot, args.n, engine=args.engine, engine_config=config,
-                        max_tokens=args.max_tokens, temperature=args.temperature, steps=steps)
-    if args.json:
-        print(json.dumps([c.to_json() for c in children], indent=2))
-        return 0
-    for c in children:
-        print(f"child {c.index}: {c.cached_tokens} cached tokens, restore {c.restore_seconds * 1e3:.0f} ms, "
-              f"TTFT {c.ttft_seconds * 1e3:.1f} ms, seed {c.seed}: {c.tokens}")
-    return 0
-
-
-def cmd_remote(args: argparse.Namespace) -> int:
-    """snapshot / restore / status of a running server, through its /thaw/ endpoints."""
-    from .http_client import call
-
-    if args.command == "status":
-        reply = call(args.url, "status", api_key=args.api_key)
-    elif args.command == "snapshot":
-        body: dict[str, Any] = {"path": args.path, "weights": not args.no_weights}
-        if args.weights_format:
-            body["weights_format"] = args.weights_format
-        reply = call(args.url, "snapshot", body, api_key=args.api_key)
-    else:
-        reply = call(args.url, "restore", {"path": args.path, "weights": not args.no_weights,
-                                           "trust_unknown_weights": args.trust_unknown_weights},
-                     api_key=args.api_key)
-    print(json.dumps(reply, indent=2, sort_keys=True))
-    return 0
-
-
 def _layout_names() -> str:
     from .core.layouts import NAMED_LAYOUTS
 
@@ -301,34 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page-size", type=int, default=0, help="tokens per target page (default: the source's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("fork", help="restore a snapshot into N fresh engines and continue each")
-    p.add_argument("snapshot")
-    p.add_argument("-n", type=int, default=4, help="number of children")
-    p.add_argument("--engine", default="vllm")
-    p.add_argument("--engine-config", required=True, help='JSON engine config, e.g. {"model": "DIR"}')
-    p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.set_defaults(func=cmd_fork)
-    server_help = ("URL of a server started with thaw's endpoints (vllm serve ... --middleware "
-                   "thaw.adapters.vllm.server.ThawMiddleware)")
-    for name, text in (("snapshot", "snapshot a running server's engine to a file under its THAW_SNAPSHOT_DIR"),
-                       ("restore", "restore a running server's engine from a file under its THAW_SNAPSHOT_DIR"),
-                       ("status", "a running server's engine identity and cache state")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--url", required=True, help=server_help)
-        p.add_argument("--api-key", default=None, help="the server's API key (default: $VLLM_API_KEY)")
-        if name != "status":
-            p.add_argument("path", help="relative to the server's THAW_SNAPSHOT_DIR")
-            p.add_argument("--no-weights", action="store_true", help="leave the weights out (snapshot) or keep "
-                           "the engine's own, which must match the snapshot's digest (restore)")
-        if name == "snapshot":
-            p.add_argument("--weights-format", default=None, help="checkpoint or vllm.parameters")
-        if name == "restore":
-            p.add_argument("--trust-unknown-weights", action="store_true",
-                           help="with --no-weights: accept an engine whose weights digest is unknown")
-        p.set_defaults(func=cmd_remote)
+    add_engine_commands(sub)
     return parser
 
 

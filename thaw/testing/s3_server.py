@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from typing import Optional
 
-from .vllm_server import free_port
+from .vllm_server import free_port, stop_process, wait_for_http
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "thaw-test", "AWS_SECRET_ACCESS_KEY": "thaw-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -32,16 +30,8 @@ class S3Server:
         self.env = {**CREDENTIALS, "AWS_ENDPOINT_URL": self.url}
 
     def wait(self, timeout: float = 60) -> "S3Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {self.proc.returncode}")
-            try:
-                urllib.request.urlopen(self.url + "/moto-api/", timeout=2).read()
-                return self
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError(f"moto server did not answer in {timeout} s")
+        wait_for_http(self.proc, self.url + "/moto-api/", timeout, "moto's S3 server")
+        return self
 
     def make_bucket(self, name: str) -> str:
         """Creates bucket `name` (with the env set in this process); returns s3://name."""
@@ -53,10 +43,5 @@ class S3Server:
         return f"s3://{name}"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10)
         self.log.close()

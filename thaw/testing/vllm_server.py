@@ -21,6 +21,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(proc: subprocess.Popen, url: str, timeout: float, where: str) -> None:
+    """Returns once `url` answers; raises if `proc` exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; {where}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"server did not answer in {timeout} s; {where}")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Terminates `proc`, killing it if it has not exited after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class VLLMServer:
     """One server process serving `model` with thaw's middleware and `snapshot_dir` as its
     THAW_SNAPSHOT_DIR. `engine_args` are extra `vllm serve` arguments."""
@@ -40,16 +64,8 @@ class VLLMServer:
             env={**os.environ, "THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})})
 
     def wait(self, timeout: float = 300) -> "VLLMServer":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=2).read()
-                return self
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError(f"server did not answer in {timeout} s; see {self.log.name}")
+        wait_for_http(self.proc, self.url + "/health", timeout, f"see {self.log.name}")
+        return self
 
     def complete(self, prompt: Any, max_tokens: int = 8) -> tuple[str, int]:
         """(text, cached prompt tokens) of one greedy completion, through the openai client."""
@@ -67,10 +83,5 @@ class VLLMServer:
         return urllib.request.urlopen(req).read()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 60)
         self.log.close()

@@ -1,0 +1,119 @@
+"""A pool of started vLLM engines forking one snapshot into many branches, on this machine
+(child processes) and on a local Ray cluster (actors), with an engine killed mid-call:
+every branch comes back exactly once, with the full trunk cached and the tokens its seed
+gives anywhere."""
+
+import os
+import signal
+
+import pytest
+
+from thaw.fleet import EnginePool, LocalPlacement, RayPlacement
+from thaw.workers import EngineWorker
+
+from .engine_configs import tiny_models
+from .engines import needs_vllm
+
+pytestmark = [needs_vllm, pytest.mark.engine]
+PROMPT = [4 + (i * 37) % 500 for i in range(300)]
+FULL_BLOCKS = 300 // 32 * 32
+DRIVER = "thaw.adapters.vllm.driver:VLLMDriver"
+
+
+@pytest.fixture(scope="module")
+def trunk(tmp_path_factory):
+    model, _ = tiny_models(tmp_path_factory.mktemp("models"))
+    path = str(tmp_path_factory.mktemp("snaps") / "trunk.thaw")
+    with EngineWorker(DRIVER, {"model": model}) as parent:
+        parent.call("generate", prompt_token_ids=PROMPT, max_tokens=1)
+        parent.call("snapshot", path=path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def local_branches(trunk):
+    """Six branches from a local pool of two engines: the reference for every later fork."""
+    model, path = trunk
+    with EnginePool("vllm", {"model": model, "load_format": "dummy"}, 2, placement=LocalPlacement()) as pool:
+        first = pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
+        again = pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
+    return first, again
+
+
+def test_local_pool_forks_every_branch_once_from_the_trunk(local_branches):
+    first, again = local_branches
+    assert [b.index for b in first] == list(range(6)) and [b.seed for b in first] == list(range(100, 106))
+    assert {b.engine for b in first} == {"engine-0", "engine-1"}
+    assert all(b.cached_tokens == FULL_BLOCKS and b.attempts == 1 for b in first)
+    assert len({tuple(b.tokens) for b in first}) > 1  # seeds diverge
+    assert [b.tokens for b in again] == [b.tokens for b in first]  # a branch is its seed
+
+
+def test_a_local_engine_killed_mid_call_is_replaced_and_its_branches_rerun(trunk, local_branches):
+    model, path = trunk
+    state: dict = {}
+    events = []
+
+    def on_event(kind, info):
+        events.append((kind, info.get("engine")))
+        if kind == "generate" and info["branches"][0] == 3 and not state:
+            state["killed"] = info["engine"]
+            engine = next(e for e in pool.engines if e.name == info["engine"])
+            os.kill(engine.pid, signal.SIGKILL)
+
+    pool = EnginePool("vllm", {"model": model, "load_format": "dummy"}, 2, on_event=on_event)
+    try:
+        out = pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
+        assert pool.replaced == 1 and ("lost", state["killed"]) in events
+    finally:
+        pool.close()
+    assert [b.index for b in out] == list(range(6))
+    assert [b.attempts for b in out] == [1, 1, 1, 2, 2, 2]
+    assert all(b.cached_tokens == FULL_BLOCKS for b in out)
+    assert [b.tokens for b in out] == [b.tokens for b in local_branches[0]]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="needs ray (pip install thaw[ray]); .ci/run installs it")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_pool_gives_the_same_branches_and_survives_a_killed_actor(trunk, local_branches, ray_cluster):
+    model, path = trunk
+    state: dict = {}
+
+    def on_event(kind, info):
+        if kind == "generate" and info["branches"][0] == 3 and not state:
+            state["killed"] = info["engine"]
+            engine = next(e for e in pool.engines if e.name == info["engine"])
+            ray_cluster.kill(engine.actor, no_restart=True)
+
+    pool = EnginePool("vllm", {"model": model, "load_format": "dummy"}, 2,
+                      placement=RayPlacement({"num_cpus": 1}), on_event=on_event)
+    try:
+        out = pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
+        assert pool.replaced == 1 and state["killed"]
+    finally:
+        pool.close()
+    assert [b.index for b in out] == list(range(6)) and [b.attempts for b in out] == [1, 1, 1, 2, 2, 2]
+    assert all(b.cached_tokens == FULL_BLOCKS for b in out)
+    assert [b.tokens for b in out] == [b.tokens for b in local_branches[0]]
+
+
+def test_the_command_line_forks_over_a_pool(trunk, local_branches, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    model, path = trunk
+    out = subprocess.run([sys.executable, "-m", "thaw.cli", "fleet", path, "--engines", "1", "--branches", "2",
+                          "--max-tokens", "8", "--seed", "100", "--json",
+                          "--engine-config", json.dumps({"model": model, "load_format": "dummy"})],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    branches = json.loads(out.stdout)
+    # the default prompt is the trunk's cached path itself, whose last block vLLM recomputes
+    assert [b["index"] for b in branches] == [0, 1] and all(b["cached_tokens"] == FULL_BLOCKS - 32 for b in branches)
