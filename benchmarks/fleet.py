@@ -7,6 +7,8 @@ weights) is started once; their boot is reported apart and counted on neither si
   - fleet: `EnginePool.fork(snapshot, --branches)`: each engine restores the trunk (KV
     and, on its first restore, weights) and generates its block of branches in one batch;
     restore counted;
+  - fleet again: the pool's next fork of the same trunk after its prefix caches are reset
+    (KV restored, weights already loaded): a warm pool's steady state;
   - cold: the same engines, prefix cache reset, each prefills the trunk once and then
     generates the same block from the trunk's tokens with the same seeds (a cache hit).
 Both sides produce --branches x --max-tokens tokens; reported: seconds, branches/s and
@@ -58,6 +60,11 @@ def main() -> None:
             t0 = time.perf_counter()
             branches = pool.fork(path, args.branches, prompt=trunk, max_tokens=args.max_tokens, seed=0)
             fleet = time.perf_counter() - t0
+            for engine in pool.engines:  # a warm pool's next fork: weights already there, cache empty
+                engine.call("reset_prefix_cache")
+            t0 = time.perf_counter()
+            again = pool.fork(path, args.branches, prompt=trunk, max_tokens=args.max_tokens, seed=0)
+            fleet_again = time.perf_counter() - t0
             n = len(pool.engines)
             blocks = [(k * args.branches // n, (k + 1) * args.branches // n) for k in range(n)]
 
@@ -82,7 +89,9 @@ def main() -> None:
         "max_tokens": args.max_tokens, "placement": "Ray actors, local cluster, 1 CPU each",
         "model": {"layers": 6, "hidden": 512, "kv_heads": 8, "head_dim": 64, "dtype": "float32"},
         "pool_boot_seconds": boot,
-        "fleet_seconds": fleet, "cold_seconds": cold,
+        "fleet_seconds": fleet, "fleet_again_seconds": fleet_again, "cold_seconds": cold,
+        "fleet_again_branches_per_second": args.branches / fleet_again, "speedup_again": cold / fleet_again,
+        "fleet_again_restore_seconds": sorted({round(b.restore_seconds, 4) for b in again}),
         "fleet_branches_per_second": args.branches / fleet, "cold_branches_per_second": args.branches / cold,
         "speedup": cold / fleet,
         "fleet_cached_tokens": sorted({b.cached_tokens for b in branches}),
