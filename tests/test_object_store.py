@@ -146,3 +146,26 @@ def test_the_command_line_reads_urls(bucket):
     assert shown.returncode == 0 and url in shown.stdout and "6 pages x 2 layers" in shown.stdout
     checked = run("verify", url)
     assert checked.returncode == 0 and "every CRC32C matches" in checked.stdout
+
+
+def test_a_cache_directory_keeps_a_checked_copy_per_object_version(bucket, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("THAW_CACHE_DIR", str(cache))
+    url = f"{bucket}/cached.thaw"
+    thaw.save(snapshot(seed=7), url)
+    first = thaw.load(url)
+    assert first.source.is_local and first.source.path.startswith(str(cache))
+    assert thaw.load(url).source.path == first.source.path and len(list(cache.iterdir())) == 1
+    replacement = snapshot(seed=8)
+    thaw.save(replacement, url)  # a new object version: fetched anew
+    second = thaw.load(url)
+    assert second.source.path != first.source.path
+    assert torch.equal(second.kv.layers[0].tensor(), replacement.kv.layers[0].tensor())
+    sec = second.source.section("kv/layer/0")
+    with open(second.source.path, "r+b") as f:  # the cached copy is checked, not trusted
+        f.seek(sec.offset + 3)
+        byte = f.read(1)
+        f.seek(sec.offset + 3)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ChecksumError, match="kv/layer/0"):
+        thaw.load(url)

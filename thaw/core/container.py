@@ -199,10 +199,14 @@ def parse_head(read: Callable[[int, int], bytes], file_size: int) -> tuple[dict[
 
 def open_container(source: str | os.PathLike) -> Any:
     """The open snapshot at `source`: a `Container` for a file, an
-    `object_store.ObjectContainer` for a URL (s3://, gs://, ...)."""
-    from .object_store import ObjectContainer, is_url
+    `object_store.ObjectContainer` for a URL (s3://, gs://, ...), or a `Container` of its
+    local copy where `THAW_CACHE_DIR` is set (`object_store.cached_copy`)."""
+    from .object_store import ObjectContainer, cached_copy, is_url
 
-    return ObjectContainer(source) if is_url(source) else Container(source)
+    if not is_url(source):
+        return Container(source)
+    local = cached_copy(source)  # with THAW_CACHE_DIR: a checked local copy
+    return ObjectContainer(source) if local is None else Container(local)
 
 
 class Container:

@@ -9,6 +9,11 @@ snapshot file with the store's own upload (S3: multipart), which makes the objec
 only once every part has arrived: an interrupted upload leaves no object that looks
 complete.
 
+With `THAW_CACHE_DIR` set, an object is first downloaded (parallel ranged GETs) into that
+directory under a name derived from its URL, size and ETag, and read from there as a local
+file: checked like any file on every read, never trusted for being there, and a changed
+object (new ETag) is fetched anew. Cached copies are not removed by thaw.
+
 Credentials and endpoints are the store's usual environment (`AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, ...). fsspec and the
 store's client (s3fs for `s3://`: ``pip install thaw[s3]``) are imported only when a URL
@@ -17,6 +22,7 @@ is used; a missing client is reported by name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -76,10 +82,55 @@ def stored_size(source: Any) -> int:
     return int(fs.info(path)["size"])
 
 
-def object_key(url: str) -> tuple:
+CACHE_ENV = "THAW_CACHE_DIR"
+
+
+def cached_copy(url: str) -> Optional[str]:
+    """The local copy of the object at `url` in `THAW_CACHE_DIR` (downloaded now if that
+    directory has none for its current size and ETag); None when no cache is configured."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        return None
+    from .container import TEMP_MARK
+
+    fs, key = filesystem(url)
+    try:
+        info = fs.info(key)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no snapshot object at {url}") from None
+    tag = hashlib.sha256(repr(object_key(url, info)).encode()).hexdigest()[:32]
+    local = os.path.join(root, f"{tag}.thaw")
+    if not os.path.exists(local):
+        os.makedirs(root, exist_ok=True)
+        tmp = os.path.join(root, f".{tag}.thaw{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            _download(fs, key, int(info["size"]), tmp)
+            os.replace(tmp, local)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return local
+
+
+def _download(fs: Any, key: str, size: int, local: str) -> None:
+    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        def one(start: int) -> None:
+            data = fs.cat_file(key, start=start, end=min(size, start + PART_BYTES))
+            os.pwrite(fd, data, start)
+
+        with ThreadPoolExecutor(max_workers=GET_THREADS) as pool:
+            list(pool.map(one, range(0, size, PART_BYTES)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def object_key(url: str, info: Optional[dict] = None) -> tuple:
     """Which object is at `url` now (size and ETag or version), for caches of opened snapshots."""
-    fs, path = filesystem(url)
-    info = fs.info(path)
+    if info is None:
+        fs, path = filesystem(url)
+        info = fs.info(path)
     return ("url", url, info.get("size"), info.get("ETag") or info.get("VersionId") or info.get("mtime"))
 
 
