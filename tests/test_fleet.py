@@ -74,11 +74,19 @@ def test_a_local_engine_killed_mid_call_is_replaced_and_its_branches_rerun(trunk
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster started from a scratch directory: Ray puts the driver's working
+    directory on its workers' import path, and from a source checkout that would shadow
+    the installed thaw (and its compiled movers)."""
     ray = pytest.importorskip("ray", reason="needs ray (pip install thaw[ray]); .ci/run installs it")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray
+        ray.shutdown()
+    finally:
+        os.chdir(here)
 
 
 def test_ray_pool_gives_the_same_branches_and_survives_a_killed_actor(trunk, local_branches, ray_cluster):

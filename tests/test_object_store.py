@@ -117,7 +117,8 @@ def test_an_upload_killed_midway_leaves_no_object(bucket, tmp_path):
     url = f"{bucket}/killed.thaw"
     fs, key = filesystem(url)
     env = {**os.environ, "THAW_SPOOL_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-c", UPLOADER, url], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", UPLOADER, url], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=tmp_path)  # outside the source tree: the installed thaw
     assert proc.stdout.readline().strip() == "saving"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not _upload_in_progress(fs, bucket):
@@ -129,7 +130,8 @@ def test_an_upload_killed_midway_leaves_no_object(bucket, tmp_path):
     assert not fs.exists(key)
     spooled = [e.name for e in tmp_path.iterdir()]
     assert all(thaw.core.container.is_temp_name(n) for n in spooled)  # readers refuse what is left
-    assert subprocess.run([sys.executable, "-m", "thaw.cli", "gc", str(tmp_path)], capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "thaw.cli", "gc", str(tmp_path)], capture_output=True,
+                          cwd=tmp_path).returncode == 0
     assert list(tmp_path.iterdir()) == []
 
 
@@ -138,10 +140,11 @@ def _upload_in_progress(fs, bucket: str) -> bool:
     return bool(reply.get("Uploads"))
 
 
-def test_the_command_line_reads_urls(bucket):
+def test_the_command_line_reads_urls(bucket, tmp_path):
     url = f"{bucket}/cli.thaw"
     thaw.save(snapshot(seed=4), url)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "thaw.cli", *a], capture_output=True, text=True)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "thaw.cli", *a], capture_output=True, text=True,
+                                    cwd=tmp_path)
     shown = run("inspect", url)
     assert shown.returncode == 0 and url in shown.stdout and "6 pages x 2 layers" in shown.stdout
     checked = run("verify", url)

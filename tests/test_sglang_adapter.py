@@ -66,7 +66,8 @@ def test_inflight_request_settings_not_carried_are_refused_by_name(model, tmp_pa
     """Penalties and the seed travel with an in-flight request; a logit bias does not, so
     the snapshot refuses naming the request and the setting, and writes nothing."""
     with EngineWorker(DRIVER, {"model": model}) as w:
-        w.call("add_request", request_id="penalised", prompt_token_ids=PROMPT[:40], max_tokens=6,
+        # long enough to be still running when `step` pauses the engine (it may overshoot)
+        w.call("add_request", request_id="penalised", prompt_token_ids=PROMPT[:40], max_tokens=200,
                temperature=0.7, seed=3, sampling={"frequency_penalty": 0.5, "repetition_penalty": 1.2})
         w.call("step")
         w.call("snapshot", path=str(tmp_path / "carried.thaw"), weights=False)
@@ -74,7 +75,7 @@ def test_inflight_request_settings_not_carried_are_refused_by_name(model, tmp_pa
         assert req.sampling["frequency_penalty"] == 0.5 and req.sampling["repetition_penalty"] == 1.2
         assert req.sampling["sampling_seed"] == 3
         w.call("finish")
-        w.call("add_request", request_id="biased", prompt_token_ids=PROMPT[:40], max_tokens=6,
+        w.call("add_request", request_id="biased", prompt_token_ids=PROMPT[:40], max_tokens=200,
                sampling={"logit_bias": {"7": 2.0}})
         w.call("step")
         with pytest.raises(RemoteError) as err:
