@@ -104,7 +104,7 @@ def cached_copy(url: str) -> Optional[str]:
         os.makedirs(root, exist_ok=True)
         tmp = os.path.join(root, f".{tag}.thaw{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            _download(fs, key, int(info["size"]), tmp)
+            _download(fs, key, url, int(info["size"]), tmp)
             os.replace(tmp, local)
         finally:
             if os.path.exists(tmp):
@@ -112,18 +112,31 @@ def cached_copy(url: str) -> Optional[str]:
     return local
 
 
-def _download(fs: Any, key: str, size: int, local: str) -> None:
+def _download(fs: Any, key: str, url: str, size: int, local: str) -> None:
     fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        def one(start: int) -> None:
-            data = fs.cat_file(key, start=start, end=min(size, start + PART_BYTES))
-            os.pwrite(fd, data, start)
-
-        with ThreadPoolExecutor(max_workers=GET_THREADS) as pool:
-            list(pool.map(one, range(0, size, PART_BYTES)))
+        _get_parts(fs, key, url, 0, size, lambda start, data: os.pwrite(fd, data, start))
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _get(fs: Any, key: str, url: str, offset: int, length: int) -> bytes:
+    """One ranged GET of exactly `length` bytes at `offset`; a short answer is refused."""
+    data = fs.cat_file(key, start=offset, end=offset + length)
+    if len(data) != length:
+        raise FormatError(f"{url}: asked for {length} bytes at {offset}, the store sent "
+                          f"{len(data)} (the object changed or was truncated?)")
+    return data
+
+
+def _get_parts(fs: Any, key: str, url: str, offset: int, length: int, put: Callable[[int, bytes], Any]) -> None:
+    """The `length` bytes at `offset` by parallel ranged GETs of PART_BYTES, each handed to
+    `put(start relative to offset, data)` as it arrives."""
+    starts = range(0, length, PART_BYTES)
+    with ThreadPoolExecutor(max_workers=max(1, min(GET_THREADS, len(starts)))) as pool:
+        list(pool.map(lambda start: put(start, _get(fs, key, url, offset + start,
+                                                    min(PART_BYTES, length - start))), starts))
 
 
 def object_key(url: str, info: Optional[dict] = None) -> tuple:
@@ -165,24 +178,16 @@ class ObjectContainer:
         self.checked: set[str] = set()
 
     def _get(self, offset: int, length: int) -> bytes:
-        data = self._fs.cat_file(self._key, start=offset, end=offset + length)
-        if len(data) != length:
-            raise FormatError(f"{self.path}: asked for {length} bytes at {offset}, the store sent "
-                              f"{len(data)} (the object changed or was truncated?)")
-        return data
+        return _get(self._fs, self._key, self.path, offset, length)
 
     def _fetch(self, offset: int, out: np.ndarray, progress: Optional[Callable[[int], None]] = None) -> None:
         """Fills `out` with the object's bytes from `offset`, parallel ranged GETs."""
-        parts = [(start, min(PART_BYTES, out.size - start)) for start in range(0, out.size, PART_BYTES)]
-
-        def one(part: tuple[int, int]) -> None:
-            start, length = part
-            out[start:start + length] = np.frombuffer(self._get(offset + start, length), dtype=np.uint8)
+        def put(start: int, data: bytes) -> None:
+            out[start:start + len(data)] = np.frombuffer(data, dtype=np.uint8)
             if progress:
-                progress(length)
+                progress(len(data))
 
-        with ThreadPoolExecutor(max_workers=max(1, min(GET_THREADS, len(parts)))) as pool:
-            list(pool.map(one, parts))
+        _get_parts(self._fs, self._key, self.path, offset, out.size, put)
 
     def section(self, name: str) -> fmt.Section:
         try:
