@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 from thaw.core import EngineUnsupported
 from thaw.core.errors import reply_result
@@ -20,7 +21,8 @@ class RemoteWorkers:
     def call_each(self, op: str, **args: Any) -> list[Any]:
         """Every worker's result, in rank order; the first error reply (by rank) is raised."""
         try:
-            replies = self.core.collective_rpc("thaw_worker_call", args=(op, args))
+            with self._quiet_wait():
+                replies = self.core.collective_rpc("thaw_worker_call", args=(op, args))
         except NotImplementedError as exc:
             raise EngineUnsupported(f"thaw's vLLM plugin is not active in the engine's worker process ({exc}); "
                                     "install thaw where vLLM runs and keep it in VLLM_PLUGINS if that is set") from None
@@ -30,3 +32,25 @@ class RemoteWorkers:
     def call(self, op: str, **args: Any) -> Any:
         """Rank 0's result of `op` run on every worker (see `call_each`)."""
         return self.call_each(op, **args)[0]
+
+    @contextlib.contextmanager
+    def _quiet_wait(self) -> Iterator[None]:
+        """While a thaw call runs in the workers, the core waits for their replies asleep.
+
+        vLLM's shared-memory reply queues let their reader spin on `sched_yield` for a second
+        after each read (`SpinCondition.busy_loop_s`), good for model steps of milliseconds
+        but a core taken from the worker for the whole of a thaw call of tens of milliseconds
+        to seconds (measured on 2 cores: a KV restore took 2x as long). The queues' own
+        idle path (a socket poll the writer wakes) is used instead, and the setting put back
+        after the call. Executors without these queues are left as they are."""
+        executor = getattr(self.core, "model_executor", None)
+        queues = getattr(executor, "response_mqs", None) or []
+        conditions = [c for c in (getattr(q, "_spin_condition", None) for q in queues) if c is not None]
+        saved = [c.busy_loop_s for c in conditions]
+        for condition in conditions:
+            condition.busy_loop_s = 0
+        try:
+            yield
+        finally:
+            for condition, seconds in zip(conditions, saved):
+                condition.busy_loop_s = seconds
