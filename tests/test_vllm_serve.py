@@ -2,19 +2,15 @@
 driven by the official `openai` client and by `thaw snapshot/restore/status --url`."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
-import thaw
-from thaw.adapters.vllm.server import resolve_path
 from thaw.testing.vllm_server import VLLMServer
 
+from . import serve_cases
 from .engine_configs import tiny_models
 from .engines import needs_vllm
+from .serve_cases import refusal_cases
 
 pytestmark = [needs_vllm, pytest.mark.engine]
 KEY = "test-key"
@@ -44,8 +40,7 @@ def servers(tmp_path_factory):
 
 
 def thaw_cli(*args, key=KEY):
-    return subprocess.run([sys.executable, "-m", "thaw.cli", *map(str, args), *(["--api-key", key] if key else [])],
-                          capture_output=True, text=True, cwd="/")
+    return serve_cases.thaw_cli(*args, key=key)
 
 
 def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
@@ -81,50 +76,9 @@ def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers)
     if not (snaps / "trunk.thaw").exists():
         assert thaw_cli("snapshot", "--url", parent.url, "trunk.thaw").returncode == 0
     reset_prefix_cache(child)  # so that a restore needs every page of the file
-    bad = snaps / "corrupted.thaw"
-    shutil.copyfile(snaps / "trunk.thaw", bad)
-    sec = thaw.load(bad, verify=False).source.sections["kv/layer/0"]
-    with open(bad, "r+b") as f:
-        f.seek(sec.offset + 100)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x40]))
-    other = thaw.load(snaps / "trunk.thaw")
-    other.identity.model_config_digest = "0" * 64
-    for w in list(other.weights.values()) + other.kv.layers:
-        w._tensor = w.tensor()
-    thaw.save(other, snaps / "other-model.thaw")
-    cases = [(("restore", "--url", child.url, "corrupted.thaw"), "ChecksumError", KEY),
-             (("restore", "--url", child.url, "other-model.thaw"), "IdentityMismatch", KEY),
-             (("restore", "--url", child.url, "../outside.thaw"), "PathOutsideSnapshotDir", KEY),
-             (("snapshot", "--url", child.url, "/etc/thaw.thaw"), "PathOutsideSnapshotDir", KEY),
-             (("restore", "--url", child.url, "trunk.thaw"), "Unauthorized", "wrong-key"),
-             (("restore", "--url", child.url, "missing.thaw"), "No such file", KEY)]
-    for args, expected, key in cases:
+    for args, expected, key in refusal_cases(child.url, KEY, snaps, "trunk.thaw"):
         out = thaw_cli(*args, key=key)
         assert out.returncode in (2, 3) and expected in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
         assert len(child.complete([5, 6, 7, 8], max_tokens=2)[0].split()) >= 1  # still serving
     assert json.loads(thaw_cli("status", "--url", child.url).stdout)["cached_blocks"] == 0  # untouched
-
-
-def test_snapshot_directory_is_required_and_confines_paths(tmp_path):
-    with pytest.raises(Exception, match="THAW_SNAPSHOT_DIR"):
-        resolve_path("a.thaw", None)
-    (tmp_path / "sub").mkdir()
-    assert resolve_path("sub/a.thaw", str(tmp_path)) == str(tmp_path / "sub" / "a.thaw")
-    os.symlink("/etc", tmp_path / "escape")
-    for path in ("../a.thaw", "/etc/passwd", "escape/passwd", ""):
-        with pytest.raises(Exception, match="outside|non-empty"):
-            resolve_path(path, str(tmp_path))
-
-
-def test_snapshot_urls_are_taken_only_under_the_operators_prefixes(tmp_path):
-    with pytest.raises(Exception, match="THAW_SNAPSHOT_URLS"):
-        resolve_path("s3://bucket/a.thaw", str(tmp_path), None)
-    allowed = "s3://bucket/snaps, s3://other/x"
-    assert resolve_path("s3://bucket/snaps/a.thaw", None, allowed) == "s3://bucket/snaps/a.thaw"
-    for url in ("s3://bucket/snapshots/a.thaw", "s3://bucket/snaps/../b.thaw", "s3://bucket/a.thaw",
-                "gs://bucket/snaps/a.thaw", "s3://bucket/snaps/./a.thaw"):
-        with pytest.raises(Exception, match="not under the allowed"):
-            resolve_path(url, str(tmp_path), allowed)

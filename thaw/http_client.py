@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from .core.errors import ThawError, rebuild_error
 
-API_KEY_ENV = "VLLM_API_KEY"
+API_KEY_ENVS = ("THAW_API_KEY", "VLLM_API_KEY")  # the first one set is sent
 
 
 def call(url: str, op: str, body: Optional[dict[str, Any]] = None, *, api_key: Optional[str] = None,
@@ -22,7 +22,7 @@ def call(url: str, op: str, body: Optional[dict[str, Any]] = None, *, api_key: O
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(endpoint, data=data, method="GET" if body is None else "POST",
                                      headers={"content-type": "application/json"})
-    key = api_key or os.environ.get(API_KEY_ENV)
+    key = api_key or next((os.environ[k] for k in API_KEY_ENVS if os.environ.get(k)), None)
     if key:
         request.add_header("authorization", f"Bearer {key}")
     try:
@@ -30,11 +30,25 @@ def call(url: str, op: str, body: Optional[dict[str, Any]] = None, *, api_key: O
             return json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         raw = exc.read()
-        try:
-            error = json.loads(raw)["error"]
-        except (ValueError, KeyError, TypeError):
-            raise ThawError(f"{endpoint}: HTTP {exc.code} without a thaw error body "
-                            f"({raw[:200]!r}); is thaw's middleware enabled on that server?") from None
-        raise rebuild_error(error["type"], error["message"], f"{endpoint} (HTTP {exc.code})") from None
+        error = _thaw_error(raw)
+        if error is not None:
+            raise rebuild_error(error["type"], error["message"], f"{endpoint} (HTTP {exc.code})") from None
+        if exc.code in (401, 403):  # the server's own API-key check answered
+            raise ThawError(f"{endpoint}: HTTP {exc.code} Unauthorized: the server refused the API key; pass "
+                            f"its key with --api-key or ${API_KEY_ENVS[0]}") from None
+        raise ThawError(f"{endpoint}: HTTP {exc.code} without a thaw error body ({raw[:200]!r}); does that "
+                        "server run thaw's endpoints (vLLM: --middleware thaw.adapters.vllm.server.ThawMiddleware; "
+                        "SGLang: thaw installed where it runs)?") from None
     except urllib.error.URLError as exc:
         raise OSError(f"cannot reach {endpoint}: {exc.reason}") from None
+
+
+def _thaw_error(raw: bytes) -> Optional[dict[str, str]]:
+    """The ``{"type", "message"}`` of a thaw error body, else None."""
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(error, dict) and isinstance(error.get("type"), str) and isinstance(error.get("message"), str):
+        return error
+    return None

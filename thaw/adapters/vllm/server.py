@@ -9,13 +9,11 @@ It answers under ``/thaw/`` and passes every other request to vLLM untouched:
 - ``POST /thaw/restore`` ``{"path", "weights"?, "trust_unknown_weights"?}``;
 - ``POST /thaw/prepare`` ``{"path"}``.
 
-Snapshot, restore and prepare read or write server-side files, so they are off unless the
-operator names a directory in the environment variable ``THAW_SNAPSHOT_DIR``; paths are
-taken relative to it and must resolve inside it. URLs (``s3://...``) are taken only under
-the prefixes the operator lists in ``THAW_SNAPSHOT_URLS`` (separated by spaces or commas;
-none by default), with no ``..`` segment. The server's own API keys (``--api-key``
-or ``VLLM_API_KEY``) are required here too. In-flight requests are never carried through
-the server: they belong to its HTTP clients. Each call runs in the EngineCore between
+Snapshot, restore and prepare read or write server-side files only where the operator
+allowed it (``THAW_SNAPSHOT_DIR``, ``THAW_SNAPSHOT_URLS``: see `thaw.endpoints`, whose rules
+every engine's server shares). The server's own API keys (``--api-key`` or
+``VLLM_API_KEY``) are required here too. In-flight requests are never carried through the
+server: they belong to its HTTP clients. Each call runs in the EngineCore between
 scheduler steps (`core_service`); a refusal or failure comes back as an HTTP error whose
 body is ``{"error": {"type": "<ThawError type>", "message": "..."}}``, and the server
 keeps serving.
@@ -29,11 +27,9 @@ import os
 import secrets
 from typing import Any, Awaitable, Callable
 
-SNAPSHOT_DIR_ENV = "THAW_SNAPSHOT_DIR"
-SNAPSHOT_URLS_ENV = "THAW_SNAPSHOT_URLS"
-STATUS_OF = {"IdentityMismatch": 409, "SnapshotIncomplete": 409, "ChecksumError": 422, "FormatError": 422,
-             "SchemaError": 422, "EngineUnsupported": 501, "FileNotFoundError": 404, "NotADirectoryError": 404,
-             "PermissionError": 403, "IsADirectoryError": 409}
+from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of, resolve_path, status_extras
+
+__all__ = ["ThawMiddleware", "resolve_path"]
 FIELDS = {"snapshot": {"path", "weights", "weights_format", "strict"},
           "restore": {"path", "weights", "trust_unknown_weights"},
           "prepare": {"path"}}
@@ -41,48 +37,6 @@ FIELDS = {"snapshot": {"path", "weights", "weights_format", "strict"},
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class HTTPRefusal(Exception):
-    def __init__(self, status: int, type_name: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.type_name = status, type_name
-
-
-def resolve_url(requested: str, allowed: str | None) -> str:
-    """`requested`, a URL, if it lies under one of the `allowed` prefixes (see the module
-    docstring)."""
-    prefixes = [p.rstrip("/") + "/" for p in (allowed or "").replace(",", " ").split()]
-    if not prefixes:
-        raise HTTPRefusal(403, "EndpointDisabled",
-                          f"snapshot URLs are off: start the server with {SNAPSHOT_URLS_ENV}='s3://BUCKET/PREFIX' "
-                          "to allow snapshots to be written and read under it")
-    scheme, _, rest = requested.partition("://")
-    if any(part in ("..", ".") for part in rest.split("/")) or not any(requested.startswith(p) for p in prefixes):
-        raise HTTPRefusal(403, "PathOutsideSnapshotDir",
-                          f"{requested!r} is not under the allowed snapshot URLs {prefixes}")
-    return requested
-
-
-def resolve_path(requested: Any, root: str | None, allowed_urls: str | None = None) -> str:
-    """`requested` (relative to `root`, or absolute inside it) as a real path inside
-    `root`; a URL only under `allowed_urls` (`resolve_url`)."""
-    from thaw.core.object_store import is_url
-
-    if is_url(requested):
-        return resolve_url(requested, allowed_urls)
-    if root is None:
-        raise HTTPRefusal(403, "EndpointDisabled",
-                          f"thaw's snapshot endpoints are off: start the server with {SNAPSHOT_DIR_ENV}=DIR "
-                          "to allow snapshots to be written and read under DIR")
-    if not isinstance(requested, str) or not requested:
-        raise HTTPRefusal(400, "BadRequest", "'path' must be a non-empty string")
-    base = os.path.realpath(root)
-    target = os.path.realpath(os.path.join(base, requested))
-    if os.path.commonpath([base, target]) != base:
-        raise HTTPRefusal(403, "PathOutsideSnapshotDir",
-                          f"{requested!r} resolves outside the snapshot directory {base}")
-    return target
 
 
 def _tokens(app: Any) -> list[bytes]:
@@ -106,14 +60,7 @@ async def _body(receive: Receive) -> dict[str, Any]:
         message = await receive()
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
-    raw = b"".join(chunks)
-    try:
-        body = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
-        raise HTTPRefusal(400, "BadRequest", f"the body must be a JSON object ({exc.msg})") from None
-    if not isinstance(body, dict):
-        raise HTTPRefusal(400, "BadRequest", "the body must be a JSON object")
-    return body
+    return parse_body(b"".join(chunks))
 
 
 class ThawMiddleware:
@@ -129,7 +76,7 @@ class ThawMiddleware:
         try:
             status, payload = 200, await self._serve(scope, receive)
         except HTTPRefusal as exc:
-            status, payload = exc.status, {"error": {"type": exc.type_name, "message": str(exc)}}
+            status, payload = exc.status, exc.body()
         data = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
@@ -141,22 +88,10 @@ class ThawMiddleware:
             raise HTTPRefusal(401, "Unauthorized", "this server requires its API key (Authorization: Bearer KEY)")
         op, method = scope["path"][len("/thaw/"):], scope.get("method")
         if op == "status" and method == "GET":
-            result = await _call_core(app, "status", {})
-            return {**result, "snapshot_dir": os.environ.get(SNAPSHOT_DIR_ENV),
-                    "snapshot_urls": os.environ.get(SNAPSHOT_URLS_ENV)}
-        if op not in FIELDS:
-            raise HTTPRefusal(404, "NotFound", f"no thaw endpoint {scope['path']!r}; known: /thaw/status, "
-                              + ", ".join(f"/thaw/{k}" for k in FIELDS))
-        if method != "POST":
+            return {**await _call_core(app, "status", {}), **status_extras()}
+        if op in FIELDS and method != "POST":
             raise HTTPRefusal(405, "MethodNotAllowed", f"/thaw/{op} takes POST")
-        body = await _body(receive)
-        unknown = set(body) - FIELDS[op]
-        if unknown:
-            raise HTTPRefusal(400, "BadRequest", f"unknown fields {sorted(unknown)}; /thaw/{op} takes {sorted(FIELDS[op])}")
-        body["path"] = resolve_path(body.get("path"), os.environ.get(SNAPSHOT_DIR_ENV),
-                                    os.environ.get(SNAPSHOT_URLS_ENV))
-        if op != "prepare":
-            body["requests"] = False  # the server's in-flight requests belong to its clients
+        body = checked_request(op, await _body(receive) if op in FIELDS else {}, FIELDS)
         return await _call_core(app, op, body)
 
 
@@ -170,9 +105,4 @@ async def _call_core(app: Any, op: str, args: dict[str, Any]) -> Any:
     except Exception as exc:  # vLLM's own failure of the call (e.g. thaw not installed where the core runs)
         raise HTTPRefusal(500, "EngineCoreError", f"vLLM's utility call thaw_call failed: {exc}; thaw's vLLM "
                           "plugin must be installed where the engine core runs") from None
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise HTTPRefusal(500, "ThawError", f"unexpected reply from the engine core: {reply!r:.200}")
-    if reply["ok"]:
-        return reply["result"]
-    raise HTTPRefusal(STATUS_OF.get(reply["type"], 400 if reply.get("traceback") is None else 500),
-                      reply["type"], reply["message"])
+    return refusal_of(reply, "from the engine core")

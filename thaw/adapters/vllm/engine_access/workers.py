@@ -9,6 +9,9 @@ from thaw.core import EngineUnsupported
 from thaw.core.errors import reply_result
 
 
+RECHECK_MS = 2  # how often the core looks at the reply queues while a thaw call runs
+
+
 class RemoteWorkers:
     """The model's worker processes of an engine whose executor runs them outside the core
     (vLLM's multiprocess executor), reached through `collective_rpc` to thaw's
@@ -35,22 +38,32 @@ class RemoteWorkers:
 
     @contextlib.contextmanager
     def _quiet_wait(self) -> Iterator[None]:
-        """While a thaw call runs in the workers, the core waits for their replies asleep.
+        """While a thaw call runs in the workers, the core waits for their replies mostly asleep.
 
         vLLM's shared-memory reply queues let their reader spin on `sched_yield` for a second
-        after each read (`SpinCondition.busy_loop_s`), good for model steps of milliseconds
-        but a core taken from the worker for the whole of a thaw call of tens of milliseconds
-        to seconds (measured on 2 cores: a KV restore took 2x as long). The queues' own
-        idle path (a socket poll the writer wakes) is used instead, and the setting put back
-        after the call. Executors without these queues are left as they are."""
+        after each read (`SpinCondition.busy_loop_s`): right for model steps of milliseconds,
+        but for a thaw call of tens of milliseconds to seconds it takes a CPU core from the
+        workers (measured on 2 cores: a KV restore took twice as long). Their idle path, a
+        socket poll the writer wakes, can miss its wake-up and then sleeps the whole recheck
+        interval (`SHM_READER_RECHECK_INTERVAL_MS`, 5 s; seen on a weights restore). So for
+        the call the reader sleeps in polls of `RECHECK_MS` and looks at the queue between
+        them; both settings are put back after the call. Executors without these queues are
+        left as they are."""
+        from vllm.distributed.device_communicators import shm_broadcast
+
         executor = getattr(self.core, "model_executor", None)
         queues = getattr(executor, "response_mqs", None) or []
         conditions = [c for c in (getattr(q, "_spin_condition", None) for q in queues) if c is not None]
-        saved = [c.busy_loop_s for c in conditions]
+        if not conditions:
+            yield
+            return
+        saved = [c.busy_loop_s for c in conditions], shm_broadcast.SHM_READER_RECHECK_INTERVAL_MS
         for condition in conditions:
             condition.busy_loop_s = 0
+        shm_broadcast.SHM_READER_RECHECK_INTERVAL_MS = RECHECK_MS
         try:
             yield
         finally:
-            for condition, seconds in zip(conditions, saved):
+            for condition, seconds in zip(conditions, saved[0]):
                 condition.busy_loop_s = seconds
+            shm_broadcast.SHM_READER_RECHECK_INTERVAL_MS = saved[1]

@@ -1,0 +1,45 @@
+"""What the server tests of every engine share: the command line against a server, and the
+snapshots a server must refuse."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import thaw
+
+
+def thaw_cli(*args, key):
+    """`thaw ARGS --api-key KEY` in a fresh process, outside the source tree."""
+    return subprocess.run([sys.executable, "-m", "thaw.cli", *map(str, args), *(["--api-key", key] if key else [])],
+                          capture_output=True, text=True, cwd="/")
+
+
+def refused_snapshots(snaps: Path, source: str) -> dict[str, str]:
+    """From `snaps/source`: a copy with one KV byte flipped, and a copy that claims another
+    model (checksums intact). {file name: the error type its restore must raise}."""
+    bad = snaps / "corrupted.thaw"
+    shutil.copyfile(snaps / source, bad)
+    sec = thaw.load(bad, verify=False).source.sections["kv/layer/0"]
+    with open(bad, "r+b") as f:
+        f.seek(sec.offset + sec.length // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x40]))
+    other = thaw.load(snaps / source)
+    other.identity.model_config_digest = "0" * 64
+    for w in list(other.weights.values()) + other.kv.layers:
+        w._tensor = w.tensor()
+    thaw.save(other, snaps / "other-model.thaw")
+    return {"corrupted.thaw": "ChecksumError", "other-model.thaw": "IdentityMismatch"}
+
+
+def refusal_cases(url: str, key: str, snaps: Path, source: str) -> list[tuple[tuple, str, str]]:
+    """(CLI arguments, text the error must contain, API key) for every refusal a server's
+    endpoints must answer with an HTTP error while going on serving."""
+    cases = [(("restore", "--url", url, name), error, key) for name, error in refused_snapshots(snaps, source).items()]
+    return cases + [(("restore", "--url", url, "../outside.thaw"), "PathOutsideSnapshotDir", key),
+                    (("snapshot", "--url", url, "/etc/thaw.thaw"), "PathOutsideSnapshotDir", key),
+                    (("restore", "--url", url, source), "Unauthorized", "wrong-key"),
+                    (("restore", "--url", url, "missing.thaw"), "No such file", key)]

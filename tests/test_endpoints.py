@@ -1,0 +1,61 @@
+"""The rules every server's thaw endpoints share (`thaw.endpoints`), engine-free."""
+
+import os
+
+import pytest
+
+from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of, resolve_path
+
+FIELDS = {"snapshot": {"path", "weights"}, "restore": {"path", "weights", "trust_unknown_weights"}}
+
+
+def test_snapshot_directory_is_required_and_confines_paths(tmp_path):
+    with pytest.raises(HTTPRefusal, match="THAW_SNAPSHOT_DIR"):
+        resolve_path("a.thaw", None)
+    (tmp_path / "sub").mkdir()
+    assert resolve_path("sub/a.thaw", str(tmp_path)) == str(tmp_path / "sub" / "a.thaw")
+    os.symlink("/etc", tmp_path / "escape")
+    for path in ("../a.thaw", "/etc/passwd", "escape/passwd", "", None, 3):
+        with pytest.raises(HTTPRefusal, match="outside|non-empty"):
+            resolve_path(path, str(tmp_path))
+
+
+def test_snapshot_urls_are_taken_only_under_the_operators_prefixes(tmp_path):
+    with pytest.raises(HTTPRefusal, match="THAW_SNAPSHOT_URLS"):
+        resolve_path("s3://bucket/a.thaw", str(tmp_path), None)
+    allowed = "s3://bucket/snaps, s3://other/x"
+    assert resolve_path("s3://bucket/snaps/a.thaw", None, allowed) == "s3://bucket/snaps/a.thaw"
+    for url in ("s3://bucket/snapshots/a.thaw", "s3://bucket/snaps/../b.thaw", "s3://bucket/a.thaw",
+                "gs://bucket/snaps/a.thaw", "s3://bucket/snaps/./a.thaw"):
+        with pytest.raises(HTTPRefusal, match="not under the allowed"):
+            resolve_path(url, str(tmp_path), allowed)
+
+
+def test_request_bodies_are_checked_and_never_carry_requests(tmp_path):
+    env = {"THAW_SNAPSHOT_DIR": str(tmp_path)}
+    assert checked_request("snapshot", {"path": "a.thaw", "weights": False}, FIELDS, env) == {
+        "path": str(tmp_path / "a.thaw"), "weights": False, "requests": False}
+    refusals = [("snapshot", {"path": "a.thaw", "requests": True}, 400, "unknown fields"),
+                ("delete", {"path": "a.thaw"}, 404, "no thaw endpoint"),
+                ("restore", {}, 400, "non-empty")]
+    for op, body, status, text in refusals:
+        with pytest.raises(HTTPRefusal, match=text) as caught:
+            checked_request(op, body, FIELDS, env)
+        assert caught.value.status == status and caught.value.body()["error"]["message"] == str(caught.value)
+    for raw in (b"[1]", b"{", b"\xff"):
+        with pytest.raises(HTTPRefusal, match="JSON object"):
+            parse_body(raw)
+    assert parse_body(b"") == {}
+
+
+def test_engine_replies_become_results_or_typed_http_errors():
+    assert refusal_of({"ok": True, "result": {"a": 1}}, "here") == {"a": 1}
+    cases = [({"ok": False, "type": "ChecksumError", "message": "m"}, 422),
+             ({"ok": False, "type": "ThawError", "message": "m"}, 400),
+             ({"ok": False, "type": "RuntimeError", "message": "m", "traceback": "t"}, 500),
+             ({"ok": False, "type": "FileNotFoundError", "message": "m", "traceback": "t"}, 404),
+             ("garbage", 500)]
+    for reply, status in cases:
+        with pytest.raises(HTTPRefusal) as caught:
+            refusal_of(reply, "here")
+        assert caught.value.status == status
