@@ -12,7 +12,11 @@ heads of 64), each path:
     `restore_kv_s` KV only into the parent itself (a warm engine with those weights);
   - for the server also the first token on the prefix: cold prefill (cache reset) against
     a restore followed by the first token, restore counted, for both restore kinds.
-Reported: medians, and the multiprocess and server paths as ratios to the in-process one.
+Reported: medians, and the multiprocess and server paths as ratios to the in-process one,
+twice: against the in-process engine on the same single core that vLLM's CPU backend binds
+a worker process to (`VLLM_CPU_OMP_THREADS_BIND=auto` keeps the other cores for the engine
+core and the server; like for like: thaw's worker-side work gets one core in every path),
+and against the unpinned in-process engine (all cores), shown apart.
 Usage: python benchmarks/serve_overhead.py [--context 8192] [--reps 3]
 """
 
@@ -23,6 +27,7 @@ import os
 import statistics
 import tempfile
 import time
+from typing import Optional
 
 from thaw.http_client import call
 from thaw.testing.tiny_model import TinyLlama, build_tiny_llama
@@ -38,10 +43,22 @@ MODEL = TinyLlama(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
 KV_CACHE_BYTES = 512 * 2**20
 
 
-def engine_paths(model: str, context: list[int], snaps: str, reps: int, mode: str) -> dict:
+def engine_paths(model: str, context: list[int], snaps: str, reps: int, mode: str,
+                 cores: Optional[set[int]] = None) -> dict:
+    """The driver paths; with `cores`, the engine's processes run on those cores only."""
     config = {"model": model, "max_model_len": len(context) + 64, "kv_cache_memory_bytes": KV_CACHE_BYTES,
               "thaw_engine": mode}
     path = os.path.join(snaps, f"{mode}.thaw")
+    everywhere = os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, cores)  # inherited by the engine's process, started next
+    try:
+        return _engine_paths(config, context, path, reps)
+    finally:
+        os.sched_setaffinity(0, everywhere)
+
+
+def _engine_paths(config: dict, context: list[int], path: str, reps: int) -> dict:
     with EngineWorker(DRIVER, config) as parent:
         parent.call("generate", prompt_token_ids=context, max_tokens=1)
         snapshot = [_reported(lambda: parent.call("snapshot", path=path)) for _ in range(reps)]
@@ -130,19 +147,25 @@ def main() -> None:
     os.makedirs(snaps), os.makedirs(logs)
     model = str(build_tiny_llama(os.path.join(work, "model"), MODEL))
     context = [4 + (i * 7919) % 500 for i in range(args.context)]
-    paths = {mode: engine_paths(model, context, snaps, args.reps, mode) for mode in ("inprocess", "multiprocess")}
+    worker_cores = {min(os.sched_getaffinity(0))}  # vLLM's auto binding gave the worker core 0 here
+    paths = {"inprocess_one_core": engine_paths(model, context, snaps, args.reps, "inprocess", worker_cores),
+             "inprocess": engine_paths(model, context, snaps, args.reps, "inprocess"),
+             "multiprocess": engine_paths(model, context, snaps, args.reps, "multiprocess")}
     paths["server"] = server_path(model, context, snaps, args.reps, logs)
-    base = paths["inprocess"]
-    ratios = {f"{name}_vs_inprocess": {k: round(p[k] / base[k], 3) for k in ("snapshot_s", "restore_s", "restore_kv_s")}
-              for name, p in paths.items() if name != "inprocess"}
+    keys = ("snapshot_s", "restore_s", "restore_kv_s")
+    ratios = {f"{name}_vs_{base}": {k: round(paths[name][k] / paths[base][k], 3) for k in keys}
+              for base in ("inprocess_one_core", "inprocess") for name in ("multiprocess", "server")}
     results = {"context_tokens": args.context, "reps": args.reps, "paths": paths, "ratios": ratios,
+               "worker_cores": sorted(worker_cores), "cores": sorted(os.sched_getaffinity(0)),
                "model": {"layers": MODEL.num_hidden_layers, "hidden": MODEL.hidden_size,
                          "intermediate": MODEL.intermediate_size, "heads": MODEL.num_attention_heads,
                          "kv_heads": MODEL.num_key_value_heads, "head_dim": MODEL.head_dim, "dtype": "float32"},
                "includes": "each *_s time is the caller's: driver call or HTTP request to its reply; *_core_s is "
                            "what the engine core reported for the same call; snapshot includes KV and weights; "
                            "restore includes KV and weights into a dummy-weight engine; restore_kv is KV only "
-                           "into the parent engine (same weights); TTFT speedups count the restore"}
+                           "into the parent engine (same weights); TTFT speedups count the restore; inprocess_one_core is the "
+                           "in-process engine on the one core vLLM binds its CPU worker process to (the like-for-like "
+                           "base for thaw's worker-side work), inprocess the same engine on all cores"}
     print(results)
     print("receipt:", write_receipt("serve_overhead", results))
 

@@ -6,7 +6,8 @@
 # pip pulls a torchvision built for CUDA that breaks `import vllm` on a CPU torch, and
 # torchaudio/torchcodec builds that do not match torch; they are removed afterwards.
 # SGLang imports a few torchvision names at import time, so the venv gets the
-# import-only stand-in under scripts/engine-env/ (every call into it raises).
+# import-only stand-in under scripts/engine-env/ (every call into it raises). Its HTTP server
+# (python -m sglang.launch_server) also imports soundfile, a real package.
 set -euo pipefail
 venv="${1:?usage: install-engines.sh VENV}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,7 +23,7 @@ echo "install-engines.sh: sglang 0.5.21 without its dependency list, then what i
 $PIP install -q -c "$constraints" --no-deps sglang==0.5.21
 $PIP install -q -c "$constraints" triton==3.9.0 asttokens distro executing gguf ipython \
   ipython_pygments_lexers jedi matplotlib-inline orjson parso pexpect prompt_toolkit ptyprocess \
-  pure_eval stack-data traitlets wcwidth xxhash
+  pure_eval stack-data traitlets wcwidth xxhash soundfile
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$here/engine-env/torchvision_standin" > "$site/thaw-torchvision-standin.pth"
 "$venv/bin/python" -c "import vllm, sglang, torch; print('engines: vllm', vllm.__version__, 'sglang', sglang.__version__, 'torch', torch.__version__)"

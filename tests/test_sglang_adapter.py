@@ -62,25 +62,43 @@ def test_engine_without_the_plugin_is_refused_with_the_setting_to_change(model):
     assert "sglang.srt.plugins" in err.value.remote_message and "SGLANG_PLUGINS" in err.value.remote_message
 
 
-def test_inflight_request_settings_not_carried_are_refused_by_name(model, tmp_path):
+@pytest.fixture(scope="module")
+def engine(model):
+    with EngineWorker(DRIVER, {"model": model}) as w:
+        yield w
+
+
+def test_inflight_request_settings_not_carried_are_refused_by_name(engine, tmp_path):
     """Penalties and the seed travel with an in-flight request; a logit bias does not, so
     the snapshot refuses naming the request and the setting, and writes nothing."""
-    with EngineWorker(DRIVER, {"model": model}) as w:
-        # long enough to be still running when `step` pauses the engine (it may overshoot)
-        w.call("add_request", request_id="penalised", prompt_token_ids=PROMPT[:40], max_tokens=200,
-               temperature=0.7, seed=3, sampling={"frequency_penalty": 0.5, "repetition_penalty": 1.2})
-        w.call("step")
-        w.call("snapshot", path=str(tmp_path / "carried.thaw"), weights=False)
-        (req,) = thaw.load(tmp_path / "carried.thaw").requests
-        assert req.sampling["frequency_penalty"] == 0.5 and req.sampling["repetition_penalty"] == 1.2
-        assert req.sampling["sampling_seed"] == 3
-        w.call("finish")
-        w.call("add_request", request_id="biased", prompt_token_ids=PROMPT[:40], max_tokens=200,
-               sampling={"logit_bias": {"7": 2.0}})
-        w.call("step")
-        with pytest.raises(RemoteError) as err:
-            w.call("snapshot", path=str(tmp_path / "biased.thaw"), weights=False)
-        assert err.value.type == "EngineUnsupported"
-        assert "'biased'" in err.value.remote_message and "logit_bias" in err.value.remote_message
-        assert not (tmp_path / "biased.thaw").exists()
-        w.call("finish")
+    w = engine
+    # long enough to be still running when `step` pauses the engine (it may overshoot)
+    w.call("add_request", request_id="penalised", prompt_token_ids=PROMPT[:40], max_tokens=200,
+           temperature=0.7, seed=3, sampling={"frequency_penalty": 0.5, "repetition_penalty": 1.2})
+    w.call("step")
+    w.call("snapshot", path=str(tmp_path / "carried.thaw"), weights=False)
+    (req,) = thaw.load(tmp_path / "carried.thaw").requests
+    assert req.sampling["frequency_penalty"] == 0.5 and req.sampling["repetition_penalty"] == 1.2
+    assert req.sampling["sampling_seed"] == 3
+    w.call("finish")
+    w.call("add_request", request_id="biased", prompt_token_ids=PROMPT[:40], max_tokens=200,
+           sampling={"logit_bias": {"7": 2.0}})
+    w.call("step")
+    with pytest.raises(RemoteError) as err:
+        w.call("snapshot", path=str(tmp_path / "biased.thaw"), weights=False)
+    assert err.value.type == "EngineUnsupported"
+    assert "'biased'" in err.value.remote_message and "logit_bias" in err.value.remote_message
+    assert not (tmp_path / "biased.thaw").exists()
+    w.call("finish")
+
+
+def test_handle_is_an_engine_adapter_capturing_and_restoring_in_memory(engine):
+    w = engine
+    ref = w.call("generate", prompt_token_ids=PROMPT, max_tokens=8)
+    captured = w.call("capture")
+    assert captured["adapter"] and captured["requests"] == 0 and captured["tree_tokens"] >= len(PROMPT)
+    w.call("reset_prefix_cache")
+    assert w.call("state")["tree_tokens"] == 0
+    assert w.call("restore_captured", weights=False)["new_tokens"] == captured["tree_tokens"]
+    out = w.call("generate", prompt_token_ids=PROMPT, max_tokens=8)
+    assert out["cached_tokens"] == len(PROMPT) - 1 and out["tokens"] == ref["tokens"]

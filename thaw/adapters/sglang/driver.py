@@ -94,6 +94,19 @@ class SGLangDriver:
         report["requests"] = [r["request_id"] for r in report["requests"]]
         return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
 
+    def capture(self, weights: bool = True) -> dict[str, Any]:
+        """The handle's in-memory capture (`EngineAdapter.capture`), kept for `restore_captured`."""
+        from thaw.core.adapter import EngineAdapter
+
+        self.captured = self.handle.capture(weights=weights)
+        return {"adapter": isinstance(self.handle, EngineAdapter), "requests": len(self.captured.requests),
+                "tree_tokens": self.captured.prefix.num_tokens, "pages": self.captured.kv.num_pages}
+
+    def restore_captured(self, weights: bool = True) -> dict[str, Any]:
+        """Restores the last `capture` from memory (`EngineAdapter.restore` of a StateSnapshot)."""
+        report = self.handle.restore(self.captured, weights=weights, requests=False)
+        return {k: v for k, v in report.items() if k != "requests"}
+
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,
                     temperature: float = 0.0, seed: Optional[int] = None,
                     sampling: Optional[dict[str, Any]] = None) -> None:

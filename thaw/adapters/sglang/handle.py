@@ -1,31 +1,34 @@
 """The handle `attach` returns, in the process that owns the `sglang.Engine`.
 
 The engine's scheduler runs in another process; every snapshot and restore runs there,
-through `Engine.collective_rpc("thaw_call", ...)` (see `plugin`), and comes back through a
-reply file, so errors keep their type (ChecksumError, IdentityMismatch, ...).
+through `Engine.collective_rpc("thaw_call", ...)` (see `plugin` and `rpc`), and comes back
+through a reply file, so errors keep their type (ChecksumError, IdentityMismatch, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import shutil
 import tempfile
+import weakref
 from typing import Any, Optional, Union
 
-from thaw.core import EngineUnsupported, Identity, ThawError
-from thaw.core.errors import rebuild_error
+from thaw.core import EngineUnsupported, Identity, StateSnapshot, ThawError, load, save
+from thaw.core.adapter import EngineAdapter
+from thaw.core.errors import reply_result
+from thaw.core.object_store import absolute
 
 from .cache_state import decode_namespace
-
-PLUGIN_HINT = ("thaw's SGLang plugin is not active in the engine's scheduler: install thaw in "
-               "the environment that runs SGLang (it registers entry point group "
-               "'sglang.srt.plugins', name 'thaw') and, if SGLANG_PLUGINS is set, include 'thaw'")
+from .rpc import PLUGIN_HINT, RPCFailed, call_thaw
 
 
-class SGLangHandle:
-    """Bound to one `sglang.Engine` in this process. Use from the thread that drives the
-    engine, while no `generate` call is running."""
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class SGLangHandle(EngineAdapter):
+    """Bound to one `sglang.Engine` in this process (`thaw.core.adapter.EngineAdapter`). Use
+    from the thread that drives the engine, while no `generate` call is running."""
 
     def __init__(self, engine: Any) -> None:
         if not hasattr(engine, "collective_rpc") or not hasattr(engine, "tokenizer_manager"):
@@ -38,25 +41,19 @@ class SGLangHandle:
     # -- the scheduler side ------------------------------------------------------------
     def call(self, op: str, **args: Any) -> Any:
         """Runs `scheduler_ops.<op>` in the scheduler process and returns its result."""
-        fd, reply_path = tempfile.mkstemp(prefix="thaw-sglang-", suffix=".json")
-        os.close(fd)
-        os.unlink(reply_path)
         try:
-            try:
-                self.engine.collective_rpc("thaw_call", op=op, args_json=json.dumps(args),
-                                           reply_path=reply_path)
-            except AssertionError as exc:  # SGLang reports a failed RPC this way
-                if "thaw_call" in str(exc):
-                    raise EngineUnsupported(f"{PLUGIN_HINT} ({exc})") from None
-                raise ThawError(f"SGLang RPC thaw_call({op}) failed: {exc}") from None
-            with open(reply_path) as f:
-                reply = json.load(f)
-        finally:
-            if os.path.exists(reply_path):
-                os.unlink(reply_path)
-        if not reply["ok"]:
-            raise rebuild_error(reply["type"], reply["message"], "in SGLang's scheduler", reply.get("traceback", ""))
-        return reply["result"]
+            reply = call_thaw(self._send, op, args)
+        except RPCFailed as exc:
+            if exc.plugin_missing:
+                raise EngineUnsupported(f"{PLUGIN_HINT} ({exc})") from None
+            raise ThawError(f"SGLang RPC thaw_call({op}) failed: {exc}") from None
+        return reply_result(reply, "in SGLang's scheduler")
+
+    def _send(self, params: dict[str, Any]) -> None:
+        try:
+            self.engine.collective_rpc("thaw_call", **params)
+        except AssertionError as exc:  # SGLang reports a failed RPC this way
+            raise RPCFailed(str(exc)) from None
 
     def identity(self) -> Identity:
         return Identity.from_json(self.call("hello")["identity"])
@@ -80,19 +77,42 @@ class SGLangHandle:
         self._run(self.engine.tokenizer_manager.continue_generation(ContinueGenerationReqInput()))
 
     # -- snapshot / restore ------------------------------------------------------------
-    def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True) -> dict[str, Any]:
-        """Writes the engine's state (tree, KV, live requests, weights) to `path` atomically;
-        the scheduler writes it between two batches."""
-        return self.call("snapshot", path=os.fspath(path), weights=weights)
+    def snapshot(self, path: PathLike, *, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+        """Writes the engine's state (tree, KV, live requests unless `requests=False`,
+        weights) to `path` atomically; the scheduler writes it between two batches."""
+        return self.call("snapshot", path=absolute(path), weights=weights, requests=requests)
 
-    def restore(self, path: Union[str, os.PathLike], *, weights: bool = True,
+    def capture(self, *, weights: bool = True, requests: bool = True) -> StateSnapshot:
+        """The engine's state as an in-memory `StateSnapshot` (the `EngineAdapter` contract).
+        The scheduler runs in another process, so it writes a snapshot file to a private
+        temporary directory (``THAW_CAPTURE_DIR``, else the system's), which is mapped here,
+        CRC-checked, and removed once the returned snapshot is garbage."""
+        work = tempfile.mkdtemp(prefix="thaw-sglang-capture-", dir=os.environ.get("THAW_CAPTURE_DIR"))
+        path = os.path.join(work, "capture.thaw")
+        try:
+            self.snapshot(path, weights=weights, requests=requests)
+            snap = load(path)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        weakref.finalize(snap, shutil.rmtree, work, True)  # the open mapping outlives the name
+        os.unlink(path)
+        return snap
+
+    def restore(self, snapshot: Union[PathLike, StateSnapshot], *, weights: bool = True,
                 requests: bool = True, trust_unknown_weights: bool = False) -> dict[str, Any]:
-        """Hydrates the engine from a snapshot file. Raises a ThawError subclass before
-        anything changes when the snapshot does not fit or is corrupted. `weights=False`
-        keeps the engine's weights: their digest must be known and equal the snapshot's,
-        unless `trust_unknown_weights`. Restored requests are resubmitted and run whenever
-        the engine's event loop runs (`finish_requests`, or the next `generate`)."""
-        report = self.call("restore", path=os.fspath(path), weights=weights, requests=requests,
+        """Hydrates the engine from a snapshot file (or an in-memory `StateSnapshot`, written
+        to a private temporary file for the scheduler to read). Raises a ThawError subclass
+        before anything changes when the snapshot does not fit or is corrupted.
+        `weights=False` keeps the engine's weights: their digest must be known and equal the
+        snapshot's, unless `trust_unknown_weights`. Restored requests are resubmitted and run
+        whenever the engine's event loop runs (`finish_requests`, or the next `generate`)."""
+        if isinstance(snapshot, StateSnapshot):
+            with tempfile.TemporaryDirectory(prefix="thaw-sglang-restore-", dir=os.environ.get("THAW_CAPTURE_DIR")) as work:
+                save(snapshot, os.path.join(work, "restore.thaw"))
+                return self.restore(os.path.join(work, "restore.thaw"), weights=weights, requests=requests,
+                                    trust_unknown_weights=trust_unknown_weights)
+        report = self.call("restore", path=absolute(snapshot), weights=weights, requests=requests,
                            trust_unknown_weights=trust_unknown_weights)
         for req in report["requests"]:
             self._resubmit(req)

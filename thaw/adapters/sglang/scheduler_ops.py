@@ -143,12 +143,25 @@ def progress(s: Any) -> dict[str, int]:
     return {r.rid: len(r.output_ids) for r in live_requests(s)}
 
 
-def snapshot(s: Any, path: str, weights: bool = True) -> dict[str, Any]:
+def status(s: Any) -> dict[str, Any]:
+    """What a server's GET /thaw/status answers: the engine, its identity, its cache."""
+    check_supported(s)
+    cap = cache_state.capture_tree(s.tree_cache, s.page_size)
+    return {"engine": "sglang", "identity": engine_identity(s).to_json(), "page_size": s.page_size,
+            "tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
+            "free_slots": cache_restore.free_slots(s.tree_cache),
+            "evictable_slots": cache_restore.evictable_slots(s.tree_cache),
+            "requests_in_flight": len(live_requests(s))}
+
+
+def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+    """The tree, its KV pages, the weights and (with `requests`) the live requests, written
+    to `path` atomically."""
     t0 = time.perf_counter()
     check_supported(s)
     cap = cache_state.capture_tree(s.tree_cache, s.page_size)
     page_of = {pool_page: i for i, pool_page in enumerate(cap.pool_pages)}
-    requests = capture_requests(s, page_of, cap.pool_pages)
+    requests = capture_requests(s, page_of, cap.pool_pages) if requests else []
     pool = _kv_pool(s)
     layers = cache_state.gather_pages(pool, cap.pool_pages, s.page_size)
     snap = StateSnapshot.from_kv(cache_state.kv_layout(pool, s.page_size), layers, cap.tree,
@@ -263,4 +276,4 @@ def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
 
 
 OPS = {"hello": hello, "state": state, "model_config": model_config, "seed_rng": seed_rng,
-       "progress": progress, "snapshot": snapshot, "restore": restore}
+       "progress": progress, "status": status, "snapshot": snapshot, "restore": restore}

@@ -1,0 +1,73 @@
+"""A real SGLang HTTP server (`python -m sglang.launch_server` on CPU, a subprocess) with
+thaw installed, driven over HTTP (`/generate`) and by `thaw snapshot/restore/status --url`."""
+
+import json
+
+import pytest
+
+from thaw.testing.sglang_server import SGLangServer
+
+from .engine_configs import tiny_models
+from .engines import needs_sglang
+from .serve_cases import refusal_cases, thaw_cli
+
+pytestmark = [needs_sglang, pytest.mark.engine]
+KEY = "test-key"
+PROMPT = [4 + (i * 37) % 500 for i in range(300)]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    model = tiny_models(tmp_path_factory.mktemp("models"))[0]
+    snaps = tmp_path_factory.mktemp("snapshots")
+    logs = tmp_path_factory.mktemp("logs")
+    parent = SGLangServer(model, snaps, logs / "parent.log", api_key=KEY)
+    child = SGLangServer(model, snaps, logs / "child.log", api_key=KEY, load_format="dummy")
+    try:
+        for s in (parent, child):
+            s.wait()
+        yield parent, child, snaps
+    finally:
+        parent.stop()
+        child.stop()
+
+
+def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
+    parent, child, snaps = servers
+    tokens, cached = parent.generate(PROMPT)
+    assert cached == 0
+    assert parent.generate(PROMPT) == (tokens, len(PROMPT) - 1)  # its own cache
+    out = thaw_cli("snapshot", "--url", parent.url, "trunk.thaw", key=KEY)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["tree_tokens"] >= len(PROMPT) and report["requests"] == 0 and (snaps / "trunk.thaw").is_file()
+
+    status = json.loads(thaw_cli("status", "--url", child.url, key=KEY).stdout)
+    assert status["engine"] == "sglang" and status["snapshot_dir"] == str(snaps)
+    assert status["identity"]["extra"]["load_format"] == "dummy"
+    control_tokens, control_cached = child.generate(PROMPT)  # dummy weights, nothing cached
+    assert control_cached == 0 and control_tokens != tokens
+    child.flush_cache()
+
+    out = thaw_cli("restore", "--url", child.url, "trunk.thaw", key=KEY)
+    assert out.returncode == 0, out.stderr
+    restored = json.loads(out.stdout)
+    assert restored["weights_restored"] > 0 and restored["new_tokens"] >= len(PROMPT) - 1
+    assert child.generate(PROMPT) == (tokens, len(PROMPT) - 1)
+
+
+def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers):
+    parent, child, snaps = servers
+    if not (snaps / "trunk.thaw").exists():
+        assert thaw_cli("snapshot", "--url", parent.url, "trunk.thaw", key=KEY).returncode == 0
+    child.flush_cache()  # so that a restore needs every page of the file
+    probe = [5, 6, 7, 8]
+    child.generate(probe, max_new_tokens=2)  # the cache the refusals must leave as it is
+    before = json.loads(thaw_cli("status", "--url", child.url, key=KEY).stdout)
+    for args, expected, key in refusal_cases(child.url, KEY, snaps, "trunk.thaw"):
+        out = thaw_cli(*args, key=key)
+        assert out.returncode in (2, 3) and expected in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+        assert len(child.generate(probe, max_new_tokens=2)[0]) == 2  # still serving
+    after = json.loads(thaw_cli("status", "--url", child.url, key=KEY).stdout)
+    assert (after["tree_tokens"], after["free_slots"]) == (before["tree_tokens"], before["free_slots"])

@@ -1,0 +1,77 @@
+"""A real SGLang HTTP server (`python -m sglang.launch_server`) with thaw installed, as a
+subprocess (tests, benchmarks), under the CPU settings of `thaw.adapters.sglang.driver`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from typing import Any, Optional
+
+from thaw.adapters.sglang.driver import CPU_ENV, ENGINE_DEFAULTS
+
+from .vllm_server import free_port, stop_process, wait_for_http
+
+
+def _flags(settings: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is not False and value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+class SGLangServer:
+    """One server process serving `model` with `snapshot_dir` as its THAW_SNAPSHOT_DIR;
+    `settings` override the driver's CPU engine settings (e.g. ``load_format="dummy"``)."""
+
+    def __init__(self, model: str, snapshot_dir: str, log_path: str, *, api_key: str,
+                 env: Optional[dict[str, str]] = None, **settings: Any) -> None:
+        self.model, self.api_key = model, api_key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")
+        settings = {**ENGINE_DEFAULTS, "log_level": "warning", **settings}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--host", "127.0.0.1",
+             "--port", str(self.port), "--api-key", api_key, *_flags(settings)],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(snapshot_dir),
+            env={**os.environ, **CPU_ENV, "THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})})
+
+    def wait(self, timeout: float = 300) -> "SGLangServer":
+        wait_for_http(self.proc, self.url + "/health", timeout, f"see {self.log.name}")
+        return self
+
+    def request(self, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+        """POST `body` (or GET without one) to `path` with the API key; the JSON reply."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST",
+                                     headers={"Authorization": f"Bearer {self.api_key}",
+                                              "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as reply:
+            raw = reply.read()
+        return json.loads(raw) if raw.strip() else None
+
+    def flush_cache(self) -> None:
+        """Empties the radix cache (SGLang's /flush_cache; refused while requests run)."""
+        req = urllib.request.Request(self.url + "/flush_cache", method="POST",
+                                     headers={"Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(req, timeout=60) as reply:
+            text = reply.read().decode()
+        if "Cache flushed" not in text:
+            raise RuntimeError(f"SGLang did not flush its cache: {text!r}")
+
+    def generate(self, input_ids: list[int], max_new_tokens: int = 8) -> tuple[list[int], int]:
+        """(greedy output ids, cached prompt tokens) of one /generate request."""
+        out = self.request("/generate", {"input_ids": input_ids, "sampling_params": {
+            "max_new_tokens": max_new_tokens, "temperature": 0.0, "ignore_eos": True}})
+        return list(out["output_ids"]), int(out["meta_info"]["cached_tokens"])
+
+    def stop(self) -> None:
+        stop_process(self.proc, 60)
+        self.log.close()
