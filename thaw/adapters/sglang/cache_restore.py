@@ -17,7 +17,8 @@ import torch
 
 from thaw.core import PrefixTree, ROOT, ThawError
 
-from .cache_state import _is_unified, check_supported, decode_namespace
+from .cache_state import check_supported, decode_namespace
+from .engine_access import unified_tree
 
 
 def scatter_pages(kv_pool: Any, pages: list[torch.Tensor], slots: torch.Tensor) -> None:
@@ -137,7 +138,7 @@ def insert_paths(tree_cache: Any, plans: list[PathInsert], slots: torch.Tensor) 
     paths inserted before it are whole, valid cache entries and stay)."""
     from sglang.srt.mem_cache.base_prefix_cache import InsertParams
 
-    unified = _is_unified(tree_cache)
+    unified = unified_tree(tree_cache)
     offset = 0
     for plan in plans:
         new = slots[offset: offset + len(plan.tokens) - plan.start]

@@ -21,8 +21,10 @@ import torch
 from thaw.core import EngineUnsupported, KVLayout, PrefixTree, ROOT, ThawError, nhd_layout
 from thaw.core.dtypes import dtype_name
 
+from .engine_access import PYTHON_TREE_CORE, device_value, tree_core_backend, tree_root, unified_tree, walks_nodes
+
 LAYOUT_NAME = "sglang.nhd"
-TREE_CORE_SETTING = "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python"
+TREE_CORE_SETTING = PYTHON_TREE_CORE
 
 
 # -- namespaces: SGLang's (extra_key, cache_salt) <-> the neutral extra key ---------------
@@ -46,28 +48,6 @@ def decode_namespace(key: Optional[str]) -> tuple[Optional[str], Optional[str]]:
     raise EngineUnsupported(f"prefix extra key {key!r} has no SGLang equivalent")
 
 
-# -- reaching the tree ------------------------------------------------------------------
-def _is_unified(tree_cache: Any) -> bool:
-    return hasattr(tree_cache, "tree_core")
-
-
-def _root(tree_cache: Any) -> Any:
-    """The root node of a tree thaw can walk node by node (legacy, or the Python core)."""
-    return tree_cache.tree_core.root_node if _is_unified(tree_cache) else tree_cache.root_node
-
-
-def _walks_nodes(tree_cache: Any) -> bool:
-    return not _is_unified(tree_cache) or getattr(tree_cache, "_tree_core_backend", "") == "python"
-
-
-def _device_value(tree_cache: Any, node: Any) -> Optional[torch.Tensor]:
-    if _is_unified(tree_cache):
-        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
-
-        return node.component(ComponentType.FULL).value
-    return node.value
-
-
 def check_supported(tree_cache: Any) -> None:
     """Raises EngineUnsupported when the cache is of a kind this module cannot translate."""
     if getattr(tree_cache, "disable", False):
@@ -75,16 +55,16 @@ def check_supported(tree_cache: Any) -> None:
                                 "there is no prefix index to snapshot or restore")
     if getattr(tree_cache, "is_eagle", False):
         raise EngineUnsupported("SGLang radix caches keyed by EAGLE bigrams are not supported")
-    if _is_unified(tree_cache):
+    if unified_tree(tree_cache):
         from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
 
         if tuple(tree_cache.tree_components) != (ComponentType.FULL,):
             raise EngineUnsupported(f"SGLang tree components {tree_cache.tree_components} "
                                     "(sliding window / mamba state) are not supported; full "
                                     "attention KV only")
-    if not _walks_nodes(tree_cache) and not getattr(type(tree_cache).insert, "_thaw_records", False):
+    if not walks_nodes(tree_cache) and not getattr(type(tree_cache).insert, "_thaw_records", False):
         raise EngineUnsupported(
-            f"SGLang's radix tree uses the {tree_cache._tree_core_backend!r} tree core, whose "
+            f"SGLang's radix tree uses the {tree_core_backend(tree_cache)!r} tree core, whose "
             "nodes hold no token ids readable from Python, and thaw's insert recorder was not "
             "installed when this cache was built (thaw's SGLang plugin installs it in the "
             f"scheduler process); start the engine with thaw installed, or with {TREE_CORE_SETTING}")
@@ -106,17 +86,17 @@ class CacheCapture:
 def capture_tree(tree_cache: Any, page_size: int) -> CacheCapture:
     """The tree's device-resident nodes, parents first, as a neutral PrefixTree."""
     check_supported(tree_cache)
-    if not _walks_nodes(tree_cache):
+    if not walks_nodes(tree_cache):
         from .slot_walk import capture_from_slot_walk
 
         return capture_from_slot_walk(tree_cache, page_size)
     tree = PrefixTree(page_size)
     pool_pages: list[int] = []
     skipped = 0
-    stack: list[tuple[Any, int]] = [(c, ROOT) for c in _root(tree_cache).children.values()]
+    stack: list[tuple[Any, int]] = [(c, ROOT) for c in tree_root(tree_cache).children.values()]
     while stack:
         node, parent = stack.pop()
-        value = _device_value(tree_cache, node)
+        value = device_value(tree_cache, node)
         if value is None:
             skipped += _subtree_tokens(node)
             continue

@@ -1,7 +1,11 @@
-"""How thaw reaches SGLang's server process: the one place that knows its HTTP server's
-and RPC's internals (read from SGLang 0.5.21's source; the scheduler's own attributes are
-read in `scheduler_ops`).
+"""How thaw reaches SGLang's internals beyond the scheduler's own attributes (which
+`scheduler_ops` reads): the radix cache's tree cores, the HTTP server and the RPC socket.
+Read from SGLang 0.5.21's source; a release that drops one of them is refused by name.
 
+- `unified_tree`, `tree_core_backend`, `tree_root`, `walks_nodes`, `device_value`: which
+  tree core a radix cache has and how its nodes are read (legacy `RadixCache`, or
+  `UnifiedRadixCache` with the Python or the Rust core);
+- `slot_walk`: the Rust core's walk of every device slot (`walk_for_kv_canary`);
 - `starting_http_server`: whether this process is about to run SGLang's HTTP server;
 - `before_http_server_runs`: a SGLang plugin hook that hands thaw the server's FastAPI app
   and the scheduler's RPC address before uvicorn starts;
@@ -16,11 +20,56 @@ import logging
 import multiprocessing
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 HTTP_SERVER_MODULE = "sglang.srt.entrypoints.http_server"
 HTTP_SETUP = HTTP_SERVER_MODULE + "._setup_and_run_http_server"  # (server_args, tokenizer_manager, template_manager, port_args, ...)
 log = logging.getLogger("thaw.sglang")
+PYTHON_TREE_CORE = "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python"
+
+
+# -- the radix cache's tree cores -----------------------------------------------------------
+def unified_tree(tree_cache: Any) -> bool:
+    """A `UnifiedRadixCache` (its nodes live in a tree core), not the legacy `RadixCache`."""
+    return hasattr(tree_cache, "tree_core")
+
+
+def tree_core_backend(tree_cache: Any) -> str:
+    """"python" or "rust" for a unified cache ("legacy" for the legacy cache)."""
+    return str(getattr(tree_cache, "_tree_core_backend", "unknown")) if unified_tree(tree_cache) else "legacy"
+
+
+def walks_nodes(tree_cache: Any) -> bool:
+    """Whether the tree's nodes, with their token ids, can be walked from Python."""
+    return tree_core_backend(tree_cache) in ("legacy", "python")
+
+
+def tree_root(tree_cache: Any) -> Any:
+    """The root node of a tree that `walks_nodes`."""
+    return tree_cache.tree_core.root_node if unified_tree(tree_cache) else tree_cache.root_node
+
+
+def device_value(tree_cache: Any, node: Any) -> Optional[Any]:
+    """The KV slot indices a node holds (the full-attention component of a unified node)."""
+    if unified_tree(tree_cache):
+        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+
+        return node.component(ComponentType.FULL).value
+    return node.value
+
+
+def slot_walk(tree_cache: Any) -> Any:
+    """The Rust core's list of every device slot in the tree, with its position and the slot
+    before it (`slot_indices`, `positions`, `prev_slot_indices`)."""
+    from thaw.core import EngineUnsupported
+
+    walk = getattr(tree_cache.tree_core, "walk_for_kv_canary", None)
+    if walk is None:
+        import sglang
+
+        raise EngineUnsupported(f"SGLang {sglang.__version__}'s Rust tree core has no walk_for_kv_canary, "
+                                f"which thaw reads its slots with; start the engine with {PYTHON_TREE_CORE}")
+    return walk(False, False)
 
 
 def starting_http_server() -> bool:

@@ -16,6 +16,8 @@ import torch
 
 from thaw.core import PrefixTree, ROOT
 
+from .engine_access import slot_walk
+
 SLOT_TOKENS_ATTR = "_thaw_slot_tokens"
 
 
@@ -67,7 +69,7 @@ def capture_from_slot_walk(tree_cache: Any, page_size: int) -> Any:
     from .cache_state import CacheCapture
 
     rec: SlotTokens = getattr(tree_cache, SLOT_TOKENS_ATTR, None) or SlotTokens(0)
-    walk = tree_cache.tree_core.walk_for_kv_canary(False, False)
+    walk = slot_walk(tree_cache)
     slots = walk.slot_indices.tolist()
     prev = dict(zip(slots, walk.prev_slot_indices.tolist()))
     pos = dict(zip(slots, walk.positions.tolist()))

@@ -27,6 +27,7 @@ class CaptureReport:
     orphan_blocks: list[int] = field(default_factory=list)  # parent block no longer cached
     unsupported_blocks: list[int] = field(default_factory=list)  # LoRA / multimodal keys
     requests: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # by phase: capture, write, flush, ...
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -149,8 +149,11 @@ class VLLMHandle(EngineAdapter):
         if self.parts.workers is not None:
             return self._snapshot_in_worker(path, weights=weights, weights_format=weights_format,
                                             strict=strict, requests=requests)
-        save(self.capture(weights=weights, weights_format=weights_format, strict=strict,
-                          requests=requests), path)
+        t0 = time.perf_counter()
+        snap = self.capture(weights=weights, weights_format=weights_format, strict=strict, requests=requests)
+        seconds = {"capture": time.perf_counter() - t0}
+        save(snap, path, timings=seconds)
+        self.last_capture.seconds = seconds
         return self.last_capture
 
     def _snapshot_in_worker(self, path: Union[str, os.PathLike], *, weights: bool,
@@ -178,12 +181,14 @@ class VLLMHandle(EngineAdapter):
         path = absolute(path)
         size = engine_access.tp_size(self.parts)
         if size == 1:
-            self.parts.workers.call("save", path=path, meta=meta, block_ids=block_ids, weights=source)
+            saved = [self.parts.workers.call("save", path=path, meta=meta, block_ids=block_ids, weights=source)]
         else:  # one rank file per worker, swapped in as one set when every rank has written
             with RankSetWriter(path, size) as writer:
-                self.parts.workers.call_each("save", path=str(writer.staging), meta=meta, block_ids=block_ids,
-                                             weights=source, set_id=writer.set_id)
+                saved = self.parts.workers.call_each("save", path=str(writer.staging), meta=meta,
+                                                     block_ids=block_ids, weights=source, set_id=writer.set_id)
                 writer.commit()
+        phases = {k for r in saved for k in r["seconds"]}
+        report.seconds = {k: max(r["seconds"].get(k, 0.0) for r in saved) for k in phases}  # the slowest rank's
         self.last_capture = report
         return report
 

@@ -18,6 +18,7 @@ through vLLM's RPC.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Optional
 
 import torch
@@ -120,6 +121,7 @@ class _WorkerSide:
         """Writes this rank's part of a snapshot: the file `path` at tensor parallel size 1,
         else this rank's file in the directory `path` (marked with the set's `set_id`).
         Weights (checkpoint format, the same on every rank) go into rank 0's file only."""
+        t0 = time.perf_counter()
         layout = KVLayout.from_json(meta["layout"])
         tensors: dict[str, torch.Tensor] = {}
         if self.rank == 0 and weights.get("checkpoint_of"):
@@ -142,8 +144,10 @@ class _WorkerSide:
                              prefix=prefix_from_json(meta["prefix"]),
                              requests=[RequestState.from_json(r) for r in meta["requests"]],
                              extras=extras)
-        save(snap, path)
-        return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": stored_size(path)}
+        seconds = {"capture": time.perf_counter() - t0}
+        save(snap, path, timings=seconds)
+        return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": stored_size(path),
+                "seconds": seconds}
 
     def stage_kv(self, path: str, needed: list[int]) -> dict:
         """Reads this rank's KV heads from the snapshot `path` belongs to (its own rank file

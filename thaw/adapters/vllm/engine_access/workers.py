@@ -48,14 +48,15 @@ class RemoteWorkers:
         socket poll the writer wakes, can miss its wake-up and then sleeps the whole recheck
         interval (`SHM_READER_RECHECK_INTERVAL_MS`, 5 s; seen on a weights restore). So for
         the call the reader sleeps in polls of `RECHECK_MS` and looks at the queue between
-        them; both settings are put back after the call. Executors without these queues are
-        left as they are."""
+        them; both settings are put back after the call. Executors without these queues, and
+        vLLM releases whose idle wait has no recheck interval to shorten (0.26 waits up to its
+        60 s warning interval), are left spinning as they are."""
         from vllm.distributed.device_communicators import shm_broadcast
 
         executor = getattr(self.core, "model_executor", None)
         queues = getattr(executor, "response_mqs", None) or []
         conditions = [c for c in (getattr(q, "_spin_condition", None) for q in queues) if c is not None]
-        if not conditions:
+        if not conditions or not hasattr(shm_broadcast, "SHM_READER_RECHECK_INTERVAL_MS"):
             yield
             return
         saved = [c.busy_loop_s for c in conditions], shm_broadcast.SHM_READER_RECHECK_INTERVAL_MS

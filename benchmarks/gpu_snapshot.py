@@ -1,0 +1,125 @@
+"""Taking a snapshot on a GPU with real vLLM, phase by phase, against the machine's own rates.
+
+One run, one card: the 8B-shaped bf16 Llama of `gpu_e2e_vllm` (random weights, built on the
+device), one in-process engine, a 4k-token trunk prefilled. Then, each `--reps` times:
+  full  weights as vLLM parameters + KV + prefix into a file on local disk, by phase:
+        capture (KV pages gathered, parameters copied to host memory), write (CRC32C of every
+        chunk and the write into the page cache), flush (fsync, rename, directory fsync);
+  kv    the same without weights (what a session costs).
+Baselines in the same run, for the same byte counts:
+  d2h    the card's device -> pinned host copy of one buffer (torch, one copy);
+  write  a plain write of a host buffer into a file in the same directory (no checksum),
+         and its fsync, apart.
+Reported: medians; snapshot GB/s into the page cache (capture + write, flush shown apart)
+and with the flush; ratios to the baselines. The target is >= 5 GB/s into the page cache.
+Usage: python benchmarks/gpu_snapshot.py [--trunk 4000] [--reps 3] [--dir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from thaw.fork import DRIVERS
+from thaw.workers import EngineWorker
+
+from gpu_e2e_vllm import ENGINE, build_model, phase
+from receipt import write_receipt
+
+
+def d2h_pinned_gb_s(nbytes: int, reps: int = 3) -> float:
+    """Device -> pinned host copy rate of one `nbytes` buffer."""
+    import torch
+
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    rates = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        host.copy_(dev, non_blocking=True)
+        torch.cuda.synchronize()
+        rates.append(nbytes / (time.perf_counter() - t0) / 1e9)
+    del dev, host
+    torch.cuda.empty_cache()
+    return statistics.median(rates)
+
+
+def plain_write(path: str, nbytes: int, reps: int = 2) -> dict:
+    """A host buffer written into `path` in 64 MiB writes (page cache), then fsync'd."""
+    block = os.urandom(1 << 20) * 64
+    writes, flushes = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        left = nbytes
+        while left > 0:
+            left -= os.write(fd, block[: min(left, len(block))])
+        t1 = time.perf_counter()
+        os.fsync(fd)
+        os.close(fd)
+        writes.append(t1 - t0)
+        flushes.append(time.perf_counter() - t1)
+        os.unlink(path)
+    write_s, flush_s = statistics.median(writes), statistics.median(flushes)
+    return {"bytes": nbytes, "write_s": write_s, "flush_s": flush_s, "write_gb_s": nbytes / write_s / 1e9,
+            "write_and_flush_gb_s": nbytes / (write_s + flush_s) / 1e9}
+
+
+def snapshots(w: EngineWorker, path: str, reps: int, weights: bool) -> dict:
+    runs = []
+    for _ in range(reps):
+        rep = w.call("snapshot", path=path, weights=weights)
+        runs.append({"seconds": rep["seconds"], "by_phase": rep.get("seconds_by_phase", {}),
+                     "bytes": os.path.getsize(path)})
+    nbytes = runs[-1]["bytes"]
+    phases = {k: statistics.median(r["by_phase"].get(k, 0.0) for r in runs) for k in runs[-1]["by_phase"]}
+    into_cache = sum(v for k, v in phases.items() if k != "flush")
+    return {"runs": runs, "bytes": nbytes, "median_s": statistics.median(r["seconds"] for r in runs),
+            "phases_s": phases, "into_page_cache_s": into_cache,
+            "gb_s_into_page_cache": nbytes / into_cache / 1e9,
+            "gb_s_with_flush": nbytes / statistics.median(r["seconds"] for r in runs) / 1e9}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="/tmp/llama8b")
+    ap.add_argument("--trunk", type=int, default=4000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--dir", default="/tmp", help="where snapshots are written (local disk)")
+    args = ap.parse_args()
+    trunk = [100 + (i * 7919) % 120000 for i in range(args.trunk)]
+    full_path, kv_path = os.path.join(args.dir, "snap-full.thaw"), os.path.join(args.dir, "snap-kv.thaw")
+    r: dict = {"model": "8B-shaped Llama, bf16, random weights", "trunk_tokens": args.trunk, "reps": args.reps,
+               "dir": args.dir, "build_model_s": build_model(args.model)}
+    cfg = {k: v for k, v in {**ENGINE, "model": args.model}.items() if v is not None}
+    r["engine"] = cfg
+
+    def engine():
+        with EngineWorker(DRIVERS["vllm"], cfg) as w:
+            w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            out = {"full": snapshots(w, full_path, args.reps, True), "kv": snapshots(w, kv_path, args.reps, False)}
+            os.unlink(full_path), os.unlink(kv_path)
+            return out
+
+    phase(r, "snapshot", engine)
+    if "full" in r["snapshot"]:
+        nbytes = r["snapshot"]["full"]["bytes"]
+        phase(r, "d2h_pinned_gb_s", lambda: d2h_pinned_gb_s(min(nbytes, 8 * 2**30)))
+        phase(r, "plain_write", lambda: plain_write(os.path.join(args.dir, "plain-write.bin"), nbytes))
+        full = r["snapshot"]["full"]
+        r["ratio_snapshot_vs_plain_write_page_cache"] = full["gb_s_into_page_cache"] / r["plain_write"]["write_gb_s"]
+        r["ratio_snapshot_vs_d2h_pinned"] = full["gb_s_into_page_cache"] / r["d2h_pinned_gb_s"]
+        r["ratio_snapshot_with_flush_vs_plain_write_and_flush"] = (
+            full["gb_s_with_flush"] / r["plain_write"]["write_and_flush_gb_s"])
+    r["includes"] = ("snapshot seconds are the driver call's (in-process engine); phases: capture (KV gather "
+                     "+ parameters to host), write (CRC32C + write into the page cache), flush (fsync + rename + "
+                     "directory fsync); GB/s into the page cache leaves the flush out, shown apart; d2h is one "
+                     "torch copy of min(file size, 8 GiB) from device to pinned host memory")
+    print(f"receipt: {write_receipt('gpu_snapshot', r)}")
+
+
+if __name__ == "__main__":
+    main()
