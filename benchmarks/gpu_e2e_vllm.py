@@ -38,8 +38,9 @@ ENGINE = {"dtype": "bfloat16", "block_size": 16, "gpu_memory_utilization": 0.42,
                                  "cudagraph_capture_sizes": [1, 2, 4, 8]}}
 
 
-def pinned_memcpy_gb_s(nbytes: int = 4 * 2**30, reps: int = 5) -> float:
-    """Host (pinned) -> GPU copy rate on this card: the link speed weights are judged against."""
+def pinned_memcpy_gb_s(nbytes: int = 4 * 2**30, reps: int = 5, to_host: bool = False) -> float:
+    """Host (pinned) -> GPU copy rate on this card (GPU -> pinned host with `to_host`): the
+    link speed weights and snapshots are judged against."""
     import torch
 
     host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
@@ -48,7 +49,7 @@ def pinned_memcpy_gb_s(nbytes: int = 4 * 2**30, reps: int = 5) -> float:
     for _ in range(reps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        dev.copy_(host, non_blocking=True)
+        (host.copy_(dev, non_blocking=True) if to_host else dev.copy_(host, non_blocking=True))
         torch.cuda.synchronize()
         rates.append(nbytes / (time.perf_counter() - t0) / 1e9)
     del host, dev

@@ -25,26 +25,8 @@ import time
 from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
 
-from gpu_e2e_vllm import ENGINE, build_model, phase
+from gpu_e2e_vllm import ENGINE, build_model, phase, pinned_memcpy_gb_s
 from receipt import write_receipt
-
-
-def d2h_pinned_gb_s(nbytes: int, reps: int = 3) -> float:
-    """Device -> pinned host copy rate of one `nbytes` buffer."""
-    import torch
-
-    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    rates = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        host.copy_(dev, non_blocking=True)
-        torch.cuda.synchronize()
-        rates.append(nbytes / (time.perf_counter() - t0) / 1e9)
-    del dev, host
-    torch.cuda.empty_cache()
-    return statistics.median(rates)
 
 
 def plain_write(path: str, nbytes: int, reps: int = 2) -> dict:
@@ -107,7 +89,7 @@ def main() -> None:
     phase(r, "snapshot", engine)
     if "full" in r["snapshot"]:
         nbytes = r["snapshot"]["full"]["bytes"]
-        phase(r, "d2h_pinned_gb_s", lambda: d2h_pinned_gb_s(min(nbytes, 8 * 2**30)))
+        phase(r, "d2h_pinned_gb_s", lambda: pinned_memcpy_gb_s(min(nbytes, 8 * 2**30), reps=3, to_host=True))
         phase(r, "plain_write", lambda: plain_write(os.path.join(args.dir, "plain-write.bin"), nbytes))
         full = r["snapshot"]["full"]
         r["ratio_snapshot_vs_plain_write_page_cache"] = full["gb_s_into_page_cache"] / r["plain_write"]["write_gb_s"]

@@ -1,13 +1,27 @@
 """What the server tests of every engine share: the command line against a server, and the
 snapshots a server must refuse."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import thaw
+
+
+@contextlib.contextmanager
+def serving(*servers) -> Iterator[tuple]:
+    """The started server processes once each answers; every one is stopped afterwards."""
+    try:
+        for server in servers:
+            server.wait()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def thaw_cli(*args, key):

@@ -9,7 +9,7 @@ from thaw.testing.sglang_server import SGLangServer
 
 from .engine_configs import tiny_models
 from .engines import needs_sglang
-from .serve_cases import refusal_cases, thaw_cli
+from .serve_cases import refusal_cases, serving, thaw_cli
 
 pytestmark = [needs_sglang, pytest.mark.engine]
 KEY = "test-key"
@@ -23,13 +23,8 @@ def servers(tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     parent = SGLangServer(model, snaps, logs / "parent.log", api_key=KEY)
     child = SGLangServer(model, snaps, logs / "child.log", api_key=KEY, load_format="dummy")
-    try:
-        for s in (parent, child):
-            s.wait()
+    with serving(parent, child):
         yield parent, child, snaps
-    finally:
-        parent.stop()
-        child.stop()
 
 
 def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):

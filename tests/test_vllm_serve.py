@@ -10,7 +10,7 @@ from thaw.testing.vllm_server import VLLMServer
 from . import serve_cases
 from .engine_configs import tiny_models
 from .engines import needs_vllm
-from .serve_cases import refusal_cases
+from .serve_cases import refusal_cases, serving
 
 pytestmark = [needs_vllm, pytest.mark.engine]
 KEY = "test-key"
@@ -30,13 +30,8 @@ def servers(tmp_path_factory):
     parent = VLLMServer(model, snaps, logs / "parent.log", *ENGINE_ARGS, api_key=KEY)
     child = VLLMServer(model, snaps, logs / "child.log", *ENGINE_ARGS, "--load-format", "dummy", api_key=KEY,
                        env={"VLLM_SERVER_DEV_MODE": "1"})  # /reset_prefix_cache, for the control
-    try:
-        for s in (parent, child):
-            s.wait()
+    with serving(parent, child):
         yield parent, child, snaps
-    finally:
-        parent.stop()
-        child.stop()
 
 
 def thaw_cli(*args, key=KEY):
