@@ -145,6 +145,6 @@ class SGLangHandle(EngineAdapter):
 
 def attach(engine: Any) -> SGLangHandle:
     """Binds thaw to an `sglang.Engine`. The engine must have been started with thaw
-    installed (its plugin adds the scheduler-side operations) and, for the default
-    UnifiedRadixCache, with SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python."""
+    installed: its plugin adds the scheduler-side operations and records the token ids of
+    SGLang's default (Rust) tree core as they are inserted."""
     return SGLangHandle(engine)
