@@ -47,22 +47,22 @@ class SGLangServer:
         wait_for_http(self.proc, self.url + "/health", timeout, f"see {self.log.name}")
         return self
 
-    def request(self, path: str, body: Optional[dict[str, Any]] = None) -> Any:
-        """POST `body` (or GET without one) to `path` with the API key; the JSON reply."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST",
+    def _post(self, path: str, data: Optional[bytes], method: str, timeout: float) -> bytes:
+        req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Authorization": f"Bearer {self.api_key}",
                                               "content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=600) as reply:
-            raw = reply.read()
+        with urllib.request.urlopen(req, timeout=timeout) as reply:
+            return reply.read()
+
+    def request(self, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+        """POST `body` (or GET without one) to `path` with the API key; the JSON reply."""
+        raw = self._post(path, None if body is None else json.dumps(body).encode(),
+                         "GET" if body is None else "POST", 600)
         return json.loads(raw) if raw.strip() else None
 
     def flush_cache(self) -> None:
         """Empties the radix cache (SGLang's /flush_cache; refused while requests run)."""
-        req = urllib.request.Request(self.url + "/flush_cache", method="POST",
-                                     headers={"Authorization": f"Bearer {self.api_key}"})
-        with urllib.request.urlopen(req, timeout=60) as reply:
-            text = reply.read().decode()
+        text = self._post("/flush_cache", None, "POST", 60).decode()
         if "Cache flushed" not in text:
             raise RuntimeError(f"SGLang did not flush its cache: {text!r}")
 

@@ -146,12 +146,10 @@ def progress(s: Any) -> dict[str, int]:
 def status(s: Any) -> dict[str, Any]:
     """What a server's GET /thaw/status answers: the engine, its identity, its cache."""
     check_supported(s)
-    cap = cache_state.capture_tree(s.tree_cache, s.page_size)
+    cache = state(s)
     return {"engine": "sglang", "identity": engine_identity(s).to_json(), "page_size": s.page_size,
-            "tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
-            "free_slots": cache_restore.free_slots(s.tree_cache),
-            "evictable_slots": cache_restore.evictable_slots(s.tree_cache),
-            "requests_in_flight": len(live_requests(s))}
+            **{k: cache[k] for k in ("tree_nodes", "tree_tokens", "free_slots", "evictable_slots")},
+            "requests_in_flight": len(cache["requests"])}
 
 
 def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
