@@ -9,8 +9,8 @@ from thaw.core import EngineUnsupported
 from thaw.core.errors import reply_result
 
 
-RECHECK_MS = 1  # ms between the core's looks at the reply queues during a thaw call (a 64 MB KV
-# restore on 2 cores: 36 ms at 1 ms, 42 ms at 2 ms)
+RECHECK_MS = 1  # ms between the core's looks at the reply queues during a thaw call (1 ms was
+# faster than 2 ms for a 64 MB KV restore in a trial run on 2 cores)
 
 
 class RemoteWorkers:
@@ -44,7 +44,7 @@ class RemoteWorkers:
         vLLM's shared-memory reply queues let their reader spin on `sched_yield` for a second
         after each read (`SpinCondition.busy_loop_s`): right for model steps of milliseconds,
         but for a thaw call of tens of milliseconds to seconds it takes a CPU core from the
-        workers (measured on 2 cores: a KV restore took twice as long). Their idle path, a
+        workers (seen in trial runs on 2 cores: KV restores ran much slower). Their idle path, a
         socket poll the writer wakes, can miss its wake-up and then sleeps the whole recheck
         interval (`SHM_READER_RECHECK_INTERVAL_MS`, 5 s; seen on a weights restore). So for
         the call the reader sleeps in polls of `RECHECK_MS` and looks at the queue between
