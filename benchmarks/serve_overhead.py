@@ -12,8 +12,9 @@ heads of 64), each path:
     `restore_kv_s` KV only into the parent itself (a warm engine with those weights);
   - for the server also the first token on the prefix: cold prefill (cache reset) against
     a restore followed by the first token, restore counted, for both restore kinds.
-The paths' engines run side by side and take turns in every repetition, so that the
-machine's drift (other load, the disk's flushes) falls on every path alike.
+The paths' engines run side by side and take turns in every repetition, each repetition
+starting one path further on, so that the machine's drift (other load, the disk's
+flushes) falls on every path alike and no path always follows the same other one.
 Reported: medians, and the multiprocess and server paths as ratios to the in-process one,
 twice: against the in-process engine on the single core that vLLM's CPU backend binds a
 worker process to (`VLLM_CPU_OMP_THREADS_BIND=auto` keeps the other cores for the engine
@@ -21,7 +22,7 @@ core and the server; like for like: thaw's worker-side work gets one core in eve
 and against the unpinned in-process engine (all cores), shown apart. Snapshots are also
 compared without their flush to disk (`snapshot_cache_s`: capture + write into the page
 cache), the part of the call a path can change.
-Usage: python benchmarks/serve_overhead.py [--context 8192] [--reps 5]
+Usage: python benchmarks/serve_overhead.py [--context 8192] [--reps 16] [--ttft-reps 3]
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class ServerPath:
         self.server.stop()
 
 
+SETTLE_S = 1.5  # longer than vLLM's reader spin after a queue read (SpinCondition.busy_loop_s, 1 s)
+
+
 def sample(fn: Callable[[], dict]) -> dict:
     """The caller's seconds, the engine core's, and the phases it reported, of one call."""
     t0 = time.perf_counter()
@@ -108,7 +112,9 @@ def sample(fn: Callable[[], dict]) -> dict:
 
 
 def medians(name: str, samples: list[dict]) -> dict:
+    quartiles = statistics.quantiles([x["s"] for x in samples], n=4)
     out = {f"{name}_s": statistics.median(x["s"] for x in samples),
+           f"{name}_quartiles_s": [quartiles[0], quartiles[2]],  # the spread around the median
            f"{name}_core_s": statistics.median(x["core_s"] for x in samples)}
     phases = {k for x in samples for k in x["phases"]}
     if phases:
@@ -119,17 +125,24 @@ def medians(name: str, samples: list[dict]) -> dict:
 
 
 def taking_turns(paths: dict, reps: int, fn: Callable[[Any], dict], before: Optional[Callable] = None) -> dict:
-    """`fn(path)` for every path, one after another, `reps` times over."""
+    """`fn(path)` for every path, one after another, `reps` times over; each repetition starts
+    one path further on (no path always follows the same other path, e.g. its flush to disk
+    right after another path's), and each call starts `SETTLE_S` after the previous one: a
+    vLLM worker process spins on its queue for a second after each call (the one core it is
+    bound to is the one-core base's), which would otherwise be timed as the next path's."""
     out: dict[str, list[dict]] = {name: [] for name in paths}
-    for _ in range(reps):
-        for name, p in paths.items():
+    names = list(paths)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            p = paths[name]
             if before:
                 before(p)
+            time.sleep(SETTLE_S)  # the last call's worker stops spinning before the next is timed
             out[name].append(sample(lambda: fn(p)))
     return out
 
 
-def run(model: str, context: list[int], snaps: str, logs: str, reps: int) -> dict:
+def run(model: str, context: list[int], snaps: str, logs: str, reps: int, ttft_reps: int) -> dict:
     config = {"model": model, "max_model_len": len(context) + 64, "kv_cache_memory_bytes": KV_CACHE_BYTES}
     worker_cores = {min(os.sched_getaffinity(0))}  # the core vLLM's auto binding gave its worker here
     starts = {"inprocess_one_core": lambda dummy: DriverPath({**config, "thaw_engine": "inprocess", **dummy},
@@ -156,7 +169,7 @@ def run(model: str, context: list[int], snaps: str, logs: str, reps: int) -> dic
             results[name].update(medians("restore_kv", s))
         server = parents["server"]
         cold, warm_kv = [], []
-        for _ in range(reps):
+        for _ in range(ttft_reps):
             server.reset()
             cold.append(sample(lambda: {"cached": server.generate(context)})["s"])
             server.reset()
@@ -178,7 +191,7 @@ def run(model: str, context: list[int], snaps: str, logs: str, reps: int) -> dic
             results[name]["cached_tokens_after_restore"] = children[name].generate(context)
         server = children["server"]
         warm = []
-        for _ in range(reps):
+        for _ in range(ttft_reps):
             server.reset()
             t_restore = sample(lambda: server.thaw("restore", parents["server"]))["s"]
             t0 = time.perf_counter()
@@ -194,19 +207,21 @@ def run(model: str, context: list[int], snaps: str, logs: str, reps: int) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--context", type=int, default=8192)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=16, help="repetitions of each snapshot and restore")
+    ap.add_argument("--ttft-reps", type=int, default=3, help="repetitions of the first-token runs (a cold "
+                    "prefill of the prefix takes about 30 s on 2 cores)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="thaw-serve-bench-")
     snaps, logs = os.path.join(work, "snaps"), os.path.join(work, "logs")
     os.makedirs(snaps), os.makedirs(logs)
     model = str(build_tiny_llama(os.path.join(work, "model"), MODEL))
     context = [4 + (i * 7919) % 500 for i in range(args.context)]
-    out = run(model, context, snaps, logs, args.reps)
+    out = run(model, context, snaps, logs, args.reps, args.ttft_reps)
     paths = out["paths"]
     keys = ("snapshot_s", "snapshot_cache_s", "restore_s", "restore_kv_s")
     ratios = {f"{name}_vs_{base}": {k: round(paths[name][k] / paths[base][k], 3) for k in keys}
               for base in ("inprocess_one_core", "inprocess") for name in ("multiprocess", "server")}
-    results = {"context_tokens": args.context, "reps": args.reps, **out, "ratios": ratios,
+    results = {"context_tokens": args.context, "reps": args.reps, "ttft_reps": args.ttft_reps, **out, "ratios": ratios,
                "cores": sorted(os.sched_getaffinity(0)),
                "model": {"layers": MODEL.num_hidden_layers, "hidden": MODEL.hidden_size,
                          "intermediate": MODEL.intermediate_size, "heads": MODEL.num_attention_heads,
@@ -218,7 +233,8 @@ def main() -> None:
                            "(same weights); TTFT speedups count the restore; inprocess_one_core is the in-process "
                            "engine on the one core vLLM binds its CPU worker process to (the like-for-like base "
                            "for thaw's worker-side work), inprocess the same engine on all cores; the paths' "
-                           "engines run side by side and take turns in each repetition"}
+                           "engines run side by side and take turns in each repetition, the order rotated by one "
+                           "path every repetition, each call 1.5 s after the previous one"}
     print(results)
     print("receipt:", write_receipt("serve_overhead", results))
 

@@ -27,11 +27,12 @@ def servers(tmp_path_factory):
     model = tiny_models(tmp_path_factory.mktemp("models"))[0]
     snaps = tmp_path_factory.mktemp("snapshots")
     logs = tmp_path_factory.mktemp("logs")
-    parent = VLLMServer(model, snaps, logs / "parent.log", *ENGINE_ARGS, api_key=KEY)
-    child = VLLMServer(model, snaps, logs / "child.log", *ENGINE_ARGS, "--load-format", "dummy", api_key=KEY,
-                       env={"VLLM_SERVER_DEV_MODE": "1"})  # /reset_prefix_cache, for the control
-    with serving(parent, child):
-        yield parent, child, snaps
+    with serve_cases.snapshot_bucket() as (allowed, env):
+        parent = VLLMServer(model, snaps, logs / "parent.log", *ENGINE_ARGS, api_key=KEY, env=env)
+        child = VLLMServer(model, snaps, logs / "child.log", *ENGINE_ARGS, "--load-format", "dummy", api_key=KEY,
+                           env={**env, "VLLM_SERVER_DEV_MODE": "1"})  # /reset_prefix_cache, for the control
+        with serving(parent, child):
+            yield parent, child, snaps, allowed
 
 
 def thaw_cli(*args, key=KEY):
@@ -39,7 +40,7 @@ def thaw_cli(*args, key=KEY):
 
 
 def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
-    parent, child, snaps = servers
+    parent, child, snaps, _ = servers
     text, cached = parent.complete(PROMPT)
     assert cached == 0
     assert parent.complete(PROMPT) == (text, (len(PROMPT) - 1) // BLOCK * BLOCK)  # its own cache
@@ -67,7 +68,7 @@ def reset_prefix_cache(server) -> None:
 
 
 def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers):
-    parent, child, snaps = servers
+    parent, child, snaps, _ = servers
     if not (snaps / "trunk.thaw").exists():
         assert thaw_cli("snapshot", "--url", parent.url, "trunk.thaw").returncode == 0
     reset_prefix_cache(child)  # so that a restore needs every page of the file
@@ -77,3 +78,19 @@ def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers)
         assert "Traceback" not in out.stderr
         assert len(child.complete([5, 6, 7, 8], max_tokens=2)[0].split()) >= 1  # still serving
     assert json.loads(thaw_cli("status", "--url", child.url).stdout)["cached_blocks"] == 0  # untouched
+
+
+def test_snapshots_at_urls_only_under_the_allowed_prefix(servers):
+    parent, child, _, allowed = servers
+    text, _ = parent.complete(PROMPT)
+    url = f"{allowed}/trunk.thaw"
+    out = thaw_cli("snapshot", "--url", parent.url, url)
+    assert out.returncode == 0, out.stderr
+    reset_prefix_cache(child)
+    out = thaw_cli("restore", "--url", child.url, url)
+    assert out.returncode == 0, out.stderr
+    assert child.complete(PROMPT) == (text, (len(PROMPT) - 1) // BLOCK * BLOCK)
+    for refused in serve_cases.url_refusals(allowed):
+        for op, server in (("snapshot", parent), ("restore", child)):
+            out = thaw_cli(op, "--url", server.url, refused)
+            assert out.returncode in (2, 3) and "PathOutsideSnapshotDir" in out.stderr, (op, refused, out.stderr)

@@ -69,6 +69,7 @@ class KVPlacement:
         self.fresh: list = []
         self.inserted: list = []
         self._staged: Optional[list[torch.Tensor]] = None  # CUDA: checked pages in GPU memory
+        self._placed: Optional[list[int]] = None  # worker engines: the blocks `stage` filled
 
     @property
     def every_page(self) -> bool:
@@ -77,6 +78,11 @@ class KVPlacement:
     def allocate(self) -> None:
         self.pool.hold(self.held)  # keep hit blocks from being evicted while allocating
         self.fresh = self.pool.take(len(self.needed))
+        if self._placed is not None and [b.block_id for b in self.fresh] != self._placed:
+            placed, self._placed = self._placed, None
+            self.pool.forget(placed)
+            raise ThawError("internal: the KV blocks vLLM allocated are not the ones the worker filled; "
+                            "their cached hashes were dropped and the restore undone")
 
     def move(self, pages: Optional[list[torch.Tensor]], resident: Optional[torch.Tensor] = None) -> None:
         """Writes the needed pages into the allocated blocks: for CPU engines from `pages`
@@ -85,10 +91,8 @@ class KVPlacement:
         prepared, in device memory."""
         if not self.needed:
             return
-        if self.parts.workers is not None:  # staged in the worker process by `stage`
-            self.report.kv_bytes += self.parts.workers.call(
-                "scatter_kv", block_ids=[b.block_id for b in self.fresh])["kv_bytes"]
-            self.report.kv_from = "worker"
+        if self.parts.workers is not None:  # the worker process filled them in `stage`
+            self._placed = None
             return
         kv0 = self.parts.kv_caches[0]
         ids = torch.tensor([b.block_id for b in self.fresh], dtype=torch.long, device=kv0.device)
@@ -127,16 +131,30 @@ class KVPlacement:
         before the engine changes. From `registered` (the snapshot file registered with
         CUDA, every page in the engine's layout: its KV sections as they are, checked
         against the file's chunk CRCs), else from `pages` (verified host layers).
-        Engines whose KV lives in a worker process: the worker maps the file's KV layers,
-        checking every chunk, and keeps them for `move`."""
+        Engines whose KV lives in a worker process, in one round trip: the worker maps the
+        file's KV layers, checks every chunk and only then writes the pages into the blocks
+        `allocate` will take (read from the free queue, which nothing else changes while a
+        thaw call runs); those blocks are free, unreachable by a hash once taken. A refusal
+        (a `ThawError`) writes nothing; any other failure drops those blocks' cached hashes."""
         if self.needed and self.parts.workers is not None:
             if self.snap.source is None:
                 raise EngineUnsupported(
                     "this engine's KV lives in a worker process, which reads the snapshot file itself: an "
                     "in-memory snapshot, or one re-cut to another block size, cannot be restored into it "
                     "(re-cut the file with `thaw convert --page-size N` first)")
-            converted = self.parts.workers.call("stage_kv", path=self.snap.source.path, needed=self.needed)
-            self.report.layout_converted = converted["layout_converted"]
+            targets = self.pool.next_new(len(self.needed), self.held)
+            try:
+                placed = self.parts.workers.call("place_kv", path=self.snap.source.path, needed=self.needed,
+                                                 block_ids=targets)
+            except ThawError:
+                raise
+            except BaseException:
+                self.pool.forget(targets)
+                raise
+            self._placed = targets
+            self.report.layout_converted = placed["layout_converted"]
+            self.report.kv_bytes += placed["kv_bytes"]
+            self.report.kv_from = "worker"
             return
         if not self.needed or not self.parts.on_cuda:
             return
@@ -189,12 +207,11 @@ class KVPlacement:
     def unstage(self) -> None:
         """Drops what `stage` kept (after a failure before `allocate`; the pool is untouched)."""
         self._staged = None
-        if self.parts.workers is not None:
-            self.parts.workers.call("release")
+        if self._placed is not None:  # filled but never taken: their cached hashes no longer hold
+            self.pool.forget(self._placed)
+            self._placed = None
 
     def rollback(self) -> None:
-        if self.parts.workers is not None:
-            self.parts.workers.call("release")
         for blk in self.inserted:
             self.pool.evict(blk)
         self.pool.release(self.fresh)

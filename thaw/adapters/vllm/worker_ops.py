@@ -10,7 +10,7 @@ the executor's `collective_rpc`. KV bytes and weights move between the worker's 
 the snapshot file here: only block ids, page lists and small JSON cross processes.
 
 Contract: each op takes and returns JSON-able values and keeps what a restore stages in
-this process until `commit_weights`/`scatter_kv` use it or `release` drops it; a
+this process until `commit_weights` uses it or `release` drops it; a
 `ThawError` (or a missing file) comes back as an error reply, never as an exception
 through vLLM's RPC.
 """
@@ -78,7 +78,6 @@ class _WorkerSide:
     def __init__(self, worker: Any) -> None:
         self.worker = worker
         self.layout: KVLayout | None = None
-        self.staged_kv: tuple[list[torch.Tensor], list[int]] | None = None
         self.staged_weights: list[tuple[str, torch.Tensor]] | None = None
         self._opened: tuple[tuple, list[StateSnapshot]] | None = None
         self.rank, self.size = worker_tp_rank(worker)
@@ -149,24 +148,20 @@ class _WorkerSide:
         return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": stored_size(path),
                 "seconds": seconds}
 
-    def stage_kv(self, path: str, needed: list[int]) -> dict:
-        """Reads this rank's KV heads from the snapshot `path` belongs to (its own rank file
-        mapped where the sizes agree, else cut from every rank's pages; every chunk's CRC
-        checked) and keeps them for `scatter_kv`, in this engine's layout."""
+    def place_kv(self, path: str, needed: list[int], block_ids: list[int]) -> dict:
+        """Writes this rank's KV heads of snapshot pages `needed` into `block_ids`. The pages
+        are read from the snapshot `path` belongs to (its own rank file mapped where the
+        sizes agree, else cut from every rank's pages) and every chunk's CRC is checked
+        before the first block is written; a refusal raises before any write."""
+        if len(block_ids) != len(needed):
+            raise ThawError(f"internal: {len(needed)} pages to place into {len(block_ids)} blocks")
         ranks = self._open(path)
         layout, layers = rank_kv(ranks, self.size, self.rank)
         converted = layout != self.layout
         if converted:
             layers = [convert_pages(t, layout, self.layout) for t in layers]
-        self.staged_kv = (layers, needed)
-        return {"layout_converted": converted, "resharded": len(ranks) != self.size}
-
-    def scatter_kv(self, block_ids: list[int]) -> dict:
-        if self.staged_kv is None:
-            raise ThawError("internal: no KV pages were staged in this worker")
-        layers, needed = self.staged_kv
-        self.staged_kv = None
-        return {"kv_bytes": scatter_pages(self.kv_caches, layers, needed, block_ids)}
+        return {"layout_converted": converted, "resharded": len(ranks) != self.size,
+                "kv_bytes": scatter_pages(self.kv_caches, layers, needed, block_ids)}
 
     def stage_weights(self, path: str) -> dict:
         """Reads the checkpoint weights (rank 0's file holds them) for `commit_weights`,
@@ -183,11 +178,11 @@ class _WorkerSide:
         return {"weights": len(weights)}
 
     def release(self) -> dict:
-        self.staged_kv = self.staged_weights = None
+        self.staged_weights = None
         return {}
 
 
-OPS = ("describe", "prefault", "save", "stage_kv", "scatter_kv", "stage_weights", "commit_weights", "release")
+OPS = ("describe", "prefault", "save", "place_kv", "stage_weights", "commit_weights", "release")
 
 
 def thaw_worker_call(wrapper: Any, op: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -78,6 +78,27 @@ class PoolEdit:
     def take(self, n: int) -> list[Any]:
         return self.pool.get_new_blocks(n) if n else []
 
+    def next_new(self, n: int, held: list[Any]) -> list[int]:
+        """The ids `take(n)` will return once `held` are held, read without changing the
+        pool: the free queue's first `n` blocks, `held` left out (as `hold` takes them out)."""
+        skip = {b.block_id for b in held}
+        queue = self.pool.free_block_queue
+        ids: list[int] = []
+        blk = queue.fake_free_list_head.next_free_block
+        while len(ids) < n and blk is not None and blk is not queue.fake_free_list_tail:
+            if blk.block_id not in skip:
+                ids.append(blk.block_id)
+            blk = blk.next_free_block
+        return ids
+
+    def forget(self, block_ids: list[int]) -> None:
+        """Drops the cached hashes of free blocks whose bytes were overwritten (they are no
+        longer what the hash says); blocks in use are not touched."""
+        for block_id in block_ids:
+            blk = self.pool.blocks[block_id]
+            if blk.ref_cnt == 0:
+                self.pool._maybe_evict_cached_block(blk)
+
     def register(self, page: int, block: Any, num_tokens: int) -> None:
         self.pool._insert_block_hash(self.keys[page], block, num_tokens=num_tokens)
 
