@@ -13,6 +13,22 @@ import thaw
 
 
 @contextlib.contextmanager
+def snapshot_bucket() -> Iterator[tuple[str, dict[str, str]]]:
+    """An S3-compatible server (its own process, env set here for the servers started
+    meanwhile to inherit): (the URL prefix servers may use, the env that allows it)."""
+    from thaw.testing.s3_server import bucket_in_env
+
+    with bucket_in_env("served") as bucket:
+        yield f"{bucket}/allowed", {"THAW_SNAPSHOT_URLS": f"{bucket}/allowed"}
+
+
+def url_refusals(allowed: str) -> list[str]:
+    """URLs a server allowing only `allowed` must refuse (PathOutsideSnapshotDir)."""
+    bucket = allowed.rsplit("/", 1)[0]
+    return [f"{bucket}/elsewhere/trunk.thaw", f"{allowed}/../elsewhere/trunk.thaw", f"{allowed}-more/trunk.thaw"]
+
+
+@contextlib.contextmanager
 def serving(*servers) -> Iterator[tuple]:
     """The started server processes once each answers; every one is stopped afterwards."""
     try:

@@ -23,17 +23,10 @@ pytest.importorskip("moto", reason="needs moto's server (pip install 'moto[serve
 
 @pytest.fixture(scope="module")
 def bucket():
-    from thaw.testing.s3_server import S3Server
+    from thaw.testing.s3_server import bucket_in_env
 
-    server = S3Server().wait()
-    saved = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
-    try:
-        yield server.make_bucket("thaw-test")
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with bucket_in_env("thaw-test") as url:
+        yield url
 
 
 def snapshot(pages: int = 6, seed: int = 0) -> StateSnapshot:
@@ -172,3 +165,36 @@ def test_a_cache_directory_keeps_a_checked_copy_per_object_version(bucket, tmp_p
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(ChecksumError, match="kv/layer/0"):
         thaw.load(url)
+
+
+def test_tensor_parallel_sets_at_urls_are_read_whole_and_refused_when_mixed(bucket, tmp_path):
+    from thaw.core.tp import check_ranks, merge_ranks, split_heads
+    from thaw.core.tp_files import RankSetWriter, load_ranks, rank_file_name, save_ranks
+    from tests.test_tp import full_snapshot
+
+    snap = full_snapshot("thaw.nhd", 4, "float32")
+    url = f"{bucket}/tp-set"
+    save_ranks(split_heads(snap, 4), url)
+    save_ranks(split_heads(snap, 2), url)  # replaces the set of 4: its rank objects are removed
+    fs, key = filesystem(url)
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(key, refresh=True)) == [rank_file_name(r, 2) for r in range(2)]
+    ranks = load_ranks(url)
+    check_ranks(ranks)
+    merged = merge_ranks(ranks)
+    assert all(torch.equal(a.tensor(), b.tensor()) for a, b in zip(merged.kv.layers, snap.kv.layers))
+    cli = subprocess.run([sys.executable, "-m", "thaw.cli", "verify", url], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert cli.returncode == 0 and "OK (2 ranks of one take)" in cli.stdout, cli.stdout + cli.stderr
+    # A new take that dies after its first rank: the set mixes two takes and is refused by name.
+    with pytest.raises(RuntimeError, match="rank 1 crashed"):
+        with RankSetWriter(url, 2) as writer:
+            thaw.save(split_heads(full_snapshot("thaw.nhd", 4, "float32", seed=2), 2)[0], writer.path(0))
+            raise RuntimeError("rank 1 crashed")
+    with pytest.raises(thaw.SchemaError, match="set id differs"):
+        check_ranks(load_ranks(url))
+    fs.rm_file(f"{key}/{rank_file_name(1, 2)}")
+    with pytest.raises(thaw.SchemaError, match=r"ranks \[1\] of 2 are missing"):
+        load_ranks(url)
+    thaw.save(snap, f"{bucket}/single.thaw")
+    with pytest.raises(thaw.SchemaError, match="is a snapshot object"):
+        RankSetWriter(f"{bucket}/single.thaw", 2)

@@ -9,7 +9,7 @@ from thaw.testing.sglang_server import SGLangServer
 
 from .engine_configs import tiny_models
 from .engines import needs_sglang
-from .serve_cases import refusal_cases, serving, thaw_cli
+from .serve_cases import refusal_cases, serving, snapshot_bucket, thaw_cli, url_refusals
 
 pytestmark = [needs_sglang, pytest.mark.engine]
 KEY = "test-key"
@@ -21,14 +21,15 @@ def servers(tmp_path_factory):
     model = tiny_models(tmp_path_factory.mktemp("models"))[0]
     snaps = tmp_path_factory.mktemp("snapshots")
     logs = tmp_path_factory.mktemp("logs")
-    parent = SGLangServer(model, snaps, logs / "parent.log", api_key=KEY)
-    child = SGLangServer(model, snaps, logs / "child.log", api_key=KEY, load_format="dummy")
-    with serving(parent, child):
-        yield parent, child, snaps
+    with snapshot_bucket() as (allowed, env):
+        parent = SGLangServer(model, snaps, logs / "parent.log", api_key=KEY, env=env)
+        child = SGLangServer(model, snaps, logs / "child.log", api_key=KEY, env=env, load_format="dummy")
+        with serving(parent, child):
+            yield parent, child, snaps, allowed
 
 
 def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
-    parent, child, snaps = servers
+    parent, child, snaps, _ = servers
     tokens, cached = parent.generate(PROMPT)
     assert cached == 0
     assert parent.generate(PROMPT) == (tokens, len(PROMPT) - 1)  # its own cache
@@ -52,7 +53,7 @@ def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
 
 
 def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers):
-    parent, child, snaps = servers
+    parent, child, snaps, _ = servers
     if not (snaps / "trunk.thaw").exists():
         assert thaw_cli("snapshot", "--url", parent.url, "trunk.thaw", key=KEY).returncode == 0
     child.flush_cache()  # so that a restore needs every page of the file
@@ -66,3 +67,19 @@ def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers)
         assert len(child.generate(probe, max_new_tokens=2)[0]) == 2  # still serving
     after = json.loads(thaw_cli("status", "--url", child.url, key=KEY).stdout)
     assert (after["tree_tokens"], after["free_slots"]) == (before["tree_tokens"], before["free_slots"])
+
+
+def test_snapshots_at_urls_only_under_the_allowed_prefix(servers):
+    parent, child, _, allowed = servers
+    tokens, _ = parent.generate(PROMPT)
+    url = f"{allowed}/trunk.thaw"
+    out = thaw_cli("snapshot", "--url", parent.url, url, key=KEY)
+    assert out.returncode == 0, out.stderr
+    child.flush_cache()
+    out = thaw_cli("restore", "--url", child.url, url, key=KEY)
+    assert out.returncode == 0, out.stderr
+    assert child.generate(PROMPT) == (tokens, len(PROMPT) - 1)
+    for refused in url_refusals(allowed):
+        for op, server in (("snapshot", parent), ("restore", child)):
+            out = thaw_cli(op, "--url", server.url, refused, key=KEY)
+            assert out.returncode in (2, 3) and "PathOutsideSnapshotDir" in out.stderr, (op, refused, out.stderr)

@@ -2,8 +2,6 @@
 the in-process engine reads the object in the caller's process, the multiprocess engine's
 worker reads it itself; both hit the full prefix with the parent's output."""
 
-import os
-
 import pytest
 
 from thaw.adapters.vllm.driver import VLLMDriver
@@ -20,17 +18,10 @@ FULL_BLOCKS = 300 // 32 * 32
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from thaw.testing.s3_server import S3Server
+    from thaw.testing.s3_server import bucket_in_env
 
-    server = S3Server().wait()
-    saved = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)  # engine processes started from here inherit it
-    try:
-        yield server.make_bucket("engines"), tiny_models(tmp_path_factory.mktemp("models"))[0]
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with bucket_in_env("engines") as bucket:  # engine processes started from here inherit its env
+        yield bucket, tiny_models(tmp_path_factory.mktemp("models"))[0]
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +43,21 @@ def test_restore_from_a_url(store, trunk, mode):
     assert report["pages_written"] == FULL_BLOCKS // 32 and report["weights_restored"] > 0
     out = child.generate(PROMPT, 8)
     assert out["cached_tokens"] == FULL_BLOCKS and out["tokens"] == expected
+
+
+def test_the_command_line_forks_from_a_url(store, trunk, tmp_path):
+    """`thaw fork s3://...`: the child engine's worker reads the object itself (the
+    environment naming the store is inherited)."""
+    import json
+    import subprocess
+    import sys
+
+    _, model = store
+    url, _ = trunk
+    out = subprocess.run([sys.executable, "-m", "thaw.cli", "fork", url, "-n", "1", "--max-tokens", "4", "--json",
+                          "--engine-config", json.dumps({"model": model, "load_format": "dummy"})],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (child,) = json.loads(out.stdout)
+    # the default prompt is the trunk's cached path itself, whose last block vLLM recomputes
+    assert child["cached_tokens"] == FULL_BLOCKS - 32 and len(child["tokens"]) == 4

@@ -23,9 +23,20 @@ CPU_BINDING = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory):
+def bucket():
+    """An S3-compatible server (its own process) the engines' processes can reach."""
+    pytest.importorskip("s3fs", reason="needs s3fs (pip install thaw[s3]); .ci/run installs it")
+    pytest.importorskip("moto", reason="needs moto's server (pip install 'moto[server]'); .ci/run installs it")
+    from thaw.testing.s3_server import bucket_in_env
+
+    with bucket_in_env("tp-sets") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, bucket):
     """TP=2 parent (checkpoint weights), and dummy-weight targets: TP=2, TP=1 multiprocess,
-    TP=1 in-process."""
+    TP=1 in-process; all started with the S3 server's environment."""
     saved = {k: os.environ.get(k) for k in CPU_BINDING}
     os.environ.update(CPU_BINDING)
     model, _ = tiny_models(tmp_path_factory.mktemp("models"))
@@ -106,3 +117,19 @@ def test_tp_refusals_name_what_is_wrong(engines, tp2_snapshot, tmp_path):
         engines["parent"].snapshot(str(tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert sorted(e.name for e in tmp_path.iterdir()) == ["notes.txt"]  # no staging directory left
+
+
+def test_a_tp2_set_at_a_url_restores_at_tp2_and_tp1(engines, bucket):
+    """Each worker uploads its own rank object under one prefix; restores read it back by
+    ranged GETs, at the same size and re-sharded."""
+    url = f"{bucket}/trunk-tp2"
+    engines["parent"].snapshot(url)
+    ranks = load_ranks(url)
+    assert [r.identity.tp_rank for r in ranks] == [0, 1] and ranks[0].extras[SET_KEY] == ranks[1].extras[SET_KEY]
+    for target, resharded in (("tp2", None), ("tp1", [2, 1])):
+        engine = engines[target]
+        assert engine.reset_prefix_cache()
+        report = engine.restore(url)
+        assert report["pages_written"] == FULL_BLOCKS // 32 and report["tp_resharded"] == resharded
+        out = engine.generate(PROMPT, 8)
+        assert out["cached_tokens"] == FULL_BLOCKS and out["tokens"] == engines["parent_output"]

@@ -123,14 +123,17 @@ def add_engine_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_fleet)
     server_help = ("URL of a server with thaw's endpoints: vllm serve ... --middleware "
                    "thaw.adapters.vllm.server.ThawMiddleware, or an SGLang server where thaw is installed")
-    for name, text in (("snapshot", "snapshot a running server's engine to a file under its THAW_SNAPSHOT_DIR"),
-                       ("restore", "restore a running server's engine from a file under its THAW_SNAPSHOT_DIR"),
+    for name, text in (("snapshot", "snapshot a running server's engine to a file under its THAW_SNAPSHOT_DIR "
+                                    "(or an object under its THAW_SNAPSHOT_URLS)"),
+                       ("restore", "restore a running server's engine from a file under its THAW_SNAPSHOT_DIR "
+                                   "(or an object under its THAW_SNAPSHOT_URLS)"),
                        ("status", "a running server's engine identity and cache state")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--url", required=True, help=server_help)
         p.add_argument("--api-key", default=None, help="the server's API key (default: $THAW_API_KEY, else $VLLM_API_KEY)")
         if name != "status":
-            p.add_argument("path", help="relative to the server's THAW_SNAPSHOT_DIR")
+            p.add_argument("path", help="relative to the server's THAW_SNAPSHOT_DIR, or a URL under one of its "
+                           "THAW_SNAPSHOT_URLS prefixes")
             p.add_argument("--no-weights", action="store_true", help="leave the weights out (snapshot) or keep "
                            "the engine's own, which must match the snapshot's digest (restore)")
         if name == "snapshot":

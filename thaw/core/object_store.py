@@ -5,9 +5,9 @@ ranged GET, each section in parallel ranged GETs straight into one buffer, and e
 chunk's CRC32C is checked against the header before a byte is used, on every read (the
 store's bytes are checked, not trusted). An object replaced while it is read fails those
 checks instead of mixing two snapshots. Writing (`upload_file`) sends a finished local
-snapshot file with the store's own upload (S3: multipart), which makes the object appear
-only once every part has arrived: an interrupted upload leaves no object that looks
-complete.
+snapshot file with the store's own upload (S3: multipart, through obstore, the faster
+client for uploads as measured), which makes the object appear only once every part has
+arrived: an interrupted upload leaves no object that looks complete.
 
 With `THAW_CACHE_DIR` set, an object is first downloaded (parallel ranged GETs) into that
 directory under a name derived from its URL, size and ETag, and read from there as a local
@@ -16,8 +16,8 @@ object (new ETag) is fetched anew. Cached copies are not removed by thaw.
 
 Credentials and endpoints are the store's usual environment (`AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, ...). fsspec and the
-store's client (s3fs for `s3://`: ``pip install thaw[s3]``) are imported only when a URL
-is used; a missing client is reported by name.
+store's client (s3fs for `s3://` reads, obstore for its uploads: ``pip install thaw[s3]``)
+are imported only when a URL is used; a missing client is reported by name.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import re
 import secrets
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -40,6 +41,8 @@ URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 PART_BYTES = 16 * 2**20  # one ranged GET
 GET_THREADS = int(os.environ.get("THAW_OBJECT_THREADS", "16"))
 HEAD_GUESS = 1 * 2**20  # the first GET: preamble and (usually) the whole header
+S3_SCHEMES = ("s3", "s3a")
+UPLOAD_PART_BYTES = 64 * 2**20  # one multipart part (S3 allows 10,000: objects up to 640 GiB)
 ProgressFn = Callable[[int, int], None]
 
 
@@ -65,7 +68,7 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise ObjectStoreUnavailable(f"{url}: reading URLs needs fsspec (pip install thaw[s3])") from None
     scheme = url.split("://", 1)[0].lower()
     options: dict[str, Any] = {}
-    if scheme in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
+    if scheme in S3_SCHEMES and os.environ.get("AWS_ENDPOINT_URL"):
         options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
     try:
         return fsspec.core.url_to_fs(url, **options)
@@ -80,6 +83,34 @@ def stored_size(source: Any) -> int:
         return os.path.getsize(source)
     fs, path = filesystem(source)
     return int(fs.info(path)["size"])
+
+
+def listing(url: str) -> Optional[dict[str, str]]:
+    """The objects directly under the prefix `url` (name -> URL), read fresh from the store;
+    None when `url` is not a prefix (an object, or nothing)."""
+    fs, key = filesystem(url)
+    fs.invalidate_cache(key)
+    if not fs.isdir(key):
+        return None
+    base = url.rstrip("/")
+    return {name: f"{base}/{name}" for name in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(key, detail=False))}
+
+
+def object_info(url: str) -> Optional[dict]:
+    """The store's fresh description of the object at `url` (size, ETag, ...), or None
+    when `url` names no object (a prefix, or nothing)."""
+    fs, key = filesystem(url)
+    fs.invalidate_cache(key)
+    try:
+        info = fs.info(key)
+    except FileNotFoundError:
+        return None
+    return info if info.get("type") != "directory" else None
+
+
+def remove(url: str) -> None:
+    fs, key = filesystem(url)
+    fs.rm_file(key)
 
 
 CACHE_ENV = "THAW_CACHE_DIR"
@@ -256,9 +287,37 @@ class ObjectContainer:
 
 def upload_file(local: str, url: str) -> None:
     """Puts the finished snapshot file `local` at `url` with the store's upload (multipart
-    on S3: the object exists only once every part is in)."""
-    fs, key = filesystem(url)
-    fs.put_file(local, key)
+    on S3: the object exists only once every part is in). `s3://` objects go up through
+    obstore (1.35x s3fs's upload against the same server, receipt
+    object_clients-20261202T023502Z-86d367bb.json); other schemes through fsspec."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in S3_SCHEMES:
+        fs, key = filesystem(url)
+        fs.put_file(local, key)
+        return
+    try:
+        import obstore
+    except ImportError:
+        raise ObjectStoreUnavailable(f"{url}: uploading to s3:// needs obstore (pip install thaw[s3])") from None
+    bucket, _, key = url.split("://", 1)[1].partition("/")
+    obstore.put(obstore_s3(bucket), key, Path(local), chunk_size=UPLOAD_PART_BYTES)
+
+
+def obstore_s3(bucket: str) -> Any:
+    """An obstore S3 client for `bucket` from the usual environment (credentials, region,
+    `AWS_ENDPOINT_URL`; plain HTTP only where that endpoint says http://)."""
+    from obstore.store import S3Store
+
+    config: dict[str, Any] = {}
+    for name, env in (("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+                      ("session_token", "AWS_SESSION_TOKEN"), ("region", "AWS_DEFAULT_REGION"),
+                      ("endpoint", "AWS_ENDPOINT_URL")):
+        if os.environ.get(env):
+            config[name] = os.environ[env]
+    if "region" not in config and os.environ.get("AWS_REGION"):
+        config["region"] = os.environ["AWS_REGION"]
+    plain_http = config.get("endpoint", "").startswith("http://")
+    return S3Store(bucket, config=config, client_options={"allow_http": plain_http})
 
 
 def save_to_url(write: Callable[[str], None], url: str) -> None:

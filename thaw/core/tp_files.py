@@ -8,6 +8,11 @@ pass for one snapshot. A snapshot at size 1 is one file.
 `RankSetWriter` writes a set into a hidden sibling directory and swaps it in only when
 every rank is written, so a crash leaves either the previous set or the new one, never a
 mix; `load_ranks` opens either form and refuses a lone rank file of a larger set.
+
+At a URL the set is a prefix holding the rank objects, each uploaded whole (an object
+appears only complete). A store has no rename, so ranks are put at their names directly:
+a set whose writer died, or that a new take is overwriting, holds missing ranks or ranks
+of two set ids, and readers refuse it by name. Such a set is lost, not mixed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Union
 
 from .container import file_key
 from .errors import SchemaError
-from .object_store import is_url, object_key
+from .object_store import is_url, listing, object_info, object_key, remove
 from .schema import StateSnapshot
 from .snapshot_io import load, save
 
@@ -34,12 +39,21 @@ def rank_file_name(rank: int, size: int) -> str:
     return f"rank-{rank:05d}-of-{size:05d}.thaw"
 
 
-def rank_files(directory: PathLike) -> list[Path]:
-    """The rank files of a tensor-parallel snapshot directory, by rank; refuses a directory
-    whose files do not name one size and every rank of it exactly once."""
+def _entries(directory: PathLike) -> dict[str, Union[Path, str]]:
+    if is_url(directory):
+        found = listing(directory)
+        if found is None:
+            raise FileNotFoundError(f"no snapshot object (or prefix of rank objects) at {directory}")
+        return found
+    return {entry.name: entry for entry in Path(directory).iterdir()}
+
+
+def rank_files(directory: PathLike) -> list:
+    """The rank files of a tensor-parallel snapshot directory (or prefix at a URL), by rank;
+    refuses one whose files do not name one size and every rank of it exactly once."""
     found = {}
-    for entry in Path(directory).iterdir():
-        m = RANK_FILE.fullmatch(entry.name)
+    for name, entry in _entries(directory).items():
+        m = RANK_FILE.fullmatch(name)
         if m:
             found[(int(m.group(1)), int(m.group(2)))] = entry
     sizes = {size for _, size in found}
@@ -57,7 +71,7 @@ def snapshot_paths(source: PathLike) -> list:
     """The files of the snapshot at `source`: its rank files (a directory), or itself (a
     file, or an object at a URL)."""
     if is_url(source):
-        return [source]
+        return [source] if object_info(source) is not None else rank_files(source)
     return rank_files(source) if Path(source).is_dir() else [Path(source)]
 
 
@@ -65,7 +79,10 @@ def source_key(source: PathLike) -> tuple:
     """Which snapshot is at `source` now (see `file_key`, `object_key`), for caches of
     opened snapshots."""
     if is_url(source):
-        return (object_key(source),)
+        info = object_info(source)  # one request for the common case, a single object
+        if info is not None:
+            return (object_key(source, info),)
+        return tuple(object_key(p) for p in rank_files(source))
     return tuple(file_key(p) for p in snapshot_paths(source))
 
 
@@ -85,46 +102,73 @@ def set_of_file(path: PathLike) -> PathLike:
     """The snapshot a file belongs to: its directory when it is a rank file of a set larger
     than one, else the file itself (or the object at a URL)."""
     if is_url(path):
-        return path
+        base, _, name = path.rstrip("/").rpartition("/")
+        m = RANK_FILE.fullmatch(name)
+        return base if m and int(m.group(2)) > 1 and "://" in base else path
     path = Path(path)
     m = RANK_FILE.fullmatch(path.name)
     return path.parent if m and int(m.group(2)) > 1 else path
 
 
 class RankSetWriter:
-    """Writes the `size` rank files of one snapshot at `target` (a directory) as one.
+    """Writes the `size` rank files of one snapshot at `target` (a directory, or a prefix at
+    a URL) as one.
 
-    `path(rank)` names where rank `rank` goes (inside a hidden staging directory next to
-    `target`); `commit()` moves the set into place once every rank file exists, replacing
-    a previous set there; `abort()` (also on leaving a `with` block by an exception)
-    removes the staging directory. `target` must be missing or a directory holding only
-    rank files of a previous set."""
+    `path(rank)` names where rank `rank` goes: inside a hidden staging directory next to a
+    local `target`, at its final name under a URL (see the module docstring); `staging` is
+    the directory (or prefix) holding them. `commit()` checks every rank is written, then
+    moves a local set into place, replacing a previous set there (at a URL it removes rank
+    objects of another size left from an earlier set); `abort()` (also on leaving a `with`
+    block by an exception) removes a local staging directory. `target` must be missing or
+    hold only rank files of a previous set."""
 
     def __init__(self, target: PathLike, size: int) -> None:
+        self.size, self.set_id = size, uuid.uuid4().hex
         if is_url(target):
-            raise SchemaError(f"{target}: tensor-parallel snapshots (a set of {size} rank files) are written "
-                              "to local directories; object storage takes single-rank snapshots")
-        self.target, self.size = Path(target).absolute(), size
+            self.target = self.staging = str(target).rstrip("/")
+            if object_info(self.target) is not None:
+                raise SchemaError(f"{self.target} is a snapshot object; a tensor-parallel snapshot of {size} "
+                                  "ranks is a prefix of rank objects: choose another URL")
+            self._check_only_ranks(listing(self.target) or {})
+            return
+        self.target = Path(target).absolute()
         if self.target.exists():
             if not self.target.is_dir():
                 raise SchemaError(f"{self.target} is a file; a tensor-parallel snapshot of {size} ranks is a "
                                   "directory: choose another path")
-            other = [e.name for e in self.target.iterdir() if not RANK_FILE.fullmatch(e.name)]
-            if other:
-                raise SchemaError(f"{self.target} holds files that are not rank files ({sorted(other)[:4]}); "
-                                  "a snapshot directory replaces only a previous snapshot's rank files")
-        self.set_id = uuid.uuid4().hex
+            self._check_only_ranks(_entries(self.target))
         self.staging = self.target.parent / f".{self.target.name}.partial-{self.set_id[:12]}"
         self.staging.mkdir(parents=False)
 
-    def path(self, rank: int) -> Path:
-        return self.staging / rank_file_name(rank, self.size)
+    def _check_only_ranks(self, entries: dict) -> None:
+        other = [name for name in entries if not RANK_FILE.fullmatch(name)]
+        if other:
+            raise SchemaError(f"{self.target} holds files that are not rank files ({sorted(other)[:4]}); "
+                              "a snapshot directory replaces only a previous snapshot's rank files")
 
-    def commit(self) -> Path:
-        missing = [r for r in range(self.size) if not self.path(r).is_file()]
+    @property
+    def at_url(self) -> bool:
+        return isinstance(self.target, str)
+
+    def path(self, rank: int) -> Union[Path, str]:
+        name = rank_file_name(rank, self.size)
+        return f"{self.staging}/{name}" if self.at_url else self.staging / name
+
+    def commit(self) -> Union[Path, str]:
+        if self.at_url:
+            written = listing(self.target) or {}
+            missing = [r for r in range(self.size) if rank_file_name(r, self.size) not in written]
+        else:
+            missing = [r for r in range(self.size) if not self.path(r).is_file()]
         if missing:
             raise SchemaError(f"ranks {missing} of {self.size} were not written; the snapshot at "
-                              f"{self.target} is unchanged")
+                              f"{self.target} is " + ("incomplete and will be refused" if self.at_url else "unchanged"))
+        if self.at_url:
+            for name, url in written.items():
+                m = RANK_FILE.fullmatch(name)
+                if m and int(m.group(2)) != self.size:
+                    remove(url)
+            return self.target
         old = None
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.replaced-{self.set_id[:12]}"
@@ -135,7 +179,7 @@ class RankSetWriter:
         return self.target
 
     def abort(self) -> None:
-        if self.staging.exists():
+        if not self.at_url and self.staging.exists():
             shutil.rmtree(self.staging)
 
     def __enter__(self) -> "RankSetWriter":
@@ -149,7 +193,7 @@ class RankSetWriter:
 def save_ranks(ranks: list[StateSnapshot], target: PathLike) -> list[Path]:
     """Writes one rank as the file `target`, several as one set of rank files in the
     directory `target` (see `RankSetWriter`), each marked with the set's id."""
-    target = Path(target)
+    target = target if is_url(target) else Path(target)
     if len(ranks) == 1:
         save(ranks[0], target)
         return [target]

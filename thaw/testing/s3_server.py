@@ -6,10 +6,11 @@ S3 clients (s3fs, botocore) talk to over TCP, holding objects in that process's 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 from .vllm_server import free_port, stop_process, wait_for_http
 
@@ -45,3 +46,22 @@ class S3Server:
     def stop(self) -> None:
         stop_process(self.proc, 10)
         self.log.close()
+
+
+@contextlib.contextmanager
+def bucket_in_env(name: str) -> Iterator[str]:
+    """A running server with bucket `name` (its s3:// URL is yielded) and this process's
+    environment pointing at it (engine and worker processes started meanwhile inherit it);
+    the server is stopped and the environment put back afterwards."""
+    server = S3Server().wait()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server.make_bucket(name)
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
