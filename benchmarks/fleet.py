@@ -12,7 +12,9 @@ weights) is started once; their boot is reported apart and counted on neither si
   - cold: the same engines, prefix cache reset, each prefills the trunk once and then
     generates the same block from the trunk's tokens with the same seeds (a cache hit).
 Both sides produce --branches x --max-tokens tokens; reported: seconds, branches/s and
-the ratio. Usage: python benchmarks/fleet.py [--engines 2] [--branches 64] [--context 2048]
+the ratio. With --gpu each engine is an actor holding one GPU (bf16, block size 16), the
+same code on a GPU machine.
+Usage: python benchmarks/fleet.py [--engines 2] [--branches 64] [--context 2048] [--gpu]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--branches", type=int, default=64)
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--gpu", action="store_true", help="one GPU per engine actor (bf16, block size 16)")
     args = ap.parse_args()
     import ray
 
@@ -46,15 +49,19 @@ def main() -> None:
     model = str(build_tiny_llama(os.path.join(work, "model"), DEMO_MODEL))
     trunk = [4 + (i * 7919) % 500 for i in range(args.context)]
     config = {"model": model, "max_model_len": args.context + 64, "kv_cache_memory_bytes": 1 << 30}
+    if args.gpu:  # FlashAttention: bf16, block sizes divisible by 16
+        config.update(dtype="bfloat16", block_size=16)
+    resources = {"num_cpus": 1, "num_gpus": 1} if args.gpu else {"num_cpus": 1}
     path = os.path.join(work, "trunk.thaw")
     with EngineWorker(DRIVER, config) as parent:
         parent.call("generate", prompt_token_ids=trunk, max_tokens=1)
         parent.call("snapshot", path=path)
-    ray.init(num_cpus=args.engines, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=args.engines, num_gpus=args.engines if args.gpu else 0, include_dashboard=False,
+             log_to_driver=False)
     try:
         t0 = time.perf_counter()
         pool = EnginePool("vllm", {**config, "load_format": "dummy"}, args.engines,
-                          placement=RayPlacement({"num_cpus": 1}))
+                          placement=RayPlacement(resources))
         boot = time.perf_counter() - t0
         try:
             t0 = time.perf_counter()
@@ -86,8 +93,10 @@ def main() -> None:
     cold_tokens = [t for out in cold_out for t in out["tokens"]]
     results = {
         "engines": args.engines, "branches": args.branches, "context_tokens": args.context,
-        "max_tokens": args.max_tokens, "placement": "Ray actors, local cluster, 1 CPU each",
-        "model": {"layers": 6, "hidden": 512, "kv_heads": 8, "head_dim": 64, "dtype": "float32"},
+        "max_tokens": args.max_tokens,
+        "placement": f"Ray actors, local cluster, each {resources}",
+        "model": {"layers": 6, "hidden": 512, "kv_heads": 8, "head_dim": 64,
+                  "dtype": config.get("dtype", "float32"), "block_size": config.get("block_size", 32)},
         "pool_boot_seconds": boot,
         "fleet_seconds": fleet, "fleet_again_seconds": fleet_again, "cold_seconds": cold,
         "fleet_again_branches_per_second": args.branches / fleet_again, "speedup_again": cold / fleet_again,

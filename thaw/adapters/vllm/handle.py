@@ -215,6 +215,9 @@ class VLLMHandle(EngineAdapter):
         elif kv_on_device and self.parts.workers is not None:
             raise EngineUnsupported("kv_on_device keeps pages beside a CUDA pool the engine core holds; this "
                                     "engine's KV lives in worker processes")
+        elif kv_on_device and self.parts.on_cuda:
+            raise EngineUnsupported(f"kv_on_device uploads the KV sections of a local file; {path} is read "
+                                    "from object storage: set THAW_CACHE_DIR to keep a checked local copy")
         elif kv_on_device:
             raise EngineUnsupported("kv_on_device needs a CUDA engine; this one runs on the CPU")
         return time.perf_counter() - t0
