@@ -288,8 +288,8 @@ class ObjectContainer:
 def upload_file(local: str, url: str) -> None:
     """Puts the finished snapshot file `local` at `url` with the store's upload (multipart
     on S3: the object exists only once every part is in). `s3://` objects go up through
-    obstore (1.35x s3fs's upload against the same server, receipt
-    object_clients-20261202T023502Z-86d367bb.json); other schemes through fsspec."""
+    obstore (1.29x s3fs's upload against the same server, receipt
+    object_clients-20261202T052909Z-e7e9a892.json); other schemes through fsspec."""
     scheme = url.split("://", 1)[0].lower()
     if scheme not in S3_SCHEMES:
         fs, key = filesystem(url)
