@@ -19,5 +19,6 @@ for pkg in click jsonschema jsonschema-specifications referencing rpds-py attrs 
     $plat --platform manylinux2014_x86_64 -d "$repo/.gpuR/deps" "$pkg"
 done
 rm -rf "$work"
+mkdir -p "$repo/.git/info" && touch "$repo/.git/info/exclude"
 grep -qx '/.gpuR/' "$repo/.git/info/exclude" || echo '/.gpuR/' >> "$repo/.git/info/exclude"
 du -sh "$repo/.gpuR"

@@ -22,5 +22,6 @@ for pkg in pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection annotated-ty
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     $plat --platform manylinux2014_x86_64 -d "$repo/.gpuB/deps" "$pkg"
 done
+mkdir -p "$repo/.git/info" && touch "$repo/.git/info/exclude"
 grep -qx '/.gpuA/' "$repo/.git/info/exclude" || printf '/.gpuA/\n/.gpuB/\n' >> "$repo/.git/info/exclude"
 echo "bundle ready: carry .gpuA (copy vpart.aa to /tmp), then .gpuB with scripts/gpu/with_vllm.sh"
