@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import thaw
 
@@ -22,10 +22,14 @@ def snapshot_bucket() -> Iterator[tuple[str, dict[str, str]]]:
         yield f"{bucket}/allowed", {"THAW_SNAPSHOT_URLS": f"{bucket}/allowed"}
 
 
-def url_refusals(allowed: str) -> list[str]:
-    """URLs a server allowing only `allowed` must refuse (PathOutsideSnapshotDir)."""
+def check_urls_outside_refused(allowed: str, parent: Any, child: Any, key: str) -> None:
+    """URLs outside the prefix `allowed` are refused (PathOutsideSnapshotDir) by `parent`'s
+    snapshot and `child`'s restore endpoints."""
     bucket = allowed.rsplit("/", 1)[0]
-    return [f"{bucket}/elsewhere/trunk.thaw", f"{allowed}/../elsewhere/trunk.thaw", f"{allowed}-more/trunk.thaw"]
+    for refused in (f"{bucket}/elsewhere/trunk.thaw", f"{allowed}/../elsewhere/trunk.thaw", f"{allowed}-more/trunk.thaw"):
+        for op, server in (("snapshot", parent), ("restore", child)):
+            out = thaw_cli(op, "--url", server.url, refused, key=key)
+            assert out.returncode in (2, 3) and "PathOutsideSnapshotDir" in out.stderr, (op, refused, out.stderr)
 
 
 @contextlib.contextmanager

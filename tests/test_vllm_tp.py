@@ -2,7 +2,6 @@
 rank, each on its own core): every rank writes and reads its own KV heads, and snapshots
 move between TP=2 and TP=1 engines, multiprocess and in-process."""
 
-import os
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from thaw.adapters.vllm.driver import VLLMDriver
 from thaw.core import SchemaError, load
 from thaw.core.tp import merge_ranks
 from thaw.core.tp_files import SET_KEY, load_ranks, rank_file_name
+from thaw.testing.environ import environ_set
 
 from .engine_configs import tiny_models
 from .engines import needs_vllm
@@ -37,21 +37,15 @@ def bucket():
 def engines(tmp_path_factory, bucket):
     """TP=2 parent (checkpoint weights), and dummy-weight targets: TP=2, TP=1 multiprocess,
     TP=1 in-process; all started with the S3 server's environment."""
-    saved = {k: os.environ.get(k) for k in CPU_BINDING}
-    os.environ.update(CPU_BINDING)
-    model, _ = tiny_models(tmp_path_factory.mktemp("models"))
-    mp = {"model": model, "thaw_engine": "multiprocess"}
-    built = {"parent": VLLMDriver({**mp, "tensor_parallel_size": 2}),
-             "tp2": VLLMDriver({**mp, "tensor_parallel_size": 2, "load_format": "dummy"}),
-             "tp1": VLLMDriver({**mp, "load_format": "dummy"})}
-    built["inprocess"] = VLLMDriver({"model": model, "load_format": "dummy"})
-    built["parent_output"] = built["parent"].generate(PROMPT, 8)["tokens"]
-    yield built
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ_set(CPU_BINDING):
+        model, _ = tiny_models(tmp_path_factory.mktemp("models"))
+        mp = {"model": model, "thaw_engine": "multiprocess"}
+        built = {"parent": VLLMDriver({**mp, "tensor_parallel_size": 2}),
+                 "tp2": VLLMDriver({**mp, "tensor_parallel_size": 2, "load_format": "dummy"}),
+                 "tp1": VLLMDriver({**mp, "load_format": "dummy"})}
+        built["inprocess"] = VLLMDriver({"model": model, "load_format": "dummy"})
+        built["parent_output"] = built["parent"].generate(PROMPT, 8)["tokens"]
+        yield built
 
 
 @pytest.fixture(scope="module")

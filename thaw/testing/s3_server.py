@@ -12,6 +12,7 @@ import subprocess
 import sys
 from typing import Iterator, Optional
 
+from .environ import environ_set
 from .vllm_server import free_port, stop_process, wait_for_http
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "thaw-test", "AWS_SECRET_ACCESS_KEY": "thaw-test-secret",
@@ -54,14 +55,8 @@ def bucket_in_env(name: str) -> Iterator[str]:
     environment pointing at it (engine and worker processes started meanwhile inherit it);
     the server is stopped and the environment put back afterwards."""
     server = S3Server().wait()
-    saved = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
     try:
-        yield server.make_bucket(name)
+        with environ_set(server.env):
+            yield server.make_bucket(name)
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
