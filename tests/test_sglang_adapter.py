@@ -23,6 +23,10 @@ def model(tmp_path_factory):
 def test_python_tree_core_snapshot_restores_into_the_default_rust_core(model, tmp_path):
     """Both ways of reading the tree produce the same neutral snapshot contract; a dummy-
     weight engine has nothing to snapshot until it is restored; slots stay accounted for."""
+    from thaw.adapters.sglang.engine_access import internals
+
+    if not internals().tree_core:
+        pytest.skip("this SGLang release's dense models use the legacy radix cache, with no tree cores")
     snap = tmp_path / "python-core.thaw"
     python_core = {"SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python"}
     with EngineWorker(DRIVER, {"model": model, "env": python_core}) as parent:

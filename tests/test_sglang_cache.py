@@ -14,7 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from thaw.adapters.sglang import cache_restore as cr, cache_state as cs
-from thaw.core import EngineUnsupported, PrefixTree, ThawError
+from thaw.adapters.sglang.engine_access import unified_tree
+from thaw.core import EngineUnsupported, PrefixTree, ROOT, ThawError
 
 from .engines import needs_sglang
 
@@ -30,19 +31,21 @@ def build(kind: str, page_size: int, size: int):
     from sglang.srt.mem_cache.cache_init_params import CacheInitParams
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
     from sglang.srt.mem_cache.radix_cache import RadixCache
-    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
     from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
+    from thaw.adapters.sglang.engine_access import component_type, internals
     from thaw.adapters.sglang.slot_walk import install_insert_recorder
 
     install_insert_recorder(UnifiedRadixCache)  # what thaw's plugin does in a scheduler
-    backend = "rust" if kind == "unified-rust" else "python"
+    if kind == "unified-rust" and not internals().tree_core:
+        pytest.skip("this SGLang release's unified cache has no Rust tree core")
+    core = {"tree_core_backend": "rust" if kind == "unified-rust" else "python"} if internals().tree_core else {}
     pool = MHATokenToKVPool(size, page_size, torch.float32, HEADS, DIM, LAYERS, "cpu", False)
     alloc = (TokenToKVPoolAllocator(size, torch.float32, "cpu", pool, False) if page_size == 1 else
              PagedTokenToKVPoolAllocator(size, page_size, torch.float32, "cpu", pool, False))
     params = CacheInitParams(disable=False, req_to_token_pool=ReqToTokenPool(4, 256, "cpu", False),
                              token_to_kv_pool_allocator=alloc, page_size=page_size,
-                             tree_components=(ComponentType.FULL,), tree_core_backend=backend)
+                             tree_components=(component_type().FULL,), **core)
     cache = RadixCache(params) if kind == "legacy" else UnifiedRadixCache(params)
     if kind == "unified-rust" and cache._tree_core_backend != "rust":
         pytest.skip(f"SGLang chose the {cache._tree_core_backend!r} tree core here")
@@ -66,7 +69,7 @@ def serve(cache, alloc, tokens, namespace=None) -> None:
     value = torch.cat([held, alloc.alloc(n - len(held))])
     result = cache.insert(InsertParams(key=cr.radix_key(tokens[:n], namespace), value=value,
                                        prev_prefix_len=len(held)))
-    if not hasattr(cache, "tree_core") and result.prefix_len > len(held):
+    if not unified_tree(cache) and result.prefix_len > len(held):
         alloc.free(value[len(held): result.prefix_len])
 
 
@@ -133,21 +136,46 @@ def test_target_already_holding_part_of_the_tree_keeps_it_and_frees_nothing_twic
     assert_same_answers(src, src_pool, dst, dst_pool, seqs[4:][:0])  # own KV differs; lengths checked
 
 
+def namespaces_of_this_release() -> list:
+    """Extra keys, and cache salts where the release has them (0.5.14 has none)."""
+    from thaw.adapters.sglang.engine_access import internals
+
+    salted = ["cache_salt:s1", cs.encode_namespace("lora-a", "s2")] if internals().radix_key_salt else []
+    return [None, cs.encode_namespace("lora-a", None)] + salted
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_namespaces_stay_apart(kind):
     seq = [5, 6, 7, 8] * 6
     src, src_pool, src_alloc = build(kind, 1, 512)
     randomize(src_pool, 2)
-    for ns in (None, "cache_salt:s1", cs.encode_namespace("lora-a", None), cs.encode_namespace("lora-a", "s2")):
+    namespaces = namespaces_of_this_release()
+    for ns in namespaces:
         serve(src, src_alloc, seq[: 8 + len(ns or "")], ns)
     tree, pages = capture(src, src_pool, 1)
-    assert {tree.key_of(i) for i in range(len(tree.nodes))} == {
-        None, "cache_salt:s1", 'sglang:["lora-a", null]', 'sglang:["lora-a", "s2"]'}
+    assert {tree.key_of(i) for i in range(len(tree.nodes))} == set(namespaces)
     dst, dst_pool, dst_alloc = build(kind, 1, 512)
     cr.restore_tree(dst, dst_pool, tree, pages)
-    for ns in (None, "cache_salt:s1", 'sglang:["lora-a", null]', 'sglang:["lora-a", "s2"]', "cache_salt:other"):
+    for ns in namespaces + ["sglang:[\"other\", null]"]:
         assert_same_answers(src, src_pool, dst, dst_pool, [seq], ns)
-    assert len(cr.match_indices(dst, seq, "cache_salt:other")) == 0
+    assert len(cr.match_indices(dst, seq, "sglang:[\"other\", null]")) == 0
+
+
+def test_a_salted_prefix_is_refused_by_a_release_without_salts():
+    from thaw.adapters.sglang.engine_access import internals
+
+    if internals().radix_key_salt:
+        pytest.skip("this SGLang release has cache salts")
+    src, src_pool, src_alloc = build("unified", 1, 256)
+    serve(src, src_alloc, [5, 6, 7, 8] * 4)
+    tree, pages = capture(src, src_pool, 1)
+    salted = PrefixTree(1)
+    salted.add(ROOT, tree.nodes[0].tokens, tree.nodes[0].pages, "cache_salt:s1")
+    dst, dst_pool, dst_alloc = build("unified", 1, 256)
+    free = cr.free_slots(dst)
+    with pytest.raises(EngineUnsupported, match="has no cache salt"):
+        cr.restore_tree(dst, dst_pool, salted, pages)
+    assert cr.free_slots(dst) == free
 
 
 @pytest.mark.parametrize("kind", KINDS)

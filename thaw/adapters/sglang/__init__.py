@@ -16,8 +16,10 @@ registers (entry point group ``sglang.srt.plugins``) and ``Engine.collective_rpc
 """
 
 from .handle import SGLangHandle, attach
-from .scheduler_ops import SUPPORTED_RANGE
+from .engine_access import RELEASES
 
-TESTED_VERSIONS = ("0.5.21 (CPU, torch_native attention, page size 1)",)
+SUPPORTED_RANGES = tuple((lo, hi) for lo, hi, _ in RELEASES)  # [lo, hi) each
+TESTED_VERSIONS = ("0.5.21 (CPU, torch_native attention, page size 1)",
+                   "0.5.14 (CPU, torch_native attention, page size 1)")
 
-__all__ = ["attach", "SGLangHandle", "SUPPORTED_RANGE", "TESTED_VERSIONS"]
+__all__ = ["attach", "SGLangHandle", "SUPPORTED_RANGES", "TESTED_VERSIONS"]

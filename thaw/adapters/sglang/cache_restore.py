@@ -18,6 +18,7 @@ import torch
 from thaw.core import PrefixTree, ROOT, ThawError
 
 from .cache_state import check_supported, decode_namespace
+from . import engine_access
 from .engine_access import unified_tree
 
 
@@ -87,10 +88,8 @@ def plan_inserts(tree_cache: Any, tree: PrefixTree) -> list[PathInsert]:
 
 
 def radix_key(tokens: list[int], namespace: Optional[str]) -> Any:
-    from sglang.srt.mem_cache.radix_cache import RadixKey
-
     extra, salt = decode_namespace(namespace)
-    return RadixKey(array("q", tokens), extra_key=extra, cache_salt=salt)
+    return engine_access.radix_key(array("q", tokens), extra, salt)
 
 
 def match_length(tree_cache: Any, tokens: list[int], namespace: Optional[str]) -> int:
@@ -196,7 +195,8 @@ class TreePlacement:
 
 
 def place_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> TreePlacement:
-    """Writes a snapshot's pages ([num_pages, page_elems] per layer, checked) into fresh
+    """Writes a snapshot's pages ([num_pages, page_elems] per layer, checked; on the host or
+    on the pool's device) into fresh
     slots for the paths the cache lacks. Raises before changing anything when the cache
     cannot make room; evicts unlocked prefixes only when that makes enough room."""
     check_supported(tree_cache)
@@ -216,7 +216,7 @@ def place_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: lis
         ids = torch.tensor([page for plan in plans for page in plan.pages], dtype=torch.int64)
         every_page_in_order = len(ids) == len(layer_pages[0]) and torch.equal(ids, torch.arange(len(ids)))
         scatter_pages(kv_pool, layer_pages if every_page_in_order else
-                      [pages.index_select(0, ids) for pages in layer_pages], placement.slots)
+                      [pages.index_select(0, ids.to(pages.device)) for pages in layer_pages], placement.slots)
     except BaseException:
         placement.release()
         raise

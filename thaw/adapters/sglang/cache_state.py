@@ -21,7 +21,8 @@ import torch
 from thaw.core import EngineUnsupported, KVLayout, PrefixTree, ROOT, ThawError, nhd_layout
 from thaw.core.dtypes import dtype_name
 
-from .engine_access import PYTHON_TREE_CORE, device_value, tree_core_backend, tree_root, unified_tree, walks_nodes
+from .engine_access import (PYTHON_TREE_CORE, component_type, device_value, tree_core_backend, tree_root, unified_tree,
+                            walks_nodes)
 
 LAYOUT_NAME = "sglang.nhd"
 TREE_CORE_SETTING = PYTHON_TREE_CORE
@@ -56,9 +57,7 @@ def check_supported(tree_cache: Any) -> None:
     if getattr(tree_cache, "is_eagle", False):
         raise EngineUnsupported("SGLang radix caches keyed by EAGLE bigrams are not supported")
     if unified_tree(tree_cache):
-        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
-
-        if tuple(tree_cache.tree_components) != (ComponentType.FULL,):
+        if tuple(tree_cache.tree_components) != (component_type().FULL,):
             raise EngineUnsupported(f"SGLang tree components {tree_cache.tree_components} "
                                     "(sliding window / mamba state) are not supported; full "
                                     "attention KV only")
@@ -131,7 +130,12 @@ def slots_of_pages(pool_pages: list[int], page_size: int) -> torch.Tensor:
 
 
 def gather_pages(kv_pool: Any, pool_pages: list[int], page_size: int) -> list[torch.Tensor]:
-    """Every layer's pages in one indexed read per K and V buffer: [n, page_elems] each."""
+    """Every layer's pages in one indexed read per K and V buffer: [n, page_elems] each, on
+    the host (a CUDA pool's through the CUDA movers, see `gpu_pages`)."""
+    if kv_pool.k_buffer[0].is_cuda:
+        from .gpu_pages import gather_to_host
+
+        return gather_to_host(kv_pool, pool_pages, page_size)
     slots = slots_of_pages(pool_pages, page_size).to(kv_pool.k_buffer[0].device)
     n = len(pool_pages)
     plane = page_size * kv_pool.k_buffer[0][0].numel()

@@ -1,6 +1,11 @@
 """How thaw reaches SGLang's internals beyond the scheduler's own attributes (which
 `scheduler_ops` reads): the radix cache's tree cores, the HTTP server and the RPC socket.
-Read from SGLang 0.5.21's source; a release that drops one of them is refused by name.
+Read from the source of each supported release line (`RELEASES`: 0.5.14, which pins torch
+2.11 and runs on the GPU box, and 0.5.20-0.5.21, which pin torch 2.13 and run on CPU); where
+they differ, `internals()` says how. A release outside them, or one that drops what thaw
+reads, is refused by name.
+
+- `internals`, `RELEASES`: what differs between the supported release lines;
 
 - `unified_tree`, `tree_core_backend`, `tree_root`, `walks_nodes`, `device_value`: which
   tree core a radix cache has and how its nodes are read (legacy `RadixCache`, or
@@ -16,10 +21,12 @@ Read from SGLang 0.5.21's source; a release that drops one of them is refused by
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 HTTP_SERVER_MODULE = "sglang.srt.entrypoints.http_server"
@@ -28,15 +35,101 @@ log = logging.getLogger("thaw.sglang")
 PYTHON_TREE_CORE = "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND=python"
 
 
+# -- what differs between release lines -----------------------------------------------------
+@dataclass(frozen=True)
+class Internals:
+    """What one SGLang release line calls the things thaw reaches."""
+
+    component_type_module: str  # where `ComponentType` (FULL, SWA, MAMBA) is defined
+    tree_core: bool  # a unified cache keeps its nodes in `tree_cache.tree_core` (Python or Rust)
+    radix_key_salt: bool  # `RadixKey(..., cache_salt=)` and `Engine.async_generate(cache_salt=)`
+    weight_updater: bool  # `model_runner.weight_updater.update_weights_from_tensor`, else on the runner
+    msgpack_ipc: bool  # `io_struct.sock_send` / `sock_recv`, else pickled `send_pyobj` / `recv_pyobj`
+    req_kv_info: bool  # a `Req` keeps `req_pool_idx` and `kv_committed_len` in `req.kv`, else on itself
+
+
+RELEASES: tuple[tuple[tuple[int, int, int], tuple[int, int, int], Internals], ...] = (
+    ((0, 5, 14), (0, 5, 15), Internals("sglang.srt.mem_cache.unified_cache_components.tree_component",
+                                       tree_core=False, radix_key_salt=False, weight_updater=False,
+                                       msgpack_ipc=False, req_kv_info=False)),
+    ((0, 5, 20), (0, 5, 22), Internals("sglang.srt.mem_cache.unified_cache.component_type",
+                                       tree_core=True, radix_key_salt=True, weight_updater=True,
+                                       msgpack_ipc=True, req_kv_info=True)),
+)
+
+
+def release_parts(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+@functools.lru_cache(maxsize=None)
+def internals_of(version: str) -> Internals:
+    from thaw.core import EngineUnsupported
+
+    parts = release_parts(version)
+    for lo, hi, found in RELEASES:
+        if lo <= parts < hi:
+            return found
+    lines = ", ".join(f"[{'.'.join(map(str, lo))}, {'.'.join(map(str, hi))})" for lo, hi, _ in RELEASES)
+    raise EngineUnsupported(f"SGLang {version} is outside the supported release lines {lines}")
+
+
+def internals() -> Internals:
+    """The installed SGLang's line; EngineUnsupported for a release outside `RELEASES`."""
+    import sglang
+
+    return internals_of(sglang.__version__)
+
+
+def component_type() -> Any:
+    """SGLang's `ComponentType` enum (FULL is full-attention KV)."""
+    import importlib
+
+    return importlib.import_module(internals().component_type_module).ComponentType
+
+
+def radix_key(tokens: Any, extra_key: Optional[str], cache_salt: Optional[str]) -> Any:
+    """A `RadixKey`; a cache salt where the release has none is refused."""
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    if internals().radix_key_salt:
+        return RadixKey(tokens, extra_key=extra_key, cache_salt=cache_salt)
+    if cache_salt:
+        from thaw.core import EngineUnsupported
+        import sglang
+
+        raise EngineUnsupported(f"SGLang {sglang.__version__} has no cache salt; a prefix salted "
+                                f"{cache_salt!r} cannot be restored into it")
+    return RadixKey(tokens, extra_key=extra_key)
+
+
+def update_weights_from_tensor(model_runner: Any, named: list) -> tuple[bool, str]:
+    """SGLang's tensor weight-update path (the model's own `load_weights`)."""
+    owner = model_runner.weight_updater if internals().weight_updater else model_runner
+    return owner.update_weights_from_tensor(named_tensors=named)
+
+
+def req_kv(req: Any) -> Any:
+    """What holds a scheduler request's `req_pool_idx` and `kv_committed_len`."""
+    return req.kv if internals().req_kv_info else req
+
+
 # -- the radix cache's tree cores -----------------------------------------------------------
 def unified_tree(tree_cache: Any) -> bool:
-    """A `UnifiedRadixCache` (its nodes live in a tree core), not the legacy `RadixCache`."""
-    return hasattr(tree_cache, "tree_core")
+    """A `UnifiedRadixCache`, not the legacy `RadixCache`."""
+    from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+
+    return isinstance(tree_cache, UnifiedRadixCache)
 
 
 def tree_core_backend(tree_cache: Any) -> str:
-    """"python" or "rust" for a unified cache ("legacy" for the legacy cache)."""
-    return str(getattr(tree_cache, "_tree_core_backend", "unknown")) if unified_tree(tree_cache) else "legacy"
+    """"python" or "rust" for a unified cache ("legacy" for the legacy cache). A release
+    whose unified cache has no tree core keeps its nodes in Python."""
+    if not unified_tree(tree_cache):
+        return "legacy"
+    if not internals().tree_core:
+        return "python"
+    return str(getattr(tree_cache, "_tree_core_backend", "unknown"))
 
 
 def walks_nodes(tree_cache: Any) -> bool:
@@ -46,15 +139,13 @@ def walks_nodes(tree_cache: Any) -> bool:
 
 def tree_root(tree_cache: Any) -> Any:
     """The root node of a tree that `walks_nodes`."""
-    return tree_cache.tree_core.root_node if unified_tree(tree_cache) else tree_cache.root_node
+    return tree_cache.tree_core.root_node if unified_tree(tree_cache) and internals().tree_core else tree_cache.root_node
 
 
 def device_value(tree_cache: Any, node: Any) -> Optional[Any]:
     """The KV slot indices a node holds (the full-attention component of a unified node)."""
     if unified_tree(tree_cache):
-        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
-
-        return node.component(ComponentType.FULL).value
+        return node.component(component_type().FULL).value
     return node.value
 
 
@@ -131,13 +222,20 @@ class SchedulerRPC:
         self.socket = get_zmq_socket(zmq.Context(1), zmq.DEALER, port_args.rpc_ipc_name, True)
 
     def send(self, params: dict[str, Any]) -> None:
-        from sglang.srt.managers.io_struct import RpcReqInput, RpcReqOutput, sock_recv, sock_send
+        from sglang.srt.managers.io_struct import RpcReqInput, RpcReqOutput
 
         from .rpc import RPCFailed
 
+        request = RpcReqInput(method="thaw_call", parameters=params)
         with self.lock:
-            sock_send(self.socket, RpcReqInput(method="thaw_call", parameters=params))
-            answer = sock_recv(self.socket)
+            if internals().msgpack_ipc:
+                from sglang.srt.managers.io_struct import sock_recv, sock_send
+
+                sock_send(self.socket, request)
+                answer = sock_recv(self.socket)
+            else:
+                self.socket.send_pyobj(request)
+                answer = self.socket.recv_pyobj()
         if not isinstance(answer, RpcReqOutput):
             raise RPCFailed(f"unexpected answer from SGLang's scheduler: {answer!r:.200}")
         if not answer.success:

@@ -127,9 +127,10 @@ class SGLangHandle(EngineAdapter):
         produced = len(req["output_token_ids"])
         sampling["max_new_tokens"] = max(1, sampling["max_new_tokens"] - produced)
         sampling["min_new_tokens"] = max(0, (sampling.get("min_new_tokens") or 0) - produced)
+        salted = {"cache_salt": salt} if salt else {}  # releases without salts have no such argument
         coro = self.engine.async_generate(
             input_ids=list(req["prompt_token_ids"]) + list(req["output_token_ids"]),
-            sampling_params=sampling, rid=req["request_id"], cache_salt=salt)
+            sampling_params=sampling, rid=req["request_id"], **salted)
         self.resumed[req["request_id"]] = self.engine.loop.create_task(coro)
         self.resumed_prior[req["request_id"]] = list(req["output_token_ids"])
 

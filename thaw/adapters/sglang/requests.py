@@ -11,6 +11,7 @@ from thaw.core import EngineUnsupported, RequestState
 
 from ..request_fields import changed_fields
 from . import cache_state
+from .engine_access import req_kv
 
 SAMPLING_FIELDS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p",
                    "frequency_penalty", "presence_penalty", "repetition_penalty", "sampling_seed",
@@ -48,7 +49,7 @@ def capture_requests(s: Any, page_of: dict[int, int], pool_pages: list[int]) -> 
     running = set(map(id, s.running_batch.reqs))
     out = []
     for req in live_requests(s):
-        kv = req.kv
+        kv = req_kv(req)
         computed = int(kv.kv_committed_len) // p * p if kv.req_pool_idx is not None else 0
         slots = s.req_to_token_pool.req_to_token[kv.req_pool_idx, :computed].to("cpu", torch.int64) \
             if computed else torch.empty(0, dtype=torch.int64)

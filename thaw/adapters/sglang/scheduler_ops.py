@@ -23,16 +23,15 @@ from thaw.core.recut import fit_for_restore
 from thaw.core.snapshot_io import weights_digest
 
 from ..checkpoint import model_config_for_digest, read_checkpoint
-from . import cache_restore, cache_state
+from . import cache_restore, cache_state, engine_access, gpu_pages
 from .requests import capture_requests, live_requests
 
-SUPPORTED_RANGE = ((0, 5, 20), (0, 5, 22))  # [0.5.20, 0.5.22): the releases pinning torch 2.13
 MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
                 "num_kv_heads", "head_dim", "page_size", "tp_size", "extra.quantization")
 def _state(s: Any) -> SimpleNamespace:
     """thaw's own per-scheduler state: weights restored from a snapshot, their digest."""
     if not hasattr(s, "_thaw_state"):
-        s._thaw_state = SimpleNamespace(restored_weights=None, weights_digest=None)
+        s._thaw_state = SimpleNamespace(restored_weights=None, weights_digest=None, registered=None)
     return s._thaw_state
 
 
@@ -51,12 +50,7 @@ def sglang_version() -> str:
 
 
 def check_supported(s: Any) -> None:
-    version = sglang_version()
-    parts = tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
-    lo, hi = SUPPORTED_RANGE
-    if not lo <= parts < hi:
-        raise EngineUnsupported(f"SGLang {version} is outside the supported range "
-                                f"{'.'.join(map(str, lo))} <= version < {'.'.join(map(str, hi))}")
+    engine_access.internals()  # refuses a release outside the supported lines
     if s.server_args.tp_size != 1 or getattr(s.server_args, "pp_size", 1) != 1:
         raise EngineUnsupported("SGLang with tensor/pipeline parallelism is not supported (tp_size=1, pp_size=1)")
     pool = _kv_pool(s)
@@ -239,10 +233,17 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
     lap("checks")
     named = [(name, data.tensor()) for name, data in snap.weights.items()] if load_weights else []
     pages: list[torch.Tensor] = []
-    if tree is not None:
+    kv_from = None
+    if tree is not None and gpu_pages.file_pages_fit(snap, layout, _kv_pool(s)):
+        # A CUDA pool: the file's KV uploaded from the page cache and checked on the GPU.
+        pages = gpu_pages.upload_checked_pages(snap, _registered_file(s, snap.kv.layers[0]._container),
+                                               _kv_pool(s).k_buffer[0].device)
+        kv_from = "file, checked on the GPU"
+    elif tree is not None:
         # Verified read-only views of the file where it is mapped (no copy when the layout
         # is the engine's); the scatter below copies them into the pool.
         pages = [convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers]
+        kv_from = "host, checked there"
     lap("read_and_verify")
     # KV first into slots nothing names yet, then weights, then the tree: a failure before
     # the insert gives the slots back and leaves the cache as it was.
@@ -260,15 +261,30 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
             placement.release()  # no-op once committed
     return {"tree_nodes": len(snap.prefix.nodes) if snap.prefix else 0,
             "new_tokens": new_tokens, "weights_restored": len(named),
-            "kv_bytes": snap.kv.nbytes if snap.kv else 0,
+            "kv_bytes": snap.kv.nbytes if snap.kv else 0, "kv_from": kv_from,
             "requests": [r.to_json() for r in snap.requests] if requests else [],
             "identity_differences": differences,
             "recut": recut_report.to_json() if recut_report else None, "seconds": seconds}
 
 
+def _registered_file(s: Any, container: Any) -> Any:
+    """The snapshot file registered with CUDA, kept for later restores of the same file;
+    registering another file releases the previous one (restores are synchronous)."""
+    from thaw.core.container import file_key
+    from thaw.core.gpu import RegisteredFile
+
+    st, key = _state(s), file_key(container.path)
+    if st.registered is None or st.registered[0] != key:
+        if st.registered is not None:
+            st.registered[1].close()
+            st.registered = None
+        st.registered = (key, RegisteredFile(container))
+    return st.registered[1]
+
+
 def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
     """Through SGLang's own tensor weight-update path (`load_weights` of the model)."""
-    ok, message = s.tp_worker.model_runner.weight_updater.update_weights_from_tensor(named_tensors=named)
+    ok, message = engine_access.update_weights_from_tensor(s.tp_worker.model_runner, named)
     if not ok:
         raise ThawError(f"SGLang refused the snapshot's weights: {message}")
 

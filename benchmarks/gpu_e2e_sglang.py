@@ -1,0 +1,121 @@
+"""End to end on a GPU with real SGLang: a fresh engine serving a 4k-token trunk.
+
+One run, one card, the 8B-shaped bf16 Llama of gpu_e2e_vllm.py (random weights, built on the
+device). SGLang's own Llama, Triton attention, page size 16, no CUDA graphs (eager decode).
+Each engine in its own process, measured side by side:
+  cold   fresh engine boot (checkpoint in page cache) + prefill of the trunk + first token
+  thaw   fresh engine with dummy weights, restore of weights + KV + prefix from the snapshot
+         (in page cache), then the trunk as a cache hit; the KV's GB/s against pinned
+         memcpy measured on the same card in the same run
+  fork   rounds of: flush the cache, restore the trunk's KV into the warm engine (KV
+         uploaded from the registered file and checked on the GPU), then 4 branches x 64
+         tokens; thaw's share of each round reported apart from decoding
+A phase that fails records its error in the receipt instead of a number.
+Usage: python benchmarks/gpu_e2e_sglang.py [--trunk 4000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from thaw.fork import DRIVERS
+from thaw.workers import EngineWorker
+
+from gpu_e2e_vllm import build_model, phase, pinned_memcpy_gb_s
+from receipt import write_receipt
+
+ENGINE = {"device": "cuda", "attention_backend": "triton", "model_impl": "auto", "dtype": "bfloat16",
+          "page_size": 16, "mem_fraction_static": 0.4, "max_total_tokens": 65536,
+          "disable_cuda_graph": True, "context_length": 8192}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="/tmp/llama8b")
+    ap.add_argument("--trunk", type=int, default=4000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    trunk = [100 + (i * 7919) % 120000 for i in range(args.trunk)]
+    snap, kv_snap = "/tmp/trunk8b-sglang.thaw", "/tmp/trunk8b-sglang-kv.thaw"
+    r: dict = {"model": "8B-shaped Llama, bf16, random weights", "trunk_tokens": args.trunk, "engine": ENGINE}
+    r["build_model_s"] = build_model(args.model)
+    r["pinned_h2d_gb_s"] = pinned_memcpy_gb_s()
+    r["pinned_d2h_gb_s"] = pinned_memcpy_gb_s(to_host=True)
+    cfg = {**ENGINE, "model": args.model}
+
+    def parent():
+        with EngineWorker(DRIVERS["sglang"], cfg) as w:
+            out = {"boot_s": w.call("info")["boot_seconds"]}
+            cold = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            cached = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
+            out.update(prefill_ttft_s=cold["seconds"], cached_cached_tokens=cached["cached_tokens"],
+                       cached_tokens_out=cached["tokens"])
+            out["warm_cached_ttft_s"] = w.call("generate", prompt_token_ids=trunk, max_tokens=1)["seconds"]
+            out["snapshot"] = w.call("snapshot", path=snap)
+            out["snapshot_bytes"] = os.path.getsize(snap)
+            out["kv_snapshot"] = w.call("snapshot", path=kv_snap, weights=False)
+            out["kv_snapshot_bytes"] = os.path.getsize(kv_snap)
+            out["digest"] = w.call("info")["identity"]["weights_digest"]
+            return out
+
+    def cold():
+        t0 = time.perf_counter()
+        with EngineWorker(DRIVERS["sglang"], cfg) as w:
+            booted = time.perf_counter() - t0
+            out = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            return {"process_start_to_ready_s": booted, "engine_boot_s": w.call("info")["boot_seconds"],
+                    "ttft_s": out["seconds"], "total_s": booted + out["seconds"],
+                    "cached_tokens": out["cached_tokens"]}
+
+    def thaw_restore():
+        t0 = time.perf_counter()
+        with EngineWorker(DRIVERS["sglang"], {**cfg, "load_format": "dummy"}) as w:
+            booted = time.perf_counter() - t0
+            rep = w.call("restore", path=snap)
+            first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            out16 = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
+            served = rep["seconds"] + first["seconds"]
+            return {"process_start_to_ready_s": booted, "engine_boot_s": w.call("info")["boot_seconds"],
+                    "restore": rep, "ttft_s": first["seconds"], "cached_tokens": first["cached_tokens"],
+                    "started_engine_to_first_token_s": served, "total_s": booted + served,
+                    "tokens_out": out16["tokens"],
+                    "digest_equals_parent": w.call("info")["identity"]["weights_digest"] == r["parent"].get("digest")}
+
+    def fork_rounds():
+        with EngineWorker(DRIVERS["sglang"], cfg) as w:
+            rounds = []
+            for _ in range(args.rounds):
+                w.call("reset_prefix_cache")
+                rep = w.call("restore", path=kv_snap, weights=False, requests=False)
+                gen = w.call("generate_many", prompt_token_ids=trunk, n=4, max_tokens=64)
+                phases = rep["seconds_by_phase"]
+                rounds.append({"restore_s": rep["seconds"], "restore_phases_s": phases, "kv_from": rep["kv_from"],
+                               "kv_gb_s": rep["kv_bytes"] / (phases["read_and_verify"] + phases["kv"]) / 1e9,
+                               "decode_s": gen["seconds"], "round_s": rep["seconds"] + gen["seconds"],
+                               "cached_tokens": gen["cached_tokens"],
+                               "distinct_branches": len({tuple(t) for t in gen["tokens"]})})
+            return {"rounds": rounds, "kv_bytes": rep["kv_bytes"],
+                    "median_restore_s": statistics.median(x["restore_s"] for x in rounds),
+                    "median_kv_gb_s": statistics.median(x["kv_gb_s"] for x in rounds),
+                    "median_decode_s": statistics.median(x["decode_s"] for x in rounds),
+                    "median_round_s": statistics.median(x["round_s"] for x in rounds)}
+
+    for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore), ("fork", fork_rounds)):
+        phase(r, name, fn)
+    try:
+        r["thaw_output_equals_parent_cached"] = r["thaw"]["tokens_out"] == r["parent"]["cached_tokens_out"]
+        r["ratio_cold_over_thaw_total"] = r["cold"]["total_s"] / r["thaw"]["total_s"]
+        r["ratio_started_prefill_over_thaw_started_engine"] = (
+            r["parent"]["prefill_ttft_s"] / r["thaw"]["started_engine_to_first_token_s"])
+        # KV restore (upload + GPU check + scatter) against a plain pinned host->GPU copy.
+        r["ratio_kv_restore_vs_pinned_memcpy"] = r["fork"]["median_kv_gb_s"] / r["pinned_h2d_gb_s"]
+    except (KeyError, TypeError) as exc:
+        r["ratios_error"] = f"a phase failed: {exc!r}"
+    print(f"receipt: {write_receipt('gpu_e2e_sglang', r)}")
+
+
+if __name__ == "__main__":
+    main()

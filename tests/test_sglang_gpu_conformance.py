@@ -1,0 +1,50 @@
+"""The shared conformance suite against real SGLang on a CUDA device: SGLang's own Llama,
+Triton attention, page sizes 16 and 64 (which CPU SGLang cannot allocate), KV pages moved
+and checked by the CUDA movers. Skipped, with the reason, on machines without CUDA or
+SGLang; it runs on the GPU box with SGLang 0.5.14 (scripts/gpu/)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from thaw.conformance import EngineUnderTest, SnapshotRestoreConformance
+from thaw.testing.tiny_model import TinyLlama, build_tiny_llama
+
+from .engines import needs_sglang
+
+pytestmark = [needs_sglang, pytest.mark.engine, pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="needs a CUDA device: CPU-only machine; runs on the GPU box")]
+
+GPU_MODEL = TinyLlama(hidden_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=128)
+# SGLang on one GPU as people run it, small enough that the suite's engines share the card.
+GPU_ENGINE = {"device": "cuda", "attention_backend": "triton", "model_impl": "auto", "dtype": "bfloat16",
+              "mem_fraction_static": 0.05, "max_total_tokens": 16384, "disable_cuda_graph": True}
+
+
+@pytest.fixture(scope="module")
+def gpu_engine(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    model = build_tiny_llama(models / "tiny", GPU_MODEL, dtype="bfloat16")
+    other = build_tiny_llama(models / "other", replace(GPU_MODEL, num_hidden_layers=3), dtype="bfloat16")
+    spec = "thaw.adapters.sglang.driver:SGLangDriver"
+    return EngineUnderTest(
+        driver=spec, config={"model": str(model), **GPU_ENGINE, "page_size": 16},
+        fresh_config={"load_format": "dummy"},
+        mismatches={"dtype": ({"dtype": "float16"}, "dtype"),
+                    "model": ({"model": str(other)}, "model_config_digest")},
+        prompt=[4 + (i * 37) % 500 for i in range(300)], page_size=16, fork_engine="sglang",
+        inflight_max_tokens=200)
+
+
+class TestSGLangOnGPUPage16(SnapshotRestoreConformance):
+    @pytest.fixture(scope="class")
+    def engine_under_test(self, gpu_engine):
+        return gpu_engine
+
+
+class TestSGLangOnGPUPage64(SnapshotRestoreConformance):
+    @pytest.fixture(scope="class")
+    def engine_under_test(self, gpu_engine):
+        return replace(gpu_engine, config={**gpu_engine.config, "page_size": 64}, page_size=64)

@@ -1,0 +1,72 @@
+"""SGLang's KV pool on a CUDA device, moved by thaw's CUDA movers.
+
+A snapshot's pages are gathered on the GPU (one kernel for every layer's K pages, one for
+the V pages) and copied to pinned host memory in one transfer. A restore uploads the
+snapshot file's KV sections from the page cache (the file registered with CUDA) and checks
+every chunk's CRC32C on the GPU before anything in the engine changes. The page bytes are
+those of `cache_state` (layout "sglang.nhd": a page's K rows, then its V rows).
+
+Contract: as `cache_state`, call only from the scheduler's thread between batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from thaw.core import KVLayout, SchemaError, StateSnapshot
+
+
+def on_cuda(kv_pool: Any) -> bool:
+    return bool(kv_pool.k_buffer[0].is_cuda)
+
+
+def _page_views(buffers: list[torch.Tensor], page_size: int) -> list[torch.Tensor]:
+    """Each [slots, heads, head_dim] buffer as [pool pages, page elems] (a page is
+    `page_size` consecutive slots, SGLang's own page)."""
+    if buffers[0].shape[0] % page_size:
+        raise SchemaError(f"SGLang KV buffer of {buffers[0].shape[0]} slots is not whole pages of {page_size}")
+    return [b.view(b.shape[0] // page_size, -1) for b in buffers]
+
+
+def gather_to_host(kv_pool: Any, pool_pages: list[int], page_size: int) -> list[torch.Tensor]:
+    """Every layer's listed pages, [n, page_elems] each, in pinned host memory."""
+    from thaw.core.gpu import PagePlan
+
+    k0 = kv_pool.k_buffer[0]
+    layers, n, plane = len(kv_pool.k_buffer), len(pool_pages), page_size * k0[0].numel()
+    host = torch.empty((layers, n, 2, plane), dtype=k0.dtype, pin_memory=True)
+    if n:
+        ids = torch.tensor(pool_pages, dtype=torch.int64, device=k0.device)
+        halves = []
+        for buffers in (kv_pool.k_buffer, kv_pool.v_buffer):
+            packed = torch.empty((layers, n, plane), dtype=k0.dtype, device=k0.device)
+            PagePlan(_page_views(buffers, page_size), ids).gather(packed)
+            halves.append(packed)
+        host.copy_(torch.stack(halves, dim=2))  # K then V within each page, one transfer
+    return list(host.view(layers, n, 2 * plane).unbind(0))
+
+
+def file_pages_fit(snap: StateSnapshot, layout: KVLayout, kv_pool: Any) -> bool:
+    """Whether the snapshot's KV can go to the GPU straight from its file: a CUDA pool, and
+    layers still in the file, in this engine's layout (not re-cut or converted)."""
+    return (on_cuda(kv_pool) and snap.kv is not None and bool(snap.kv.layers) and snap.kv.layout == layout
+            and all(not layer.in_memory for layer in snap.kv.layers))
+
+
+def upload_checked_pages(snap: StateSnapshot, registered: Any, device: torch.device) -> list[torch.Tensor]:
+    """Every KV layer of the file in one new device buffer, [pages, page_elems] each,
+    checked on the GPU against the file's chunk CRCs; ChecksumError names the first bad
+    section before the caller changes anything."""
+    from thaw.core.gpu import upload_checked
+
+    sections = [layer._section for layer in snap.kv.layers]
+    for name in sections:
+        registered.check_padding(name)
+    secs = [registered.container.section(name) for name in sections]
+    staging = torch.empty(sum(s.length for s in secs), dtype=torch.uint8, device=device)
+    views = upload_checked([registered.section(name) for name in sections], staging,
+                           expected_crcs=[list(s.chunk_crcs) for s in secs], chunk_size=secs[0].chunk_size,
+                           names=[f"section {name!r}" for name in sections])
+    return [v.view(layer.dtype).view(layer.shape) for v, layer in zip(views, snap.kv.layers)]
