@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
 
-from gpu_e2e_vllm import build_model, phase, pinned_memcpy_gb_s
+from gpu_e2e_vllm import build_model, cold_start, first_token_ratios, fork_round, medians, phase, pinned_memcpy_gb_s
 from receipt import write_receipt
 
 ENGINE = {"device": "cuda", "attention_backend": "triton", "model_impl": "auto", "dtype": "bfloat16",
@@ -62,13 +61,7 @@ def main() -> None:
             return out
 
     def cold():
-        t0 = time.perf_counter()
-        with EngineWorker(DRIVERS["sglang"], cfg) as w:
-            booted = time.perf_counter() - t0
-            out = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
-            return {"process_start_to_ready_s": booted, "engine_boot_s": w.call("info")["boot_seconds"],
-                    "ttft_s": out["seconds"], "total_s": booted + out["seconds"],
-                    "cached_tokens": out["cached_tokens"]}
+        return cold_start("sglang", cfg, trunk)[0]
 
     def thaw_restore():
         t0 = time.perf_counter()
@@ -88,28 +81,17 @@ def main() -> None:
         with EngineWorker(DRIVERS["sglang"], cfg) as w:
             rounds = []
             for _ in range(args.rounds):
-                w.call("reset_prefix_cache")
-                rep = w.call("restore", path=kv_snap, weights=False, requests=False)
-                gen = w.call("generate_many", prompt_token_ids=trunk, n=4, max_tokens=64)
+                rep, measured = fork_round(w, kv_snap, trunk)
                 phases = rep["seconds_by_phase"]
-                rounds.append({"restore_s": rep["seconds"], "restore_phases_s": phases, "kv_from": rep["kv_from"],
-                               "kv_gb_s": rep["kv_bytes"] / (phases["read_and_verify"] + phases["kv"]) / 1e9,
-                               "decode_s": gen["seconds"], "round_s": rep["seconds"] + gen["seconds"],
-                               "cached_tokens": gen["cached_tokens"],
-                               "distinct_branches": len({tuple(t) for t in gen["tokens"]})})
+                rounds.append({**measured,
+                               "kv_gb_s": rep["kv_bytes"] / (phases["read_and_verify"] + phases["kv"]) / 1e9})
             return {"rounds": rounds, "kv_bytes": rep["kv_bytes"],
-                    "median_restore_s": statistics.median(x["restore_s"] for x in rounds),
-                    "median_kv_gb_s": statistics.median(x["kv_gb_s"] for x in rounds),
-                    "median_decode_s": statistics.median(x["decode_s"] for x in rounds),
-                    "median_round_s": statistics.median(x["round_s"] for x in rounds)}
+                    **medians(rounds, "restore_s", "kv_gb_s", "decode_s", "round_s")}
 
     for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore), ("fork", fork_rounds)):
         phase(r, name, fn)
     try:
-        r["thaw_output_equals_parent_cached"] = r["thaw"]["tokens_out"] == r["parent"]["cached_tokens_out"]
-        r["ratio_cold_over_thaw_total"] = r["cold"]["total_s"] / r["thaw"]["total_s"]
-        r["ratio_started_prefill_over_thaw_started_engine"] = (
-            r["parent"]["prefill_ttft_s"] / r["thaw"]["started_engine_to_first_token_s"])
+        first_token_ratios(r)
         # KV restore (upload + GPU check + scatter) against a plain pinned host->GPU copy.
         r["ratio_kv_restore_vs_pinned_memcpy"] = r["fork"]["median_kv_gb_s"] / r["pinned_h2d_gb_s"]
     except (KeyError, TypeError) as exc:

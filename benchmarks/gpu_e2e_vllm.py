@@ -85,6 +85,45 @@ def phase(results: dict, name: str, fn) -> None:
     print(f"{name}: {time.perf_counter() - t0:.1f} s -> {str(results[name])[:300]}", flush=True)
 
 
+def cold_start(engine: str, cfg: dict, trunk: list[int]) -> tuple[dict, dict]:
+    """A new engine process on the real checkpoint: start to ready, then prefill + first
+    token; with the engine's `info`."""
+    t0 = time.perf_counter()
+    with EngineWorker(DRIVERS[engine], cfg) as w:
+        booted = time.perf_counter() - t0
+        out = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+        info = w.call("info")
+    return ({"process_start_to_ready_s": booted, "engine_boot_s": info["boot_seconds"], "ttft_s": out["seconds"],
+             "total_s": booted + out["seconds"], "cached_tokens": out["cached_tokens"]}, info)
+
+
+def fork_round(w: EngineWorker, path: str, trunk: list[int]) -> tuple[dict, dict]:
+    """One fork round in a warm engine: empty its prefix cache, restore the trunk's KV from
+    `path`, decode 4 branches x 64 tokens. Returns the restore report and the round's figures."""
+    w.call("reset_prefix_cache")
+    rep = w.call("restore", path=path, weights=False, requests=False)
+    gen = w.call("generate_many", prompt_token_ids=trunk, n=4, max_tokens=64)
+    return rep, {"restore_s": rep["seconds"], "restore_phases_s": rep["seconds_by_phase"], "kv_from": rep["kv_from"],
+                 "decode_s": gen["seconds"], "round_s": rep["seconds"] + gen["seconds"],
+                 "cached_tokens": gen["cached_tokens"], "distinct_branches": len({tuple(t) for t in gen["tokens"]})}
+
+
+def medians(rounds: list[dict], *keys: str) -> dict:
+    return {f"median_{k}": statistics.median(x[k] for x in rounds) for k in keys}
+
+
+def first_token_ratios(r: dict) -> None:
+    """The ratios every engine's end-to-end receipt has (KeyError where a phase failed)."""
+    r["thaw_output_equals_parent_cached"] = r["thaw"]["tokens_out"] == r["parent"]["cached_tokens_out"]
+    # New process to first token, both sides: process start, engine import and boot, then
+    # prefill (cold) or restore (weights, KV) + first token (thaw).
+    r["ratio_cold_over_thaw_total"] = r["cold"]["total_s"] / r["thaw"]["total_s"]
+    # From an engine already started (a worker pool's), lacking the trunk: the parent's own
+    # prefill + first token against restore (weights and KV) + first token.
+    r["ratio_started_prefill_over_thaw_started_engine"] = (
+        r["parent"]["prefill_ttft_s"] / r["thaw"]["started_engine_to_first_token_s"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="/tmp/llama8b")
@@ -123,15 +162,8 @@ def main() -> None:
             return out
 
     def cold():
-        t0 = time.perf_counter()
-        with EngineWorker(DRIVERS["vllm"], cfg) as w:
-            booted = time.perf_counter() - t0
-            out = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
-            info = w.call("info")
-            return {"process_start_to_ready_s": booted, "engine_boot_s": info["boot_seconds"],
-                    "vllm_import_s": info["import_seconds"],
-                    "ttft_s": out["seconds"], "total_s": booted + out["seconds"],
-                    "cached_tokens": out["cached_tokens"]}
+        out, info = cold_start("vllm", cfg, trunk)
+        return {**out, "vllm_import_s": info["import_seconds"]}
 
     def thaw_restore():
         t0 = time.perf_counter()
@@ -160,33 +192,16 @@ def main() -> None:
             w.call("restore", path=snap)  # weights once; each round restores the trunk's KV
             rounds = []
             for _ in range(args.rounds):
-                w.call("reset_prefix_cache")
-                rep = w.call("restore", path=snap, weights=False, requests=False)
-                gen = w.call("generate_many", prompt_token_ids=trunk, n=4, max_tokens=64)
+                rep, measured = fork_round(w, snap, trunk)
                 by_phase = rep["seconds_by_phase"]
-                rounds.append({"restore_s": rep["seconds"],
-                               "kv_s": by_phase.get("kv_stage", 0.0) + by_phase.get("kv", 0.0),
-                               "kv_from": rep["kv_from"], "restore_phases_s": rep["seconds_by_phase"],
-                               "decode_s": gen["seconds"], "round_s": rep["seconds"] + gen["seconds"],
-                               "cached_tokens": gen["cached_tokens"],
-                               "distinct_branches": len({tuple(t) for t in gen["tokens"]})})
-            return {"prepare_s": prepare, "rounds": rounds,
-                    "median_restore_s": statistics.median(x["restore_s"] for x in rounds),
-                    "median_decode_s": statistics.median(x["decode_s"] for x in rounds),
-                    "median_round_s": statistics.median(x["round_s"] for x in rounds)}
+                rounds.append({**measured, "kv_s": by_phase.get("kv_stage", 0.0) + by_phase.get("kv", 0.0)})
+            return {"prepare_s": prepare, "rounds": rounds, **medians(rounds, "restore_s", "decode_s", "round_s")}
 
     for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore),
                      ("fork", lambda: fork_rounds(False)), ("fork_kv_on_device", lambda: fork_rounds(True))):
         phase(r, name, fn)
     try:
-        r["thaw_output_equals_parent_cached"] = r["thaw"]["tokens_out"] == r["parent"]["cached_tokens_out"]
-        # New process to first token, both sides: process start, vLLM import, engine boot,
-        # then prefill (cold) or prepare + restore (weights, KV) + first token (thaw).
-        r["ratio_cold_over_thaw_total"] = r["cold"]["total_s"] / r["thaw"]["total_s"]
-        # From an engine already started (a worker pool's), lacking the trunk: the parent's
-        # own prefill + first token against prepare + restore (weights and KV) + first token.
-        r["ratio_started_prefill_over_thaw_started_engine"] = (
-            r["parent"]["prefill_ttft_s"] / r["thaw"]["started_engine_to_first_token_s"])
+        first_token_ratios(r)  # thaw's side includes prepare here
         r["ratio_weights_vs_pinned_memcpy"] = r["thaw"]["weights_gb_s"] / r["pinned_h2d_gb_s"]
         r["ratio_weights_with_prepare_vs_pinned_memcpy"] = (
             r["thaw"]["restore"]["weights_bytes"] / (r["thaw"]["weights_s"] + r["thaw"]["prepare_s"]) / 1e9
