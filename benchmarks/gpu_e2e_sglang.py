@@ -11,7 +11,7 @@ Each engine in its own process, measured side by side:
          uploaded from the registered file and checked on the GPU), then 4 branches x 64
          tokens; thaw's share of each round reported apart from decoding
 A phase that fails records its error in the receipt instead of a number.
-Usage: python benchmarks/gpu_e2e_sglang.py [--trunk 4000] [--rounds 5]
+Usage: python benchmarks/gpu_e2e_sglang.py [--trunk 4000] [--rounds 5] [--phases parent,cold,thaw,fork]
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--model", default="/tmp/llama8b")
     ap.add_argument("--trunk", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--phases", default="parent,cold,thaw,fork",
+                    help="which phases to run (parent writes the snapshots the others read)")
     args = ap.parse_args()
     trunk = [100 + (i * 7919) % 120000 for i in range(args.trunk)]
     snap, kv_snap = "/tmp/trunk8b-sglang.thaw", "/tmp/trunk8b-sglang-kv.thaw"
@@ -89,7 +91,8 @@ def main() -> None:
                     **medians(rounds, "restore_s", "kv_gb_s", "decode_s", "round_s")}
 
     for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore), ("fork", fork_rounds)):
-        phase(r, name, fn)
+        if name in args.phases.split(","):
+            phase(r, name, fn)
     try:
         first_token_ratios(r)
         # KV restore (upload + GPU check + scatter) against a plain pinned host->GPU copy.
