@@ -196,9 +196,9 @@ class TreePlacement:
 
 def place_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> TreePlacement:
     """Writes a snapshot's pages ([num_pages, page_elems] per layer, checked; on the host or
-    on the pool's device) into fresh
-    slots for the paths the cache lacks. Raises before changing anything when the cache
-    cannot make room; evicts unlocked prefixes only when that makes enough room."""
+    on the pool's device) into fresh slots for the paths the cache lacks. Raises before
+    changing anything when the cache cannot make room; evicts unlocked prefixes only when
+    that makes enough room."""
     check_supported(tree_cache)
     for _ in range(8):
         plans = plan_inserts(tree_cache, tree)

@@ -23,6 +23,7 @@ from thaw.core.dtypes import dtype_name
 
 from .engine_access import (PYTHON_TREE_CORE, component_type, device_value, tree_core_backend, tree_root, unified_tree,
                             walks_nodes)
+from .gpu_pages import gather_to_host, on_cuda
 
 LAYOUT_NAME = "sglang.nhd"
 TREE_CORE_SETTING = PYTHON_TREE_CORE
@@ -132,9 +133,7 @@ def slots_of_pages(pool_pages: list[int], page_size: int) -> torch.Tensor:
 def gather_pages(kv_pool: Any, pool_pages: list[int], page_size: int) -> list[torch.Tensor]:
     """Every layer's pages in one indexed read per K and V buffer: [n, page_elems] each, on
     the host (a CUDA pool's through the CUDA movers, see `gpu_pages`)."""
-    if kv_pool.k_buffer[0].is_cuda:
-        from .gpu_pages import gather_to_host
-
+    if on_cuda(kv_pool):
         return gather_to_host(kv_pool, pool_pages, page_size)
     slots = slots_of_pages(pool_pages, page_size).to(kv_pool.k_buffer[0].device)
     n = len(pool_pages)

@@ -57,16 +57,15 @@ def file_pages_fit(snap: StateSnapshot, layout: KVLayout, kv_pool: Any) -> bool:
 
 def upload_checked_pages(snap: StateSnapshot, registered: Any, device: torch.device) -> list[torch.Tensor]:
     """Every KV layer of the file in one new device buffer, [pages, page_elems] each,
-    checked on the GPU against the file's chunk CRCs; ChecksumError names the first bad
-    section before the caller changes anything."""
-    from thaw.core.gpu import upload_checked
+    checked on the GPU against the file's chunk CRCs (`thaw.core.gpu.upload_sections`);
+    ChecksumError names the first bad section before the caller changes anything."""
+    from thaw.core.gpu import upload_sections
 
     sections = [layer._section for layer in snap.kv.layers]
-    for name in sections:
-        registered.check_padding(name)
-    secs = [registered.container.section(name) for name in sections]
-    staging = torch.empty(sum(s.length for s in secs), dtype=torch.uint8, device=device)
-    views = upload_checked([registered.section(name) for name in sections], staging,
-                           expected_crcs=[list(s.chunk_crcs) for s in secs], chunk_size=secs[0].chunk_size,
-                           names=[f"section {name!r}" for name in sections])
-    return [v.view(layer.dtype).view(layer.shape) for v, layer in zip(views, snap.kv.layers)]
+    buf = upload_sections(registered, sections, device)
+    pages, at = [], 0
+    for name, layer in zip(sections, snap.kv.layers):
+        n = registered.container.section(name).length
+        pages.append(buf[at:at + n].view(layer.dtype).view(layer.shape))
+        at += n
+    return pages

@@ -233,11 +233,11 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
     lap("checks")
     named = [(name, data.tensor()) for name, data in snap.weights.items()] if load_weights else []
     pages: list[torch.Tensor] = []
-    kv_from = None
-    if tree is not None and gpu_pages.file_pages_fit(snap, layout, _kv_pool(s)):
+    kv_from, pool = None, _kv_pool(s)
+    if tree is not None and gpu_pages.file_pages_fit(snap, layout, pool):
         # A CUDA pool: the file's KV uploaded from the page cache and checked on the GPU.
         pages = gpu_pages.upload_checked_pages(snap, _registered_file(s, snap.kv.layers[0]._container),
-                                               _kv_pool(s).k_buffer[0].device)
+                                               pool.k_buffer[0].device)
         kv_from = "file, checked on the GPU"
     elif tree is not None:
         # Verified read-only views of the file where it is mapped (no copy when the layout
@@ -247,7 +247,7 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
     lap("read_and_verify")
     # KV first into slots nothing names yet, then weights, then the tree: a failure before
     # the insert gives the slots back and leaves the cache as it was.
-    placement = cache_restore.place_tree(s.tree_cache, _kv_pool(s), tree, pages) if tree is not None else None
+    placement = cache_restore.place_tree(s.tree_cache, pool, tree, pages) if tree is not None else None
     lap("kv")
     try:
         if named:
