@@ -5,7 +5,11 @@ device), one in-process engine, a 4k-token trunk prefilled. Then, each `--reps` 
   full  weights as vLLM parameters + KV + prefix into a file on local disk, by phase:
         capture (KV pages gathered, parameters copied to host memory), write (CRC32C of every
         chunk and the write into the page cache), flush (fsync, rename, directory fsync);
-  kv    the same without weights (what a session costs).
+  kv    the same without weights;
+  session  KV + prefix with the weights referenced from the full snapshot (`weights_from`):
+        what a session costs when its weights are already in a snapshot.
+Then two fresh dummy-weight engines restore the full snapshot and the session one (prepare
+shown apart): weights GB/s by each route, which must be the same speed.
 Baselines in the same run, for the same byte counts:
   d2h    the card's device -> pinned host copy of one buffer (torch, one copy);
   write  a plain write of a host buffer into a file in the same directory (no checksum),
@@ -50,10 +54,10 @@ def plain_write(path: str, nbytes: int, reps: int = 2) -> dict:
             "write_and_flush_gb_s": nbytes / (write_s + flush_s) / 1e9}
 
 
-def snapshots(w: EngineWorker, path: str, reps: int, weights: bool) -> dict:
+def snapshots(w: EngineWorker, path: str, reps: int, weights: bool, **kwargs) -> dict:
     runs = []
     for _ in range(reps):
-        rep = w.call("snapshot", path=path, weights=weights)
+        rep = w.call("snapshot", path=path, weights=weights, **kwargs)
         runs.append({"seconds": rep["seconds"], "by_phase": rep.get("seconds_by_phase", {}),
                      "bytes": os.path.getsize(path)})
     nbytes = runs[-1]["bytes"]
@@ -74,6 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     trunk = [100 + (i * 7919) % 120000 for i in range(args.trunk)]
     full_path, kv_path = os.path.join(args.dir, "snap-full.thaw"), os.path.join(args.dir, "snap-kv.thaw")
+    session_path = os.path.join(args.dir, "snap-session.thaw")
     r: dict = {"model": "8B-shaped Llama, bf16, random weights", "trunk_tokens": args.trunk, "reps": args.reps,
                "dir": args.dir, "build_model_s": build_model(args.model)}
     cfg = {k: v for k, v in {**ENGINE, "model": args.model}.items() if v is not None}
@@ -83,10 +88,35 @@ def main() -> None:
         with EngineWorker(DRIVERS["vllm"], cfg) as w:
             w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             out = {"full": snapshots(w, full_path, args.reps, True), "kv": snapshots(w, kv_path, args.reps, False)}
-            os.unlink(full_path), os.unlink(kv_path)
+            out["session"] = snapshots(w, session_path, args.reps, True, weights_from=full_path)
+            os.unlink(kv_path)
             return out
 
+    def restored(path: str) -> dict:
+        """A fresh dummy-weight engine: prepare, restore `path` (weights + KV), first token."""
+        with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}) as w:
+            prepare = w.call("prepare", path=path)
+            rep = w.call("restore", path=path)
+            first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
+            phases = rep["seconds_by_phase"]
+            weights_s = phases["read_and_verify"] + phases["weights"]
+            return {"prepare_s": prepare, "restore_s": rep["seconds"], "weights_s": weights_s,
+                    "weights_gb_s": rep["weights_bytes"] / weights_s / 1e9, "weights_route": rep.get("weights_route"),
+                    "cached_tokens": first["cached_tokens"], "restore": rep}
+
     phase(r, "snapshot", engine)
+    phase(r, "restore_full", lambda: restored(full_path))
+    phase(r, "restore_session", lambda: restored(session_path))
+    for path in (full_path, session_path):
+        if os.path.exists(path):
+            os.unlink(path)
+    try:
+        r["ratio_session_vs_full_weights_restore_gb_s"] = (r["restore_session"]["weights_gb_s"]
+                                                           / r["restore_full"]["weights_gb_s"])
+        r["ratio_session_snapshot_vs_kv_only_s"] = (r["snapshot"]["session"]["median_s"]
+                                                    / r["snapshot"]["kv"]["median_s"])
+    except (KeyError, TypeError) as exc:
+        r["ratios_error"] = f"a phase failed: {exc!r}"
     if "full" in r["snapshot"]:
         nbytes = r["snapshot"]["full"]["bytes"]
         phase(r, "d2h_pinned_gb_s", lambda: pinned_memcpy_gb_s(min(nbytes, 8 * 2**30), reps=3, to_host=True))

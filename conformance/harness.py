@@ -28,6 +28,9 @@ class EngineUnderTest:
         running the engine (False, e.g., where the engine's core runs in another process
         than the caller's, which alone knows the caller's requests); the in-flight checks
         are then skipped with that reason.
+    references_weights: whether the driver's snapshot takes `weights_from` (a snapshot file
+        whose weights it references instead of copying); the fork check then forks from
+        such a session snapshot, which shares the trunk's weights file.
     """
 
     driver: str
@@ -41,6 +44,7 @@ class EngineUnderTest:
     inflight_max_tokens: int = 12
     fork_engine: str = "vllm"  # name in thaw.fork.DRIVERS
     carries_requests: bool = True
+    references_weights: bool = True
 
     @contextmanager
     def engine(self, **overrides: Any) -> Iterator[EngineWorker]:
@@ -69,6 +73,7 @@ class Trunk:
 
     trunk_path: Path
     inflight_path: Path
+    session_path: Path  # the trunk's KV, its weights referenced from trunk_path (or trunk_path)
     cold: dict[str, Any]
     cached: dict[str, Any]
     inflight_prompt: list[int]
@@ -87,11 +92,15 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
         cold = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         cached = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         parent.call("snapshot", path=str(trunk_path))
+        session_path = trunk_path
+        if eut.references_weights:
+            session_path = workdir / "session.thaw"
+            parent.call("snapshot", path=str(session_path), weights_from=str(trunk_path))
         if not eut.carries_requests:
-            return Trunk(trunk_path, inflight_path, cold, cached, inflight_prompt, [])
+            return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, [])
         parent.call("add_request", request_id="inflight-0", prompt_token_ids=inflight_prompt,
                     max_tokens=eut.inflight_max_tokens)
         parent.call("step", n=eut.inflight_steps)
         parent.call("snapshot", path=str(inflight_path))
         uninterrupted = parent.call("finish")["inflight-0"]
-    return Trunk(trunk_path, inflight_path, cold, cached, inflight_prompt, uninterrupted)
+    return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, uninterrupted)

@@ -16,7 +16,8 @@ def engine_under_test() -> EngineUnderTest:
         driver=spec["driver"], config=spec["config"], fresh_config=spec["fresh_config"],
         mismatches={n: (o, f) for n, (o, f) in spec["mismatches"].items()},
         prompt=spec["prompt"], page_size=spec["page_size"],
-        inflight_max_tokens=spec["inflight_max_tokens"], fork_engine=spec["driver"])
+        inflight_max_tokens=spec["inflight_max_tokens"], fork_engine=spec["driver"],
+        references_weights=spec.get("references_weights", True))
 
 
 class TestEngineConformance(SnapshotRestoreConformance):

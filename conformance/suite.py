@@ -103,10 +103,15 @@ class SnapshotRestoreConformance:
         assert done["inflight-0"] == trunk.uninterrupted
 
     def test_fork_four_children_hit_prefix_and_diverge(self, engine_under_test, trunk):
+        """Forked from the session snapshot: its weights come from the trunk's file."""
         from thaw.fork import fork
 
         eut = engine_under_test
-        children = fork(str(trunk.trunk_path), 4, engine=eut.fork_engine,
+        if eut.references_weights:
+            session = thaw.load(trunk.session_path, verify=False)
+            assert session.weights_from == str(trunk.trunk_path)
+            assert not any(n.startswith("weights/") for n in session.source.sections)
+        children = fork(str(trunk.session_path), 4, engine=eut.fork_engine,
                         engine_config={**eut.config, **eut.fresh_config},
                         prompt=eut.prompt, max_tokens=eut.max_tokens, temperature=1.0,
                         seeds=[11, 12, 13, 14])

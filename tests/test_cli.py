@@ -32,7 +32,8 @@ def test_inspect_json_is_stable(snap_path, tmp_path):
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert set(info) == {"inspect_schema", "path", "file_bytes", "identity", "weights", "kv",
-                         "prefix", "requests", "sections", "unchecked_bytes"}
+                         "prefix", "requests", "sections", "unchecked_bytes", "weights_from"}
+    assert info["weights_from"] is None
     assert info["inspect_schema"] == 1
     assert info["prefix"] == {"nodes": 4, "tokens": 16, "longest_prefix": 12, "leaves": 2}
     assert info["kv"]["num_pages"] == 5 and info["kv"]["num_layers"] == 2

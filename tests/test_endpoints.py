@@ -4,9 +4,12 @@ import os
 
 import pytest
 
+from thaw.core import save
 from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of, resolve_path
 
-FIELDS = {"snapshot": {"path", "weights"}, "restore": {"path", "weights", "trust_unknown_weights"}}
+from .helpers import small_snapshot
+
+FIELDS = {"snapshot": {"path", "weights", "weights_from"}, "restore": {"path", "weights", "trust_unknown_weights"}}
 
 
 def test_snapshot_directory_is_required_and_confines_paths(tmp_path):
@@ -59,3 +62,28 @@ def test_engine_replies_become_results_or_typed_http_errors():
         with pytest.raises(HTTPRefusal) as caught:
             refusal_of(reply, "here")
         assert caught.value.status == status
+
+
+def test_referenced_weights_stay_inside_the_snapshot_directory(tmp_path):
+    """weights_from is confined like path; a restore of a snapshot whose weights are
+    referenced from outside the directory is refused before the engine reads anything."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    env = {"THAW_SNAPSHOT_DIR": str(root)}
+    assert checked_request("snapshot", {"path": "s.thaw", "weights_from": "t.thaw"}, FIELDS, env)["weights_from"] \
+        == str(root / "t.thaw")
+    for bad, text in (("../outside/t.thaw", "outside"), ("s3://bucket/t.thaw", "local files only"), (3, "local")):
+        with pytest.raises(HTTPRefusal, match=text):
+            checked_request("snapshot", {"path": "s.thaw", "weights_from": bad}, FIELDS, env)
+    trunk = small_snapshot()
+    save(trunk, outside / "t.thaw")
+    save(trunk, root / "t.thaw")
+    for where, name in ((outside, "escapes.thaw"), (root, "stays.thaw")):
+        session = small_snapshot(1)
+        session.weights, session.weights_from = {}, str(where / "t.thaw")
+        session.identity.weights_digest = trunk.identity.weights_digest
+        save(session, root / name)
+    assert checked_request("restore", {"path": "stays.thaw"}, FIELDS, env)["path"] == str(root / "stays.thaw")
+    with pytest.raises(HTTPRefusal, match="references its weights from .*outside") as caught:
+        checked_request("restore", {"path": "escapes.thaw"}, FIELDS, env)
+    assert caught.value.status == 403 and caught.value.type_name == "PathOutsideSnapshotDir"

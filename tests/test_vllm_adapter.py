@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import thaw
 from thaw.testing.tiny_model import build_tiny_llama
@@ -108,17 +109,27 @@ def test_fork_cli(model, tmp_path):
 
 
 def test_dummy_weight_engine_refuses_a_snapshot_without_weights(model, tmp_path):
-    """An engine with random weights must not accept KV computed with other weights."""
-    snap = tmp_path / "kv-only.thaw"
+    """An engine with random weights must not accept KV computed with other weights; nor
+    reference weights it cannot show to be a file's (other weights, or its own unknown)."""
+    snap, other, session = tmp_path / "kv-only.thaw", tmp_path / "other.thaw", tmp_path / "session.thaw"
+    thaw.save(thaw.StateSnapshot.from_tensors({"w": torch.ones(4)}), other)
     with EngineWorker(DRIVER, {"model": model}) as parent:
         parent.call("generate", prompt_token_ids=PROMPT, max_tokens=1)
         parent.call("snapshot", path=str(snap), weights=False)
+        with pytest.raises(RemoteError) as err:
+            parent.call("snapshot", path=str(session), weights_from=str(other))
+        assert err.value.type == "IdentityMismatch" and "weights_digest of" in err.value.remote_message
+        assert not session.exists()
     with EngineWorker(DRIVER, {"model": model, "load_format": "dummy"}) as child:
         before = child.call("state")
         with pytest.raises(RemoteError) as err:
             child.call("restore", path=str(snap))
         assert err.value.type == "IdentityMismatch" and "weights_digest" in err.value.remote_message
         assert child.call("state") == before
+        with pytest.raises(RemoteError) as err:
+            child.call("snapshot", path=str(session), weights_from=str(other))
+        assert err.value.type == "ThawError" and "weights are unknown" in err.value.remote_message
+        assert not session.exists()
 
 
 def test_snapshot_of_another_block_size_is_recut_and_hits(model, tmp_path):

@@ -77,6 +77,8 @@ def _print_summary(path: str, info: dict) -> None:
           f"  head dim {_shown(ident['head_dim'])}")
     w = info["weights"]
     print(f"  weights    {w['count']} tensors, {w['bytes']:,} bytes" if w["count"] else "  weights    (none)")
+    if info["weights_from"]:
+        print(f"             referenced from {info['weights_from']} (not held in this file)")
     kv = info["kv"]
     print(f"  kv         {kv['num_pages']} pages x {kv['num_layers']} layers, layout {kv['layout']},"
           f" page size {kv['page_size']}, {kv['bytes']:,} bytes" if kv else "  kv         (none)")

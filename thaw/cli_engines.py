@@ -81,6 +81,8 @@ def cmd_remote(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"path": args.path, "weights": not args.no_weights}
         if args.weights_format:
             body["weights_format"] = args.weights_format
+        if args.weights_from:
+            body["weights_from"] = args.weights_from
         reply = call(args.url, "snapshot", body, api_key=args.api_key)
     else:
         reply = call(args.url, "restore", {"path": args.path, "weights": not args.no_weights,
@@ -138,6 +140,9 @@ def add_engine_commands(sub: Any) -> None:
                            "the engine's own, which must match the snapshot's digest (restore)")
         if name == "snapshot":
             p.add_argument("--weights-format", default=None, help="checkpoint or vllm.parameters")
+            p.add_argument("--weights-from", default=None, metavar="SNAPSHOT",
+                           help="reference the weights from this snapshot (under THAW_SNAPSHOT_DIR, holding the "
+                           "engine's weights) instead of copying them: the new snapshot costs its KV only")
         if name == "restore":
             p.add_argument("--trust-unknown-weights", action="store_true",
                            help="with --no-weights: accept an engine whose weights digest is unknown")

@@ -22,6 +22,9 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from thaw.core.errors import ThawError
+from thaw.core.object_store import is_url
+
 SNAPSHOT_DIR_ENV = "THAW_SNAPSHOT_DIR"
 SNAPSHOT_URLS_ENV = "THAW_SNAPSHOT_URLS"
 STATUS_OF = {"IdentityMismatch": 409, "SnapshotIncomplete": 409, "ChecksumError": 422, "FormatError": 422,
@@ -58,8 +61,6 @@ def resolve_url(requested: str, allowed: Optional[str]) -> str:
 def resolve_path(requested: Any, root: Optional[str], allowed_urls: Optional[str] = None) -> str:
     """`requested` (relative to `root`, or absolute inside it) as a real path inside
     `root`; a URL only under `allowed_urls` (`resolve_url`)."""
-    from thaw.core.object_store import is_url
-
     if isinstance(requested, str) and is_url(requested):
         return resolve_url(requested, allowed_urls)
     if root is None:
@@ -99,10 +100,39 @@ def checked_request(op: str, body: dict[str, Any], fields: Mapping[str, set[str]
     if unknown:
         raise HTTPRefusal(400, "BadRequest", f"unknown fields {sorted(unknown)}; /thaw/{op} takes {sorted(fields[op])}")
     out = dict(body)
-    out["path"] = resolve_path(body.get("path"), environ.get(SNAPSHOT_DIR_ENV), environ.get(SNAPSHOT_URLS_ENV))
+    root = environ.get(SNAPSHOT_DIR_ENV)
+    out["path"] = resolve_path(body.get("path"), root, environ.get(SNAPSHOT_URLS_ENV))
+    if body.get("weights_from") is not None:
+        if not isinstance(body["weights_from"], str) or is_url(body["weights_from"]):
+            raise HTTPRefusal(400, "BadRequest", "'weights_from' must name a snapshot file under the snapshot "
+                              "directory (weights are referenced between local files only)")
+        out["weights_from"] = resolve_path(body["weights_from"], root)
+    if op == "restore" and not is_url(out["path"]):
+        check_reference_inside(out["path"], root)
     if op in ("snapshot", "restore"):
         out["requests"] = False
     return out
+
+
+def check_reference_inside(path: str, root: Optional[str]) -> None:
+    """Refuses a restore of the snapshot at `path` (inside `root`) whose weights are
+    referenced from a file outside `root`: the endpoint would read where the operator did
+    not allow. A file that cannot be opened is left to the engine's restore to report."""
+    from thaw.core.weights_ref import referenced_file
+
+    if root is None or not os.path.isfile(path):
+        return
+    try:
+        target = referenced_file(path)
+    except ThawError as exc:
+        raise HTTPRefusal(STATUS_OF.get(type(exc).__name__, 400), type(exc).__name__, str(exc)) from None
+    if target is None:
+        return
+    base, real = os.path.realpath(root), os.path.realpath(target)
+    if os.path.commonpath([base, real]) != base:
+        raise HTTPRefusal(403, "PathOutsideSnapshotDir",
+                          f"{os.path.relpath(path, base)!r} references its weights from {target!r}, outside "
+                          f"the snapshot directory {base}")
 
 
 def status_extras(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from . import format as fmt
+from .device_stage import DeviceStager, on_device
 from .errors import ChecksumError, FormatError
 from .movers import DEFAULT_THREADS, Buffer, movers
 
@@ -31,12 +32,13 @@ VERIFY_WINDOW = 64 * 2**20  # bytes read per call while verifying a section
 
 
 def _as_bytes_view(buf: Buffer) -> Buffer:
-    """A 1-D uint8 view the movers accept (numpy, torch CPU tensor, or bytes-like)."""
+    """A 1-D uint8 view the movers accept (numpy, torch CPU tensor, or bytes-like), or of a
+    CUDA tensor (written through `device_stage`)."""
     if hasattr(buf, "untyped_storage"):  # torch.Tensor
         import torch
 
-        if buf.device.type != "cpu":
-            raise FormatError(f"section data must be in CPU memory, found a tensor on {buf.device}")
+        if buf.device.type not in ("cpu", "cuda"):
+            raise FormatError(f"section data must be in CPU or CUDA memory, found a tensor on {buf.device}")
         if not buf.is_contiguous():
             raise FormatError("section data must be a contiguous tensor")
         return buf.reshape(-1).view(torch.uint8) if buf.dim() else buf.reshape(1).view(torch.uint8)
@@ -134,7 +136,8 @@ def write_container(
     threads: int = DEFAULT_THREADS,
     timings: Optional[dict[str, float]] = None,
 ) -> None:
-    """Atomically writes a snapshot file holding `meta` and the named payloads, in order.
+    """Atomically writes a snapshot file holding `meta` and the named payloads, in order
+    (host buffers, or CUDA tensors that stay unchanged until this returns: `device_stage`).
     With `timings`, records the seconds spent checksumming and writing (``write``) and
     flushing to the device and swapping the file into place (``flush``)."""
     t0 = time.perf_counter()
@@ -150,12 +153,20 @@ def write_container(
     sweep_stale_temps(path)
     tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    device_views = [v for _, v in views if on_device(v)]
+    stager = None
     try:
         os.fchmod(fd, mode)  # exactly: the umask does not widen or narrow a kept mode
+        stager = DeviceStager(device_views, chunk_size) if device_views else None
         written = []
         for section, (_, view) in zip(planned, views):
-            crcs = mv.write_section(fd, section.offset, view, section.padded_length, chunk_size, threads)
+            if stager is not None and on_device(view):
+                crcs = stager.write(fd, section.offset, section.padded_length, chunk_size, threads)
+            else:
+                crcs = mv.write_section(fd, section.offset, view, section.padded_length, chunk_size, threads)
             written.append(fmt.Section(section.name, section.offset, section.length, chunk_size, tuple(crcs)))
+        if stager is not None:
+            stager.close()
         header = fmt.encode_header({"meta": meta, "sections": [s.to_json() for s in written]})
         if len(header) != header_len:
             raise FormatError("internal: header length changed between planning and writing")
@@ -167,6 +178,8 @@ def write_container(
         fd = -1
         os.replace(tmp, path)
     except BaseException as exc:
+        if stager is not None:
+            stager.close()  # no staging buffer is freed under a copy in flight
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)

@@ -243,6 +243,16 @@ class StateSnapshot:
     extras: dict[str, Any] = field(default_factory=dict)
     extra_tensors: dict[str, TensorData] = field(default_factory=dict)
     source: Any = field(default=None, repr=False, compare=False)  # open Container when loaded
+    # A snapshot file whose weights `save` references instead of copying (`weights_ref`);
+    # set by `load` on a snapshot that references its weights, which then come from there.
+    weights_from: Optional[str] = field(default=None, compare=False)
+
+    @property
+    def weights_source(self) -> Any:
+        """The open container every weight is read from (`source`, or the referenced
+        snapshot's); None when any weight is in memory or there are none."""
+        containers = {id(d._container): d._container for d in self.weights.values()}
+        return next(iter(containers.values())) if len(containers) == 1 and None not in containers.values() else None
 
     @classmethod
     def from_tensors(cls, weights: dict[str, torch.Tensor],

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from . import format as fmt
+from . import weights_ref
 from .container import Container, open_container, write_container
 from .dtypes import check_dtype_name, dtype_name
 from .errors import SchemaError, ThawError
@@ -68,16 +69,24 @@ def _prefix_arrays(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = fmt.DEFAULT_CHUNK,
          timings: Optional[dict[str, float]] = None) -> None:
     """Validates `snapshot` and writes it atomically to `path` (one file, or an object at a
-    URL: written locally, then uploaded, see `object_store`). With `timings`, records the
-    seconds of each phase of a local write (``write``, ``flush``: see `write_container`)."""
+    URL: written locally, then uploaded, see `object_store`). With `snapshot.weights_from`
+    set, the weights are referenced from that file instead of copied (`weights_ref`). With
+    `timings`, records the seconds of each phase of a local write (``write``, ``flush``:
+    see `write_container`)."""
     from .object_store import is_url, save_to_url
 
     if is_url(path):
         snapshot.validate()  # before anything is written or sent
+        if snapshot.weights_from:
+            raise ThawError(f"weights referenced between snapshots are local files only: {path} cannot "
+                            f"reference {snapshot.weights_from}; save the weights into it")
         save_to_url(lambda local: save(snapshot, local, chunk_size=chunk_size), path)
         return
     snapshot.validate()
-    if snapshot.weights and not snapshot.identity.weights_digest:
+    if snapshot.weights and not snapshot.identity.weights_digest and not snapshot.weights_from:
+        if any(w.in_memory and w.tensor().device.type != "cpu" for w in snapshot.weights.values()):
+            raise SchemaError("weights held in device memory must come with their digest "
+                              "(identity.weights_digest, computed where they are)")
         t0 = time.perf_counter()
         snapshot.identity.weights_digest = weights_digest(snapshot.weights)
         if timings is not None:
@@ -94,7 +103,10 @@ def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = 
         "extras": snapshot.extras,
         "extra_tensors": [],
     }
-    for name, data in snapshot.weights.items():
+    if snapshot.weights_from:  # referenced, not copied: checked against the target first
+        meta[weights_ref.REF_KEY] = weights_ref.entry_for(snapshot.weights_from, path, snapshot.identity.weights_digest,
+                                                          snapshot.weights_format)
+    for name, data in ({} if snapshot.weights_from else snapshot.weights).items():
         section = f"weights/{name}"
         meta["weights"].append(_tensor_entry(name, section, data))
         payloads.append((section, _bytes(data.raw_bytes_view())))
@@ -237,9 +249,33 @@ def load(path: str | os.PathLike, *, verify: bool = True,
         snap.extras = _field(meta, "extras", dict)
         snap.validate()
         _check_weights_digest(c, snap)
+        entry = weights_ref.read_entry(meta)
     except ThawError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise SchemaError(f"meta: malformed snapshot metadata ({type(exc).__name__}: {exc})") from None
     snap.source = c
+    if entry is not None:
+        _take_referenced_weights(snap, entry, str(path), verify=verify)
     return snap
+
+
+def _take_referenced_weights(snap: StateSnapshot, entry: dict[str, str], path: str, *, verify: bool) -> None:
+    """Gives `snap` (loaded from `path`) the weights of the snapshot its entry names,
+    refusing one whose weights are not the digest both files claim."""
+    if snap.weights:
+        raise SchemaError(f"{path}: holds weights and also references {entry['path']!r} for them")
+    if entry["weights_digest"] != snap.identity.weights_digest:
+        raise SchemaError(f"{path}: references weights of digest {entry['weights_digest']!r} but its "
+                          f"identity names {snap.identity.weights_digest!r}")
+    if entry["weights_format"] != snap.weights_format:
+        raise SchemaError(f"{path}: references weights in format {entry['weights_format']!r} but "
+                          f"declares {snap.weights_format!r}")
+    target = weights_ref.resolve(entry["path"], path)
+    try:
+        weights_ref.check_target(target, entry["weights_digest"], entry["weights_format"], path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(exc.errno, f"snapshot {path} takes its weights from {target}, which is missing",
+                                target) from None
+    held = load(target, verify=verify)  # its own digest check: the weights are what it claims
+    snap.weights, snap.weights_from = held.weights, target

@@ -40,6 +40,7 @@ def inspect_snapshot(snap: StateSnapshot) -> dict[str, Any]:
         "file_bytes": c.file_size if c is not None else None,
         "identity": snap.identity.to_json(),
         "weights": {"count": len(snap.weights), "bytes": sum(w.nbytes for w in snap.weights.values())},
+        "weights_from": snap.weights_from,
         "kv": kv,
         "prefix": prefix,
         "requests": [{"request_id": r.request_id, "status": r.status,

@@ -50,6 +50,13 @@ class TensorData:
             t = t.cpu()
         return cls(t.dtype, tuple(t.shape), tensor=t.contiguous())  # refuses dtypes without a name
 
+    @classmethod
+    def in_place(cls, tensor: "torch.Tensor") -> "TensorData":
+        """`tensor` held where it is, not copied (a CUDA tensor stays on its device): for a
+        snapshot written at once while nothing changes the tensor (`device_stage`)."""
+        t = tensor.detach()
+        return cls(t.dtype, tuple(t.shape), tensor=t.contiguous())
+
     @property
     def dtype(self) -> "torch.dtype":
         return dtype_from_name(self.dtype_name)
@@ -103,7 +110,8 @@ class TensorData:
         return torch.empty(self.shape, dtype=self.dtype)
 
     def raw_bytes_view(self) -> "torch.Tensor":
-        """The in-memory tensor as a contiguous CPU tensor, ready to be written."""
+        """The in-memory tensor as a contiguous tensor, ready to be written (on its
+        device for `in_place` data, else in host memory)."""
         return self.tensor().contiguous()
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ import torch
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, IdentityMismatch, PrefixTree,
                        StateSnapshot, TensorData, ThawError, check_kv_weights, check_weights_format,
                        config_digest, convert_pages, load, save)
+from thaw.core import weights_ref
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
 from thaw.core.recut import fit_for_restore
@@ -146,11 +147,17 @@ def status(s: Any) -> dict[str, Any]:
             "requests_in_flight": len(cache["requests"])}
 
 
-def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True) -> dict[str, Any]:
+def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
+             weights_from: Optional[str] = None) -> dict[str, Any]:
     """The tree, its KV pages, the weights and (with `requests`) the live requests, written
-    to `path` atomically."""
+    to `path` atomically; with `weights_from` (a snapshot file holding the engine's
+    weights, checked first) the weights are referenced from there, not copied."""
     t0 = time.perf_counter()
     check_supported(s)
+    if weights_from is not None:
+        if not weights:
+            raise ThawError("weights=False leaves the weights out; weights_from references them: pass one")
+        weights_ref.check_target(weights_from, current_weights_digest(s), CHECKPOINT_WEIGHTS, path)
     cap = cache_state.capture_tree(s.tree_cache, s.page_size)
     page_of = {pool_page: i for i, pool_page in enumerate(cap.pool_pages)}
     requests = capture_requests(s, page_of, cap.pool_pages) if requests else []
@@ -158,7 +165,9 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True) -> 
     layers = cache_state.gather_pages(pool, cap.pool_pages, s.page_size)
     snap = StateSnapshot.from_kv(cache_state.kv_layout(pool, s.page_size), layers, cap.tree,
                                  engine_identity(s), requests)
-    if weights:
+    if weights_from is not None:
+        snap.weights_from = weights_from
+    elif weights:
         snap.weights = {k: TensorData.of(v) for k, v in checkpoint_weights(s).items()}
     snap.extras = {"sglang": {"tokens_skipped": cap.tokens_skipped}}
     t1 = time.perf_counter()

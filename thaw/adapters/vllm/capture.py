@@ -144,9 +144,11 @@ def capture_index(parts: EngineParts, recorder: BlockTokenRecorder, *,
 
 
 def capture(parts: EngineParts, recorder: BlockTokenRecorder, identity,
-            weights: dict[str, torch.Tensor] | None, *,
-            requests: bool = True) -> tuple[StateSnapshot, CaptureReport]:
-    """The engine's state in memory (KV copied out of an in-core worker)."""
+            weights: dict[str, torch.Tensor] | None, *, requests: bool = True,
+            copy_weights: bool = True) -> tuple[StateSnapshot, CaptureReport]:
+    """The engine's state in memory (KV copied out of an in-core worker). Weights are copied
+    to host memory, or with `copy_weights=False` held where they are (for a snapshot
+    written before the engine runs again: the file writer stages them from the device)."""
     if parts.workers is not None:
         raise EngineUnsupported("this engine's KV lives in a worker process: snapshot it to a file "
                                 "(snapshot(path)), which the worker writes itself")
@@ -154,7 +156,7 @@ def capture(parts: EngineParts, recorder: BlockTokenRecorder, identity,
     layers = gather_kv(parts, block_ids)
     snap = StateSnapshot(
         identity=identity,
-        weights={k: TensorData.of(v) for k, v in (weights or {}).items()},
+        weights={k: (TensorData.of if copy_weights else TensorData.in_place)(v) for k, v in (weights or {}).items()},
         kv=PagedKV(parts.layout, [TensorData.of(t) for t in layers]),
         prefix=tree,
         requests=in_flight,

@@ -11,6 +11,7 @@ import torch
 
 from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError, save
 from thaw.core.adapter import EngineAdapter
+from thaw.core import weights_ref
 from thaw.core.container import file_key
 from thaw.core.object_store import absolute
 from thaw.core.prefault import populate_for_write
@@ -29,6 +30,7 @@ from .worker_ops import prefix_to_json
 from .weights import PARAMETERS_FORMAT, check_format, native_format, parameters, parameters_digest
 
 SnapshotSource = Union[str, os.PathLike, StateSnapshot]
+KEPT_REGISTRATIONS = 2  # see VLLMHandle._registered_file
 logger = logging.getLogger("thaw.vllm")
 
 
@@ -114,7 +116,7 @@ class VLLMHandle(EngineAdapter):
 
     # -- snapshot -------------------------------------------------------------------
     def capture(self, *, weights: bool = True, weights_format: Optional[str] = None,
-                strict: bool = False, requests: bool = True) -> StateSnapshot:
+                strict: bool = False, requests: bool = True, copy_weights: bool = True) -> StateSnapshot:
         """An in-memory StateSnapshot of the engine (KV copied out; weights copied out, or
         referenced from the checkpoint). `weights_format` (default: the engine's own) names
         how weights are stored and what the identity's weights digest covers.
@@ -123,7 +125,8 @@ class VLLMHandle(EngineAdapter):
         evicted) are left out with a warning naming how many and why; with `strict` that
         raises `SnapshotIncomplete` instead, before anything is written. In-flight requests
         are captured when `requests`; one whose settings a snapshot cannot carry exactly is
-        refused by name (EngineUnsupported)."""
+        refused by name (EngineUnsupported). `copy_weights=False` holds CUDA weights where
+        they are, for a snapshot written before the engine runs again (`snapshot` does)."""
         fmt = weights_format or native_format(self.parts)
         check_format(self.parts, fmt)
         tensors = None
@@ -134,7 +137,8 @@ class VLLMHandle(EngineAdapter):
         elif weights:
             tensors = self.checkpoint_weights()
         identity = engine_access.engine_identity(self.parts, self.weights_digest(fmt))
-        snap, self.last_capture = capture(self.parts, self.recorder, identity, tensors, requests=requests)
+        snap, self.last_capture = capture(self.parts, self.recorder, identity, tensors, requests=requests,
+                                          copy_weights=copy_weights)
         report_missing_blocks(self.last_capture, strict=strict,
                               recorder_from_start=self.recorder.since_pool_start)
         snap.weights_format = fmt
@@ -142,22 +146,44 @@ class VLLMHandle(EngineAdapter):
 
     def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True,
                  weights_format: Optional[str] = None, strict: bool = False,
-                 requests: bool = True) -> CaptureReport:
+                 requests: bool = True, weights_from: Optional[Union[str, os.PathLike]] = None) -> CaptureReport:
         """Writes the engine's state to `path` atomically; returns what was captured.
         `strict`: refuse (SnapshotIncomplete) rather than leave cached blocks out;
-        `requests=False`: leave in-flight requests out."""
+        `requests=False`: leave in-flight requests out; `weights_from`: a snapshot file
+        holding this engine's weights (same format and digest, checked first), which the
+        new snapshot references instead of copying them (`thaw.core.weights_ref`)."""
+        ref = self._weights_reference(path, weights_from, weights, weights_format)
         if self.parts.workers is not None:
             return self._snapshot_in_worker(path, weights=weights, weights_format=weights_format,
-                                            strict=strict, requests=requests)
+                                            strict=strict, requests=requests, weights_from=ref)
         t0 = time.perf_counter()
-        snap = self.capture(weights=weights, weights_format=weights_format, strict=strict, requests=requests)
+        snap = self.capture(weights=weights and ref is None, weights_format=weights_format, strict=strict,
+                            requests=requests, copy_weights=False)  # staged from the device by the writer
+        snap.weights_from = ref
         seconds = {"capture": time.perf_counter() - t0}
         save(snap, path, timings=seconds)
         self.last_capture.seconds = seconds
         return self.last_capture
 
+    def _weights_reference(self, path: Union[str, os.PathLike], weights_from: Optional[Union[str, os.PathLike]],
+                           weights: bool, weights_format: Optional[str]) -> Optional[str]:
+        """`weights_from` as an absolute path, once it is known to hold this engine's
+        weights in the snapshot's format; None without it."""
+        if weights_from is None:
+            return None
+        if not weights:
+            raise ThawError("weights=False leaves the weights out; weights_from references them: pass one")
+        fmt = weights_format or native_format(self.parts)
+        if not self.weights_digest(fmt):
+            raise ThawError("the engine runs dummy weights and was not restored: its weights are unknown, so "
+                            f"they cannot be shown to equal those of {weights_from}")
+        ref = absolute(weights_from)
+        weights_ref.check_target(ref, self.weights_digest(fmt), fmt, absolute(path))
+        return ref
+
     def _snapshot_in_worker(self, path: Union[str, os.PathLike], *, weights: bool,
-                            weights_format: Optional[str], strict: bool, requests: bool) -> CaptureReport:
+                            weights_format: Optional[str], strict: bool, requests: bool,
+                            weights_from: Optional[str] = None) -> CaptureReport:
         """The model runs in a worker process: the core captures the prefix index (and
         requests), the worker gathers its KV blocks and weights and writes the file."""
         fmt = weights_format or native_format(self.parts)
@@ -166,7 +192,9 @@ class VLLMHandle(EngineAdapter):
         tree, block_ids, in_flight, report = capture_index(self.parts, self.recorder, requests=requests)
         report_missing_blocks(report, strict=strict, recorder_from_start=self.recorder.since_pool_start)
         source: dict[str, Any] = {}
-        if weights and self._restored_checkpoint is not None:
+        if weights_from is not None:
+            source = {"from": weights_from}
+        elif weights and self._restored_checkpoint is not None:
             if self._restored_from is None:
                 raise ThawError("the engine's weights came from an in-memory snapshot, which its worker "
                                 "process cannot read: snapshot with weights=False")
@@ -194,8 +222,9 @@ class VLLMHandle(EngineAdapter):
 
     def prepare(self, path: Union[str, os.PathLike], *, kv_on_device: bool = False) -> float:
         """Opens the snapshot at `path` (and, for a CUDA engine, maps it and registers it
-        with CUDA) ahead of restores from it, so that they start at once; returns the
-        seconds it took. Restores do the same on first use.
+        with CUDA, with the file its weights are referenced from, if any) ahead of restores
+        from it, so that they start at once; returns the seconds it took. Restores do the
+        same on first use.
 
         `kv_on_device` (CUDA only): also copies the snapshot's KV pages into GPU memory
         outside the engine's pool (their size, reported by the restore as `kv_bytes`),
@@ -205,6 +234,9 @@ class VLLMHandle(EngineAdapter):
         t0 = time.perf_counter()
         snap = self._opened_snapshot(path)
         if self.parts.on_cuda and snap.source is not None and snap.source.is_local:
+            held_in = snap.weights_source  # a file its weights are referenced from: registered too
+            if held_in is not None and held_in is not snap.source and held_in.is_local:
+                self._registered_file(held_in)
             reg = self._registered_file(snap.source)
             if kv_on_device and snap.kv is not None:
                 from thaw.core.gpu import upload_sections
@@ -267,7 +299,7 @@ class VLLMHandle(EngineAdapter):
             self._digests = {snap.weights_format: snap.identity.weights_digest}
             # file-backed; read again only to capture checkpoint weights
             self._restored_checkpoint = dict(snap.weights) if snap.weights_format == CHECKPOINT_WEIGHTS else None
-            self._restored_from = snap.source.path if snap.source is not None else None
+            self._restored_from = snap.weights_source.path if snap.weights_source is not None else None
             self._weights_known = True
         self.resumed_outputs.update(resumed)
         self.last_restore = report
@@ -298,14 +330,17 @@ class VLLMHandle(EngineAdapter):
 
     def _registered_file(self, container: Any) -> Any:
         """The snapshot file mapped and registered with CUDA, kept for later restores of the
-        same file; registering another file releases the previous one (restores are
-        synchronous, so nothing is reading it any more)."""
+        same file. The two files used last stay registered (a restore reads at most two:
+        its own, and the one its weights are referenced from); registering a third
+        releases the oldest (restores are synchronous, so nothing is reading it any more)."""
         from thaw.core.gpu import RegisteredFile
 
         key = file_key(container.path)
-        if key not in self._registrations:
-            self.release_prepared()
-            self._registrations = {key: RegisteredFile(container)}
+        reg = self._registrations.pop(key, None)
+        self._registrations[key] = reg if reg is not None else RegisteredFile(container)  # newest last
+        while len(self._registrations) > KEPT_REGISTRATIONS:
+            oldest = next(iter(self._registrations))
+            self._registrations.pop(oldest).close()
         return self._registrations[key]
 
     def finish_requests(self) -> dict[str, list[int]]:

@@ -32,6 +32,10 @@ def _args(path: Optional[PathLike], prefault_kv: bool, **kwargs: Any) -> dict[st
     return out
 
 
+def _absolute(path: Optional[PathLike]) -> Optional[str]:
+    return None if path is None else absolute(path)
+
+
 class RemoteVLLMHandle:
     """A multiprocess `vllm.LLM`'s core, reached by utility calls. Same methods as
     `VLLMHandle` for snapshot, restore, prepare and identity; reports are dicts."""
@@ -51,9 +55,10 @@ class RemoteVLLMHandle:
         return self._call("status")
 
     def snapshot(self, path: PathLike, *, weights: bool = True, weights_format: Optional[str] = None,
-                 strict: bool = False, requests: bool = True) -> dict[str, Any]:
+                 strict: bool = False, requests: bool = True,
+                 weights_from: Optional[PathLike] = None) -> dict[str, Any]:
         return self._call("snapshot", path, weights=weights, weights_format=weights_format,
-                          strict=strict, requests=requests)
+                          strict=strict, requests=requests, weights_from=_absolute(weights_from))
 
     def restore(self, path: PathLike, *, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:
@@ -90,9 +95,10 @@ class AsyncVLLMHandle:
         return await self._call("status")
 
     async def snapshot(self, path: PathLike, *, weights: bool = True, weights_format: Optional[str] = None,
-                       strict: bool = False, requests: bool = True) -> dict[str, Any]:
+                       strict: bool = False, requests: bool = True,
+                       weights_from: Optional[PathLike] = None) -> dict[str, Any]:
         return await self._call("snapshot", path, weights=weights, weights_format=weights_format,
-                                strict=strict, requests=requests)
+                                strict=strict, requests=requests, weights_from=_absolute(weights_from))
 
     async def restore(self, path: PathLike, *, weights: bool = True, requests: bool = True,
                       trust_unknown_weights: bool = False) -> dict[str, Any]:

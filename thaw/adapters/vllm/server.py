@@ -5,7 +5,7 @@
 It answers under ``/thaw/`` and passes every other request to vLLM untouched:
 
 - ``GET /thaw/status``: the engine's identity and block counts (read-only);
-- ``POST /thaw/snapshot`` ``{"path", "weights"?, "weights_format"?, "strict"?}``;
+- ``POST /thaw/snapshot`` ``{"path", "weights"?, "weights_format"?, "strict"?, "weights_from"?}``;
 - ``POST /thaw/restore`` ``{"path", "weights"?, "trust_unknown_weights"?}``;
 - ``POST /thaw/prepare`` ``{"path"}``.
 
@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable
 from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of, resolve_path, status_extras
 
 __all__ = ["ThawMiddleware", "resolve_path"]
-FIELDS = {"snapshot": {"path", "weights", "weights_format", "strict"},
+FIELDS = {"snapshot": {"path", "weights", "weights_format", "strict", "weights_from"},
           "restore": {"path", "weights", "trust_unknown_weights"},
           "prepare": {"path"}}
 

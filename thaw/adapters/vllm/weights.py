@@ -102,9 +102,9 @@ class WeightsLoad:
         self.parts, self.snap = parts, snap
         self.bytes = sum(d.nbytes for d in snap.weights.values())
         on_gpu = parts.on_cuda
-        from_file = registry is not None and snap.source is not None and \
-            all(not d.in_memory for d in snap.weights.values())
-        self.registered = registry(snap.source) if on_gpu and from_file and snap.source.is_local else None
+        held_in = snap.weights_source  # the snapshot's file, or the one its weights are referenced from
+        from_file = registry is not None and held_in is not None
+        self.registered = registry(held_in) if on_gpu and from_file and held_in.is_local else None
         self.params: dict[str, torch.Tensor] = {}
         if snap.weights_format == PARAMETERS_FORMAT:
             self.params = parameters(parts)

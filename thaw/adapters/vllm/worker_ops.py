@@ -119,7 +119,8 @@ class _WorkerSide:
              set_id: Optional[str] = None) -> dict:
         """Writes this rank's part of a snapshot: the file `path` at tensor parallel size 1,
         else this rank's file in the directory `path` (marked with the set's `set_id`).
-        Weights (checkpoint format, the same on every rank) go into rank 0's file only."""
+        Weights (checkpoint format, the same on every rank) go into rank 0's file only, or
+        its reference to them (`weights={"from": path}`)."""
         t0 = time.perf_counter()
         layout = KVLayout.from_json(meta["layout"])
         tensors: dict[str, torch.Tensor] = {}
@@ -129,6 +130,7 @@ class _WorkerSide:
             tensors = read_checkpoint(weights["checkpoint_of"], dummy=False)
         elif self.rank == 0 and weights.get("snapshot"):
             tensors = {k: d.tensor() for k, d in self._open(weights["snapshot"])[0].weights.items()}
+        weights_from = weights.get("from") if self.rank == 0 else None  # referenced, not copied
         layers = gather_pages(self.kv_caches, block_ids, layout.page_elems)
         identity = Identity.from_json(meta["identity"])
         identity.tp_rank = self.rank
@@ -142,7 +144,7 @@ class _WorkerSide:
                              kv=PagedKV(layout, [TensorData.of(t) for t in layers]),
                              prefix=prefix_from_json(meta["prefix"]),
                              requests=[RequestState.from_json(r) for r in meta["requests"]],
-                             extras=extras)
+                             extras=extras, weights_from=weights_from)
         seconds = {"capture": time.perf_counter() - t0}
         save(snap, path, timings=seconds)
         return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": stored_size(path),
