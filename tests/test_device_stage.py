@@ -9,8 +9,6 @@ import thaw
 from thaw.core import StateSnapshot, TensorData, device_stage
 from thaw.core.container import Container, write_container
 
-from .helpers import small_snapshot
-
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device (no GPU on this machine; the GPU box runs these)")]
 
@@ -38,15 +36,15 @@ def test_device_payloads_land_byte_for_byte_beside_host_ones(tmp_path, monkeypat
 
 
 def test_weights_held_in_place_on_the_device_save_like_host_ones(tmp_path):
-    host = small_snapshot()
-    dev = small_snapshot()
-    dev.weights = {k: TensorData.in_place(v.tensor().cuda()) for k, v in host.weights.items()}
+    weights = {"w": torch.randn(64, 33), "b": torch.arange(7, dtype=torch.bfloat16)}
+    host = StateSnapshot.from_tensors(weights)
+    dev = StateSnapshot.from_tensors(weights)
+    dev.weights = {k: TensorData.in_place(v.cuda()) for k, v in weights.items()}
     with pytest.raises(thaw.SchemaError, match="device memory must come with their digest"):
         thaw.save(dev, tmp_path / "d.thaw")
     thaw.save(host, tmp_path / "h.thaw")
     dev.identity.weights_digest = thaw.load(tmp_path / "h.thaw").identity.weights_digest
     thaw.save(dev, tmp_path / "d.thaw")
     back = thaw.load(tmp_path / "d.thaw", verify=True)
-    for name, data in host.weights.items():
-        assert torch.equal(back.weights[name].tensor(), data.tensor())
-    assert isinstance(back, StateSnapshot)
+    for name, t in weights.items():
+        assert torch.equal(back.weights[name].tensor(), t)
