@@ -27,16 +27,33 @@ def trunk(tmp_path_factory):
     with EngineWorker(DRIVER, {"model": model}) as parent:
         parent.call("generate", prompt_token_ids=PROMPT, max_tokens=1)
         parent.call("snapshot", path=path)
+        PARENT_CACHED_OUTPUT[:] = parent.call("generate", prompt_token_ids=PROMPT, max_tokens=8)["tokens"]
     return model, path
 
 
+PARENT_CACHED_OUTPUT: list[int] = []  # the parent's greedy output with the trunk cached
+
+
 @pytest.fixture(scope="module")
-def local_branches(trunk):
-    """Six branches from a local pool of two engines: the reference for every later fork."""
+def local_pool(trunk):
     model, path = trunk
-    with EnginePool("vllm", {"model": model, "load_format": "dummy"}, 2, placement=LocalPlacement()) as pool:
-        first = pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
-        again = pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
+    # engines forked from one parent that imported vLLM once (thaw.zygote)
+    placement = LocalPlacement(preload=["vllm", "thaw.adapters.vllm.driver"])
+    with EnginePool("vllm", {"model": model, "load_format": "dummy"}, 2, placement=placement) as pool:
+        yield pool
+
+
+def _parent_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture(scope="module")
+def local_branches(trunk, local_pool):
+    """Six branches from a local pool of two engines: the reference for every later fork."""
+    path = trunk[1]
+    first = local_pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
+    again = local_pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
     return first, again
 
 
@@ -49,8 +66,23 @@ def test_local_pool_forks_every_branch_once_from_the_trunk(local_branches):
     assert [b.tokens for b in again] == [b.tokens for b in first]  # a branch is its seed
 
 
-def test_a_local_engine_killed_mid_call_is_replaced_and_its_branches_rerun(trunk, local_branches):
-    model, path = trunk
+def test_a_prepared_pool_serves_concurrent_requests_from_the_trunk(trunk, local_pool, local_branches):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = trunk[1]
+    assert {_parent_pid(e.pid) for e in local_pool.engines} == {local_pool.placement.zygote.proc.pid}
+    assert sorted(local_pool.prepare(path)) == ["engine-0", "engine-1"]
+    local_pool.engines[0].call("reset_prefix_cache")  # engine-0 must restore the trunk's pages again
+    with ThreadPoolExecutor(max_workers=3) as threads:  # three requests, two engines: one waits
+        served = list(threads.map(lambda _: local_pool.request(path, PROMPT, max_tokens=8), range(3)))
+    assert {s.engine for s in served} == {"engine-0", "engine-1"}
+    assert all(s.cached_tokens == FULL_BLOCKS and s.attempts == 1 for s in served)
+    assert all(s.tokens == PARENT_CACHED_OUTPUT for s in served)  # greedy, as the parent's own cached run
+    assert all(s.seconds >= s.wait_seconds + s.restore_seconds + s.generate_seconds for s in served)
+
+
+def test_a_local_engine_killed_mid_call_is_replaced_and_its_branches_rerun(trunk, local_pool, local_branches):
+    path = trunk[1]
     state: dict = {}
     events = []
 
@@ -58,19 +90,25 @@ def test_a_local_engine_killed_mid_call_is_replaced_and_its_branches_rerun(trunk
         events.append((kind, info.get("engine")))
         if kind == "generate" and info["branches"][0] == 3 and not state:
             state["killed"] = info["engine"]
-            engine = next(e for e in pool.engines if e.name == info["engine"])
+            engine = next(e for e in local_pool.engines if e.name == info["engine"])
             os.kill(engine.pid, signal.SIGKILL)
 
-    pool = EnginePool("vllm", {"model": model, "load_format": "dummy"}, 2, on_event=on_event)
+    local_pool.on_event, replaced = on_event, local_pool.replaced
     try:
-        out = pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
-        assert pool.replaced == 1 and ("lost", state["killed"]) in events
+        out = local_pool.fork(path, 6, prompt=PROMPT, max_tokens=8, seed=100)
+        assert local_pool.replaced == replaced + 1 and ("lost", state["killed"]) in events
     finally:
-        pool.close()
+        local_pool.on_event = lambda kind, info: None
     assert [b.index for b in out] == list(range(6))
     assert [b.attempts for b in out] == [1, 1, 1, 2, 2, 2]
     assert all(b.cached_tokens == FULL_BLOCKS for b in out)
     assert [b.tokens for b in out] == [b.tokens for b in local_branches[0]]
+    # the replacement holds neither weights nor trunk: preparing the pool again restores both there
+    fresh = next(e for e in local_pool.engines if e.name not in ("engine-0", "engine-1"))
+    assert _parent_pid(fresh.pid) == local_pool.placement.zygote.proc.pid  # forked, not started afresh
+    assert fresh.name in local_pool.prepare(path)
+    out = fresh.call("generate", prompt_token_ids=PROMPT, max_tokens=8)
+    assert out["cached_tokens"] == FULL_BLOCKS and out["tokens"] == PARENT_CACHED_OUTPUT
 
 
 @pytest.fixture(scope="module")

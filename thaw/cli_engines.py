@@ -54,7 +54,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         placement = LocalPlacement()
     with Steps(quiet=args.quiet) as steps:
         def on_event(kind: str, info: dict) -> None:
-            where = f"branches {info['branches'][0]}..{info['branches'][1] - 1}" if "branches" in info else ""
+            where = (f"branches {info['branches'][0]}..{info['branches'][1] - 1}" if "branches" in info
+                     else info.get("work", ""))
             steps.note(f"{info.get('engine', '')}: {kind} {where}".rstrip()
                        + (f" ({info['error']})" if "error" in info else ""))
 

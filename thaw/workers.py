@@ -17,9 +17,12 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .core.errors import ThawError
+
+if TYPE_CHECKING:
+    from .zygote import Zygote
 
 
 class RemoteError(ThawError):
@@ -35,13 +38,19 @@ class EngineWorker:
     """One engine in a child process. Use as a context manager, or call `close()`."""
 
     def __init__(self, driver: str, config: dict[str, Any], *, env: Optional[dict[str, str]] = None,
-                 start: bool = True) -> None:
+                 start: bool = True, zygote: Optional["Zygote"] = None) -> None:
+        """`zygote`: fork the worker from that pre-imported parent instead of starting
+        ``python -m thaw.workers`` (see `thaw.zygote`); it behaves the same."""
         self.driver = driver
         self.log = tempfile.NamedTemporaryFile(prefix="thaw-worker-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "thaw.workers", driver, json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            env={**os.environ, **(env or {})}, cwd=tempfile.gettempdir())
+        if zygote is not None:
+            self.proc: Any = zygote.spawn(driver, config, log_fd=self.log.fileno(), env=env,
+                                          cwd=tempfile.gettempdir())
+        else:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "thaw.workers", driver, json.dumps(config)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                env={**os.environ, **(env or {})}, cwd=tempfile.gettempdir())
         self.ready: Any = None
         if start:
             self.wait_ready()

@@ -5,6 +5,6 @@
 """
 
 from .placement import EngineLost, LocalPlacement, RayPlacement
-from .pool import Branch, EnginePool, FleetError
+from .pool import Branch, EnginePool, FleetError, Served
 
-__all__ = ["Branch", "EngineLost", "EnginePool", "FleetError", "LocalPlacement", "RayPlacement"]
+__all__ = ["Branch", "EngineLost", "EnginePool", "FleetError", "LocalPlacement", "RayPlacement", "Served"]

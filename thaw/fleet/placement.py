@@ -26,11 +26,12 @@ class Engine(Protocol):
 
 
 class _LocalEngine:
-    def __init__(self, name: str, driver: str, config: dict[str, Any], env: Optional[dict[str, str]]) -> None:
+    def __init__(self, name: str, driver: str, config: dict[str, Any], env: Optional[dict[str, str]],
+                 zygote: Any = None) -> None:
         from thaw.workers import EngineWorker
 
         self.name = name
-        self.worker = EngineWorker(driver, config, env=env, start=False)
+        self.worker = EngineWorker(driver, config, env=env, start=False, zygote=zygote)
 
     @property
     def pid(self) -> int:
@@ -63,13 +64,23 @@ class _LocalEngine:
 
 class LocalPlacement:
     """Each engine in a child process of this one (`thaw.workers.EngineWorker`), started
-    in parallel; `env` is added to each child's environment."""
+    in parallel; `env` is added to each child's environment. With `preload` (e.g.
+    ``["vllm", "thaw.adapters.vllm.driver"]``) engines are forked from one pre-imported
+    parent (`thaw.zygote`), started with the placement, so an engine started later (a
+    replacement) skips the imports; `close()` stops that parent."""
 
-    def __init__(self, env: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, env: Optional[dict[str, str]] = None, preload: Optional[list[str]] = None) -> None:
+        from thaw.zygote import Zygote
+
         self.env = env
+        self.zygote = Zygote(preload, env=env) if preload else None
 
     def start(self, name: str, driver: str, config: dict[str, Any]) -> _LocalEngine:
-        return _LocalEngine(name, driver, config, self.env)
+        return _LocalEngine(name, driver, config, self.env, self.zygote)
+
+    def close(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
 
     def wait_ready(self, engine: _LocalEngine) -> None:
         engine.wait_ready()
@@ -120,6 +131,9 @@ class RayPlacement:
         if self._actor_class is None:
             self._actor_class = ray.remote(max_restarts=0)(_DriverActor)
         return self._actor_class
+
+    def close(self) -> None:
+        """Nothing to stop: the actors went with their engines."""
 
     def start(self, name: str, driver: str, config: dict[str, Any]) -> _RayEngine:
         options: dict[str, Any] = dict(self.resources)
