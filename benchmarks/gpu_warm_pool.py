@@ -29,6 +29,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from thaw.adapters.vllm.driver import PRELOAD
 from thaw.fleet import EnginePool, LocalPlacement
 from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
@@ -135,7 +136,7 @@ def main() -> None:
 
     def forked():
         t0 = time.perf_counter()
-        with Zygote(["vllm", "thaw.adapters.vllm.driver"]) as zygote:
+        with Zygote(PRELOAD) as zygote:
             started = time.perf_counter() - t0
             return {"zygote_start_s": started, "zygote_import_s": zygote.import_seconds,
                     **new_worker(cfg, snap, trunk, zygote)}

@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from thaw.adapters.vllm.driver import PRELOAD
 from thaw.fleet import EnginePool, LocalPlacement, RayPlacement
 from thaw.workers import EngineWorker
 
@@ -38,7 +39,7 @@ PARENT_CACHED_OUTPUT: list[int] = []  # the parent's greedy output with the trun
 def local_pool(trunk):
     model, path = trunk
     # engines forked from one parent that imported vLLM once (thaw.zygote)
-    placement = LocalPlacement(preload=["vllm", "thaw.adapters.vllm.driver"])
+    placement = LocalPlacement(preload=PRELOAD)
     with EnginePool("vllm", {"model": model, "load_format": "dummy"}, 2, placement=placement) as pool:
         yield pool
 

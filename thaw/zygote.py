@@ -173,6 +173,10 @@ def _main(control_fd: int, preload: list[str]) -> None:
     except Exception as exc:  # reported to the parent, which raises ZygoteError
         send({"error": f"preloading {name!r} failed: {type(exc).__name__}: {exc}"})
         return
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        send({"error": f"preloading {preload} initialised CUDA: a forked child could not use it"})
+        return
     send({"import_seconds": time.perf_counter() - t0})
     exited: dict[int, int] = {}
     while True:

@@ -65,7 +65,7 @@ class _LocalEngine:
 class LocalPlacement:
     """Each engine in a child process of this one (`thaw.workers.EngineWorker`), started
     in parallel; `env` is added to each child's environment. With `preload` (e.g.
-    ``["vllm", "thaw.adapters.vllm.driver"]``) engines are forked from one pre-imported
+    ``thaw.adapters.vllm.driver.PRELOAD``) engines are forked from one pre-imported
     parent (`thaw.zygote`), started with the placement, so an engine started later (a
     replacement) skips the imports; `close()` stops that parent."""
 

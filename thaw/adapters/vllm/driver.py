@@ -12,6 +12,12 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "kv_cache_memory_bytes": 64 * 2**20, "skip_tokenizer_init": True,
 }
 
+# What a pre-imported parent (`thaw.zygote`) imports for this driver: `import vllm` leaves
+# these lazy, and a Llama engine's boot would import them; none touches a device.
+PRELOAD = ["vllm.entrypoints.llm", "vllm.v1.engine.llm_engine", "vllm.v1.engine.core",
+           "vllm.v1.worker.gpu_model_runner", "vllm.model_executor.models.llama", "thaw.adapters.vllm",
+           "thaw.adapters.vllm.driver"]
+
 
 def _report(report: Any) -> dict[str, Any]:
     return report if isinstance(report, dict) else report.to_json()
