@@ -7,7 +7,9 @@ stdin, stdout and stderr and runs the worker protocol of `thaw.workers` with the
 config given, so an `EngineWorker(..., zygote=z)` behaves as one started by `python -m
 thaw.workers`, only without the import. The fork happens before anything initialises CUDA:
 the preloaded modules must not touch a device at import (vLLM's and SGLang's do not), and
-each child initialises its own.
+each child initialises its own. vLLM's import leaves helper threads running, so Python warns
+at each fork (`DeprecationWarning`); a child uses none of them, and the vLLM workers of the
+tests and of `benchmarks/gpu_warm_pool.py` boot and serve forked this way.
 
 A child is not this process's child: `ForkedProcess` gives it the `subprocess.Popen` face
 the worker needs (`pid`, `stdin`, `stdout`, `poll`, `wait`, `kill`), its exit status read
