@@ -72,7 +72,7 @@ class Zygote:
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                      env={**os.environ, **(env or {})}, cwd=tempfile.gettempdir())
         theirs.close()
-        self._sock, self._lock = ours, threading.Lock()
+        self._sock, self._lock, self._closed = ours, threading.Lock(), False
         self._replies = ours.makefile("r")
         ready = self._reply()
         self.import_seconds: float = ready["import_seconds"]
@@ -100,15 +100,29 @@ class Zygote:
         try:
             pid = self._ask({"op": "spawn", "driver": driver, "config": config, "env": env or {}, "cwd": cwd},
                             (child_in, child_out, log_fd))["pid"]
+        except BaseException:
+            os.close(to_child)
+            os.close(from_child)
+            raise
         finally:
             os.close(child_in)
             os.close(child_out)
         return ForkedProcess(self, pid, os.fdopen(to_child, "w"), os.fdopen(from_child, "r"))
 
     def _status(self, pid: int) -> Optional[int]:
+        """The exit status the zygote reaped, None while `pid` runs. After `close` the
+        orphaned worker is reaped by init: only whether it still runs is known (-1 once gone)."""
+        if self._closed:
+            try:
+                os.kill(pid, 0)
+                return None
+            except ProcessLookupError:
+                return -1
         return self._ask({"op": "status", "pid": pid})["status"]
 
     def close(self) -> None:
+        self._closed = True
+        self._replies.close()  # the socket's fd stays open while a file made from it is
         self._sock.close()
         try:
             self.proc.wait(timeout=30)
