@@ -36,6 +36,9 @@ class RestoreReport:
     weights_bytes: int = 0
     kv_from: Optional[str] = None  # "file" (registered, uploaded), "host", "device" (prepared), "worker"
     tp_resharded: Optional[list[int]] = None  # [snapshot's ranks, engine's]: KV heads re-cut between sizes
+    # Where the snapshot file was not in the page cache (thaw.core.residency): the share of
+    # it that was, when the restore read it from the disk instead of mapping it.
+    cold_file_resident: Optional[float] = None
     seconds: dict[str, float] = field(default_factory=dict)  # checks, weights, kv, requests
 
     def to_json(self) -> dict[str, Any]:

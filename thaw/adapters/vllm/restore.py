@@ -20,6 +20,7 @@ from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestSta
                        ThawError, check_kv_weights)
 
 from thaw.core.recut import fit_for_restore
+from thaw.core.residency import COLD_BELOW, resident_fraction
 
 from .engine_access import NO_FRONT, EngineParts, block_hasher, engine_block_hashes, request_rejections
 from .recorder import BlockTokenRecorder
@@ -159,6 +160,14 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
         check_hasher_agrees(parts, snap, hashes)
     placement = KVPlacement(parts, snap, hashes, report) if hashes else None
     prepared = prepare_requests(snap.requests) if resume else []
+    # A local file mostly outside the page cache is read from the disk, not mapped (mapping
+    # or registering it would fault it in a page at a time); a registered file is resident.
+    # The weights decide for the file they are held in (WeightsLoad), the KV pages here.
+    local = snap.source is not None and snap.source.is_local and registry is not None and parts.on_cuda
+    resident = resident_fraction(snap.source.path) if local and parts.workers is None else 1.0
+    cold = resident < COLD_BELOW
+    if cold:
+        report.cold_file_resident = resident
     weights = WeightsLoad(parts, snap, registry) if has_weights else None
     if weights is not None:
         report.weights_format, report.weights_route, report.weights_bytes = (
@@ -170,15 +179,15 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
     direct = (placement is not None and registry is not None and parts.on_cuda
               and placement.every_page and snap.kv.layout == parts.layout
               and all(layer._section for layer in snap.kv.layers) and snap.source is not None
-              and snap.source.is_local)  # a file the GPU can map (not an object at a URL)
+              and snap.source.is_local and not cold)  # a cached file the GPU can map (not at a URL)
     in_core = placement is not None and not direct and parts.workers is None  # else the worker reads them
     pages = [layer.mapped() for layer in snap.kv.layers] if in_core else None
-    resident = resident_kv(snap.source) if direct and resident_kv is not None else None
+    on_device = resident_kv(snap.source) if direct and resident_kv is not None else None
     try:
         if weights is not None:
             weights.stage()
         lap("read_and_verify")
-        if placement is not None and resident is None:
+        if placement is not None and on_device is None:
             placement.stage(pages, registry(snap.source) if direct else None)
         lap("kv_stage")  # CUDA: KV uploaded to GPU memory and checked there
     except BaseException:
@@ -191,7 +200,7 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
         placement.allocate()  # the first change to the engine (it may evict cached blocks)
     try:
         if placement is not None:
-            placement.move(pages, resident)
+            placement.move(pages, on_device)
         lap("kv")
         if weights is not None:
             report.weights_restored = weights.commit()

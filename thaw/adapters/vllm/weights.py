@@ -22,6 +22,7 @@ import torch
 
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, IdentityMismatch, StateSnapshot,
                        check_weights_format)
+from thaw.core.residency import COLD_BELOW, resident_fraction
 from thaw.core.snapshot_io import digest_of
 
 from .engine_access import EngineParts, reload_weights
@@ -85,11 +86,15 @@ class WeightsLoad:
     Routes (reported as `route`):
       checkpoint/gpu-staged  checkpoint tensors copied from the CUDA-registered file into
                              GPU tensors, checked there, then vLLM's reload path;
+      checkpoint/gpu-streamed  the same from a file mostly outside the page cache, read
+                             with O_DIRECT and checked as read;
       checkpoint/host        checkpoint tensors read and checked on the host, then reload;
       checkpoint/worker      (the model runs in a worker process) the worker reads and checks
                              the tensors from the file, then reloads them itself;
       parameters/gpu-staged  every parameter copied from the registered file into one GPU
                              staging buffer and checked there; commit is a device copy;
+      parameters/gpu-streamed  (the file is mostly outside the page cache) the same staging,
+                             filled by O_DIRECT reads checked on the host as they land;
       parameters/host-verified  (too little free GPU memory to stage) the file's bytes are
                              checked on the host first, then copied into the parameters;
       parameters/host        an in-memory snapshot: host tensors copied into the parameters.
@@ -104,12 +109,21 @@ class WeightsLoad:
         on_gpu = parts.on_cuda
         held_in = snap.weights_source  # the snapshot's file, or the one its weights are referenced from
         from_file = registry is not None and held_in is not None
-        self.registered = registry(held_in) if on_gpu and from_file and held_in.is_local else None
+        mappable = on_gpu and from_file and held_in.is_local and parts.workers is None
+        self.resident = resident_fraction(held_in.path) if mappable else None
+        # A file mostly outside the page cache is streamed from the disk (O_DIRECT) when the
+        # GPU can hold the staging; registering it would fault it in a page at a time.
+        self.streamed = (self.resident is not None and self.resident < COLD_BELOW
+                         and _free_gpu_bytes(parts) >= self.bytes + STAGING_HEADROOM)
+        self.container = held_in
+        self.registered = registry(held_in) if mappable and not self.streamed else None
         self.params: dict[str, torch.Tensor] = {}
         if snap.weights_format == PARAMETERS_FORMAT:
             self.params = parameters(parts)
             _check_parameters_match(snap, self.params)
-            if self.registered is None:
+            if self.streamed:
+                self.route = "parameters/gpu-streamed"
+            elif self.registered is None:
                 self.route = "parameters/host"
             elif _free_gpu_bytes(parts) >= self.bytes + STAGING_HEADROOM:
                 self.route = "parameters/gpu-staged"
@@ -120,6 +134,8 @@ class WeightsLoad:
                 raise EngineUnsupported("this engine's weights live in a worker process, which reads the "
                                         "snapshot file itself: restore them from a file")
             self.route = "checkpoint/worker"
+        elif self.streamed:
+            self.route = "checkpoint/gpu-streamed"
         else:
             self.route = "checkpoint/gpu-staged" if self.registered is not None else "checkpoint/host"
         self._staged: dict[str, torch.Tensor] = {}
@@ -130,29 +146,35 @@ class WeightsLoad:
         from_file = {d._section: name for name, d in self.snap.weights.items()}
         if self.route == "checkpoint/worker":  # read and checked there, kept for commit
             self.parts.workers.call("stage_weights", path=self.snap.source.path)
-        elif self.route == "parameters/gpu-staged":
-            from thaw.core.gpu import copy_sections_to_gpu
+        elif self.route in ("parameters/gpu-staged", "parameters/gpu-streamed"):
+            from thaw.core.gpu import copy_sections_to_gpu, stream_sections_to_gpu
 
             offsets, total = {}, 0
             for section in from_file:
                 offsets[section] = total
-                total += -(-self.registered.container.section(section).length // 256) * 256
+                total += -(-self.container.section(section).length // 256) * 256
             self._staging = torch.empty(total, dtype=torch.uint8, device=self.parts.kv_caches[0].device)
-            views = {sec: self._staging[off:off + self.registered.container.section(sec).length]
+            views = {sec: self._staging[off:off + self.container.section(sec).length]
                      for sec, off in offsets.items()}
-            copy_sections_to_gpu(self.registered, views, verify="gpu")
+            if self.streamed:  # read with O_DIRECT, CRC-checked as read, copied up on a side stream
+                stream_sections_to_gpu(self.container, views)
+            else:
+                copy_sections_to_gpu(self.registered, views, verify="gpu")
             self._staged = {from_file[sec]: v for sec, v in views.items()}
         elif self.route == "parameters/host-verified":
             from thaw.core.gpu import check_sections
 
             check_sections(self.registered, list(from_file))
-        elif self.route == "checkpoint/gpu-staged":
-            from thaw.core.gpu import copy_sections_to_gpu
+        elif self.route in ("checkpoint/gpu-staged", "checkpoint/gpu-streamed"):
+            from thaw.core.gpu import copy_sections_to_gpu, stream_sections_to_gpu
 
             device = self.parts.kv_caches[0].device
             targets = {d._section: torch.empty(d.shape, dtype=d.dtype, device=device)
                        for d in self.snap.weights.values()}
-            copy_sections_to_gpu(self.registered, targets, verify="gpu")
+            if self.streamed:
+                stream_sections_to_gpu(self.container, targets)
+            else:
+                copy_sections_to_gpu(self.registered, targets, verify="gpu")
             self._staged = {from_file[sec]: t for sec, t in targets.items()}
         else:  # host routes: every chunk is checked as it is read
             self._staged = {name: d.tensor() for name, d in self.snap.weights.items()}
