@@ -30,3 +30,13 @@ def test_written_file_is_resident_then_cold_after_evict(tmp_path):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         resident_fraction(tmp_path / "absent")
+
+
+def test_sampled_windows_agree_with_every_page(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(16 << 20))  # 4096 pages
+    whole = resident_fraction(path, windows=4096, window_pages=1)
+    assert resident_fraction(path, windows=8, window_pages=4) == pytest.approx(whole, abs=0.05)
+    evict(path)
+    whole = resident_fraction(path, windows=4096, window_pages=1)
+    assert resident_fraction(path, windows=8, window_pages=4) == pytest.approx(whole, abs=0.2)

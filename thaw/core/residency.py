@@ -26,24 +26,36 @@ _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _libc.mincore.restype = ctypes.c_int
 
 
-def resident_fraction(path: PathLike) -> float:
+def resident_fraction(path: PathLike, *, windows: int = 64, window_pages: int = 16) -> float:
     """The share of `path`'s pages in the page cache now, 0.0 to 1.0 (1.0 for an empty
-    file). Reads no data: the file is mapped and asked with mincore(2)."""
+    file). Reads no data: the file is mapped and asked with mincore(2). A file of more than
+    `windows` x `window_pages` pages is sampled in that many evenly spaced windows (the
+    kernel looks up every page asked about: all of a 16 GB file costs it about 0.15 s)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         if size == 0:
             return 1.0
+        pages = -(-size // mmap.PAGESIZE)
+        if pages <= windows * window_pages:
+            starts, span = [0], pages
+        else:
+            stride = pages // windows
+            starts, span = [i * stride for i in range(windows)], window_pages
         with mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as mapped:
-            view = np.frombuffer(mapped, dtype=np.uint8)
-            pages = -(-size // mmap.PAGESIZE)
-            vec = np.zeros(pages, dtype=np.uint8)
-            if _libc.mincore(view.ctypes.data, size, vec.ctypes.data) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"mincore of {os.fspath(path)}: {os.strerror(err)}")
-            resident = int(np.count_nonzero(vec & 1))
-            del view
-        return resident / pages
+            base = np.frombuffer(mapped, dtype=np.uint8)
+            vec = np.zeros(span, dtype=np.uint8)
+            resident = asked = 0
+            for start in starts:
+                n = min(span, pages - start)
+                length = min(n * mmap.PAGESIZE, size - start * mmap.PAGESIZE)
+                if _libc.mincore(base.ctypes.data + start * mmap.PAGESIZE, length, vec.ctypes.data) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"mincore of {os.fspath(path)}: {os.strerror(err)}")
+                resident += int(np.count_nonzero(vec[:n] & 1))
+                asked += n
+            del base
+        return resident / asked
     finally:
         os.close(fd)
 
