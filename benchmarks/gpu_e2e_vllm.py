@@ -108,6 +108,15 @@ def fork_round(w: EngineWorker, path: str, trunk: list[int]) -> tuple[dict, dict
                  "cached_tokens": gen["cached_tokens"], "distinct_branches": len({tuple(t) for t in gen["tokens"]})}
 
 
+def prepared_restore(w: EngineWorker, path: str) -> tuple[float, dict, float]:
+    """`prepare` then a full restore of `path`: prepare's seconds, the restore's report, and
+    the seconds its weights took (stage + check + commit)."""
+    prepare = w.call("prepare", path=path)
+    rep = w.call("restore", path=path)
+    phases = rep["seconds_by_phase"]
+    return prepare, rep, phases["read_and_verify"] + phases["weights"]
+
+
 def medians(rounds: list[dict], *keys: str) -> dict:
     return {f"median_{k}": statistics.median(x[k] for x in rounds) for k in keys}
 

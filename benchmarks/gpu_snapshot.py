@@ -29,7 +29,7 @@ import time
 from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
 
-from gpu_e2e_vllm import ENGINE, build_model, phase, pinned_memcpy_gb_s
+from gpu_e2e_vllm import ENGINE, build_model, phase, pinned_memcpy_gb_s, prepared_restore
 from receipt import write_receipt
 
 
@@ -95,11 +95,8 @@ def main() -> None:
     def restored(path: str) -> dict:
         """A fresh dummy-weight engine: prepare, restore `path` (weights + KV), first token."""
         with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}) as w:
-            prepare = w.call("prepare", path=path)
-            rep = w.call("restore", path=path)
+            prepare, rep, weights_s = prepared_restore(w, path)
             first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
-            phases = rep["seconds_by_phase"]
-            weights_s = phases["read_and_verify"] + phases["weights"]
             return {"prepare_s": prepare, "restore_s": rep["seconds"], "weights_s": weights_s,
                     "weights_gb_s": rep["weights_bytes"] / weights_s / 1e9, "weights_route": rep.get("weights_route"),
                     "cached_tokens": first["cached_tokens"], "restore": rep}

@@ -39,7 +39,7 @@ from thaw.adapters.vllm.driver import ENGINE_DEFAULTS
 from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
 
-from gpu_e2e_vllm import ENGINE, build_model, fork_round, medians, phase, pinned_memcpy_gb_s
+from gpu_e2e_vllm import ENGINE, build_model, fork_round, medians, phase, pinned_memcpy_gb_s, prepared_restore
 from gpu_snapshot import snapshots
 from receipt import write_receipt
 
@@ -94,11 +94,8 @@ def thaw_parent(engine: dict, trunk: list[int], args) -> dict:
 def thaw_child(engine: dict, trunk: list[int], args) -> dict:
     full = os.path.join(args.dir, "thaw-full.thaw")
     with EngineWorker(DRIVERS["vllm"], {**engine, "load_format": "dummy"}) as w:
-        prepare = w.call("prepare", path=full)
-        rep = w.call("restore", path=full)
+        prepare, rep, weights_s = prepared_restore(w, full)
         out16 = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
-        phases = rep["seconds_by_phase"]
-        weights_s = phases["read_and_verify"] + phases["weights"]
         rounds = [fork_round(w, full, trunk)[1] for _ in range(args.rounds)]
     return {"prepare_s": prepare, "restore": rep, "weights_s": weights_s, "weights_bytes": rep["weights_bytes"],
             "weights_gb_s": rep["weights_bytes"] / weights_s / 1e9, "cached_tokens": out16["cached_tokens"],
