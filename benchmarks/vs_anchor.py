@@ -9,7 +9,8 @@ them first, since both projects ship a module named `thaw`.
 
 Steps, each side through its own public API, the anchor's as its README shows:
   weights snapshot   thaw: `snapshot` with the prefix cache emptied (weights as vLLM
-                     parameters, no KV); anchor: `freeze_model_tp`
+                     parameters, no KV), into the page cache and, with `direct=True`, past
+                     it as the anchor writes; anchor: `freeze_model_tp`
   KV snapshot        thaw: `snapshot(weights=False)` of the trunk; anchor: `fork` (its KV freeze)
   weights restore    into a dummy-weight engine; thaw: stage + check + copy into the
                      parameters (`prepare`, once per file, shown apart and counted in a second
@@ -77,7 +78,7 @@ def anchor_role(role: str, site: str, engine: dict, args) -> dict:
 
 
 def thaw_parent(engine: dict, trunk: list[int], args) -> dict:
-    paths = {k: os.path.join(args.dir, f"thaw-{k}.thaw") for k in ("kv", "full", "weights")}
+    paths = {k: os.path.join(args.dir, f"thaw-{k}.thaw") for k in ("kv", "full", "weights", "weights-direct")}
     with EngineWorker(DRIVERS["vllm"], engine) as w:
         prefill = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
         cached = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
@@ -86,7 +87,9 @@ def thaw_parent(engine: dict, trunk: list[int], args) -> dict:
                "full_snapshot": snapshots(w, paths["full"], 1, True)}
         w.call("reset_prefix_cache")
         out["weights_snapshot"] = snapshots(w, paths["weights"], 1, True)
-    for key in ("kv", "weights"):
+        os.unlink(paths["weights"])  # the disk holds one 16 GB snapshot beside the full one
+        out["weights_snapshot_direct"] = snapshots(w, paths["weights-direct"], 1, True, direct=True)
+    for key in ("kv", "weights-direct"):
         os.unlink(paths[key])
     return out
 
@@ -121,6 +124,10 @@ def compare(r: dict) -> dict:
           "anchor: freeze_model_tp's call; thaw: capture + CRC32C + write, its fsync left out")
     ratio("weights_snapshot_durable", wf, (wf.get("wall_s") or 0) + (wf.get("fsync_after_s") or 0), ws["median_s"],
           "both sides written and fsync'd (the anchor's file fsync'd after its call)")
+    wd = t_par["weights_snapshot_direct"]
+    ratio("weights_snapshot_past_the_page_cache", wf, (wf.get("wall_s") or 0) + (wf.get("fsync_after_s") or 0),
+          wd["median_s"], "both written past the page cache and fsync'd: the anchor's O_DIRECT freeze + its fsync; "
+          "thaw snapshot(direct=True): capture + CRC32C + O_DIRECT write + fsync")
     kf, ks = a_par.get("kv_freeze", {}), t_par["kv_snapshot"]
     ratio("kv_snapshot_into_page_cache", kf, kf.get("wall_s"), ks["into_page_cache_s"],
           "anchor: fork()'s call (KV freeze + its handle); thaw: KV + prefix index, fsync left out")

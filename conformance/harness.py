@@ -29,8 +29,9 @@ class EngineUnderTest:
         than the caller's, which alone knows the caller's requests); the in-flight checks
         are then skipped with that reason.
     references_weights: whether the driver's snapshot takes `weights_from` (a snapshot file
-        whose weights it references instead of copying); the fork check then forks from
-        such a session snapshot, which shares the trunk's weights file.
+        whose weights it references instead of copying) and `direct` (written past the page
+        cache); the fork check then forks from such a session snapshot, written directly,
+        which shares the trunk's weights file.
     """
 
     driver: str
@@ -95,7 +96,7 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
         session_path = trunk_path
         if eut.references_weights:
             session_path = workdir / "session.thaw"
-            parent.call("snapshot", path=str(session_path), weights_from=str(trunk_path))
+            parent.call("snapshot", path=str(session_path), weights_from=str(trunk_path), direct=True)
         if not eut.carries_requests:
             return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, [])
         parent.call("add_request", request_id="inflight-0", prompt_token_ids=inflight_prompt,

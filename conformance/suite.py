@@ -103,7 +103,8 @@ class SnapshotRestoreConformance:
         assert done["inflight-0"] == trunk.uninterrupted
 
     def test_fork_four_children_hit_prefix_and_diverge(self, engine_under_test, trunk):
-        """Forked from the session snapshot: its weights come from the trunk's file."""
+        """Forked from the session snapshot: its weights come from the trunk's file, and it
+        was written past the page cache."""
         from thaw.fork import fork
 
         eut = engine_under_test

@@ -95,11 +95,13 @@ NB_MODULE(_native, m) {
   m.def(
       "write_section",
       [](int fd, uint64_t offset, ConstBytes src, uint64_t padded_len, uint64_t chunk_size,
-         int threads) {
+         int threads, int direct_fd) {
         nb::gil_scoped_release unlocked;
         return thaw::write_section(fd, offset, src.data(), src.size(), padded_len, chunk_size,
-                                   threads);
+                                   threads, direct_fd);
       },
       "fd"_a, "offset"_a, "src"_a, "padded_len"_a, "chunk_size"_a, "threads"_a,
-      "Writes `src` and its zero padding at `offset` of `fd`; returns the chunk CRCs.");
+      "direct_fd"_a = -1,
+      "Writes `src` and its zero padding at `offset` of `fd` (through `direct_fd`, the same "
+      "file opened with O_DIRECT, when given); returns the chunk CRCs.");
 }

@@ -189,23 +189,55 @@ std::vector<uint32_t> check_section(const std::string& path, uint64_t offset,
 
 std::vector<uint32_t> write_section(int fd, uint64_t offset, const uint8_t* src,
                                     uint64_t data_len, uint64_t padded_len,
-                                    uint64_t chunk_size, int threads) {
+                                    uint64_t chunk_size, int threads, int direct_fd) {
   check_extent(data_len, padded_len, chunk_size);
+  const bool direct = direct_fd >= 0;
+  if (direct && offset % kAlign) throw std::invalid_argument("section offset must be 4096-aligned");
   const uint64_t num_chunks = (padded_len + chunk_size - 1) / chunk_size;
   std::vector<uint32_t> crcs(num_chunks, 0);
   static const uint8_t zeros[kAlign] = {};
-  for_each_chunk(num_chunks, threads, [&](uint64_t k, int) {
+  const int workers = static_cast<int>(std::max<uint64_t>(1, std::min<uint64_t>(threads, num_chunks)));
+  // Aligned buffers for O_DIRECT, one per worker, made on first use.
+  std::vector<std::unique_ptr<AlignedBuffer>> bounce(direct ? workers : 0);
+  auto aligned = [&](int w) {
+    if (!bounce[w]) bounce[w] = std::make_unique<AlignedBuffer>(chunk_size);
+    return bounce[w]->ptr;
+  };
+  for_each_chunk(num_chunks, workers, [&](uint64_t k, int w) {
     const uint64_t begin = k * chunk_size;
     const uint64_t end = std::min(padded_len, begin + chunk_size);
     const uint64_t data_end = std::min(end, std::max(begin, data_len));
     uint32_t crc = 0;
-    if (data_end > begin) {
-      pwrite_full(fd, src + begin, data_end - begin, offset + begin);
-      crc = crc32c_extend(0, src + begin, data_end - begin);
+    if (!direct) {
+      if (data_end > begin) {
+        pwrite_full(fd, src + begin, data_end - begin, offset + begin);
+        crc = crc32c_extend(0, src + begin, data_end - begin);
+      }
+      if (end > data_end) {
+        pwrite_full(fd, zeros, end - data_end, offset + data_end);
+        crc = crc32c_extend(crc, zeros, end - data_end);
+      }
+      crcs[k] = crc;
+      return;
     }
-    if (end > data_end) {
-      pwrite_full(fd, zeros, end - data_end, offset + data_end);
-      crc = crc32c_extend(crc, zeros, end - data_end);
+    // The whole blocks of payload, then (in the last chunk) one block: tail + padding.
+    const uint64_t blocks_end = begin + (data_end - begin) / kAlign * kAlign;
+    if (end - blocks_end > kAlign) throw std::logic_error("write_section: padding longer than a block");
+    if (blocks_end > begin) {
+      const uint8_t* from = src + begin;
+      if (reinterpret_cast<uintptr_t>(from) % kAlign) {
+        std::memcpy(aligned(w), from, blocks_end - begin);
+        from = aligned(w);
+      }
+      pwrite_full(direct_fd, from, blocks_end - begin, offset + begin);
+      crc = crc32c_extend(0, from, blocks_end - begin);
+    }
+    if (end > blocks_end) {
+      uint8_t* block = aligned(w);
+      std::memset(block, 0, kAlign);
+      std::memcpy(block, src + blocks_end, data_end - blocks_end);
+      pwrite_full(direct_fd, block, end - blocks_end, offset + blocks_end);
+      crc = crc32c_extend(crc, block, end - blocks_end);
     }
     crcs[k] = crc;
   });

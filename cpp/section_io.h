@@ -38,9 +38,13 @@ std::vector<uint32_t> check_section(const std::string& path, uint64_t offset,
                                     uint64_t padded_len, uint64_t chunk_size, int threads);
 
 // Writes `src` (data_len bytes) then zeros up to padded_len at `offset` of the open file
-// descriptor `fd`; returns the CRC of every chunk of the padded extent.
+// descriptor `fd`; returns the CRC of every chunk of the padded extent. With `direct_fd`
+// >= 0 (the same file opened with O_DIRECT; `offset` then 4096-aligned) every byte goes
+// through it instead, past the page cache: straight from `src` where its address is
+// 4096-aligned, else through a per-worker aligned buffer; the block holding the payload's
+// tail and its zero padding always through that buffer.
 std::vector<uint32_t> write_section(int fd, uint64_t offset, const uint8_t* src,
                                     uint64_t data_len, uint64_t padded_len,
-                                    uint64_t chunk_size, int threads);
+                                    uint64_t chunk_size, int threads, int direct_fd = -1);
 
 }  // namespace thaw

@@ -9,7 +9,7 @@ from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of,
 
 from .helpers import small_snapshot
 
-FIELDS = {"snapshot": {"path", "weights", "weights_from"}, "restore": {"path", "weights", "trust_unknown_weights"}}
+FIELDS = {"snapshot": {"path", "weights", "weights_from", "direct"}, "restore": {"path", "weights", "trust_unknown_weights"}}
 
 
 def test_snapshot_directory_is_required_and_confines_paths(tmp_path):
@@ -38,9 +38,12 @@ def test_request_bodies_are_checked_and_never_carry_requests(tmp_path):
     env = {"THAW_SNAPSHOT_DIR": str(tmp_path)}
     assert checked_request("snapshot", {"path": "a.thaw", "weights": False}, FIELDS, env) == {
         "path": str(tmp_path / "a.thaw"), "weights": False, "requests": False}
+    assert checked_request("snapshot", {"path": "a.thaw", "direct": True}, FIELDS, env)["direct"] is True
     refusals = [("snapshot", {"path": "a.thaw", "requests": True}, 400, "unknown fields"),
                 ("delete", {"path": "a.thaw"}, 404, "no thaw endpoint"),
-                ("restore", {}, 400, "non-empty")]
+                ("restore", {}, 400, "non-empty"),
+                ("snapshot", {"path": "a.thaw", "direct": "yes"}, 400, r"\['direct'\] must be true or false"),
+                ("restore", {"path": "a.thaw", "weights": 0}, 400, r"\['weights'\] must be true or false")]
     for op, body, status, text in refusals:
         with pytest.raises(HTTPRefusal, match=text) as caught:
             checked_request(op, body, FIELDS, env)

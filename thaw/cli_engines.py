@@ -84,6 +84,8 @@ def cmd_remote(args: argparse.Namespace) -> int:
             body["weights_format"] = args.weights_format
         if args.weights_from:
             body["weights_from"] = args.weights_from
+        if args.direct:
+            body["direct"] = True
         reply = call(args.url, "snapshot", body, api_key=args.api_key)
     else:
         reply = call(args.url, "restore", {"path": args.path, "weights": not args.no_weights,
@@ -144,6 +146,9 @@ def add_engine_commands(sub: Any) -> None:
             p.add_argument("--weights-from", default=None, metavar="SNAPSHOT",
                            help="reference the weights from this snapshot (under THAW_SNAPSHOT_DIR, holding the "
                            "engine's weights) instead of copying them: the new snapshot costs its KV only")
+            p.add_argument("--direct", action="store_true",
+                           help="write past the page cache (O_DIRECT): for snapshots kept for later; a restore "
+                           "then reads them from the disk")
         if name == "restore":
             p.add_argument("--trust-unknown-weights", action="store_true",
                            help="with --no-weights: accept an engine whose weights digest is unknown")

@@ -88,6 +88,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+FLAGS = {"weights", "strict", "direct", "trust_unknown_weights"}  # fields that take true or false
+
+
 def checked_request(op: str, body: dict[str, Any], fields: Mapping[str, set[str]],
                     environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """`body` of POST /thaw/`op` with its path resolved under the operator's directory or
@@ -99,6 +102,9 @@ def checked_request(op: str, body: dict[str, Any], fields: Mapping[str, set[str]
     unknown = set(body) - fields[op]
     if unknown:
         raise HTTPRefusal(400, "BadRequest", f"unknown fields {sorted(unknown)}; /thaw/{op} takes {sorted(fields[op])}")
+    flags = sorted(k for k in FLAGS & set(body) if not isinstance(body[k], bool))
+    if flags:
+        raise HTTPRefusal(400, "BadRequest", f"fields {flags} must be true or false")
     out = dict(body)
     root = environ.get(SNAPSHOT_DIR_ENV)
     out["path"] = resolve_path(body.get("path"), root, environ.get(SNAPSHOT_URLS_ENV))

@@ -56,13 +56,15 @@ class EngineAdapter(ABC):
         `weights=False` the engine keeps its weights, whose digest must be known and equal
         the snapshot's (`check_kv_weights`) unless `trust_unknown_weights`."""
 
-    def snapshot(self, path: str, *, weights: bool = True, weights_from: Union[str, None] = None) -> dict[str, Any]:
+    def snapshot(self, path: str, *, weights: bool = True, weights_from: Union[str, None] = None,
+                 direct: bool = False) -> dict[str, Any]:
         """Writes `capture()` to `path` atomically; returns a report. `weights_from`: a
         snapshot file holding the engine's weights (its digest must equal the identity's),
-        referenced instead of copied (`weights_ref`)."""
+        referenced instead of copied (`weights_ref`); `direct`: written past the page cache
+        (`write_container`)."""
         snap = self.capture(weights=weights and weights_from is None)
         snap.weights_from = weights_from
-        save(snap, path)
+        save(snap, path, direct=direct)
         return {"tree_nodes": len(snap.prefix.nodes) if snap.prefix else 0,
                 "pages": snap.kv.num_pages if snap.kv else 0, "requests": len(snap.requests)}
 

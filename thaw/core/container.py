@@ -23,7 +23,7 @@ import numpy as np
 
 from . import format as fmt
 from .device_stage import DeviceStager, on_device
-from .errors import ChecksumError, FormatError
+from .errors import ChecksumError, FormatError, MoverUnavailable
 from .movers import DEFAULT_THREADS, Buffer, movers
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -127,6 +127,25 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _open_direct(tmp: Path, size: int) -> int:
+    """`tmp` opened again with O_DIRECT, its `size` bytes allocated first (file systems
+    run O_DIRECT writes into allocated space side by side, while writes that allocate
+    take turns)."""
+    try:
+        direct_fd = os.open(tmp, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise MoverUnavailable(f"cannot write {tmp.parent} past the page cache: its file system refuses "
+                               "O_DIRECT; snapshot there without direct writes") from None
+    try:
+        os.posix_fallocate(direct_fd, 0, size)
+    except BaseException:
+        os.close(direct_fd)
+        raise
+    return direct_fd
+
+
 def write_container(
     path: str | os.PathLike,
     meta: dict[str, Any],
@@ -135,11 +154,18 @@ def write_container(
     chunk_size: int = fmt.DEFAULT_CHUNK,
     threads: int = DEFAULT_THREADS,
     timings: Optional[dict[str, float]] = None,
+    direct: bool = False,
 ) -> None:
     """Atomically writes a snapshot file holding `meta` and the named payloads, in order
     (host buffers, or CUDA tensors that stay unchanged until this returns: `device_stage`).
     With `timings`, records the seconds spent checksumming and writing (``write``) and
-    flushing to the device and swapping the file into place (``flush``)."""
+    flushing to the device and swapping the file into place (``flush``).
+
+    `direct`: the payloads are written with O_DIRECT, past the page cache, into space
+    allocated up front, so little is left to flush and the file is not cached afterwards (a
+    restore of it then streams it from the disk: `residency`); for snapshots kept for
+    later rather than forked from at once. A file system that refuses O_DIRECT raises
+    `MoverUnavailable` before anything is written."""
     t0 = time.perf_counter()
     mv = movers()
     path = Path(path)
@@ -153,20 +179,27 @@ def write_container(
     sweep_stale_temps(path)
     tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    direct_fd = -1
     device_views = [v for _, v in views if on_device(v)]
     stager = None
     try:
         os.fchmod(fd, mode)  # exactly: the umask does not widen or narrow a kept mode
+        if direct:
+            direct_fd = _open_direct(tmp, planned[-1].offset + planned[-1].padded_length if planned else data_start)
         stager = DeviceStager(device_views, chunk_size) if device_views else None
         written = []
         for section, (_, view) in zip(planned, views):
             if stager is not None and on_device(view):
-                crcs = stager.write(fd, section.offset, section.padded_length, chunk_size, threads)
+                crcs = stager.write(fd, section.offset, section.padded_length, chunk_size, threads, direct_fd)
             else:
-                crcs = mv.write_section(fd, section.offset, view, section.padded_length, chunk_size, threads)
+                crcs = mv.write_section(fd, section.offset, view, section.padded_length, chunk_size, threads,
+                                        direct_fd)
             written.append(fmt.Section(section.name, section.offset, section.length, chunk_size, tuple(crcs)))
         if stager is not None:
             stager.close()
+        if direct_fd >= 0:
+            os.close(direct_fd)
+            direct_fd = -1
         header = fmt.encode_header({"meta": meta, "sections": [s.to_json() for s in written]})
         if len(header) != header_len:
             raise FormatError("internal: header length changed between planning and writing")
@@ -180,6 +213,8 @@ def write_container(
     except BaseException as exc:
         if stager is not None:
             stager.close()  # no staging buffer is freed under a copy in flight
+        if direct_fd >= 0:
+            os.close(direct_fd)
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)

@@ -58,14 +58,16 @@ class DeviceStager:
             self._host[k % 2][:length].copy_(self._views[index][start:start + length], non_blocking=True)
             self._events[k % 2].record(self._stream)
 
-    def write(self, fd: int, offset: int, padded_length: int, chunk_size: int, threads: int) -> list[int]:
+    def write(self, fd: int, offset: int, padded_length: int, chunk_size: int, threads: int,
+              direct_fd: int = -1) -> list[int]:
         """Writes the next device section at `offset` of `fd` (then zeros to
-        `padded_length`); returns the CRC32C of every chunk, as `movers.write_section`."""
+        `padded_length`; through `direct_fd` when given); returns the CRC32C of every
+        chunk, as `movers.write_section`."""
         index = self._next_section
         self._next_section += 1
         mv = movers()
         if self._views[index].numel() == 0:
-            return mv.write_section(fd, offset, b"", padded_length, chunk_size, threads)
+            return mv.write_section(fd, offset, b"", padded_length, chunk_size, threads, direct_fd)
         crcs: list[int] = []
         while self._next_piece < len(self._pieces) and self._pieces[self._next_piece][0] == index:
             k = self._next_piece
@@ -75,7 +77,8 @@ class DeviceStager:
                 self._launch(k + 1)  # into the other buffer, written out before this one was filled
             last = k + 1 == len(self._pieces) or self._pieces[k + 1][0] != index
             extent = padded_length - start if last else length
-            crcs += mv.write_section(fd, offset + start, self._host[k % 2][:length], extent, chunk_size, threads)
+            crcs += mv.write_section(fd, offset + start, self._host[k % 2][:length], extent, chunk_size, threads,
+                                     direct_fd)
             self._next_piece += 1
         return crcs
 

@@ -12,6 +12,7 @@ back silently.
 from __future__ import annotations
 
 import importlib
+import mmap
 import os
 import warnings
 from dataclasses import dataclass
@@ -139,17 +140,28 @@ def _py_check_section(path: str, offset: int, padded_len: int, chunk_size: int,
 
 
 def _py_write_section(fd: int, offset: int, src: Buffer, padded_len: int, chunk_size: int,
-                      threads: int) -> list[int]:
+                      threads: int, direct_fd: int = -1) -> list[int]:
     data = _byte_view(src)
     _check_extent(len(data), padded_len, chunk_size)
+    if direct_fd >= 0 and offset % 4096:
+        raise ValueError("section offset must be 4096-aligned")
+    aligned = mmap.mmap(-1, chunk_size) if direct_fd >= 0 else None  # page-aligned, as O_DIRECT needs
     crcs = []
     for begin, end in _chunks(padded_len, chunk_size):
         data_end = min(end, max(begin, len(data)))
         piece = bytes(data[begin:data_end]) + bytes(end - data_end)
+        if aligned is not None:
+            aligned[:len(piece)] = piece
+            out, target = memoryview(aligned)[:len(piece)], direct_fd
+        else:
+            out, target = memoryview(piece), fd
         written = 0
         while written < len(piece):
-            written += os.pwrite(fd, piece[written:], offset + begin + written)
+            written += os.pwrite(target, out[written:], offset + begin + written)
+        del out
         crcs.append(pycrc.crc32c(piece))
+    if aligned is not None:
+        aligned.close()
     return crcs
 
 

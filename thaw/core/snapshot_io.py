@@ -67,12 +67,13 @@ def _prefix_arrays(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = fmt.DEFAULT_CHUNK,
-         timings: Optional[dict[str, float]] = None) -> None:
+         timings: Optional[dict[str, float]] = None, direct: bool = False) -> None:
     """Validates `snapshot` and writes it atomically to `path` (one file, or an object at a
     URL: written locally, then uploaded, see `object_store`). With `snapshot.weights_from`
     set, the weights are referenced from that file instead of copied (`weights_ref`). With
     `timings`, records the seconds of each phase of a local write (``write``, ``flush``:
-    see `write_container`)."""
+    see `write_container`). `direct`: a local file's payloads are written past the page
+    cache (`write_container`)."""
     from .object_store import is_url, save_to_url
 
     if is_url(path):
@@ -80,7 +81,7 @@ def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = 
         if snapshot.weights_from:
             raise ThawError(f"weights referenced between snapshots are local files only: {path} cannot "
                             f"reference {snapshot.weights_from}; save the weights into it")
-        save_to_url(lambda local: save(snapshot, local, chunk_size=chunk_size), path)
+        save_to_url(lambda local: save(snapshot, local, chunk_size=chunk_size, direct=direct), path)
         return
     snapshot.validate()
     if snapshot.weights and not snapshot.identity.weights_digest and not snapshot.weights_from:
@@ -130,7 +131,7 @@ def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = 
         section = f"extra/{name}"
         meta["extra_tensors"].append(_tensor_entry(name, section, data))
         payloads.append((section, _bytes(data.raw_bytes_view())))
-    write_container(path, meta, payloads, chunk_size=chunk_size, timings=timings)
+    write_container(path, meta, payloads, chunk_size=chunk_size, timings=timings, direct=direct)
 
 
 def _field(meta: dict[str, Any], key: str, kind: type, where: str = "meta") -> Any:

@@ -33,8 +33,9 @@ class PagedServerDriver:
         e = self.engine
         return {"free": len(e.free), "cached_pages": len(e.index), "requests": sorted(e.requests)}
 
-    def snapshot(self, path: str, weights: bool = True, weights_from: Optional[str] = None) -> dict[str, Any]:
-        return self.thaw.snapshot(path, weights=weights, weights_from=weights_from)
+    def snapshot(self, path: str, weights: bool = True, weights_from: Optional[str] = None,
+                 direct: bool = False) -> dict[str, Any]:
+        return self.thaw.snapshot(path, weights=weights, weights_from=weights_from, direct=direct)
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:

@@ -81,9 +81,10 @@ class SGLangDriver:
     def state(self) -> dict[str, Any]:
         return self.handle.state()
 
-    def snapshot(self, path: str, weights: bool = True, weights_from: Optional[str] = None) -> dict[str, Any]:
+    def snapshot(self, path: str, weights: bool = True, weights_from: Optional[str] = None,
+                 direct: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.snapshot(path, weights=weights, weights_from=weights_from)
+        report = self.handle.snapshot(path, weights=weights, weights_from=weights_from, direct=direct)
         return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,

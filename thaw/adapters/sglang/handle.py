@@ -78,13 +78,14 @@ class SGLangHandle(EngineAdapter):
 
     # -- snapshot / restore ------------------------------------------------------------
     def snapshot(self, path: PathLike, *, weights: bool = True, requests: bool = True,
-                 weights_from: Optional[PathLike] = None) -> dict[str, Any]:
+                 weights_from: Optional[PathLike] = None, direct: bool = False) -> dict[str, Any]:
         """Writes the engine's state (tree, KV, live requests unless `requests=False`,
         weights) to `path` atomically; the scheduler writes it between two batches.
         `weights_from`: a snapshot file holding the engine's weights (same digest, checked
-        first), which the new snapshot references instead of copying them."""
+        first), which the new snapshot references instead of copying them; `direct`:
+        written past the page cache (`write_container`)."""
         return self.call("snapshot", path=absolute(path), weights=weights, requests=requests,
-                         weights_from=None if weights_from is None else absolute(weights_from))
+                         weights_from=None if weights_from is None else absolute(weights_from), direct=direct)
 
     def capture(self, *, weights: bool = True, requests: bool = True) -> StateSnapshot:
         """The engine's state as an in-memory `StateSnapshot` (the `EngineAdapter` contract).

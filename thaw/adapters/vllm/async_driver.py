@@ -65,9 +65,11 @@ class AsyncVLLMDriver:
         return {"free_blocks": status["free_blocks"], "cached_blocks": status["cached_blocks"]}
 
     def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None,
-                 strict: bool = False, requests: bool = True, weights_from: Optional[str] = None) -> dict[str, Any]:
+                 strict: bool = False, requests: bool = True, weights_from: Optional[str] = None,
+                 direct: bool = False) -> dict[str, Any]:
         return self._run(self.handle.snapshot(path, weights=weights, weights_format=weights_format,
-                                              strict=strict, requests=requests, weights_from=weights_from))
+                                              strict=strict, requests=requests, weights_from=weights_from,
+                                              direct=direct))
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:

@@ -146,22 +146,24 @@ class VLLMHandle(EngineAdapter):
 
     def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True,
                  weights_format: Optional[str] = None, strict: bool = False,
-                 requests: bool = True, weights_from: Optional[Union[str, os.PathLike]] = None) -> CaptureReport:
+                 requests: bool = True, weights_from: Optional[Union[str, os.PathLike]] = None,
+                 direct: bool = False) -> CaptureReport:
         """Writes the engine's state to `path` atomically; returns what was captured.
         `strict`: refuse (SnapshotIncomplete) rather than leave cached blocks out;
         `requests=False`: leave in-flight requests out; `weights_from`: a snapshot file
         holding this engine's weights (same format and digest, checked first), which the
-        new snapshot references instead of copying them (`thaw.core.weights_ref`)."""
+        new snapshot references instead of copying them (`thaw.core.weights_ref`);
+        `direct`: write past the page cache (`thaw.core.container.write_container`)."""
         ref = self._weights_reference(path, weights_from, weights, weights_format)
         if self.parts.workers is not None:
             return self._snapshot_in_worker(path, weights=weights, weights_format=weights_format,
-                                            strict=strict, requests=requests, weights_from=ref)
+                                            strict=strict, requests=requests, weights_from=ref, direct=direct)
         t0 = time.perf_counter()
         snap = self.capture(weights=weights and ref is None, weights_format=weights_format, strict=strict,
                             requests=requests, copy_weights=False)  # staged from the device by the writer
         snap.weights_from = ref
         seconds = {"capture": time.perf_counter() - t0}
-        save(snap, path, timings=seconds)
+        save(snap, path, timings=seconds, direct=direct)
         self.last_capture.seconds = seconds
         return self.last_capture
 
@@ -183,7 +185,7 @@ class VLLMHandle(EngineAdapter):
 
     def _snapshot_in_worker(self, path: Union[str, os.PathLike], *, weights: bool,
                             weights_format: Optional[str], strict: bool, requests: bool,
-                            weights_from: Optional[str] = None) -> CaptureReport:
+                            weights_from: Optional[str] = None, direct: bool = False) -> CaptureReport:
         """The model runs in a worker process: the core captures the prefix index (and
         requests), the worker gathers its KV blocks and weights and writes the file."""
         fmt = weights_format or native_format(self.parts)
@@ -209,11 +211,13 @@ class VLLMHandle(EngineAdapter):
         path = absolute(path)
         size = engine_access.tp_size(self.parts)
         if size == 1:
-            saved = [self.parts.workers.call("save", path=path, meta=meta, block_ids=block_ids, weights=source)]
+            saved = [self.parts.workers.call("save", path=path, meta=meta, block_ids=block_ids, weights=source,
+                                             direct=direct)]
         else:  # one rank file per worker, swapped in as one set when every rank has written
             with RankSetWriter(path, size) as writer:
                 saved = self.parts.workers.call_each("save", path=str(writer.staging), meta=meta,
-                                                     block_ids=block_ids, weights=source, set_id=writer.set_id)
+                                                     block_ids=block_ids, weights=source, set_id=writer.set_id,
+                                                     direct=direct)
                 writer.commit()
         phases = {k for r in saved for k in r["seconds"]}
         report.seconds = {k: max(r["seconds"].get(k, 0.0) for r in saved) for k in phases}  # the slowest rank's
