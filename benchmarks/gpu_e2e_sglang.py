@@ -73,10 +73,15 @@ def main() -> None:
             first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             out16 = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
             served = rep["seconds"] + first["seconds"]
+            by_phase = rep["seconds_by_phase"]
+            weights_s = by_phase.get("weights_stage", 0.0) + by_phase["weights"]
             return {"process_start_to_ready_s": booted, "engine_boot_s": w.call("info")["boot_seconds"],
                     "restore": rep, "ttft_s": first["seconds"], "cached_tokens": first["cached_tokens"],
                     "started_engine_to_first_token_s": served, "total_s": booted + served,
-                    "tokens_out": out16["tokens"],
+                    "tokens_out": out16["tokens"], "weights_route": rep["weights_route"],
+                    # staged (copied and checked on the GPU) + loaded by SGLang's load_weights; the
+                    # file's CUDA registration, done first by the KV upload, is in read_and_verify
+                    "weights_s": weights_s, "weights_gb_s": rep["weights_bytes"] / weights_s / 1e9,
                     "digest_equals_parent": w.call("info")["identity"]["weights_digest"] == r["parent"].get("digest")}
 
     def fork_rounds():
@@ -97,6 +102,7 @@ def main() -> None:
         first_token_ratios(r)
         # KV restore (upload + GPU check + scatter) against a plain pinned host->GPU copy.
         r["ratio_kv_restore_vs_pinned_memcpy"] = r["fork"]["median_kv_gb_s"] / r["pinned_h2d_gb_s"]
+        r["ratio_weights_restore_vs_pinned_memcpy"] = r["thaw"]["weights_gb_s"] / r["pinned_h2d_gb_s"]
     except (KeyError, TypeError) as exc:
         r["ratios_error"] = f"a phase failed: {exc!r}"
     print(f"receipt: {write_receipt('gpu_e2e_sglang', r)}")

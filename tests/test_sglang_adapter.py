@@ -51,6 +51,7 @@ def test_python_tree_core_snapshot_restores_into_the_default_rust_core(model, tm
         restored = child.call("restore", path=str(snap))
         after = child.call("state")
         assert restored["new_tokens"] == report["tree_tokens"] == after["tree_tokens"]
+        assert restored["weights_route"] == "checkpoint/host (the engine runs on the CPU)"
         assert after["free_slots"] + after["evictable_slots"] == before["free_slots"] + before["evictable_slots"]
         out = child.call("generate", prompt_token_ids=PROMPT, max_tokens=8)
         assert out["cached_tokens"] == len(PROMPT) - 1 and out["tokens"] == ref["tokens"]

@@ -48,3 +48,24 @@ class TestSGLangOnGPUPage64(SnapshotRestoreConformance):
     @pytest.fixture(scope="class")
     def engine_under_test(self, gpu_engine):
         return replace(gpu_engine, config={**gpu_engine.config, "page_size": 64}, page_size=64)
+
+
+def test_weights_are_staged_on_the_gpu_and_streamed_when_cold(gpu_engine, tmp_path):
+    """A fresh engine's weights come up from the registered file and are checked on the
+    GPU; from a file evicted from the page cache, they are read with O_DIRECT; both give
+    the parent's output."""
+    from thaw.core import residency
+
+    snap = tmp_path / "trunk.thaw"
+    with gpu_engine.engine() as parent:
+        parent.call("generate", prompt_token_ids=gpu_engine.prompt, max_tokens=8)
+        ref = parent.call("generate", prompt_token_ids=gpu_engine.prompt, max_tokens=8)  # from its cache
+        parent.call("snapshot", path=str(snap))
+    for route in ("checkpoint/gpu-staged", "checkpoint/gpu-streamed"):
+        if route.endswith("streamed"):
+            residency.evict(snap)
+        with gpu_engine.fresh_engine() as child:
+            restored = child.call("restore", path=str(snap))
+            assert restored["weights_route"] == route
+            out = child.call("generate", prompt_token_ids=gpu_engine.prompt, max_tokens=8)
+            assert out["tokens"] == ref["tokens"]

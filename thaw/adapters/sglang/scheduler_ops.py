@@ -24,7 +24,7 @@ from thaw.core.recut import fit_for_restore
 from thaw.core.snapshot_io import weights_digest
 
 from ..checkpoint import model_config_for_digest, read_checkpoint
-from . import cache_restore, cache_state, engine_access, gpu_pages
+from . import cache_restore, cache_state, engine_access, gpu_pages, gpu_weights
 from .requests import capture_requests, live_requests
 
 MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
@@ -241,7 +241,6 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
         tree = _tree_with_requests(snap) if requests else snap.prefix
         cache_restore.check_room(s.tree_cache, tree)
     lap("checks")
-    named = [(name, data.tensor()) for name, data in snap.weights.items()] if load_weights else []
     pages: list[torch.Tensor] = []
     kv_from, pool = None, _kv_pool(s)
     if tree is not None and gpu_pages.file_pages_fit(snap, layout, pool):
@@ -255,6 +254,10 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
         pages = [convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers]
         kv_from = "host, checked there"
     lap("read_and_verify")
+    named, weights_route = [], None
+    if load_weights:  # staged on the GPU where it can hold them (gpu_weights), else read on the host
+        named, weights_route = gpu_weights.stage(snap, pool.k_buffer[0].device, lambda c: _registered_file(s, c))
+        lap("weights_stage")
     # KV first into slots nothing names yet, then weights, then the tree: a failure before
     # the insert gives the slots back and leaves the cache as it was.
     placement = cache_restore.place_tree(s.tree_cache, pool, tree, pages) if tree is not None else None
@@ -270,7 +273,8 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
         if placement is not None:
             placement.release()  # no-op once committed
     return {"tree_nodes": len(snap.prefix.nodes) if snap.prefix else 0,
-            "new_tokens": new_tokens, "weights_restored": len(named),
+            "new_tokens": new_tokens, "weights_restored": len(named), "weights_route": weights_route,
+            "weights_bytes": sum(d.nbytes for d in snap.weights.values()) if load_weights else 0,
             "kv_bytes": snap.kv.nbytes if snap.kv else 0, "kv_from": kv_from,
             "requests": [r.to_json() for r in snap.requests] if requests else [],
             "identity_differences": differences,
