@@ -12,7 +12,7 @@ import time
 import pytest
 
 import thaw
-from thaw.core.container import is_temp_name
+from thaw.core.temp_files import is_temp_name
 
 from .helpers import small_snapshot
 

@@ -122,7 +122,7 @@ def test_an_upload_killed_midway_leaves_no_object(bucket, tmp_path):
     fs.invalidate_cache()
     assert not fs.exists(key)
     spooled = [e.name for e in tmp_path.iterdir()]
-    assert all(thaw.core.container.is_temp_name(n) for n in spooled)  # readers refuse what is left
+    assert all(thaw.core.temp_files.is_temp_name(n) for n in spooled)  # readers refuse what is left
     assert subprocess.run([sys.executable, "-m", "thaw.cli", "gc", str(tmp_path)], capture_output=True,
                           cwd=tmp_path).returncode == 0
     assert list(tmp_path.iterdir()) == []

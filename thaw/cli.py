@@ -92,7 +92,7 @@ def _print_summary(path: str, info: dict) -> None:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .core.container import sweep_directory
+    from .core.temp_files import sweep_directory
 
     removed = sweep_directory(args.directory)
     for path in removed:

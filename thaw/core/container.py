@@ -9,7 +9,6 @@ under the target name, and never a temporary file that passes ``open``.
 from __future__ import annotations
 
 import errno
-import glob
 import mmap
 import os
 import secrets
@@ -25,6 +24,7 @@ from . import format as fmt
 from .device_stage import DeviceStager, on_device
 from .errors import ChecksumError, FormatError, MoverUnavailable
 from .movers import DEFAULT_THREADS, Buffer, movers
+from .temp_files import TEMP_MARK, is_temp_name, sweep_stale_temps
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault the pages in up front
@@ -51,12 +51,6 @@ def _nbytes(view: Buffer) -> int:
     return int(view.numel()) if hasattr(view, "numel") else int(view.nbytes)
 
 
-TEMP_MARK = ".tmp-"
-"""Writers build `.NAME.tmp-PID-HEX` beside the target `NAME`; such a file is never a
-finished snapshot (opening one is refused) and is removed by the next save to that name
-once its writer process is gone."""
-
-
 def _target_mode(path: Path) -> int:
     """The mode to write with: an existing snapshot's own (it holds prompts and KV: keep it
     as its owner set it), else 0600. Refuses a target that is not a file before writing."""
@@ -72,59 +66,11 @@ def _target_mode(path: Path) -> int:
     return stat.S_IMODE(st.st_mode)
 
 
-def _temp_writer_pid(name: str) -> Optional[int]:
-    """The writer's process id if `name` is a writer's temporary file name, else None."""
-    if not name.startswith(".") or TEMP_MARK not in name:
-        return None
-    pid, _, rest = name.rsplit(TEMP_MARK, 1)[1].partition("-")
-    if pid.isdigit() and len(rest) == 8 and all(c in "0123456789abcdef" for c in rest):
-        return int(pid)
-    return None
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether `name` is a writer's temporary file name (see TEMP_MARK)."""
-    return _temp_writer_pid(name) is not None
-
-
-def _remove_if_writer_gone(entry: Path) -> bool:
-    """Removes `entry` if it is a writer's temporary file whose process no longer runs."""
-    pid = _temp_writer_pid(entry.name)
-    if pid is None or pid == os.getpid() or _process_alive(pid):
-        return False
-    entry.unlink(missing_ok=True)
-    return True
-
-
-def sweep_stale_temps(path: Path) -> list[Path]:
-    """Removes temporary files that earlier writers of `path` left (killed, crashed) and whose
-    process no longer runs; returns what was removed."""
-    prefix = f".{path.name}{TEMP_MARK}"
-    return [entry for entry in path.parent.glob(f"{glob.escape(prefix)}*")
-            if entry.name.rsplit(TEMP_MARK, 1)[0] + TEMP_MARK == prefix and _remove_if_writer_gone(entry)]
-
-
-def sweep_directory(directory: str | os.PathLike) -> list[Path]:
-    """Removes every writer's temporary file in `directory` whose writer process no longer
-    runs (what `thaw gc` does); returns what was removed."""
-    return [entry for entry in Path(directory).iterdir() if _remove_if_writer_gone(entry)]
-
-
 def file_key(path: str | os.PathLike) -> tuple:
     """Which file is at `path` now (real path, inode, size, modification time): a file
     replaced or rewritten there gets a new key, for caches of opened snapshots."""
     st = os.stat(path)
     return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def _open_direct(tmp: Path, size: int) -> int:

@@ -122,7 +122,7 @@ def cached_copy(url: str) -> Optional[str]:
     root = os.environ.get(CACHE_ENV)
     if not root:
         return None
-    from .container import TEMP_MARK
+    from .temp_files import TEMP_MARK
 
     fs, key = filesystem(url)
     try:
@@ -326,7 +326,7 @@ def save_to_url(write: Callable[[str], None], url: str) -> None:
     removes the spool file whatever happens. The spool file carries a writer's temporary
     name (`.thaw-upload.tmp-PID-HEX`): readers refuse it, and `thaw gc` removes it if the
     process is killed before it can."""
-    from .container import TEMP_MARK
+    from .temp_files import TEMP_MARK
 
     spool = os.environ.get("THAW_SPOOL_DIR") or tempfile.gettempdir()
     local = os.path.join(spool, f".thaw-upload{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
