@@ -24,22 +24,32 @@ from .engine_access import unified_tree
 
 def scatter_pages(kv_pool: Any, pages: list[torch.Tensor], slots: torch.Tensor) -> None:
     """Writes snapshot pages ([n, page_elems] per layer, sglang.nhd) into pool `slots`
-    (one page's worth of slots per page). Runs of consecutive slots are plain copies."""
+    (one page's worth of slots per page). Runs of consecutive slots are plain copies, read
+    straight from each page's K or V half (no copy of the half is made first)."""
     if not len(slots):
         return
     k0 = kv_pool.k_buffer[0]
-    rows_shape = (len(slots),) + tuple(k0.shape[1:])
+    n = pages[0].shape[0]
+    per_page = len(slots) // n
     runs = _runs(slots.to("cpu", torch.int64))
+    whole_pages = runs is not None and all(a % per_page == 0 and first % per_page == 0 and m % per_page == 0
+                                           for a, first, m in runs) and k0.shape[0] % per_page == 0
     slots = slots.to(k0.device)
+    rows = tuple(k0.shape[1:])
     for layer, (k, v) in enumerate(zip(kv_pool.k_buffer, kv_pool.v_buffer)):
-        halves = pages[layer].reshape(pages[layer].shape[0], 2, -1)
+        halves = pages[layer].reshape(n, 2, -1)
         for buf, half in ((k, halves[:, 0]), (v, halves[:, 1])):
-            src = half.reshape(rows_shape).to(buf.device)
-            if runs is None:
-                buf.index_copy_(0, slots, src)
-                continue
-            for start, first, n in runs:
-                buf[first: first + n].copy_(src[start: start + n])
+            src = half.view((n, per_page) + rows).to(buf.device)  # a view of the half, as pages
+            if whole_pages:
+                dst = buf.view((-1, per_page) + rows)
+                for a, first, m in runs:
+                    dst[first // per_page:(first + m) // per_page].copy_(src[a // per_page:(a + m) // per_page])
+            elif runs is None:
+                buf.index_copy_(0, slots, src.reshape((len(slots),) + rows))
+            else:
+                flat = src.reshape((len(slots),) + rows)
+                for a, first, m in runs:
+                    buf[first: first + m].copy_(flat[a: a + m])
 
 
 def _runs(slots: torch.Tensor) -> Optional[list[tuple[int, int, int]]]:
