@@ -98,13 +98,20 @@ def main() -> None:
     for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore), ("fork", fork_rounds)):
         if name in args.phases.split(","):
             phase(r, name, fn)
-    try:
-        first_token_ratios(r)
+    ratios = {  # each from the phases it needs, so a phase not run leaves the others
+        "first_token": lambda: first_token_ratios(r),
         # KV restore (upload + GPU check + scatter) against a plain pinned host->GPU copy.
-        r["ratio_kv_restore_vs_pinned_memcpy"] = r["fork"]["median_kv_gb_s"] / r["pinned_h2d_gb_s"]
-        r["ratio_weights_restore_vs_pinned_memcpy"] = r["thaw"]["weights_gb_s"] / r["pinned_h2d_gb_s"]
-    except (KeyError, TypeError) as exc:
-        r["ratios_error"] = f"a phase failed: {exc!r}"
+        "ratio_kv_restore_vs_pinned_memcpy": lambda: r["fork"]["median_kv_gb_s"] / r["pinned_h2d_gb_s"],
+        "ratio_weights_restore_vs_pinned_memcpy": lambda: r["thaw"]["weights_gb_s"] / r["pinned_h2d_gb_s"],
+    }
+    for name, ratio in ratios.items():
+        try:
+            value = ratio()
+        except (KeyError, TypeError) as exc:
+            r.setdefault("ratios_error", {})[name] = f"a phase failed or was not run: {exc!r}"
+            continue
+        if value is not None:
+            r[name] = value
     print(f"receipt: {write_receipt('gpu_e2e_sglang', r)}")
 
 

@@ -28,7 +28,7 @@ fetch "$repo/.gpuT/wheels" tokenizers==0.22.2 "huggingface-hub>=1.5,<2" uvicorn 
   cuda-python==13.0.3 cuda-bindings==13.0.3 cuda-pathfinder dill loguru uvloop einops msgspec pybase64 \
   pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection annotated-types pyzmq openai==2.6.1 \
   httpx httpcore sniffio h11 anyio jiter distro fastapi==0.115.12 starlette==0.46.2 partial-json-parser \
-  openai-harmony==0.0.4 \
+  openai-harmony==0.0.4 apache-tvm-ffi==0.1.10 \
   prometheus-client watchfiles python-dotenv httptools websockets
 mkdir -p "$repo/.gpuT/IPython"
 printf '"""Import-only stand-in: sglang.utils imports IPython.display for notebooks."""\n' \

@@ -21,6 +21,7 @@ from thaw.core import weights_ref
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
 from thaw.core.recut import fit_for_restore
+from thaw.core.residency import is_cold
 from thaw.core.snapshot_io import weights_digest
 
 from ..checkpoint import model_config_for_digest, read_checkpoint
@@ -243,7 +244,11 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
     lap("checks")
     pages: list[torch.Tensor] = []
     kv_from, pool = None, _kv_pool(s)
-    if tree is not None and gpu_pages.file_pages_fit(snap, layout, pool):
+    # Registering a file mostly outside the page cache would read all of it, weights too,
+    # a page at a time: its KV is then read through the mapping and its weights streamed.
+    from_file = tree is not None and gpu_pages.file_pages_fit(snap, layout, pool)
+    cold = from_file and _cold(snap.kv.layers[0]._container)
+    if from_file and not cold:
         # A CUDA pool: the file's KV uploaded from the page cache and checked on the GPU.
         pages = gpu_pages.upload_checked_pages(snap, _registered_file(s, snap.kv.layers[0]._container),
                                                pool.k_buffer[0].device)
@@ -252,7 +257,7 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
         # Verified read-only views of the file where it is mapped (no copy when the layout
         # is the engine's); the scatter below copies them into the pool.
         pages = [convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers]
-        kv_from = "host, checked there"
+        kv_from = "host, checked there" + (" (the file is mostly outside the page cache)" if cold else "")
     lap("read_and_verify")
     named, weights_route = [], None
     if load_weights:  # staged on the GPU where it can hold them (gpu_weights), else read on the host
@@ -279,6 +284,10 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
             "requests": [r.to_json() for r in snap.requests] if requests else [],
             "identity_differences": differences,
             "recut": recut_report.to_json() if recut_report else None, "seconds": seconds}
+
+
+def _cold(container: Any) -> bool:
+    return bool(container.is_local) and is_cold(container.path)
 
 
 def _registered_file(s: Any, container: Any) -> Any:
