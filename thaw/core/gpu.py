@@ -251,6 +251,12 @@ def device_crc32c(t: torch.Tensor, chunk_size: int = 4 << 20) -> int:
     return crc
 
 
+def free_device_bytes(device: torch.device) -> int:
+    """What `device` could still hand out: its free memory plus torch's unused reserve."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
 class RegisteredFile:
     """A snapshot file mapped read-only and registered with CUDA, so that GPU copies read
     the page cache directly at link speed. Keep one per file and reuse it across restores."""

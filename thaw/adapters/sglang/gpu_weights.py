@@ -20,15 +20,10 @@ from typing import Any, Callable
 import torch
 
 from thaw.core import StateSnapshot
-from thaw.core.residency import COLD_BELOW, resident_fraction
+from thaw.core.gpu import copy_sections_to_gpu, free_device_bytes, stream_sections_to_gpu
+from thaw.core.residency import is_cold
 
 STAGING_HEADROOM = 1 << 30  # left free on the device beside the staged weights
-
-
-def free_bytes(device: torch.device) -> int:
-    """What the device could still hand out: free memory plus torch's unused reserve."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def stage(snap: StateSnapshot, device: torch.device,
@@ -42,14 +37,12 @@ def stage(snap: StateSnapshot, device: torch.device,
         reason = "the engine runs on the CPU"
     elif held_in is None or not held_in.is_local:
         reason = "the weights are not in one local file"
-    elif free_bytes(device) < nbytes + STAGING_HEADROOM:
+    elif free_device_bytes(device) < nbytes + STAGING_HEADROOM:
         reason = f"too little free GPU memory to stage {nbytes} bytes"
     if reason is not None:
         return [(name, d.tensor()) for name, d in snap.weights.items()], f"checkpoint/host ({reason})"
-    from thaw.core.gpu import copy_sections_to_gpu, stream_sections_to_gpu
-
     targets = {d._section: torch.empty(d.shape, dtype=d.dtype, device=device) for d in snap.weights.values()}
-    if resident_fraction(held_in.path) < COLD_BELOW:
+    if is_cold(held_in.path):
         stream_sections_to_gpu(held_in, targets)
         route = "checkpoint/gpu-streamed"
     else:

@@ -208,6 +208,6 @@ class WeightsLoad:
 
 
 def _free_gpu_bytes(parts: EngineParts) -> int:
-    device = parts.kv_caches[0].device
-    free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    from thaw.core.gpu import free_device_bytes
+
+    return free_device_bytes(parts.kv_caches[0].device)
