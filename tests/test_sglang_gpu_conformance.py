@@ -19,8 +19,13 @@ pytestmark = [needs_sglang, pytest.mark.engine, pytest.mark.gpu,
 
 GPU_MODEL = TinyLlama(hidden_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=128)
 # SGLang on one GPU as people run it, small enough that the suite's engines share the card.
+# Deterministic inference (batch-invariant kernels, radix cache kept with Triton attention)
+# makes a resumed request's first tokens, computed from cached KV by a one-token extend,
+# bit-equal to the uninterrupted run's decode steps: without it bf16 greedy outputs of a
+# random-weight model part at the first low-margin token, which is the engine, not the KV.
 GPU_ENGINE = {"device": "cuda", "attention_backend": "triton", "model_impl": "auto", "dtype": "bfloat16",
-              "mem_fraction_static": 0.05, "max_total_tokens": 16384, "disable_cuda_graph": True}
+              "mem_fraction_static": 0.05, "max_total_tokens": 16384, "disable_cuda_graph": True,
+              "enable_deterministic_inference": True}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import importlib
 import mmap
 import weakref
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -143,6 +143,8 @@ class DeviceVerifier:
 
     def raise_if_failed(self) -> None:
         torch.cuda.synchronize()
+        if not self._items or bool(torch.stack([flag for _, _, flag, _, _ in self._items]).all()):
+            return  # one read of every flag when all match
         for name, got, flag, _, expected in self._items:
             if int(flag) == 0:
                 actual = got.cpu().numpy().view(np.uint32).tolist()
@@ -348,7 +350,8 @@ def check_sections(reg: "RegisteredFile", names: list[str]) -> None:
 
 
 def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], *,
-                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None) -> None:
+                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None,
+                         landed: Optional[Callable[[str, torch.Tensor], None]] = None) -> None:
     """Copies file sections into GPU tensors of the same byte size.
 
     verify="cpu": CPU threads checksum the mapped page-cache bytes while the DMA copies run;
@@ -356,9 +359,16 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
     later sections are still copying (what is checked is what arrived);
     verify="none": no check (for measuring the cost of checking only).
     Raises ChecksumError naming the section if any chunk differs.
+
+    `landed(name, target)`, with verify="gpu", is called on this thread as soon as the
+    section's copy and check are queued, with `stream` current: GPU work it queues runs
+    after the bytes arrived, while later sections copy, before their check results are
+    known. What it writes must be undone by the caller if this function raises.
     """
     import concurrent.futures
 
+    if landed is not None and verify != "gpu":
+        raise ValueError(f"landed= needs verify='gpu' (it runs after each section's GPU check), not {verify!r}")
     for name, dst in targets.items():
         n = reg.container.section(name).length
         if dst.numel() * dst.element_size() != n:
@@ -381,6 +391,9 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
                 sec = reg.container.section(name)
                 verifier.check(f"section {name!r}", dst.view(-1), list(sec.chunk_crcs), sec.chunk_size,
                                sec.padded_length, stream=s)
+                if landed is not None:
+                    with torch.cuda.stream(s):
+                        landed(name, dst)
         if checked is not None:
             checked.result()
     s.wait_stream(copy_stream)

@@ -1,10 +1,11 @@
 """Restoring SGLang's radix cache and KV pool from a neutral prefix tree and KV pages.
 
 Contract: call only while nothing else uses the cache (inside the scheduler's own thread,
-between batches). `check_room` and `plan_inserts` only look; `place_tree` refuses before
-changing anything when the cache cannot make room, takes fresh slots from the allocator and
-writes them (no radix node names them yet: `release` gives them back); its `commit` inserts
-with `prev_prefix_len` equal to the prefix already held, so no slot is freed twice.
+between batches). `check_room` and `plan_inserts` only look; `reserve_tree` refuses before
+changing anything when the cache cannot make room and takes fresh slots from the allocator,
+which the placement's writes fill (no radix node names them yet: `release` gives them
+back); its `commit` inserts with `prev_prefix_len` equal to the prefix already held, so no
+slot is freed twice.
 """
 
 from __future__ import annotations
@@ -18,51 +19,9 @@ import torch
 from thaw.core import PrefixTree, ROOT, ThawError
 
 from .cache_state import check_supported, decode_namespace
+from .pool_writes import PoolWrites
 from . import engine_access
 from .engine_access import unified_tree
-
-
-def scatter_pages(kv_pool: Any, pages: list[torch.Tensor], slots: torch.Tensor) -> None:
-    """Writes snapshot pages ([n, page_elems] per layer, sglang.nhd) into pool `slots`
-    (one page's worth of slots per page). Runs of consecutive slots are plain copies, read
-    straight from each page's K or V half (no copy of the half is made first)."""
-    if not len(slots):
-        return
-    k0 = kv_pool.k_buffer[0]
-    n = pages[0].shape[0]
-    per_page = len(slots) // n
-    runs = _runs(slots.to("cpu", torch.int64))
-    whole_pages = runs is not None and all(a % per_page == 0 and first % per_page == 0 and m % per_page == 0
-                                           for a, first, m in runs) and k0.shape[0] % per_page == 0
-    slots = slots.to(k0.device)
-    rows = tuple(k0.shape[1:])
-    for layer, (k, v) in enumerate(zip(kv_pool.k_buffer, kv_pool.v_buffer)):
-        halves = pages[layer].reshape(n, 2, -1)
-        for buf, half in ((k, halves[:, 0]), (v, halves[:, 1])):
-            src = half.view((n, per_page) + rows).to(buf.device)  # a view of the half, as pages
-            if whole_pages:
-                dst = buf.view((-1, per_page) + rows)
-                for a, first, m in runs:
-                    dst[first // per_page:(first + m) // per_page].copy_(src[a // per_page:(a + m) // per_page])
-            elif runs is None:
-                buf.index_copy_(0, slots, src.reshape((len(slots),) + rows))
-            else:
-                flat = src.reshape((len(slots),) + rows)
-                for a, first, m in runs:
-                    buf[first: first + m].copy_(flat[a: a + m])
-
-
-def _runs(slots: torch.Tensor) -> Optional[list[tuple[int, int, int]]]:
-    """(position, first slot, length) of each run of consecutive slots; None if there are
-    so many runs that one indexed copy is cheaper."""
-    if len(slots) == 0:
-        return []
-    breaks = (torch.nonzero(slots[1:] != slots[:-1] + 1).reshape(-1) + 1).tolist()
-    if len(breaks) > 64:
-        return None
-    starts = [0] + breaks
-    ends = breaks + [len(slots)]
-    return [(a, int(slots[a]), b - a) for a, b in zip(starts, ends)]
 
 
 @dataclass
@@ -183,13 +142,24 @@ def refuse_without_room(tree_cache: Any, needed: int) -> None:
 
 
 class TreePlacement:
-    """A snapshot's tree and pages written into fresh KV slots that no radix node names yet
-    (`place`), then made cache hits (`commit`) or given back (`release`). Between the two
-    the engine serves exactly as before: nothing it can look up has changed."""
+    """A snapshot's tree given fresh KV slots that no radix node names yet (`reserve_tree`),
+    its pages written into them (`write_layer`, `write`), then made cache hits (`commit`)
+    or given back (`release`). Until `commit` the engine serves exactly as before: nothing
+    it can look up has changed."""
 
-    def __init__(self, tree_cache: Any, plans: list[PathInsert], slots: Optional[torch.Tensor]) -> None:
-        self.tree_cache, self.plans, self.slots = tree_cache, plans, slots
+    def __init__(self, tree_cache: Any, plans: list[PathInsert], slots: Optional[torch.Tensor],
+                 writes: Optional[PoolWrites]) -> None:
+        self.tree_cache, self.plans, self.slots, self.writes = tree_cache, plans, slots, writes
         self.new_tokens = 0 if slots is None else int(slots.numel())
+
+    def write_layer(self, layer: int, pages: torch.Tensor) -> None:
+        """One layer's snapshot pages (all of them, [num_pages, page_elems]) into the slots."""
+        if self.writes is not None:
+            self.writes.write_layer(layer, pages)
+
+    def write(self, layer_pages: list[torch.Tensor]) -> None:
+        for layer, pages in enumerate(layer_pages):
+            self.write_layer(layer, pages)
 
     def commit(self) -> int:
         """Inserts the paths; returns how many tokens were new."""
@@ -204,11 +174,10 @@ class TreePlacement:
             self.slots = None
 
 
-def place_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> TreePlacement:
-    """Writes a snapshot's pages ([num_pages, page_elems] per layer, checked; on the host or
-    on the pool's device) into fresh slots for the paths the cache lacks. Raises before
-    changing anything when the cache cannot make room; evicts unlocked prefixes only when
-    that makes enough room."""
+def reserve_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, num_pages: int) -> TreePlacement:
+    """Fresh slots for the paths of `tree` (whose KV is `num_pages` snapshot pages) that the
+    cache lacks; writes nothing. Raises before changing anything when the cache cannot make
+    room; evicts unlocked prefixes only when that makes enough room."""
     check_supported(tree_cache)
     for _ in range(8):
         plans = plan_inserts(tree_cache, tree)
@@ -220,13 +189,24 @@ def place_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: lis
         raise ThawError("could not make room for the snapshot's KV: eviction kept dropping "
                         "prefixes the snapshot shares")
     if not plans:
-        return TreePlacement(tree_cache, [], None)
-    placement = TreePlacement(tree_cache, plans, allocate(tree_cache, needed))
+        return TreePlacement(tree_cache, [], None, None)
+    slots = allocate(tree_cache, needed)
     try:
         ids = torch.tensor([page for plan in plans for page in plan.pages], dtype=torch.int64)
-        every_page_in_order = len(ids) == len(layer_pages[0]) and torch.equal(ids, torch.arange(len(ids)))
-        scatter_pages(kv_pool, layer_pages if every_page_in_order else
-                      [pages.index_select(0, ids.to(pages.device)) for pages in layer_pages], placement.slots)
+        every_page_in_order = len(ids) == num_pages and torch.equal(ids, torch.arange(len(ids)))
+        writes = PoolWrites(kv_pool, slots, None if every_page_in_order else ids)
+    except BaseException:
+        tree_cache.token_to_kv_pool_allocator.free(slots)
+        raise
+    return TreePlacement(tree_cache, plans, slots, writes)
+
+
+def place_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> TreePlacement:
+    """`reserve_tree`, then every layer's pages ([num_pages, page_elems] each, checked; on
+    the host or on the pool's device) written into the slots."""
+    placement = reserve_tree(tree_cache, kv_pool, tree, len(layer_pages[0]) if layer_pages else 0)
+    try:
+        placement.write(layer_pages)
     except BaseException:
         placement.release()
         raise

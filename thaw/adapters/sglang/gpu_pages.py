@@ -11,7 +11,7 @@ Contract: as `cache_state`, call only from the scheduler's thread between batche
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -55,17 +55,24 @@ def file_pages_fit(snap: StateSnapshot, layout: KVLayout, kv_pool: Any) -> bool:
             and all(not layer.in_memory for layer in snap.kv.layers))
 
 
-def upload_checked_pages(snap: StateSnapshot, registered: Any, device: torch.device) -> list[torch.Tensor]:
+def upload_checked_pages(snap: StateSnapshot, registered: Any, device: torch.device,
+                         landed: Optional[Callable[[int, torch.Tensor], None]] = None) -> list[torch.Tensor]:
     """Every KV layer of the file in one new device buffer, [pages, page_elems] each,
-    checked on the GPU against the file's chunk CRCs (`thaw.core.gpu.upload_sections`);
-    ChecksumError names the first bad section before the caller changes anything."""
-    from thaw.core.gpu import upload_sections
+    checked on the GPU against the file's chunk CRCs; ChecksumError names the first bad
+    section once every layer has landed. `landed(layer, pages)` is called as each layer's
+    upload and check are queued (`thaw.core.gpu.copy_sections_to_gpu`): what it queues on
+    the current stream runs while later layers upload, before the checks are known, so it
+    may only write what the caller can give back when this raises."""
+    from thaw.core.gpu import copy_sections_to_gpu
 
     sections = [layer._section for layer in snap.kv.layers]
-    buf = upload_sections(registered, sections, device)
-    pages, at = [], 0
-    for name, layer in zip(sections, snap.kv.layers):
-        n = registered.container.section(name).length
+    lengths = [registered.container.section(name).length for name in sections]
+    buf = torch.empty(sum(lengths), dtype=torch.uint8, device=device)
+    targets, pages, index, at = {}, [], {}, 0
+    for i, (name, layer, n) in enumerate(zip(sections, snap.kv.layers, lengths)):
+        targets[name], index[name] = buf[at:at + n], i
         pages.append(buf[at:at + n].view(layer.dtype).view(layer.shape))
         at += n
+    hook = None if landed is None else (lambda name, _: landed(index[name], pages[index[name]]))
+    copy_sections_to_gpu(registered, targets, verify="gpu", landed=hook)
     return pages

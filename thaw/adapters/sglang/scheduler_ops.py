@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 import torch
 
-from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, IdentityMismatch, PrefixTree,
-                       StateSnapshot, TensorData, ThawError, check_kv_weights, check_weights_format,
-                       config_digest, convert_pages, load, save)
+from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, IdentityMismatch, KVLayout,
+                       PrefixTree, StateSnapshot, TensorData, ThawError, check_kv_weights,
+                       check_weights_format, config_digest, convert_pages, load, save)
 from thaw.core import weights_ref
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
@@ -242,32 +242,19 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
         tree = _tree_with_requests(snap) if requests else snap.prefix
         cache_restore.check_room(s.tree_cache, tree)
     lap("checks")
-    pages: list[torch.Tensor] = []
-    kv_from, pool = None, _kv_pool(s)
-    # Registering a file mostly outside the page cache would read all of it, weights too,
-    # a page at a time: its KV is then read through the mapping and its weights streamed.
-    from_file = tree is not None and gpu_pages.file_pages_fit(snap, layout, pool)
-    cold = from_file and _cold(snap.kv.layers[0]._container)
-    if from_file and not cold:
-        # A CUDA pool: the file's KV uploaded from the page cache and checked on the GPU.
-        pages = gpu_pages.upload_checked_pages(snap, _registered_file(s, snap.kv.layers[0]._container),
-                                               pool.k_buffer[0].device)
-        kv_from = "file, checked on the GPU"
-    elif tree is not None:
-        # Verified read-only views of the file where it is mapped (no copy when the layout
-        # is the engine's); the scatter below copies them into the pool.
-        pages = [convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers]
-        kv_from = "host, checked there" + (" (the file is mostly outside the page cache)" if cold else "")
-    lap("read_and_verify")
-    named, weights_route = [], None
-    if load_weights:  # staged on the GPU where it can hold them (gpu_weights), else read on the host
-        named, weights_route = gpu_weights.stage(snap, pool.k_buffer[0].device, lambda c: _registered_file(s, c))
-        lap("weights_stage")
-    # KV first into slots nothing names yet, then weights, then the tree: a failure before
-    # the insert gives the slots back and leaves the cache as it was.
-    placement = cache_restore.place_tree(s.tree_cache, pool, tree, pages) if tree is not None else None
-    lap("kv")
+    kv_from, pool, placement = None, _kv_pool(s), None
     try:
+        if tree is not None:
+            # Fresh slots first (nothing names them until the commit), so each KV layer can
+            # be written into them as it arrives; any failure below gives them back.
+            placement = cache_restore.reserve_tree(s.tree_cache, pool, tree, snap.kv.num_pages)
+            kv_from = _write_kv(s, snap, layout, pool, placement)
+        lap("kv")
+        named, weights_route = [], None
+        if load_weights:  # staged on the GPU where it can hold them (gpu_weights), else read on the host
+            named, weights_route = gpu_weights.stage(snap, pool.k_buffer[0].device,
+                                                     lambda c: _registered_file(s, c))
+            lap("weights_stage")
         if named:
             _load_weights(s, named)
             st = _state(s)
@@ -284,6 +271,26 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
             "requests": [r.to_json() for r in snap.requests] if requests else [],
             "identity_differences": differences,
             "recut": recut_report.to_json() if recut_report else None, "seconds": seconds}
+
+
+def _write_kv(s: Any, snap: StateSnapshot, layout: KVLayout, pool: Any,
+              placement: cache_restore.TreePlacement) -> str:
+    """The snapshot's KV written into the placement's slots; returns where it came from.
+    Raises ChecksumError (the slots are the caller's to give back) on a bad chunk."""
+    # Registering a file mostly outside the page cache would read all of it, weights too,
+    # a page at a time: its KV is then read through the mapping and its weights streamed.
+    from_file = gpu_pages.file_pages_fit(snap, layout, pool)
+    cold = from_file and _cold(snap.kv.layers[0]._container)
+    if from_file and not cold:
+        # A CUDA pool: each layer uploaded from the page cache, checked on the GPU and
+        # written into the slots on the stream its check ran on, while later layers upload.
+        gpu_pages.upload_checked_pages(snap, _registered_file(s, snap.kv.layers[0]._container),
+                                       pool.k_buffer[0].device, landed=placement.write_layer)
+        return "file, checked on the GPU"
+    # Verified read-only views of the file where it is mapped (no copy when the layout is
+    # the engine's), copied into the slots.
+    placement.write([convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers])
+    return "host, checked there" + (" (the file is mostly outside the page cache)" if cold else "")
 
 
 def _cold(container: Any) -> bool:
