@@ -385,9 +385,9 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
                 dst.view(-1).view(torch.uint8).copy_(reg.section(name), non_blocking=True)
             if verify == "gpu":
                 reg.check_padding(name)
-                landed = torch.cuda.Event()
-                landed.record(copy_stream)
-                s.wait_event(landed)
+                arrived = torch.cuda.Event()
+                arrived.record(copy_stream)
+                s.wait_event(arrived)
                 sec = reg.container.section(name)
                 verifier.check(f"section {name!r}", dst.view(-1), list(sec.chunk_crcs), sec.chunk_size,
                                sec.padded_length, stream=s)
