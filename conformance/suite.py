@@ -100,7 +100,12 @@ class SnapshotRestoreConformance:
         with engine_under_test.fresh_engine() as child:
             child.call("restore", path=str(trunk.inflight_path))
             done = child.call("finish")
-        assert done["inflight-0"] == trunk.uninterrupted
+        got, want = done["inflight-0"], trunk.uninterrupted
+        if got != want:
+            at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            pytest.fail(f"resumed output differs from the uninterrupted run at output token {at} of {len(want)} "
+                        f"({len(req.output_token_ids)} were carried in the snapshot); "
+                        f"resumed {got[max(0, at - 3):at + 5]}, uninterrupted {want[max(0, at - 3):at + 5]}")
 
     def test_fork_four_children_hit_prefix_and_diverge(self, engine_under_test, trunk):
         """Forked from the session snapshot: its weights come from the trunk's file, and it

@@ -21,15 +21,15 @@ import torch
 
 from thaw.core import StateSnapshot
 from thaw.core.gpu import copy_sections_to_gpu, free_device_bytes, stream_sections_to_gpu
-from thaw.core.residency import is_cold
 
 STAGING_HEADROOM = 1 << 30  # left free on the device beside the staged weights
 
 
-def stage(snap: StateSnapshot, device: torch.device,
-          registered_for: Callable[[Any], Any]) -> tuple[list[tuple[str, torch.Tensor]], str]:
+def stage(snap: StateSnapshot, device: torch.device, registered_for: Callable[[Any], Any],
+          cold_files: dict[str, bool]) -> tuple[list[tuple[str, torch.Tensor]], str]:
     """The snapshot's weights as (name, tensor) pairs, read and checked, and the route
-    taken. `registered_for(container)` gives the file registered with CUDA."""
+    taken. `registered_for(container)` gives the file registered with CUDA; `cold_files`
+    says which files were mostly outside the page cache when the restore began."""
     held_in = snap.weights_source
     nbytes = sum(d.nbytes for d in snap.weights.values())
     reason = None
@@ -42,7 +42,7 @@ def stage(snap: StateSnapshot, device: torch.device,
     if reason is not None:
         return [(name, d.tensor()) for name, d in snap.weights.items()], f"checkpoint/host ({reason})"
     targets = {d._section: torch.empty(d.shape, dtype=d.dtype, device=device) for d in snap.weights.values()}
-    if is_cold(held_in.path):
+    if cold_files.get(held_in.path, False):
         stream_sections_to_gpu(held_in, targets)
         route = "checkpoint/gpu-streamed"
     else:

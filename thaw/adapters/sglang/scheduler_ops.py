@@ -231,6 +231,7 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
 
     check_supported(s)
     snap = load(path, verify=False)
+    cold = _cold_files(snap)  # before anything reads the files (a small one comes back whole)
     load_weights = weights and bool(snap.weights)
     mine = engine_identity(s)
     layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
@@ -248,12 +249,12 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
             # Fresh slots first (nothing names them until the commit), so each KV layer can
             # be written into them as it arrives; any failure below gives them back.
             placement = cache_restore.reserve_tree(s.tree_cache, pool, tree, snap.kv.num_pages)
-            kv_from = _write_kv(s, snap, layout, pool, placement)
+            kv_from = _write_kv(s, snap, layout, pool, placement, cold)
         lap("kv")
         named, weights_route = [], None
         if load_weights:  # staged on the GPU where it can hold them (gpu_weights), else read on the host
             named, weights_route = gpu_weights.stage(snap, pool.k_buffer[0].device,
-                                                     lambda c: _registered_file(s, c))
+                                                     lambda c: _registered_file(s, c), cold)
             lap("weights_stage")
         if named:
             _load_weights(s, named)
@@ -274,13 +275,13 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
 
 
 def _write_kv(s: Any, snap: StateSnapshot, layout: KVLayout, pool: Any,
-              placement: cache_restore.TreePlacement) -> str:
+              placement: cache_restore.TreePlacement, cold_files: dict[str, bool]) -> str:
     """The snapshot's KV written into the placement's slots; returns where it came from.
     Raises ChecksumError (the slots are the caller's to give back) on a bad chunk."""
     # Registering a file mostly outside the page cache would read all of it, weights too,
     # a page at a time: its KV is then read through the mapping and its weights streamed.
     from_file = gpu_pages.file_pages_fit(snap, layout, pool)
-    cold = from_file and _cold(snap.kv.layers[0]._container)
+    cold = from_file and cold_files.get(snap.kv.layers[0]._container.path, False)
     if from_file and not cold:
         # A CUDA pool: each layer uploaded from the page cache, checked on the GPU and
         # written into the slots on the stream its check ran on, while later layers upload.
@@ -293,8 +294,12 @@ def _write_kv(s: Any, snap: StateSnapshot, layout: KVLayout, pool: Any,
     return "host, checked there" + (" (the file is mostly outside the page cache)" if cold else "")
 
 
-def _cold(container: Any) -> bool:
-    return bool(container.is_local) and is_cold(container.path)
+def _cold_files(snap: StateSnapshot) -> dict[str, bool]:
+    """Which of the snapshot's local files (its own, the one its weights are referenced
+    from) are mostly outside the page cache, measured before the restore reads them:
+    reading a small file's KV through the mapping brings the rest of it back."""
+    files = [c for c in (snap.source, snap.weights_source) if c is not None and c.is_local]
+    return {c.path: is_cold(c.path) for c in files}
 
 
 def _registered_file(s: Any, container: Any) -> Any:
