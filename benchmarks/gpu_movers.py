@@ -31,8 +31,8 @@ import torch
 
 import thaw
 from thaw.core.container import Container
-from thaw.core.gpu import (PagePlan, RegisteredFile, copy_sections_to_gpu, stream_sections_to_gpu,
-                           upload_and_scatter)
+from thaw.core.gpu import PagePlan, upload_and_scatter
+from thaw.core.gpu_files import RegisteredFile, copy_sections_to_gpu, stream_sections_to_gpu
 from thaw.core.movers import movers
 
 from receipt import write_receipt

@@ -13,9 +13,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not HAS_CUDA, reason="needs a CUDA device: CPU-only machine; these run on the GPU box")]
 
 if HAS_CUDA:
-    from thaw.core.gpu import (PagePlan, RegisteredFile, copy_sections_to_gpu, device_crc32c,
-                               device_crc32c_chunks, page_segments, stream_sections_to_gpu,
-                               upload_and_scatter)
+    from thaw.core.gpu import PagePlan, device_crc32c, device_crc32c_chunks, page_segments, upload_and_scatter
+    from thaw.core.gpu_files import RegisteredFile, copy_sections_to_gpu, stream_sections_to_gpu
 
 LAYOUTS = {
     # name: (shape builder, block dim)
@@ -121,6 +120,39 @@ def test_cold_stream_and_corruption(tmp_path):
     reg = RegisteredFile(Container(path))
     with pytest.raises(thaw.ChecksumError, match="weights/w2"):
         copy_sections_to_gpu(reg, targets, verify="gpu")
+    reg.close()
+
+
+def test_landed_hook_sees_each_section_as_it_is_checked_and_the_error_after_all(tmp_path):
+    """copy_sections_to_gpu(landed=...) hands over each section in order, on the stream its
+    check ran on; a bad chunk is raised once every section and hook has run, naming it."""
+    weights = {f"w{i}": torch.randn(2000, 256) for i in range(6)}
+    path = tmp_path / "w.thaw"
+    thaw.save(thaw.StateSnapshot.from_tensors(weights), path)
+    targets = {f"weights/{k}": torch.empty(v.shape, device="cuda") for k, v in weights.items()}
+    copies = {name: torch.empty_like(t) for name, t in targets.items()}
+    seen = []
+
+    def landed(name, dst):
+        seen.append(name)
+        copies[name].copy_(dst)  # queued on the current stream, after the check
+
+    reg = RegisteredFile(Container(path))
+    copy_sections_to_gpu(reg, targets, verify="gpu", landed=landed)
+    assert seen == list(targets)
+    for k, v in weights.items():
+        assert torch.equal(copies[f"weights/{k}"].cpu(), v)
+    reg.close()
+    with open(path, "r+b") as f:
+        f.seek(Container(path).sections["weights/w1"].offset + 5)
+        f.write(b"\x07\x07")
+    seen.clear()
+    reg = RegisteredFile(Container(path))
+    with pytest.raises(thaw.ChecksumError, match="weights/w1"):
+        copy_sections_to_gpu(reg, targets, verify="gpu", landed=landed)
+    assert seen == list(targets)
+    with pytest.raises(ValueError, match="verify='gpu'"):
+        copy_sections_to_gpu(reg, targets, verify="cpu", landed=landed)
     reg.close()
 
 

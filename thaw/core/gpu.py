@@ -1,5 +1,5 @@
-"""GPU movers: KV pages between paged GPU tensors and packed buffers, CRC32C of device
-bytes, and weights from a snapshot file into GPU tensors.
+"""GPU movers: KV pages between paged GPU tensors and packed buffers, and CRC32C of device
+bytes (checks queued without waiting). Snapshot files into GPU memory: `gpu_files`.
 
 Needs the thaw._cuda extension (built where a CUDA toolkit was found) and a CUDA device;
 `cuda_movers()` raises MoverUnavailable saying which is missing.
@@ -8,19 +8,15 @@ Needs the thaw._cuda extension (built where a CUDA toolkit was found) and a CUDA
 from __future__ import annotations
 
 import importlib
-import mmap
-import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from .container import Container
-from .errors import ChecksumError, FormatError, MoverUnavailable, SchemaError
+from .errors import ChecksumError, MoverUnavailable, SchemaError
 from .format import align_up
-from .movers import DEFAULT_THREADS, movers
-from .tensor_data import readonly_tensor
+from .movers import movers
 
 
 def cuda_movers() -> Any:
@@ -123,17 +119,21 @@ class DeviceVerifier:
     """
 
     def __init__(self) -> None:
-        self._items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]] = []
+        self._items: list[tuple[str, torch.Tensor, torch.Tensor, Optional[torch.Tensor], list[int]]] = []
 
     def check(self, name: str, data: torch.Tensor, expected: list[int], chunk_size: int,
-              padded_len: Optional[int] = None, stream: Optional[torch.cuda.Stream] = None) -> torch.Tensor:
+              padded_len: Optional[int] = None, stream: Optional[torch.cuda.Stream] = None,
+              want: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`want`: `expected` already on the device (int32), uploaded by the caller."""
         n = data.numel() * data.element_size()
         dev = data.device
         s = stream or torch.cuda.current_stream(dev)
+        host_want = None
         with torch.cuda.stream(s):
-            # pinned + non_blocking: a pageable upload would make the host wait for stream s
-            host_want = torch.from_numpy(np.array(expected, dtype=np.uint32).view(np.int32)).pin_memory()
-            want = host_want.to(dev, non_blocking=True)
+            if want is None:
+                # pinned + non_blocking: a pageable upload would make the host wait for stream s
+                host_want = torch.from_numpy(np.array(expected, dtype=np.uint32).view(np.int32)).pin_memory()
+                want = host_want.to(dev, non_blocking=True)
             got = torch.empty(len(expected), dtype=torch.int32, device=dev)
             flag = torch.ones((), dtype=torch.int32, device=dev)
         cuda_movers().crc32c_chunks_async(data.data_ptr(), n, padded_len or align_up(n), chunk_size,
@@ -225,18 +225,6 @@ def device_crc32c_chunks(t: torch.Tensor, chunk_size: int, padded_len: Optional[
     return cuda_movers().crc32c_chunks(t.data_ptr(), n, padded_len or align_up(n), chunk_size, s.cuda_stream)
 
 
-def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device) -> torch.Tensor:
-    """The named sections' bytes back to back in one new device buffer, each checked on the
-    GPU as it lands; raises ChecksumError naming the section."""
-    lengths = [reg.container.section(n).length for n in names]
-    buf = torch.empty(sum(lengths), dtype=torch.uint8, device=device)
-    views, at = {}, 0
-    for name, n in zip(names, lengths):
-        views[name], at = buf[at:at + n], at + n
-    copy_sections_to_gpu(reg, views, verify="gpu")
-    return buf
-
-
 def device_crc32c(t: torch.Tensor, chunk_size: int = 4 << 20) -> int:
     """CRC32C of a contiguous CUDA tensor's bytes, equal to the CPU movers' `crc32c`:
     chunk CRCs of the 4096-aligned body on the GPU, combined on the host with the tail's."""
@@ -257,145 +245,3 @@ def free_device_bytes(device: torch.device) -> int:
     """What `device` could still hand out: its free memory plus torch's unused reserve."""
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-
-
-class RegisteredFile:
-    """A snapshot file mapped read-only and registered with CUDA, so that GPU copies read
-    the page cache directly at link speed. Keep one per file and reuse it across restores."""
-
-    def __init__(self, c: Container) -> None:
-        self.container = c
-        self._map = mmap.mmap(c.fileno(), c.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        self.array = np.frombuffer(self._map, dtype=np.uint8)
-        ptr = self.array.ctypes.data
-        flags = 8 | 2  # cudaHostRegisterReadOnly | cudaHostRegisterMapped
-        err = torch.cuda.cudart().cudaHostRegister(ptr, c.file_size, flags)
-        if int(err) != 0:
-            raise MoverUnavailable(f"cudaHostRegister of {c.path} failed with CUDA error {int(err)}")
-        self._ptr = ptr
-        self.host = readonly_tensor(self.array)
-        # Unregistered when closed or collected, whichever comes first.
-        self._finalizer = weakref.finalize(self, _unregister_host, ptr)
-
-    def section(self, name: str) -> torch.Tensor:
-        sec = self.container.section(name)
-        return self.host[sec.offset:sec.offset + sec.length]
-
-    def check_padding(self, name: str) -> None:
-        """GPU checks see a section's payload only and count its padding as the zeros the
-        format requires; this checks those bytes in the file are zeros (on the CPU: under
-        4 KiB per section), so a GPU-checked section is checked whole."""
-        sec = self.container.section(name)
-        tail = self.array[sec.offset + sec.length:sec.offset + sec.padded_length]
-        if tail.any():
-            raise FormatError(f"section {name!r}: the padding after its payload is not zero bytes "
-                              f"(file {self.container.path})")
-
-    def close(self) -> None:
-        """Unregisters the mapping from CUDA (idempotent); the mapping goes with the object."""
-        self._finalizer()
-        self._ptr = 0
-
-
-def _unregister_host(ptr: int) -> None:
-    torch.cuda.cudart().cudaHostUnregister(ptr)
-
-
-def stream_sections_to_gpu(c: Container, targets: dict[str, torch.Tensor], *, direct: bool = True,
-                           staging_bytes: int = 256 * 2**20, threads: int = DEFAULT_THREADS) -> bool:
-    """Cold path: reads sections (O_DIRECT where the filesystem allows) into two pinned
-    staging buffers, checking CRC32C in the same pass, while the other buffer's bytes are
-    copied to the GPU on a side stream. Returns whether O_DIRECT was used throughout."""
-    import concurrent.futures
-
-    names = list(targets)
-    biggest = max((c.section(n).length for n in names), default=0)
-    size = max(staging_bytes, align_up(biggest))
-    staging = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-    done = [torch.cuda.Event(), torch.cuda.Event()]
-    side = torch.cuda.Stream()
-    mv = movers()
-    used_direct = True
-
-    def read(i: int, name: str) -> bool:
-        sec = c.section(name)
-        buf = staging[i % 2][:sec.length]
-        crcs, direct_used = mv.read_section(c.io_path, sec.offset, buf.numpy(), sec.padded_length,
-                                            sec.chunk_size, threads, direct)
-        sec.check_crcs(crcs)
-        return direct_used
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(read, 0, names[0]) if names else None
-        for i, name in enumerate(names):
-            used_direct &= pending.result()
-            if i + 1 < len(names):
-                done[(i + 1) % 2].synchronize()  # the buffer about to be refilled is free again
-                pending = pool.submit(read, i + 1, names[i + 1])
-            dst = targets[name].view(-1).view(torch.uint8)
-            with torch.cuda.stream(side):
-                dst.copy_(staging[i % 2][:dst.numel()], non_blocking=True)
-                done[i % 2].record(side)
-    side.synchronize()
-    return used_direct
-
-
-def check_sections(reg: "RegisteredFile", names: list[str]) -> None:
-    """Checks the named sections' bytes in the mapped file on CPU threads; raises ChecksumError."""
-    mv = movers()
-    for name in names:
-        sec = reg.container.section(name)
-        extent = reg.array[sec.offset:sec.offset + sec.padded_length]
-        sec.check_crcs(mv.crc32c_chunks(extent, sec.chunk_size, DEFAULT_THREADS))
-
-
-def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], *,
-                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None,
-                         landed: Optional[Callable[[str, torch.Tensor], None]] = None) -> None:
-    """Copies file sections into GPU tensors of the same byte size.
-
-    verify="cpu": CPU threads checksum the mapped page-cache bytes while the DMA copies run;
-    verify="gpu": each section's bytes are checked on the GPU as soon as they land, while
-    later sections are still copying (what is checked is what arrived);
-    verify="none": no check (for measuring the cost of checking only).
-    Raises ChecksumError naming the section if any chunk differs.
-
-    `landed(name, target)`, with verify="gpu", is called on this thread as soon as the
-    section's copy and check are queued, with `stream` current: GPU work it queues runs
-    after the bytes arrived, while later sections copy, before their check results are
-    known. What it writes must be undone by the caller if this function raises.
-    """
-    import concurrent.futures
-
-    if landed is not None and verify != "gpu":
-        raise ValueError(f"landed= needs verify='gpu' (it runs after each section's GPU check), not {verify!r}")
-    for name, dst in targets.items():
-        n = reg.container.section(name).length
-        if dst.numel() * dst.element_size() != n:
-            raise SchemaError(f"section {name!r} holds {n} bytes, target {tuple(dst.shape)} differs")
-    s = stream or torch.cuda.current_stream()
-    copy_stream = torch.cuda.Stream() if verify == "gpu" else s
-    copy_stream.wait_stream(s)
-    verifier = DeviceVerifier()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # The CPU checksum runs on native threads (GIL released) while the DMA copies go.
-        checked = pool.submit(check_sections, reg, list(targets)) if verify == "cpu" else None
-        for name, dst in targets.items():
-            with torch.cuda.stream(copy_stream):
-                dst.view(-1).view(torch.uint8).copy_(reg.section(name), non_blocking=True)
-            if verify == "gpu":
-                reg.check_padding(name)
-                arrived = torch.cuda.Event()
-                arrived.record(copy_stream)
-                s.wait_event(arrived)
-                sec = reg.container.section(name)
-                verifier.check(f"section {name!r}", dst.view(-1), list(sec.chunk_crcs), sec.chunk_size,
-                               sec.padded_length, stream=s)
-                if landed is not None:
-                    with torch.cuda.stream(s):
-                        landed(name, dst)
-        if checked is not None:
-            checked.result()
-    s.wait_stream(copy_stream)
-    s.synchronize()
-    verifier.raise_if_failed()

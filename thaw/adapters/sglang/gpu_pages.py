@@ -60,10 +60,10 @@ def upload_checked_pages(snap: StateSnapshot, registered: Any, device: torch.dev
     """Every KV layer of the file in one new device buffer, [pages, page_elems] each,
     checked on the GPU against the file's chunk CRCs; ChecksumError names the first bad
     section once every layer has landed. `landed(layer, pages)` is called as each layer's
-    upload and check are queued (`thaw.core.gpu.copy_sections_to_gpu`): what it queues on
+    upload and check are queued (`thaw.core.gpu_files.copy_sections_to_gpu`): what it queues on
     the current stream runs while later layers upload, before the checks are known, so it
     may only write what the caller can give back when this raises."""
-    from thaw.core.gpu import copy_sections_to_gpu
+    from thaw.core.gpu_files import copy_sections_to_gpu
 
     sections = [layer._section for layer in snap.kv.layers]
     lengths = [registered.container.section(name).length for name in sections]

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import torch
 
 from thaw.core import StateSnapshot
-from thaw.core.gpu import copy_sections_to_gpu, free_device_bytes, stream_sections_to_gpu
+from thaw.core.gpu import free_device_bytes
+from thaw.core.gpu_files import copy_sections_to_gpu, stream_sections_to_gpu
 
 STAGING_HEADROOM = 1 << 30  # left free on the device beside the staged weights
 

@@ -306,7 +306,7 @@ def _registered_file(s: Any, container: Any) -> Any:
     """The snapshot file registered with CUDA, kept for later restores of the same file;
     registering another file releases the previous one (restores are synchronous)."""
     from thaw.core.container import file_key
-    from thaw.core.gpu import RegisteredFile
+    from thaw.core.gpu_files import RegisteredFile
 
     st, key = _state(s), file_key(container.path)
     if st.registered is None or st.registered[0] != key:

@@ -243,7 +243,7 @@ class VLLMHandle(EngineAdapter):
                 self._registered_file(held_in)
             reg = self._registered_file(snap.source)
             if kv_on_device and snap.kv is not None:
-                from thaw.core.gpu import upload_sections
+                from thaw.core.gpu_files import upload_sections
 
                 self._resident = None  # the previous file's pages go before the next are placed
                 names = [layer._section for layer in snap.kv.layers]
@@ -337,7 +337,7 @@ class VLLMHandle(EngineAdapter):
         same file. The two files used last stay registered (a restore reads at most two:
         its own, and the one its weights are referenced from); registering a third
         releases the oldest (restores are synchronous, so nothing is reading it any more)."""
-        from thaw.core.gpu import RegisteredFile
+        from thaw.core.gpu_files import RegisteredFile
 
         key = file_key(container.path)
         reg = self._registrations.pop(key, None)

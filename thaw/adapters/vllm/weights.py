@@ -147,7 +147,7 @@ class WeightsLoad:
         if self.route == "checkpoint/worker":  # read and checked there, kept for commit
             self.parts.workers.call("stage_weights", path=self.snap.source.path)
         elif self.route in ("parameters/gpu-staged", "parameters/gpu-streamed"):
-            from thaw.core.gpu import copy_sections_to_gpu, stream_sections_to_gpu
+            from thaw.core.gpu_files import copy_sections_to_gpu, stream_sections_to_gpu
 
             offsets, total = {}, 0
             for section in from_file:
@@ -162,11 +162,11 @@ class WeightsLoad:
                 copy_sections_to_gpu(self.registered, views, verify="gpu")
             self._staged = {from_file[sec]: v for sec, v in views.items()}
         elif self.route == "parameters/host-verified":
-            from thaw.core.gpu import check_sections
+            from thaw.core.gpu_files import check_sections
 
             check_sections(self.registered, list(from_file))
         elif self.route in ("checkpoint/gpu-staged", "checkpoint/gpu-streamed"):
-            from thaw.core.gpu import copy_sections_to_gpu, stream_sections_to_gpu
+            from thaw.core.gpu_files import copy_sections_to_gpu, stream_sections_to_gpu
 
             device = self.parts.kv_caches[0].device
             targets = {d._section: torch.empty(d.shape, dtype=d.dtype, device=device)
@@ -186,7 +186,7 @@ class WeightsLoad:
         elif self.route.startswith("checkpoint/"):
             reload_weights(self.parts, list(self._staged.items()))
         elif self.route == "parameters/host-verified":
-            from thaw.core.gpu import copy_sections_to_gpu
+            from thaw.core.gpu_files import copy_sections_to_gpu
 
             copy_sections_to_gpu(self.registered, {d._section: self.params[name].view(-1).view(torch.uint8)
                                                    for name, d in self.snap.weights.items()}, verify="none")

@@ -1,0 +1,203 @@
+"""Snapshot files into GPU memory: a file registered with CUDA (copies read the page cache
+at link speed), sections copied from it and checked on the GPU or the CPU, and files
+outside the page cache streamed with O_DIRECT through pinned buffers.
+
+Needs a CUDA device (`thaw.core.gpu.cuda_movers` for the GPU checks).
+"""
+
+from __future__ import annotations
+
+import mmap
+import weakref
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .container import Container
+from .errors import FormatError, MoverUnavailable, SchemaError
+from .format import align_up
+from .gpu import DeviceVerifier
+from .movers import DEFAULT_THREADS, movers
+from .tensor_data import readonly_tensor
+
+
+class RegisteredFile:
+    """A snapshot file mapped read-only and registered with CUDA, so that GPU copies read
+    the page cache directly at link speed. Keep one per file and reuse it across restores."""
+
+    def __init__(self, c: Container) -> None:
+        self.container = c
+        self._map = mmap.mmap(c.fileno(), c.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        self.array = np.frombuffer(self._map, dtype=np.uint8)
+        ptr = self.array.ctypes.data
+        flags = 8 | 2  # cudaHostRegisterReadOnly | cudaHostRegisterMapped
+        err = torch.cuda.cudart().cudaHostRegister(ptr, c.file_size, flags)
+        if int(err) != 0:
+            raise MoverUnavailable(f"cudaHostRegister of {c.path} failed with CUDA error {int(err)}")
+        self._ptr = ptr
+        self.host = readonly_tensor(self.array)
+        # Unregistered when closed or collected, whichever comes first.
+        self._finalizer = weakref.finalize(self, _unregister_host, ptr)
+
+    def section(self, name: str) -> torch.Tensor:
+        sec = self.container.section(name)
+        return self.host[sec.offset:sec.offset + sec.length]
+
+    def check_padding(self, name: str) -> None:
+        """GPU checks see a section's payload only and count its padding as the zeros the
+        format requires; this checks those bytes in the file are zeros (on the CPU: under
+        4 KiB per section), so a GPU-checked section is checked whole."""
+        sec = self.container.section(name)
+        tail = self.array[sec.offset + sec.length:sec.offset + sec.padded_length]
+        if tail.any():
+            raise FormatError(f"section {name!r}: the padding after its payload is not zero bytes "
+                              f"(file {self.container.path})")
+
+    def close(self) -> None:
+        """Unregisters the mapping from CUDA (idempotent); the mapping goes with the object."""
+        self._finalizer()
+        self._ptr = 0
+
+
+def _unregister_host(ptr: int) -> None:
+    torch.cuda.cudart().cudaHostUnregister(ptr)
+
+
+def stream_sections_to_gpu(c: Container, targets: dict[str, torch.Tensor], *, direct: bool = True,
+                           staging_bytes: int = 256 * 2**20, threads: int = DEFAULT_THREADS) -> bool:
+    """Cold path: reads sections (O_DIRECT where the filesystem allows) into two pinned
+    staging buffers, checking CRC32C in the same pass, while the other buffer's bytes are
+    copied to the GPU on a side stream. Returns whether O_DIRECT was used throughout."""
+    import concurrent.futures
+
+    names = list(targets)
+    biggest = max((c.section(n).length for n in names), default=0)
+    size = max(staging_bytes, align_up(biggest))
+    staging = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    done = [torch.cuda.Event(), torch.cuda.Event()]
+    side = torch.cuda.Stream()
+    mv = movers()
+    used_direct = True
+
+    def read(i: int, name: str) -> bool:
+        sec = c.section(name)
+        buf = staging[i % 2][:sec.length]
+        crcs, direct_used = mv.read_section(c.io_path, sec.offset, buf.numpy(), sec.padded_length,
+                                            sec.chunk_size, threads, direct)
+        sec.check_crcs(crcs)
+        return direct_used
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(read, 0, names[0]) if names else None
+        for i, name in enumerate(names):
+            used_direct &= pending.result()
+            if i + 1 < len(names):
+                done[(i + 1) % 2].synchronize()  # the buffer about to be refilled is free again
+                pending = pool.submit(read, i + 1, names[i + 1])
+            dst = targets[name].view(-1).view(torch.uint8)
+            with torch.cuda.stream(side):
+                dst.copy_(staging[i % 2][:dst.numel()], non_blocking=True)
+                done[i % 2].record(side)
+    side.synchronize()
+    return used_direct
+
+
+def check_sections(reg: "RegisteredFile", names: list[str]) -> None:
+    """Checks the named sections' bytes in the mapped file on CPU threads; raises ChecksumError."""
+    mv = movers()
+    for name in names:
+        sec = reg.container.section(name)
+        extent = reg.array[sec.offset:sec.offset + sec.padded_length]
+        sec.check_crcs(mv.crc32c_chunks(extent, sec.chunk_size, DEFAULT_THREADS))
+
+
+def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], *,
+                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None,
+                         landed: Optional[Callable[[str, torch.Tensor], None]] = None) -> None:
+    """Copies file sections into GPU tensors of the same byte size.
+
+    verify="cpu": CPU threads checksum the mapped page-cache bytes while the DMA copies run;
+    verify="gpu": each section's bytes are checked on the GPU as soon as they land, while
+    later sections are still copying (what is checked is what arrived);
+    verify="none": no check (for measuring the cost of checking only).
+    Raises ChecksumError naming the section if any chunk differs.
+
+    `landed(name, target)`, with verify="gpu", is called on this thread as soon as the
+    section's copy and check are queued, with `stream` current: GPU work it queues runs
+    after the bytes arrived, while later sections copy, before their check results are
+    known. What it writes must be undone by the caller if this function raises.
+    """
+    import concurrent.futures
+
+    if landed is not None and verify != "gpu":
+        raise ValueError(f"landed= needs verify='gpu' (it runs after each section's GPU check), not {verify!r}")
+    for name, dst in targets.items():
+        n = reg.container.section(name).length
+        if dst.numel() * dst.element_size() != n:
+            raise SchemaError(f"section {name!r} holds {n} bytes, target {tuple(dst.shape)} differs")
+    s = stream or torch.cuda.current_stream()
+    if verify == "gpu":
+        _copy_checked_on_gpu(reg, targets, s, landed)
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # The CPU checksum runs on native threads (GIL released) while the DMA copies go.
+        checked = pool.submit(check_sections, reg, list(targets)) if verify == "cpu" else None
+        for name, dst in targets.items():
+            with torch.cuda.stream(s):
+                dst.view(-1).view(torch.uint8).copy_(reg.section(name), non_blocking=True)
+        if checked is not None:
+            checked.result()
+    s.synchronize()
+
+
+def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], s: torch.cuda.Stream,
+                         landed: Optional[Callable[[str, torch.Tensor], None]]) -> None:
+    """Every copy queued at once on a side stream (the DMA engine never waits for this
+    thread), then on `s` each section checked as it lands and handed to `landed`; the
+    expected chunk CRCs of all sections go up in one transfer. Returns or raises only once
+    no copy or queued work is still running."""
+    if not targets:
+        return
+    secs = [reg.container.section(name) for name in targets]
+    device = next(iter(targets.values())).device
+    copy_stream = torch.cuda.Stream(device)
+    copy_stream.wait_stream(s)
+    crcs = np.concatenate([np.asarray(sec.chunk_crcs, dtype=np.uint32) for sec in secs]).view(np.int32)
+    host_want = torch.from_numpy(crcs).pin_memory()
+    arrived = []
+    with torch.cuda.stream(copy_stream):
+        for name, dst in targets.items():
+            dst.view(-1).view(torch.uint8).copy_(reg.section(name), non_blocking=True)
+            arrived.append(torch.cuda.Event())
+            arrived[-1].record(copy_stream)
+    verifier = DeviceVerifier()
+    try:
+        with torch.cuda.stream(s):
+            want = host_want.to(device, non_blocking=True)
+            at = 0
+            for (name, dst), sec, event in zip(targets.items(), secs, arrived):
+                reg.check_padding(name)
+                s.wait_event(event)
+                k = len(sec.chunk_crcs)
+                verifier.check(f"section {name!r}", dst.view(-1), list(sec.chunk_crcs), sec.chunk_size,
+                               sec.padded_length, stream=s, want=want[at:at + k])
+                at += k
+                if landed is not None:
+                    landed(name, dst)
+    finally:
+        s.wait_stream(copy_stream)
+        s.synchronize()  # nothing may still write the targets once the caller sees an error
+    verifier.raise_if_failed()
+
+
+def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device) -> torch.Tensor:
+    """The named sections' bytes back to back in one new device buffer, each checked on the
+    GPU as it lands; raises ChecksumError naming the section."""
+    lengths = [reg.container.section(n).length for n in names]
+    buf = torch.empty(sum(lengths), dtype=torch.uint8, device=device)
+    views, at = {}, 0
+    for name, n in zip(names, lengths):
+        views[name], at = buf[at:at + n], at + n
+    copy_sections_to_gpu(reg, views, verify="gpu")
+    return buf
