@@ -32,6 +32,7 @@ class EngineUnderTest:
         whose weights it references instead of copying) and `direct` (written past the page
         cache); the fork check then forks from such a session snapshot, written directly,
         which shares the trunk's weights file.
+    fork_children: how many children the fork check forks (two or more: they must diverge).
     """
 
     driver: str
@@ -46,6 +47,7 @@ class EngineUnderTest:
     fork_engine: str = "vllm"  # name in thaw.fork.DRIVERS
     carries_requests: bool = True
     references_weights: bool = True
+    fork_children: int = 4
 
     @contextmanager
     def engine(self, **overrides: Any) -> Iterator[EngineWorker]:

@@ -117,11 +117,12 @@ class SnapshotRestoreConformance:
             session = thaw.load(trunk.session_path, verify=False)
             assert session.weights_from == str(trunk.trunk_path)
             assert not any(n.startswith("weights/") for n in session.source.sections)
-        children = fork(str(trunk.session_path), 4, engine=eut.fork_engine,
+        n = eut.fork_children
+        children = fork(str(trunk.session_path), n, engine=eut.fork_engine,
                         engine_config={**eut.config, **eut.fresh_config},
                         prompt=eut.prompt, max_tokens=eut.max_tokens, temperature=1.0,
-                        seeds=[11, 12, 13, 14])
+                        seeds=[11 + i for i in range(n)])
         expected = eut.expected_cached(trunk.trunk_path, eut.prompt)
-        assert [c.cached_tokens for c in children] == [expected] * 4
+        assert [c.cached_tokens for c in children] == [expected] * n
         assert all(c.greedy_tokens == trunk.cached["tokens"] for c in children)
         assert len({tuple(c.tokens) for c in children}) > 1, "seeded children should diverge"

@@ -156,6 +156,22 @@ def test_landed_hook_sees_each_section_as_it_is_checked_and_the_error_after_all(
     reg.close()
 
 
+def test_registered_files_keep_the_two_used_last(tmp_path):
+    from thaw.core.gpu_files import RegisteredFiles
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"s{i}.thaw")
+        thaw.save(thaw.StateSnapshot.from_tensors({"w": torch.full((64,), float(i))}), paths[-1])
+    files = RegisteredFiles(keep=2)
+    a, b = files.get(Container(paths[0])), files.get(Container(paths[1]))
+    assert files.get(Container(paths[0])) is a  # the same file again: the same registration
+    files.get(Container(paths[2]))  # b, used least recently, is released
+    assert b._ptr == 0 and a._ptr != 0
+    files.close()
+    assert a._ptr == 0
+
+
 def test_upload_and_scatter_checks_each_layer():
     layers = [torch.randn(2, 40, 16, 4, 32, device="cuda") for _ in range(4)]
     ids = torch.tensor([7, 2, 30, 11], device="cuda")

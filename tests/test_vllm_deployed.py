@@ -22,13 +22,22 @@ def models(tmp_path_factory):
     return tiny_models(tmp_path_factory.mktemp("models"))
 
 
+def deployed(eut):
+    """The suite through the engine's processes. What does not depend on them is checked
+    once in process (test_vllm_conformance): every mismatched identity field (one proves the
+    refusal comes back through the processes) and four fork children (two diverge as well)."""
+    eut.mismatches = {"dtype": eut.mismatches["dtype"]}
+    eut.fork_children = 2
+    return eut
+
+
 class TestMultiprocessLLMConformance(SnapshotRestoreConformance):
     """`vllm.LLM` in vLLM's default mode: EngineCore and worker each in their own process;
     thaw runs in the core (block pool, prefix hashes) and in the worker (KV, weights)."""
 
     @pytest.fixture(scope="class")
     def engine_under_test(self, models):
-        eut = tiny_engine("vllm", models, prompt=PROMPT, carries_requests=False)
+        eut = deployed(tiny_engine("vllm", models, prompt=PROMPT, carries_requests=False))
         eut.config["thaw_engine"] = "multiprocess"
         return eut
 
@@ -38,7 +47,7 @@ class TestAsyncLLMConformance(SnapshotRestoreConformance):
 
     @pytest.fixture(scope="class")
     def engine_under_test(self, models):
-        eut = tiny_engine("vllm", models, prompt=PROMPT, carries_requests=False)
+        eut = deployed(tiny_engine("vllm", models, prompt=PROMPT, carries_requests=False))
         eut.driver = eut.fork_engine = "thaw.adapters.vllm.async_driver:AsyncVLLMDriver"
         return eut
 

@@ -60,6 +60,34 @@ class RegisteredFile:
         self._ptr = 0
 
 
+class RegisteredFiles:
+    """The snapshot files an engine restores from, each mapped and registered with CUDA
+    once and kept for later restores of the same file (path, inode, size, modification
+    time). The `keep` files used last stay registered (a restore reads at most two: its
+    own and the one its weights are referenced from); registering one more releases the
+    oldest, so call `get` only between restores (nothing may still read the released one)."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._files: dict[tuple, RegisteredFile] = {}
+
+    def get(self, c: Container) -> RegisteredFile:
+        from .container import file_key
+
+        key = file_key(c.path)
+        reg = self._files.pop(key, None)
+        self._files[key] = reg if reg is not None else RegisteredFile(c)  # newest last
+        while len(self._files) > self.keep:
+            self._files.pop(next(iter(self._files))).close()
+        return self._files[key]
+
+    def close(self) -> None:
+        """Unregisters every file (idempotent)."""
+        files, self._files = self._files, {}
+        for reg in files.values():
+            reg.close()
+
+
 def _unregister_host(ptr: int) -> None:
     torch.cuda.cudart().cudaHostUnregister(ptr)
 

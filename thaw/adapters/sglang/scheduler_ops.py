@@ -303,18 +303,14 @@ def _cold_files(snap: StateSnapshot) -> dict[str, bool]:
 
 
 def _registered_file(s: Any, container: Any) -> Any:
-    """The snapshot file registered with CUDA, kept for later restores of the same file;
-    registering another file releases the previous one (restores are synchronous)."""
-    from thaw.core.container import file_key
-    from thaw.core.gpu_files import RegisteredFile
+    """The snapshot file registered with CUDA, kept for later restores of the same file
+    (`RegisteredFiles`: its own and the one its weights are referenced from stay)."""
+    from thaw.core.gpu_files import RegisteredFiles
 
-    st, key = _state(s), file_key(container.path)
-    if st.registered is None or st.registered[0] != key:
-        if st.registered is not None:
-            st.registered[1].close()
-            st.registered = None
-        st.registered = (key, RegisteredFile(container))
-    return st.registered[1]
+    st = _state(s)
+    if st.registered is None:
+        st.registered = RegisteredFiles(keep=2)
+    return st.registered.get(container)
 
 
 def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:

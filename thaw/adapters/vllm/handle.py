@@ -62,7 +62,7 @@ class VLLMHandle(EngineAdapter):
         self._restored_from: Optional[str] = None  # the file those came from
         self._weights_known = not engine_access.loads_dummy_weights(self.parts)
         self.resumed_outputs: dict[str, list[int]] = {}
-        self._registrations: dict[tuple, Any] = {}
+        self._registrations: Optional[Any] = None  # RegisteredFiles, made on first use (CUDA only)
         self._resident: Optional[tuple[tuple, torch.Tensor]] = None
         self._opened: Optional[tuple[tuple, StateSnapshot, int]] = None  # key, snapshot, its ranks
         self.last_capture: Optional[CaptureReport] = None
@@ -262,9 +262,8 @@ class VLLMHandle(EngineAdapter):
         """Frees what `prepare` and restores from files hold: CUDA registrations and KV
         pages kept on the device."""
         self._resident = None
-        for reg in self._registrations.values():
-            reg.close()
-        self._registrations = {}
+        if self._registrations is not None:
+            self._registrations.close()
 
     def _resident_kv(self, container: Any) -> Optional[torch.Tensor]:
         """The KV pages `prepare(kv_on_device=True)` keeps for the file `container` is, if any."""
@@ -333,19 +332,13 @@ class VLLMHandle(EngineAdapter):
         return self._opened[1]
 
     def _registered_file(self, container: Any) -> Any:
-        """The snapshot file mapped and registered with CUDA, kept for later restores of the
-        same file. The two files used last stay registered (a restore reads at most two:
-        its own, and the one its weights are referenced from); registering a third
-        releases the oldest (restores are synchronous, so nothing is reading it any more)."""
-        from thaw.core.gpu_files import RegisteredFile
+        """The snapshot file mapped and registered with CUDA, kept for later restores
+        (`thaw.core.gpu_files.RegisteredFiles`: the two files used last stay registered)."""
+        if self._registrations is None:
+            from thaw.core.gpu_files import RegisteredFiles
 
-        key = file_key(container.path)
-        reg = self._registrations.pop(key, None)
-        self._registrations[key] = reg if reg is not None else RegisteredFile(container)  # newest last
-        while len(self._registrations) > KEPT_REGISTRATIONS:
-            oldest = next(iter(self._registrations))
-            self._registrations.pop(oldest).close()
-        return self._registrations[key]
+            self._registrations = RegisteredFiles(KEPT_REGISTRATIONS)
+        return self._registrations.get(container)
 
     def finish_requests(self) -> dict[str, list[int]]:
         """Steps the engine until every request finishes; returns each one's full output,
