@@ -88,6 +88,8 @@ def main() -> None:
             r["speedup_restore_counted"] = r["cold_ttft_s"] / (rep["seconds"] + r["restored_ttft_s"])
             r["speedup_after_restore"] = r["cold_ttft_s"] / r["restored_ttft_s"]
             r["restore_gb_per_s"] = rep["kv_bytes"] / rep["seconds"] / 1e9
+            # the adapter's kv phase: vLLM's writes the pages read and checked before it;
+            # SGLang's reads them (checked) and writes them as it goes
             r["kv_write_gb_per_s"] = rep["kv_bytes"] / rep["seconds_by_phase"]["kv"] / 1e9
     print(f"{'prefix':>7} {'cold TTFT':>10} {'restore':>8} {'+ TTFT':>8} {'speed-up':>9} "
           f"{'(TTFT only)':>11} {'warm parent':>11} {'cached':>7} {'restore GB/s':>12}")

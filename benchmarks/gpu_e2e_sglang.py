@@ -90,7 +90,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 rep, measured = fork_round(w, kv_snap, trunk)
                 phases = rep["seconds_by_phase"]
-                # kv: slots reserved, every layer uploaded, checked on the GPU and written into them
+                # kv: every layer uploaded, checked on the GPU and written into the slots that
+                # kv_reserve (planning on the host, allocation) set aside, listed apart
                 rounds.append({**measured, "kv_gb_s": rep["kv_bytes"] / phases["kv"] / 1e9})
             return {"rounds": rounds, "kv_bytes": rep["kv_bytes"],
                     **medians(rounds, "restore_s", "kv_gb_s", "decode_s", "round_s")}

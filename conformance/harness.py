@@ -33,6 +33,13 @@ class EngineUnderTest:
         cache); the fork check then forks from such a session snapshot, written directly,
         which shares the trunk's weights file.
     fork_children: how many children the fork check forks (two or more: they must diverge).
+    resume_oracle: what a resumed in-flight request must equal. "uninterrupted": the parent's
+        own run of it to the end. "resubmitted": the parent, once that run has cached its
+        tokens, given the prompt and the carried tokens as a new request; for engines whose
+        resumption recomputes the KV of the last partial page with their extend kernel, not
+        decode (SGLang on CUDA: bf16 greedy outputs part at the first low-margin token), so
+        the engine's own way of resuming is the reference and the carried KV still has to be
+        bit for bit what it computed.
     """
 
     driver: str
@@ -48,6 +55,7 @@ class EngineUnderTest:
     carries_requests: bool = True
     references_weights: bool = True
     fork_children: int = 4
+    resume_oracle: str = "uninterrupted"
 
     @contextmanager
     def engine(self, **overrides: Any) -> Iterator[EngineWorker]:
@@ -106,4 +114,10 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
         parent.call("step", n=eut.inflight_steps)
         parent.call("snapshot", path=str(inflight_path))
         uninterrupted = parent.call("finish")["inflight-0"]
-    return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, uninterrupted)
+        # The other reference (see resume_oracle): the carried tokens resubmitted to the parent.
+        req = next(r for r in load(inflight_path, verify=False).requests if r.request_id == "inflight-0")
+        carried = list(req.output_token_ids)
+        rest = parent.call("generate", prompt_token_ids=inflight_prompt + carried,
+                           max_tokens=eut.inflight_max_tokens - len(carried))
+    return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, uninterrupted,
+                 extra={"resubmitted": carried + rest["tokens"]})

@@ -94,18 +94,22 @@ class SnapshotRestoreConformance:
     def test_inflight_request_resumes_to_uninterrupted_result(self, engine_under_test, trunk):
         if not engine_under_test.carries_requests:
             pytest.skip("this way of running the engine does not carry in-flight requests (carries_requests=False)")
+        oracle = engine_under_test.resume_oracle
+        if oracle not in ("uninterrupted", "resubmitted"):
+            pytest.fail(f"resume_oracle {oracle!r}: 'uninterrupted' or 'resubmitted'")
         snap = thaw.load(trunk.inflight_path)
         req = next(r for r in snap.requests if r.request_id == "inflight-0")
         assert 0 < len(req.output_token_ids) < engine_under_test.inflight_max_tokens
         with engine_under_test.fresh_engine() as child:
             child.call("restore", path=str(trunk.inflight_path))
             done = child.call("finish")
-        got, want = done["inflight-0"], trunk.uninterrupted
+        got = done["inflight-0"]
+        want = trunk.uninterrupted if oracle == "uninterrupted" else trunk.extra["resubmitted"]
         if got != want:
             at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-            pytest.fail(f"resumed output differs from the uninterrupted run at output token {at} of {len(want)} "
+            pytest.fail(f"resumed output differs from the {oracle} run at output token {at} of {len(want)} "
                         f"({len(req.output_token_ids)} were carried in the snapshot); "
-                        f"resumed {got[max(0, at - 3):at + 5]}, uninterrupted {want[max(0, at - 3):at + 5]}")
+                        f"resumed {got[max(0, at - 3):at + 5]}, {oracle} {want[max(0, at - 3):at + 5]}")
 
     def test_fork_four_children_hit_prefix_and_diverge(self, engine_under_test, trunk):
         """Forked from the session snapshot: its weights come from the trunk's file, and it

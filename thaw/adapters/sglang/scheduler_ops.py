@@ -249,6 +249,7 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
             # Fresh slots first (nothing names them until the commit), so each KV layer can
             # be written into them as it arrives; any failure below gives them back.
             placement = cache_restore.reserve_tree(s.tree_cache, pool, tree, snap.kv.num_pages)
+            lap("kv_reserve")
             kv_from = _write_kv(s, snap, layout, pool, placement, cold)
         lap("kv")
         named, weights_route = [], None

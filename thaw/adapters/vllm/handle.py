@@ -12,25 +12,23 @@ import torch
 from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError, save
 from thaw.core.adapter import EngineAdapter
 from thaw.core import weights_ref
-from thaw.core.container import file_key
 from thaw.core.object_store import absolute
 from thaw.core.prefault import populate_for_write
 from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
-from thaw.core.tp import check_ranks, merge_ranks, view_at
-from thaw.core.tp_files import RankSetWriter, load_ranks, source_key
+from thaw.core.tp_files import RankSetWriter
 
 from ..checkpoint import read_checkpoint
 from . import engine_access
 from .capture import CaptureReport, capture, capture_index
 from .recorder import BlockTokenRecorder
 from .kv_placement import RestoreReport
+from .prepared import PreparedFiles
 from .restore import restore
 from .worker_ops import prefix_to_json
 from .weights import PARAMETERS_FORMAT, check_format, native_format, parameters, parameters_digest
 
 SnapshotSource = Union[str, os.PathLike, StateSnapshot]
-KEPT_REGISTRATIONS = 2  # see VLLMHandle._registered_file
 logger = logging.getLogger("thaw.vllm")
 
 
@@ -62,9 +60,7 @@ class VLLMHandle(EngineAdapter):
         self._restored_from: Optional[str] = None  # the file those came from
         self._weights_known = not engine_access.loads_dummy_weights(self.parts)
         self.resumed_outputs: dict[str, list[int]] = {}
-        self._registrations: Optional[Any] = None  # RegisteredFiles, made on first use (CUDA only)
-        self._resident: Optional[tuple[tuple, torch.Tensor]] = None
-        self._opened: Optional[tuple[tuple, StateSnapshot, int]] = None  # key, snapshot, its ranks
+        self.files = PreparedFiles(parts)  # snapshots opened, registered, KV kept on the device
         self.last_capture: Optional[CaptureReport] = None
         self.last_restore: Optional[RestoreReport] = None
 
@@ -235,41 +231,12 @@ class VLLMHandle(EngineAdapter):
         checked as they land; later restores of every page of this file scatter them from
         there instead of the link, e.g. a fork server restoring one trunk again and again.
         Preparing another file, or `release_prepared`, frees them."""
-        t0 = time.perf_counter()
-        snap = self._opened_snapshot(path)
-        if self.parts.on_cuda and snap.source is not None and snap.source.is_local:
-            held_in = snap.weights_source  # a file its weights are referenced from: registered too
-            if held_in is not None and held_in is not snap.source and held_in.is_local:
-                self._registered_file(held_in)
-            reg = self._registered_file(snap.source)
-            if kv_on_device and snap.kv is not None:
-                from thaw.core.gpu_files import upload_sections
-
-                self._resident = None  # the previous file's pages go before the next are placed
-                names = [layer._section for layer in snap.kv.layers]
-                self._resident = (file_key(path), upload_sections(reg, names, self.parts.kv_caches[0].device))
-        elif kv_on_device and self.parts.workers is not None:
-            raise EngineUnsupported("kv_on_device keeps pages beside a CUDA pool the engine core holds; this "
-                                    "engine's KV lives in worker processes")
-        elif kv_on_device and self.parts.on_cuda:
-            raise EngineUnsupported(f"kv_on_device uploads the KV sections of a local file; {path} is read "
-                                    "from object storage: set THAW_CACHE_DIR to keep a checked local copy")
-        elif kv_on_device:
-            raise EngineUnsupported("kv_on_device needs a CUDA engine; this one runs on the CPU")
-        return time.perf_counter() - t0
+        return self.files.prepare(path, kv_on_device=kv_on_device)
 
     def release_prepared(self) -> None:
         """Frees what `prepare` and restores from files hold: CUDA registrations and KV
         pages kept on the device."""
-        self._resident = None
-        if self._registrations is not None:
-            self._registrations.close()
-
-    def _resident_kv(self, container: Any) -> Optional[torch.Tensor]:
-        """The KV pages `prepare(kv_on_device=True)` keeps for the file `container` is, if any."""
-        if self._resident is not None and self._resident[0] == file_key(container.path):
-            return self._resident[1]
-        return None
+        self.files.release()
 
     # -- restore --------------------------------------------------------------------
     def restore(self, source: SnapshotSource, *, weights: bool = True, requests: bool = True,
@@ -284,17 +251,19 @@ class VLLMHandle(EngineAdapter):
         unless `trust_unknown_weights`); `requests=False` skips in-flight requests.
         """
         t0 = time.perf_counter()
-        snap = source if isinstance(source, StateSnapshot) else self._opened_snapshot(source)
-        ranks = self._opened[2] if not isinstance(source, StateSnapshot) else snap.identity.tp_size
+        if isinstance(source, StateSnapshot):
+            snap, ranks = source, source.identity.tp_size
+        else:
+            snap, ranks = self.files.opened(source)
         verify_seconds = time.perf_counter() - t0
         # Only digests already known go into the identity compared here (the comparison
         # reports differences); the check that needs one computes it (check_fits).
         engine_id = engine_access.engine_identity(self.parts, self._digests.get(snap.weights_format, ""))
         report, resumed = restore(self.parts, snap, self.recorder, engine_id=engine_id,
                                   engine_weights_digest=self.weights_digest,
-                                  load_weights=weights, resume=requests, registry=self._registered_file,
+                                  load_weights=weights, resume=requests, registry=self.files.registered,
                                   trust_unknown_weights=trust_unknown_weights,
-                                  resident_kv=self._resident_kv)
+                                  resident_kv=self.files.resident_kv)
         report.seconds["open"] = verify_seconds
         if ranks != engine_access.tp_size(self.parts):
             report.tp_resharded = [ranks, engine_access.tp_size(self.parts)]
@@ -307,38 +276,6 @@ class VLLMHandle(EngineAdapter):
         self.resumed_outputs.update(resumed)
         self.last_restore = report
         return report
-
-    def _opened_snapshot(self, path: Union[str, os.PathLike]) -> StateSnapshot:
-        """The snapshot at `path` (one file, or a tensor-parallel directory of rank files)
-        as this engine restores it, opened once and kept while its files are the same ones
-        (path, inode, size, modification time): forks restore the same file again and again,
-        and re-reading a large file's header and section table cost them tens of
-        milliseconds. Every section's bytes are still checked against their CRCs when read.
-
-        Ranks of another tensor parallel size than the engine's: an engine whose workers
-        read the file gets rank 0 re-stated at its size (`tp.view_at`; each worker cuts its
-        heads); an in-core engine (size 1) gets the ranks merged in memory."""
-        key = source_key(path)
-        if self._opened is None or self._opened[0] != key:
-            ranks = load_ranks(path)
-            if len(ranks) > 1:
-                check_ranks(ranks)
-            size = engine_access.tp_size(self.parts)
-            if self.parts.workers is not None:
-                snap = view_at(ranks, size)
-            else:
-                snap = merge_ranks(ranks) if len(ranks) > 1 else ranks[0]
-            self._opened = (key, snap, len(ranks))
-        return self._opened[1]
-
-    def _registered_file(self, container: Any) -> Any:
-        """The snapshot file mapped and registered with CUDA, kept for later restores
-        (`thaw.core.gpu_files.RegisteredFiles`: the two files used last stay registered)."""
-        if self._registrations is None:
-            from thaw.core.gpu_files import RegisteredFiles
-
-            self._registrations = RegisteredFiles(KEPT_REGISTRATIONS)
-        return self._registrations.get(container)
 
     def finish_requests(self) -> dict[str, list[int]]:
         """Steps the engine until every request finishes; returns each one's full output,
