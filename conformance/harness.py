@@ -116,8 +116,9 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
         uninterrupted = parent.call("finish")["inflight-0"]
         # The other reference (see resume_oracle): the carried tokens resubmitted to the parent.
         req = next(r for r in load(inflight_path, verify=False).requests if r.request_id == "inflight-0")
-        carried = list(req.output_token_ids)
-        rest = parent.call("generate", prompt_token_ids=inflight_prompt + carried,
-                           max_tokens=eut.inflight_max_tokens - len(carried))
+        carried, rest = list(req.output_token_ids), []
+        if len(carried) < eut.inflight_max_tokens:  # else the in-flight check fails on its own
+            rest = parent.call("generate", prompt_token_ids=inflight_prompt + carried,
+                               max_tokens=eut.inflight_max_tokens - len(carried))["tokens"]
     return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, uninterrupted,
-                 extra={"resubmitted": carried + rest["tokens"]})
+                 extra={"resubmitted": carried + rest})
