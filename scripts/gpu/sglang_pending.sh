@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On the GPU box, inside with_sglang.sh: the SGLang checks that have not yet passed on the
+# card, most telling first, each under its own time limit, each log written to $OUT as it
+# finishes (a call that runs out of time still returns the ones before). E.g.
+#   bash scripts/gpu/with_sglang.sh bash "$PWD/scripts/gpu/sglang_pending.sh"
+# Budget about 9 minutes; give a second call STEPS=e2e for the end-to-end receipt.
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${OUT:-/tmp/out}"; mkdir -p "$out"
+steps="${STEPS:-weights,inflight,page64}"
+commit="${THAW_GIT_COMMIT:-}"
+run() {  # run NAME SECONDS PYTEST-ARGS...
+  local name="$1" limit="$2"; shift 2
+  timeout "$limit" python3 -m pytest -q -p no:cacheprovider --tb=short "$@" > "$out/$name.log" 2>&1
+  echo "$name: exit $? ($(tail -n 1 "$out/$name.log"))"
+}
+t="$repo/tests/test_sglang_gpu_conformance.py"
+for step in ${steps//,/ }; do
+  case "$step" in
+    weights) run weights 200 "$t" -k weights_are_staged ;;               # cold route after f91b0b9
+    inflight) run inflight 200 "$t" -k "Page16 and inflight" ;;         # resume_oracle="resubmitted"
+    page16) run page16 560 "$t" -k "Page16" ;;
+    page64) run page64 300 "$t" -k "Page64 and (hits_prefix or kv_is_what or corrupted)" ;;
+    e2e) timeout 400 python3 "$repo/benchmarks/gpu_e2e_sglang.py" --phases parent,thaw,fork > "$out/e2e.log" 2>&1
+         echo "e2e: exit $?"; cp "$repo"/benchmarks/receipts/gpu_e2e_sglang-*-"${commit:0:8}"*.json "$out/" ;;
+    *) echo "unknown step $step (weights, inflight, page16, page64, e2e)"; exit 2 ;;
+  esac
+done
