@@ -10,8 +10,11 @@ Each engine in its own process, measured side by side:
   fork   rounds of: flush the cache, restore the trunk's KV into the warm engine (KV
          uploaded from the registered file and checked on the GPU), then 4 branches x 64
          tokens; thaw's share of each round reported apart from decoding
+  fork_kv_on_device  the same, the trunk's pages kept on the device by
+         `prepare(kv_on_device=True)` (checked once, there), so a round moves no KV over the link
 A phase that fails records its error in the receipt instead of a number.
-Usage: python benchmarks/gpu_e2e_sglang.py [--trunk 4000] [--rounds 5] [--phases parent,cold,thaw,fork]
+Usage: python benchmarks/gpu_e2e_sglang.py [--trunk 4000] [--rounds 5]
+       [--phases parent,cold,thaw,fork,fork_kv_on_device]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def main() -> None:
     ap.add_argument("--model", default="/tmp/llama8b")
     ap.add_argument("--trunk", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--phases", default="parent,cold,thaw,fork",
+    ap.add_argument("--phases", default="parent,cold,thaw,fork,fork_kv_on_device",
                     help="which phases to run (parent writes the snapshots the others read)")
     args = ap.parse_args()
     trunk = [100 + (i * 7919) % 120000 for i in range(args.trunk)]
@@ -84,8 +87,9 @@ def main() -> None:
                     "weights_s": weights_s, "weights_gb_s": rep["weights_bytes"] / weights_s / 1e9,
                     "digest_equals_parent": w.call("info")["identity"]["weights_digest"] == r["parent"].get("digest")}
 
-    def fork_rounds():
+    def fork_rounds(kv_on_device: bool):
         with EngineWorker(DRIVERS["sglang"], cfg) as w:
+            prepare = w.call("prepare", path=kv_snap, kv_on_device=kv_on_device)
             rounds = []
             for _ in range(args.rounds):
                 rep, measured = fork_round(w, kv_snap, trunk)
@@ -93,10 +97,11 @@ def main() -> None:
                 # kv: every layer uploaded, checked on the GPU and written into the slots that
                 # kv_reserve (planning on the host, allocation) set aside, listed apart
                 rounds.append({**measured, "kv_gb_s": rep["kv_bytes"] / phases["kv"] / 1e9})
-            return {"rounds": rounds, "kv_bytes": rep["kv_bytes"],
+            return {"prepare_s": prepare, "rounds": rounds, "kv_bytes": rep["kv_bytes"],
                     **medians(rounds, "restore_s", "kv_gb_s", "decode_s", "round_s")}
 
-    for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore), ("fork", fork_rounds)):
+    for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore),
+                     ("fork", lambda: fork_rounds(False)), ("fork_kv_on_device", lambda: fork_rounds(True))):
         if name in args.phases.split(","):
             phase(r, name, fn)
     ratios = {  # each from the phases it needs, so a phase not run leaves the others

@@ -107,3 +107,23 @@ def test_handle_is_an_engine_adapter_capturing_and_restoring_in_memory(engine):
     assert w.call("restore_captured", weights=False)["new_tokens"] == captured["tree_tokens"]
     out = w.call("generate", prompt_token_ids=PROMPT, max_tokens=8)
     assert out["cached_tokens"] == len(PROMPT) - 1 and out["tokens"] == ref["tokens"]
+
+
+def test_prepare_opens_once_reopens_a_rewritten_file_and_refuses_device_pages_on_the_cpu(engine, tmp_path):
+    w = engine
+    path = tmp_path / "prepared.thaw"
+    w.call("reset_prefix_cache")
+    w.call("generate", prompt_token_ids=PROMPT[:64], max_tokens=2)
+    w.call("snapshot", path=str(path), weights=False)
+    assert w.call("prepare", path=str(path)) >= 0
+    with pytest.raises(RemoteError) as err:
+        w.call("prepare", path=str(path), kv_on_device=True)
+    assert err.value.type == "EngineUnsupported" and "CUDA" in err.value.remote_message
+    w.call("reset_prefix_cache")
+    short = w.call("restore", path=str(path), weights=False)["new_tokens"]
+    # the same path rewritten with a longer prefix: the prepared snapshot is not reused
+    w.call("generate", prompt_token_ids=PROMPT, max_tokens=2)
+    w.call("snapshot", path=str(path), weights=False)
+    w.call("reset_prefix_cache")
+    longer = w.call("restore", path=str(path), weights=False)["new_tokens"]
+    assert 64 <= short < len(PROMPT) <= longer

@@ -77,3 +77,23 @@ def test_weights_are_staged_on_the_gpu_and_streamed_when_cold(gpu_engine, tmp_pa
             assert restored["weights_route"] == route
             out = child.call("generate", prompt_token_ids=gpu_engine.prompt, max_tokens=8)
             assert out["tokens"] == ref["tokens"]
+
+
+def test_prepared_pages_on_the_device_restore_without_the_link(gpu_engine, tmp_path):
+    """prepare(kv_on_device=True) keeps the snapshot's KV, checked, on the GPU; each later
+    restore of that file writes the pool from there and serves the parent's output."""
+    snap = tmp_path / "trunk.thaw"
+    with gpu_engine.engine() as parent:
+        parent.call("generate", prompt_token_ids=gpu_engine.prompt, max_tokens=8)
+        ref = parent.call("generate", prompt_token_ids=gpu_engine.prompt, max_tokens=8)
+        parent.call("snapshot", path=str(snap))
+    with gpu_engine.fresh_engine() as child:
+        child.call("restore", path=str(snap))  # the weights, once
+        child.call("prepare", path=str(snap), kv_on_device=True)
+        for _ in range(2):
+            child.call("reset_prefix_cache")
+            restored = child.call("restore", path=str(snap), weights=False)
+            assert restored["kv_from"] == "device, checked when prepared"
+            out = child.call("generate", prompt_token_ids=gpu_engine.prompt, max_tokens=8)
+            assert out["tokens"] == ref["tokens"] and out["cached_tokens"] == ref["cached_tokens"]
+

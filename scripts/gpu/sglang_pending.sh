@@ -7,7 +7,7 @@
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
-steps="${STEPS:-weights,inflight,page64}"
+steps="${STEPS:-weights,inflight,prepared,page64}"
 commit="${THAW_GIT_COMMIT:-}"
 run() {  # run NAME SECONDS PYTEST-ARGS...
   local name="$1" limit="$2"; shift 2
@@ -19,10 +19,11 @@ for step in ${steps//,/ }; do
   case "$step" in
     weights) run weights 200 "$t" -k weights_are_staged ;;               # cold route after f91b0b9
     inflight) run inflight 200 "$t" -k "Page16 and inflight" ;;         # resume_oracle="resubmitted"
+    prepared) run prepared 200 "$t" -k prepared_pages ;;                 # prepare(kv_on_device=True)
     page16) run page16 560 "$t" -k "Page16" ;;
     page64) run page64 300 "$t" -k "Page64 and (hits_prefix or kv_is_what or corrupted)" ;;
-    e2e) timeout 400 python3 "$repo/benchmarks/gpu_e2e_sglang.py" --phases parent,thaw,fork > "$out/e2e.log" 2>&1
+    e2e) timeout 400 python3 "$repo/benchmarks/gpu_e2e_sglang.py" --phases parent,thaw,fork,fork_kv_on_device > "$out/e2e.log" 2>&1
          echo "e2e: exit $?"; cp "$repo"/benchmarks/receipts/gpu_e2e_sglang-*-"${commit:0:8}"*.json "$out/" ;;
-    *) echo "unknown step $step (weights, inflight, page16, page64, e2e)"; exit 2 ;;
+    *) echo "unknown step $step (weights, inflight, prepared, page16, page64, e2e)"; exit 2 ;;
   esac
 done

@@ -131,7 +131,7 @@ class EnginePool:
 
     def prepare(self, snapshot: str, *, kv_on_device: bool = False) -> dict[str, float]:
         """Readies every engine, in parallel, to serve `snapshot` at once: `kv_on_device`
-        first keeps its pages on the device (the driver's `prepare`; vLLM on CUDA only),
+        first keeps its pages on the device (the driver's `prepare`; vLLM and SGLang on CUDA),
         then a restore opens the file (registering it on a GPU) and loads the weights (on an
         engine's first restore; later snapshots must carry the same weights) and the trunk's
         pages. Returns the seconds each engine took, by name."""

@@ -95,6 +95,9 @@ class SGLangDriver:
         report["requests"] = [r["request_id"] for r in report["requests"]]
         return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
 
+    def prepare(self, path: str, kv_on_device: bool = False) -> float:
+        return self.handle.prepare(path, kv_on_device=kv_on_device)
+
     def capture(self, weights: bool = True) -> dict[str, Any]:
         """The handle's in-memory capture (`EngineAdapter.capture`), kept for `restore_captured`."""
         from thaw.core.adapter import EngineAdapter

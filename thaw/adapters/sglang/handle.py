@@ -123,6 +123,19 @@ class SGLangHandle(EngineAdapter):
             self._resubmit(req)
         return report
 
+    def prepare(self, path: PathLike, *, kv_on_device: bool = False) -> float:
+        """Readies restores from `path` ahead of them and returns the seconds it took: the
+        file opened and, on CUDA, registered (with the file its weights are referenced
+        from). `kv_on_device` (CUDA only) also keeps its KV pages, checked as they land, in
+        GPU memory beside the pool (their size, `kv_bytes` of a restore) until another file
+        is prepared so or `release_prepared`: restores of this file then write them from
+        there, not over the link. Raises EngineUnsupported where they cannot be kept."""
+        return self.call("prepare", path=absolute(path), kv_on_device=kv_on_device)["seconds"]
+
+    def release_prepared(self) -> None:
+        """Frees what `prepare` and restores hold: CUDA registrations, KV pages on the GPU."""
+        self.call("release_prepared")
+
     def _resubmit(self, req: dict[str, Any]) -> None:
         extra, salt = decode_namespace(req["extra"].get("namespace"))
         if extra is not None:

@@ -16,16 +16,15 @@ import torch
 
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, IdentityMismatch, KVLayout,
                        PrefixTree, StateSnapshot, TensorData, ThawError, check_kv_weights,
-                       check_weights_format, config_digest, convert_pages, load, save)
+                       check_weights_format, config_digest, convert_pages, save)
 from thaw.core import weights_ref
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
 from thaw.core.recut import fit_for_restore
-from thaw.core.residency import is_cold
 from thaw.core.snapshot_io import weights_digest
 
 from ..checkpoint import model_config_for_digest, read_checkpoint
-from . import cache_restore, cache_state, engine_access, gpu_pages, gpu_weights
+from . import cache_restore, cache_state, engine_access, gpu_pages, gpu_weights, prepared
 from .requests import capture_requests, live_requests
 
 MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
@@ -33,7 +32,7 @@ MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layer
 def _state(s: Any) -> SimpleNamespace:
     """thaw's own per-scheduler state: weights restored from a snapshot, their digest."""
     if not hasattr(s, "_thaw_state"):
-        s._thaw_state = SimpleNamespace(restored_weights=None, weights_digest=None, registered=None)
+        s._thaw_state = SimpleNamespace(restored_weights=None, weights_digest=None)
     return s._thaw_state
 
 
@@ -230,8 +229,9 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
         seconds[name], clock[0] = now - clock[0], now
 
     check_supported(s)
-    snap = load(path, verify=False)
-    cold = _cold_files(snap)  # before anything reads the files (a small one comes back whole)
+    files = prepared.of(s)
+    snap = files.opened(path)
+    cold = prepared.cold_files(snap)  # before anything reads the files (a small one comes back whole)
     load_weights = weights and bool(snap.weights)
     mine = engine_identity(s)
     layout = cache_state.kv_layout(_kv_pool(s), s.page_size)
@@ -250,12 +250,11 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
             # be written into them as it arrives; any failure below gives them back.
             placement = cache_restore.reserve_tree(s.tree_cache, pool, tree, snap.kv.num_pages)
             lap("kv_reserve")
-            kv_from = _write_kv(s, snap, layout, pool, placement, cold)
+            kv_from = _write_kv(files, snap, layout, pool, placement, cold)
         lap("kv")
         named, weights_route = [], None
         if load_weights:  # staged on the GPU where it can hold them (gpu_weights), else read on the host
-            named, weights_route = gpu_weights.stage(snap, pool.k_buffer[0].device,
-                                                     lambda c: _registered_file(s, c), cold)
+            named, weights_route = gpu_weights.stage(snap, pool.k_buffer[0].device, files.registered, cold)
             lap("weights_stage")
         if named:
             _load_weights(s, named)
@@ -275,19 +274,24 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
             "recut": recut_report.to_json() if recut_report else None, "seconds": seconds}
 
 
-def _write_kv(s: Any, snap: StateSnapshot, layout: KVLayout, pool: Any,
+def _write_kv(files: prepared.PreparedFiles, snap: StateSnapshot, layout: KVLayout, pool: Any,
               placement: cache_restore.TreePlacement, cold_files: dict[str, bool]) -> str:
     """The snapshot's KV written into the placement's slots; returns where it came from.
     Raises ChecksumError (the slots are the caller's to give back) on a bad chunk."""
+    from_file = gpu_pages.file_pages_fit(snap, layout, pool)
+    held_in = snap.kv.layers[0]._container if from_file else None
+    kept = files.resident_pages(held_in) if from_file else None
+    if kept is not None:
+        placement.write(kept)  # checked when `prepare(kv_on_device=True)` uploaded them
+        return "device, checked when prepared"
     # Registering a file mostly outside the page cache would read all of it, weights too,
     # a page at a time: its KV is then read through the mapping and its weights streamed.
-    from_file = gpu_pages.file_pages_fit(snap, layout, pool)
-    cold = from_file and cold_files.get(snap.kv.layers[0]._container.path, False)
+    cold = from_file and cold_files.get(held_in.path, False)
     if from_file and not cold:
         # A CUDA pool: each layer uploaded from the page cache, checked on the GPU and
         # written into the slots on the stream its check ran on, while later layers upload.
-        gpu_pages.upload_checked_pages(snap, _registered_file(s, snap.kv.layers[0]._container),
-                                       pool.k_buffer[0].device, landed=placement.write_layer)
+        gpu_pages.upload_checked_pages(snap, files.registered(held_in), pool.k_buffer[0].device,
+                                       landed=placement.write_layer)
         return "file, checked on the GPU"
     # Verified read-only views of the file where it is mapped (no copy when the layout is
     # the engine's), copied into the slots.
@@ -295,23 +299,19 @@ def _write_kv(s: Any, snap: StateSnapshot, layout: KVLayout, pool: Any,
     return "host, checked there" + (" (the file is mostly outside the page cache)" if cold else "")
 
 
-def _cold_files(snap: StateSnapshot) -> dict[str, bool]:
-    """Which of the snapshot's local files (its own, the one its weights are referenced
-    from) are mostly outside the page cache, measured before the restore reads them:
-    reading a small file's KV through the mapping brings the rest of it back."""
-    files = [c for c in (snap.source, snap.weights_source) if c is not None and c.is_local]
-    return {c.path: is_cold(c.path) for c in files}
+def prepare(s: Any, path: str, kv_on_device: bool = False) -> dict[str, Any]:
+    """Readies restores from `path` (`prepared.PreparedFiles.prepare`: opened, registered
+    with CUDA, with `kv_on_device` its KV pages kept checked on the GPU)."""
+    t0 = time.perf_counter()
+    check_supported(s)
+    pool = _kv_pool(s)
+    prepared.of(s).prepare(path, pool, cache_state.kv_layout(pool, s.page_size), kv_on_device)
+    return {"seconds": time.perf_counter() - t0}
 
 
-def _registered_file(s: Any, container: Any) -> Any:
-    """The snapshot file registered with CUDA, kept for later restores of the same file
-    (`RegisteredFiles`: its own and the one its weights are referenced from stay)."""
-    from thaw.core.gpu_files import RegisteredFiles
-
-    st = _state(s)
-    if st.registered is None:
-        st.registered = RegisteredFiles(keep=2)
-    return st.registered.get(container)
+def release_prepared(s: Any) -> None:
+    """Frees what `prepare` and restores hold: CUDA registrations, KV pages on the GPU."""
+    prepared.of(s).release()
 
 
 def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
@@ -322,4 +322,5 @@ def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
 
 
 OPS = {"hello": hello, "state": state, "model_config": model_config, "seed_rng": seed_rng,
-       "progress": progress, "status": status, "snapshot": snapshot, "restore": restore}
+       "progress": progress, "status": status, "snapshot": snapshot, "restore": restore,
+       "prepare": prepare, "release_prepared": release_prepared}

@@ -1,0 +1,100 @@
+"""The snapshot files an SGLang scheduler restores from, kept ready between restores.
+
+Forks restore one file again and again: it is opened once (header and section table) while
+it stays the same file (path, inode, size, modification time), registered with CUDA once
+(it and the file its weights are referenced from stay registered), and with
+`prepare(kv_on_device=True)` its KV pages are kept, checked, in GPU memory beside the pool,
+so that a restore writes them into the pool without the link. Every section's bytes are
+still checked against their CRCs when first read.
+
+Contract: one per scheduler (`of`), used from the scheduler's thread between batches (a
+file released here is not being read).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from thaw.core import EngineUnsupported, KVLayout, StateSnapshot, load
+from thaw.core.container import file_key
+from thaw.core.residency import is_cold
+
+from . import gpu_pages
+
+
+class PreparedFiles:
+    def __init__(self) -> None:
+        self._registrations: Optional[Any] = None  # RegisteredFiles, made on first use (CUDA only)
+        self._opened: Optional[tuple[tuple, StateSnapshot]] = None
+        self._resident: Optional[tuple[tuple, list[torch.Tensor]]] = None  # file key, its KV pages on the GPU
+
+    def opened(self, path: str) -> StateSnapshot:
+        """The snapshot at `path`, opened again only when the file there changes."""
+        key = file_key(path)
+        if self._opened is None or self._opened[0] != key:
+            self._opened = None
+            self._opened = (key, load(path, verify=False))
+        return self._opened[1]
+
+    def registered(self, container: Any) -> Any:
+        """The file mapped and registered with CUDA (`thaw.core.gpu_files.RegisteredFiles`)."""
+        if self._registrations is None:
+            from thaw.core.gpu_files import RegisteredFiles
+
+            self._registrations = RegisteredFiles(keep=2)
+        return self._registrations.get(container)
+
+    def resident_pages(self, container: Any) -> Optional[list[torch.Tensor]]:
+        """The KV pages `prepare(kv_on_device=True)` keeps for the file `container` is, if any."""
+        if self._resident is not None and self._resident[0] == file_key(container.path):
+            return self._resident[1]
+        return None
+
+    def prepare(self, path: str, kv_pool: Any, layout: KVLayout, kv_on_device: bool) -> None:
+        """Opens `path`; on CUDA registers it (and the file its weights are referenced from);
+        with `kv_on_device` also uploads its KV pages, checked on the GPU as they land, and
+        keeps them (their size beside the pool) until another file is prepared so or
+        `release`. Raises EngineUnsupported, naming why, where the pages cannot be kept."""
+        snap = self.opened(path)
+        cuda, local = gpu_pages.on_cuda(kv_pool), snap.source is not None and snap.source.is_local
+        if kv_on_device:
+            if not cuda:
+                raise EngineUnsupported("kv_on_device needs a CUDA engine; this one runs on the CPU")
+            if not local:
+                raise EngineUnsupported(f"kv_on_device uploads the KV sections of a local file; {path} is read "
+                                        "from object storage: set THAW_CACHE_DIR to keep a checked local copy")
+            if snap.kv is None or not gpu_pages.file_pages_fit(snap, layout, kv_pool):
+                raise EngineUnsupported(f"kv_on_device keeps a snapshot's pages as they are in its file; {path} "
+                                        "has no KV, or its pages must be re-cut or converted for this engine")
+        if not (cuda and local):
+            return
+        held_in = snap.weights_source
+        if held_in is not None and held_in is not snap.source and held_in.is_local:
+            self.registered(held_in)
+        reg = self.registered(snap.source)
+        if kv_on_device:
+            self._resident = None  # the previous file's pages go before the next are placed
+            self._resident = (file_key(path), gpu_pages.upload_checked_pages(snap, reg, kv_pool.k_buffer[0].device))
+
+    def release(self) -> None:
+        """Frees the CUDA registrations and the KV pages kept on the device."""
+        self._resident = None
+        if self._registrations is not None:
+            self._registrations.close()
+
+
+def of(s: Any) -> PreparedFiles:
+    """The scheduler's own PreparedFiles."""
+    if not hasattr(s, "_thaw_files"):
+        s._thaw_files = PreparedFiles()
+    return s._thaw_files
+
+
+def cold_files(snap: StateSnapshot) -> dict[str, bool]:
+    """Which of the snapshot's local files (its own, the one its weights are referenced
+    from) are mostly outside the page cache, measured before the restore reads them:
+    reading a small file's KV through the mapping brings the rest of it back."""
+    files = [c for c in (snap.source, snap.weights_source) if c is not None and c.is_local]
+    return {c.path: is_cold(c.path) for c in files}
