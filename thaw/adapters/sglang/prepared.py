@@ -20,6 +20,7 @@ import torch
 from thaw.core import EngineUnsupported, KVLayout, StateSnapshot, load
 from thaw.core.container import file_key
 from thaw.core.residency import is_cold
+from thaw.core.tp_files import source_key
 
 from . import gpu_pages
 
@@ -31,8 +32,9 @@ class PreparedFiles:
         self._resident: Optional[tuple[tuple, list[torch.Tensor]]] = None  # file key, its KV pages on the GPU
 
     def opened(self, path: str) -> StateSnapshot:
-        """The snapshot at `path`, opened again only when the file there changes."""
-        key = file_key(path)
+        """The snapshot at `path` (a file or an object URL), opened again only when what is
+        there changes (`thaw.core.tp_files.source_key`)."""
+        key = source_key(path)
         if self._opened is None or self._opened[0] != key:
             self._opened = None
             self._opened = (key, load(path, verify=False))
@@ -48,7 +50,7 @@ class PreparedFiles:
 
     def resident_pages(self, container: Any) -> Optional[list[torch.Tensor]]:
         """The KV pages `prepare(kv_on_device=True)` keeps for the file `container` is, if any."""
-        if self._resident is not None and self._resident[0] == file_key(container.path):
+        if self._resident is not None and container.is_local and self._resident[0] == file_key(container.path):
             return self._resident[1]
         return None
 

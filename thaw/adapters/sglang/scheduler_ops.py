@@ -278,7 +278,8 @@ def _write_kv(files: prepared.PreparedFiles, snap: StateSnapshot, layout: KVLayo
               placement: cache_restore.TreePlacement, cold_files: dict[str, bool]) -> str:
     """The snapshot's KV written into the placement's slots; returns where it came from.
     Raises ChecksumError (the slots are the caller's to give back) on a bad chunk."""
-    from_file = gpu_pages.file_pages_fit(snap, layout, pool)
+    # (a file on this machine: one read from object storage is checked on the host)
+    from_file = gpu_pages.file_pages_fit(snap, layout, pool) and snap.kv.layers[0]._container.is_local
     held_in = snap.kv.layers[0]._container if from_file else None
     kept = files.resident_pages(held_in) if from_file else None
     if kept is not None:
