@@ -219,13 +219,15 @@ def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
     verifier.raise_if_failed()
 
 
-def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device) -> torch.Tensor:
+def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device,
+                    landed: Optional[Callable[[str, torch.Tensor], None]] = None) -> torch.Tensor:
     """The named sections' bytes back to back in one new device buffer, each checked on the
-    GPU as it lands; raises ChecksumError naming the section."""
+    GPU as it lands (and handed to `landed`, see `copy_sections_to_gpu`); raises
+    ChecksumError naming the section."""
     lengths = [reg.container.section(n).length for n in names]
     buf = torch.empty(sum(lengths), dtype=torch.uint8, device=device)
     views, at = {}, 0
     for name, n in zip(names, lengths):
         views[name], at = buf[at:at + n], at + n
-    copy_sections_to_gpu(reg, views, verify="gpu")
+    copy_sections_to_gpu(reg, views, verify="gpu", landed=landed)
     return buf

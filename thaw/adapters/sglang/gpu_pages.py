@@ -63,16 +63,19 @@ def upload_checked_pages(snap: StateSnapshot, registered: Any, device: torch.dev
     upload and check are queued (`thaw.core.gpu_files.copy_sections_to_gpu`): what it queues on
     the current stream runs while later layers upload, before the checks are known, so it
     may only write what the caller can give back when this raises."""
-    from thaw.core.gpu_files import copy_sections_to_gpu
+    from thaw.core.gpu_files import upload_sections
 
     sections = [layer._section for layer in snap.kv.layers]
-    lengths = [registered.container.section(name).length for name in sections]
-    buf = torch.empty(sum(lengths), dtype=torch.uint8, device=device)
-    targets, pages, index, at = {}, [], {}, 0
-    for i, (name, layer, n) in enumerate(zip(sections, snap.kv.layers, lengths)):
-        targets[name], index[name] = buf[at:at + n], i
-        pages.append(buf[at:at + n].view(layer.dtype).view(layer.shape))
+    layers = {name: (i, layer) for i, (name, layer) in enumerate(zip(sections, snap.kv.layers))}
+
+    def as_pages(name: str, data: torch.Tensor) -> torch.Tensor:
+        return data.view(layers[name][1].dtype).view(layers[name][1].shape)
+
+    hook = None if landed is None else (lambda name, data: landed(layers[name][0], as_pages(name, data)))
+    buf = upload_sections(registered, sections, device, landed=hook)
+    pages, at = [], 0
+    for name in sections:
+        n = registered.container.section(name).length
+        pages.append(as_pages(name, buf[at:at + n]))
         at += n
-    hook = None if landed is None else (lambda name, _: landed(index[name], pages[index[name]]))
-    copy_sections_to_gpu(registered, targets, verify="gpu", landed=hook)
     return pages

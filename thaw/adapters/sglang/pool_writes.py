@@ -58,19 +58,10 @@ class PoolWrites:
                 for a, first, m in self.runs:
                     buf[first: first + m].copy_(flat[a: a + m])
 
-    def write_all(self, layer_pages: list[torch.Tensor]) -> None:
-        for layer, pages in enumerate(layer_pages):
-            self.write_layer(layer, pages)
-
     def _ids_on(self, device: torch.device) -> torch.Tensor:
         if device not in self._device_ids:
             self._device_ids[device] = self.page_ids.to(device)
         return self._device_ids[device]
-
-
-def scatter_pages(kv_pool: Any, pages: list[torch.Tensor], slots: torch.Tensor) -> None:
-    """Writes every layer's snapshot pages (all of them, in order) into pool `slots`."""
-    PoolWrites(kv_pool, slots, None).write_all(pages)
 
 
 def _runs(slots: torch.Tensor) -> Optional[list[tuple[int, int, int]]]:

@@ -19,6 +19,7 @@ import torch
 
 from thaw.core import EngineUnsupported, KVLayout, StateSnapshot, load
 from thaw.core.container import file_key
+from thaw.core.gpu_files import RegisteredFiles
 from thaw.core.residency import is_cold
 from thaw.core.tp_files import source_key
 
@@ -27,7 +28,7 @@ from . import gpu_pages
 
 class PreparedFiles:
     def __init__(self) -> None:
-        self._registrations: Optional[Any] = None  # RegisteredFiles, made on first use (CUDA only)
+        self._registrations = RegisteredFiles(keep=2)  # registers nothing until asked
         self._opened: Optional[tuple[tuple, StateSnapshot]] = None
         self._resident: Optional[tuple[tuple, list[torch.Tensor]]] = None  # file key, its KV pages on the GPU
 
@@ -42,10 +43,6 @@ class PreparedFiles:
 
     def registered(self, container: Any) -> Any:
         """The file mapped and registered with CUDA (`thaw.core.gpu_files.RegisteredFiles`)."""
-        if self._registrations is None:
-            from thaw.core.gpu_files import RegisteredFiles
-
-            self._registrations = RegisteredFiles(keep=2)
         return self._registrations.get(container)
 
     def resident_pages(self, container: Any) -> Optional[list[torch.Tensor]]:
@@ -83,8 +80,7 @@ class PreparedFiles:
     def release(self) -> None:
         """Frees the CUDA registrations and the KV pages kept on the device."""
         self._resident = None
-        if self._registrations is not None:
-            self._registrations.close()
+        self._registrations.close()
 
 
 def of(s: Any) -> PreparedFiles:

@@ -20,6 +20,7 @@ import torch
 
 from thaw.core import EngineUnsupported, StateSnapshot
 from thaw.core.container import file_key
+from thaw.core.gpu_files import RegisteredFiles
 from thaw.core.tp import check_ranks, merge_ranks, view_at
 from thaw.core.tp_files import load_ranks, source_key
 
@@ -31,7 +32,7 @@ KEPT_REGISTRATIONS = 2  # a restore reads at most two files: its own, the one it
 class PreparedFiles:
     def __init__(self, parts: engine_access.EngineParts) -> None:
         self.parts = parts
-        self._registrations: Optional[Any] = None  # RegisteredFiles, made on first use (CUDA only)
+        self._registrations = RegisteredFiles(KEPT_REGISTRATIONS)  # registers nothing until asked
         self._resident: Optional[tuple[tuple, torch.Tensor]] = None  # file key, its KV pages on the device
         self._opened: Optional[tuple[tuple, StateSnapshot, int]] = None  # key, snapshot, its ranks
 
@@ -59,10 +60,6 @@ class PreparedFiles:
     def registered(self, container: Any) -> Any:
         """The snapshot file mapped and registered with CUDA, kept for later restores
         (`thaw.core.gpu_files.RegisteredFiles`)."""
-        if self._registrations is None:
-            from thaw.core.gpu_files import RegisteredFiles
-
-            self._registrations = RegisteredFiles(KEPT_REGISTRATIONS)
         return self._registrations.get(container)
 
     def resident_kv(self, container: Any) -> Optional[torch.Tensor]:
@@ -99,5 +96,4 @@ class PreparedFiles:
     def release(self) -> None:
         """Frees the CUDA registrations and the KV pages kept on the device."""
         self._resident = None
-        if self._registrations is not None:
-            self._registrations.close()
+        self._registrations.close()
