@@ -11,10 +11,13 @@ Each engine in its own process, measured side by side:
          uploaded from the registered file and checked on the GPU), then 4 branches x 64
          tokens; thaw's share of each round reported apart from decoding
   fork_kv_on_device  the same, the trunk's pages kept on the device by
-         `prepare(kv_on_device=True)` (checked once, there), so a round moves no KV over the link
+         `prepare(kv_on_device=True)` (checked once, there), so a round moves no KV over the
+         link; both fork phases in one warm engine
+  kv_link  in this process, the KV snapshot's sections uploaded from pinned memory, from the
+         registered file, checked, and written on (kv_link.py): where the `kv` phase's time goes
 A phase that fails records its error in the receipt instead of a number.
 Usage: python benchmarks/gpu_e2e_sglang.py [--trunk 4000] [--rounds 5]
-       [--phases parent,cold,thaw,fork,fork_kv_on_device]
+       [--phases parent,kv_link,cold,thaw,fork,fork_kv_on_device]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
 
 from gpu_e2e_vllm import build_model, cold_start, first_token_ratios, fork_round, medians, phase, pinned_memcpy_gb_s
+from kv_link import kv_upload_rates
 from receipt import write_receipt
 
 ENGINE = {"device": "cuda", "attention_backend": "triton", "model_impl": "auto", "dtype": "bfloat16",
@@ -39,7 +43,7 @@ def main() -> None:
     ap.add_argument("--model", default="/tmp/llama8b")
     ap.add_argument("--trunk", type=int, default=4000)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--phases", default="parent,cold,thaw,fork,fork_kv_on_device",
+    ap.add_argument("--phases", default="parent,kv_link,cold,thaw,fork,fork_kv_on_device",
                     help="which phases to run (parent writes the snapshots the others read)")
     args = ap.parse_args()
     trunk = [100 + (i * 7919) % 120000 for i in range(args.trunk)]
@@ -87,27 +91,44 @@ def main() -> None:
                     "weights_s": weights_s, "weights_gb_s": rep["weights_bytes"] / weights_s / 1e9,
                     "digest_equals_parent": w.call("info")["identity"]["weights_digest"] == r["parent"].get("digest")}
 
-    def fork_rounds(kv_on_device: bool):
-        with EngineWorker(DRIVERS["sglang"], cfg) as w:
-            prepare = w.call("prepare", path=kv_snap, kv_on_device=kv_on_device)
-            rounds = []
-            for _ in range(args.rounds):
-                rep, measured = fork_round(w, kv_snap, trunk)
-                phases = rep["seconds_by_phase"]
-                # kv: every layer uploaded, checked on the GPU and written into the slots that
-                # kv_reserve (planning on the host, allocation) set aside, listed apart
-                rounds.append({**measured, "kv_gb_s": rep["kv_bytes"] / phases["kv"] / 1e9})
-            return {"prepare_s": prepare, "rounds": rounds, "kv_bytes": rep["kv_bytes"],
-                    **medians(rounds, "restore_s", "kv_gb_s", "decode_s", "round_s")}
+    def rounds_from(w: EngineWorker, kv_on_device: bool) -> dict:
+        prepare = w.call("prepare", path=kv_snap, kv_on_device=kv_on_device)
+        rounds = []
+        for _ in range(args.rounds):
+            rep, measured = fork_round(w, kv_snap, trunk)
+            by_phase = rep["seconds_by_phase"]
+            # kv: every layer uploaded, checked on the GPU and written into the slots that
+            # kv_reserve (planning on the host, allocation) set aside, listed apart
+            rounds.append({**measured, "kv_gb_s": rep["kv_bytes"] / by_phase["kv"] / 1e9})
+        return {"prepare_s": prepare, "rounds": rounds, "kv_bytes": rep["kv_bytes"],
+                **medians(rounds, "restore_s", "kv_gb_s", "decode_s", "round_s")}
 
-    for name, fn in (("parent", parent), ("cold", cold), ("thaw", thaw_restore),
-                     ("fork", lambda: fork_rounds(False)), ("fork_kv_on_device", lambda: fork_rounds(True))):
-        if name in args.phases.split(","):
+    def fork_phases() -> None:
+        """Both fork phases in one warm engine, the file's first (preparing with
+        kv_on_device=False keeps no pages), then with the pages kept on the device."""
+        wanted = [(n, on_dev) for n, on_dev in (("fork", False), ("fork_kv_on_device", True)) if n in phases]
+        if not wanted:
+            return
+        try:
+            with EngineWorker(DRIVERS["sglang"], cfg) as w:
+                for name, kv_on_device in wanted:
+                    phase(r, name, lambda: rounds_from(w, kv_on_device))
+        except Exception as exc:  # the engine did not start or stop: each phase records it
+            for name, _ in wanted:
+                r.setdefault(name, {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+
+    phases = args.phases.split(",")
+    for name, fn in (("parent", parent), ("kv_link", lambda: kv_upload_rates(kv_snap)), ("cold", cold),
+                     ("thaw", thaw_restore)):
+        if name in phases:
             phase(r, name, fn)
+    fork_phases()
     ratios = {  # each from the phases it needs, so a phase not run leaves the others
         "first_token": lambda: first_token_ratios(r),
         # KV restore (upload + GPU check + scatter) against a plain pinned host->GPU copy.
         "ratio_kv_restore_vs_pinned_memcpy": lambda: r["fork"]["median_kv_gb_s"] / r["pinned_h2d_gb_s"],
+        # the same against a pinned copy of the KV's own bytes (kv_link's, same size)
+        "ratio_kv_restore_vs_pinned_memcpy_same_bytes": lambda: r["fork"]["median_kv_gb_s"] / r["kv_link"]["pinned_gb_s"],
         "ratio_weights_restore_vs_pinned_memcpy": lambda: r["thaw"]["weights_gb_s"] / r["pinned_h2d_gb_s"],
     }
     for name, ratio in ratios.items():

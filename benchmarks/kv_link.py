@@ -1,0 +1,69 @@
+"""Where a KV restore's time over the link goes, measured on a snapshot's own KV sections.
+
+In this process, on the same card and the same bytes (every KV section of one snapshot
+file, back to back in one device buffer), median of `reps` each:
+  pinned           one copy from a pinned host buffer of that size (the link's ceiling)
+  registered       the sections copied from the file mapped and registered with CUDA
+                   (page cache), unchecked: what the page cache as a DMA source costs
+  registered_gpu_checked  the same with every chunk's CRC32C checked on the GPU as it
+                   lands (`upload_sections`, the SGLang restore's upload)
+  registered_gpu_checked_written  and each layer, as it lands, copied on to a second
+                   device buffer in its K and V halves (what the restore's pool writes do
+                   when the slots are one run)
+The engine's `kv` phase is the last of these plus SGLang's pool; set side by side, they
+say which step keeps a restore under the link.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def kv_upload_rates(path: str, reps: int = 5) -> dict:
+    import torch
+
+    from thaw.core.container import Container
+    from thaw.core.gpu_files import RegisteredFile, copy_sections_to_gpu, upload_sections
+
+    c = Container(path)
+    names = [n for n in c.sections if n.startswith("kv/")]
+    nbytes = sum(c.section(n).length for n in names)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    reg = RegisteredFile(c)
+    pool = torch.empty_like(dev)
+    views, pool_views, at = {}, {}, 0
+    for n in names:
+        length = c.section(n).length
+        views[n], pool_views[n], at = dev[at:at + length], pool[at:at + length], at + length
+
+    def write(name: str, data: torch.Tensor) -> None:
+        halves, into = data.view(2, -1), pool_views[name].view(2, -1)
+        into[0].copy_(halves[0])
+        into[1].copy_(halves[1])
+
+    def timed(fn) -> float:
+        rates = []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            rates.append(nbytes / (time.perf_counter() - t0) / 1e9)
+        return statistics.median(rates)
+
+    try:
+        out = {"kv_sections": len(names), "kv_bytes": nbytes,
+               "pinned_gb_s": timed(lambda: dev.copy_(host, non_blocking=True)),
+               "registered_gb_s": timed(lambda: copy_sections_to_gpu(reg, views, verify="none")),
+               "registered_gpu_checked_gb_s": timed(lambda: upload_sections(reg, names, dev.device)),
+               "registered_gpu_checked_written_gb_s": timed(
+                   lambda: copy_sections_to_gpu(reg, views, verify="gpu", landed=write))}
+    finally:
+        reg.close()
+        c.close()
+    out["ratio_registered_vs_pinned"] = out["registered_gb_s"] / out["pinned_gb_s"]
+    out["ratio_checked_vs_registered"] = out["registered_gpu_checked_gb_s"] / out["registered_gb_s"]
+    out["ratio_written_vs_pinned"] = out["registered_gpu_checked_written_gb_s"] / out["pinned_gb_s"]
+    return out
