@@ -57,6 +57,11 @@ def main() -> None:
     def parent():
         with EngineWorker(DRIVERS["sglang"], cfg) as w:
             out = {"boot_s": w.call("info")["boot_seconds"]}
+            # Triton compiles its kernels on an engine's first batches (on a fresh box, tens of
+            # seconds): a short unrelated prompt first, then the cache emptied, so that the
+            # trunk's prefill below times the prefill alone, as the cold process's does.
+            w.call("generate", prompt_token_ids=trunk[:64][::-1], max_tokens=2)
+            w.call("reset_prefix_cache")
             cold = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             cached = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
             out.update(prefill_ttft_s=cold["seconds"], cached_cached_tokens=cached["cached_tokens"],
