@@ -7,27 +7,30 @@ file, back to back in one device buffer), median of `reps` each:
                    (page cache), unchecked: what the page cache as a DMA source costs
   registered_gpu_checked  the same with every chunk's CRC32C checked on the GPU as it
                    lands (`upload_sections`, the SGLang restore's upload)
-  registered_gpu_checked_written  and each layer, as it lands, copied on to a second
-                   device buffer in its K and V halves (what the restore's pool writes do
-                   when the slots are one run)
+  registered_gpu_checked_written  and each layer, as it lands, copied on into a second
+                   device buffer: every page's K rows into one contiguous half, its V rows
+                   into the other (what the restore's pool writes do when the slots are
+                   one run of whole pages)
 The engine's `kv` phase is the last of these plus SGLang's pool; set side by side, they
 say which step keeps a restore under the link.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-
 
 def kv_upload_rates(path: str, reps: int = 5) -> dict:
     import torch
 
+    from thaw.core import load
     from thaw.core.container import Container
     from thaw.core.gpu_files import RegisteredFile, copy_sections_to_gpu, upload_sections
 
+    from gpu_movers import timed
+
     c = Container(path)
-    names = [n for n in c.sections if n.startswith("kv/")]
+    layers = load(path, verify=False).kv.layers
+    names = [layer._section for layer in layers]
+    pages = {layer._section: layer.shape[0] for layer in layers}
     nbytes = sum(c.section(n).length for n in names)
     dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
@@ -39,26 +42,19 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
         views[n], pool_views[n], at = dev[at:at + length], pool[at:at + length], at + length
 
     def write(name: str, data: torch.Tensor) -> None:
-        halves, into = data.view(2, -1), pool_views[name].view(2, -1)
-        into[0].copy_(halves[0])
-        into[1].copy_(halves[1])
+        halves, into = data.view(pages[name], 2, -1), pool_views[name].view(2, pages[name], -1)
+        into[0].copy_(halves[:, 0])  # a strided read of every page's K rows, as the pool's K buffer gets
+        into[1].copy_(halves[:, 1])
 
-    def timed(fn) -> float:
-        rates = []
-        for _ in range(reps):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            rates.append(nbytes / (time.perf_counter() - t0) / 1e9)
-        return statistics.median(rates)
+    def rate(fn) -> float:
+        return nbytes / timed(fn, reps) / 1e9  # one warm-up run, then the median of reps
 
     try:
         out = {"kv_sections": len(names), "kv_bytes": nbytes,
-               "pinned_gb_s": timed(lambda: dev.copy_(host, non_blocking=True)),
-               "registered_gb_s": timed(lambda: copy_sections_to_gpu(reg, views, verify="none")),
-               "registered_gpu_checked_gb_s": timed(lambda: upload_sections(reg, names, dev.device)),
-               "registered_gpu_checked_written_gb_s": timed(
+               "pinned_gb_s": rate(lambda: dev.copy_(host, non_blocking=True)),
+               "registered_gb_s": rate(lambda: copy_sections_to_gpu(reg, views, verify="none")),
+               "registered_gpu_checked_gb_s": rate(lambda: upload_sections(reg, names, dev.device)),
+               "registered_gpu_checked_written_gb_s": rate(
                    lambda: copy_sections_to_gpu(reg, views, verify="gpu", landed=write))}
     finally:
         reg.close()
