@@ -7,10 +7,12 @@ file, back to back in one device buffer), median of `reps` each:
                    (page cache), unchecked: what the page cache as a DMA source costs
   registered_gpu_checked  the same with every chunk's CRC32C checked on the GPU as it
                    lands (`upload_sections`, the SGLang restore's upload)
-  registered_gpu_checked_written  and each layer, as it lands, copied on into a second
-                   device buffer: every page's K rows into one contiguous half, its V rows
-                   into the other (what the restore's pool writes do when the slots are
-                   one run of whole pages)
+  registered_gpu_checked_written  the SGLang restore's route: each layer uploaded into a
+                   staging ring of 8 layers (`stream_checked_sections`), checked, and copied
+                   on into a second device buffer, every page's K rows into one contiguous
+                   half and its V rows into the other (the pool writes when the slots are
+                   one run of whole pages); until 79a486a's receipt, one buffer for every
+                   layer and contiguous halves
 The engine's `kv` phase is the last of these plus SGLang's pool; set side by side, they
 say which step keeps a restore under the link.
 """
@@ -23,7 +25,8 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
 
     from thaw.core import load
     from thaw.core.container import Container
-    from thaw.core.gpu_files import RegisteredFile, copy_sections_to_gpu, upload_sections
+    from thaw.core.gpu_files import (RegisteredFile, copy_sections_to_gpu, staging_ring, stream_checked_sections,
+                                     upload_sections)
 
     from gpu_movers import timed
 
@@ -46,6 +49,8 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
         into[0].copy_(halves[:, 0])  # a strided read of every page's K rows, as the pool's K buffer gets
         into[1].copy_(halves[:, 1])
 
+    ring = staging_ring(reg, names, dev.device)
+
     def rate(fn) -> float:
         return nbytes / timed(fn, reps) / 1e9  # one warm-up run, then the median of reps
 
@@ -55,7 +60,7 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
                "registered_gb_s": rate(lambda: copy_sections_to_gpu(reg, views, verify="none")),
                "registered_gpu_checked_gb_s": rate(lambda: upload_sections(reg, names, dev.device)),
                "registered_gpu_checked_written_gb_s": rate(
-                   lambda: copy_sections_to_gpu(reg, views, verify="gpu", landed=write))}
+                   lambda: stream_checked_sections(reg, names, ring, write))}
     finally:
         reg.close()
         c.close()

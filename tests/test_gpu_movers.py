@@ -123,25 +123,33 @@ def test_cold_stream_and_corruption(tmp_path):
     reg.close()
 
 
-def test_landed_hook_sees_each_section_as_it_is_checked_and_the_error_after_all(tmp_path):
-    """copy_sections_to_gpu(landed=...) hands over each section in order, on the stream its
-    check ran on; a bad chunk is raised once every section and hook has run, naming it."""
-    weights = {f"w{i}": torch.randn(2000, 256) for i in range(6)}
+@pytest.mark.parametrize("slots", [1, 2, 8])
+def test_ring_hands_each_section_on_as_it_is_checked_and_the_error_after_all(tmp_path, slots):
+    """stream_checked_sections hands over each section in order through the ring's slots,
+    on the current stream; what the hook copies out is the file's bytes even where a slot
+    is reused; a bad chunk is raised once every section and hook has run, naming it."""
+    from thaw.core.gpu_files import staging_ring, stream_checked_sections
+
+    weights = {f"w{i}": torch.randn(2000 + 64 * i, 256) for i in range(6)}
     path = tmp_path / "w.thaw"
     thaw.save(thaw.StateSnapshot.from_tensors(weights), path)
-    targets = {f"weights/{k}": torch.empty(v.shape, device="cuda") for k, v in weights.items()}
-    copies = {name: torch.empty_like(t) for name, t in targets.items()}
+    names = [f"weights/{k}" for k in weights]
+    copies = {name: torch.empty(w.numel() * 4, dtype=torch.uint8, device="cuda")
+              for name, w in zip(names, weights.values())}
     seen = []
 
-    def landed(name, dst):
+    def landed(name, data):
         seen.append(name)
-        copies[name].copy_(dst)  # queued on the current stream, after the check
+        copies[name].copy_(data)  # queued on the current stream, before the slot is reused
 
     reg = RegisteredFile(Container(path))
-    copy_sections_to_gpu(reg, targets, verify="gpu", landed=landed)
-    assert seen == list(targets)
-    for k, v in weights.items():
-        assert torch.equal(copies[f"weights/{k}"].cpu(), v)
+    ring = staging_ring(reg, names, torch.device("cuda"), slots=slots)
+    assert ring.shape[0] == slots and ring.shape[1] % 4096 == 0
+    assert staging_ring(reg, names, torch.device("cuda"), slots=slots, ring=ring) is ring  # kept when it fits
+    stream_checked_sections(reg, names, ring, landed)
+    assert seen == names
+    for name, v in zip(names, weights.values()):
+        assert torch.equal(copies[name].cpu().view(torch.float32).view(v.shape), v)
     reg.close()
     with open(path, "r+b") as f:
         f.seek(Container(path).sections["weights/w1"].offset + 5)
@@ -149,10 +157,10 @@ def test_landed_hook_sees_each_section_as_it_is_checked_and_the_error_after_all(
     seen.clear()
     reg = RegisteredFile(Container(path))
     with pytest.raises(thaw.ChecksumError, match="weights/w1"):
-        copy_sections_to_gpu(reg, targets, verify="gpu", landed=landed)
-    assert seen == list(targets)
-    with pytest.raises(ValueError, match="verify='gpu'"):
-        copy_sections_to_gpu(reg, targets, verify="cpu", landed=landed)
+        stream_checked_sections(reg, names, ring, landed)
+    assert seen == names
+    with pytest.raises(thaw.SchemaError, match="larger than a staging slot"):
+        stream_checked_sections(reg, names, ring[:, :4096], landed)
     reg.close()
 
 

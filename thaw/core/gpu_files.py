@@ -141,32 +141,26 @@ def check_sections(reg: "RegisteredFile", names: list[str]) -> None:
 
 
 def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], *,
-                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None,
-                         landed: Optional[Callable[[str, torch.Tensor], None]] = None) -> None:
+                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None) -> None:
     """Copies file sections into GPU tensors of the same byte size.
 
     verify="cpu": CPU threads checksum the mapped page-cache bytes while the DMA copies run;
     verify="gpu": each section's bytes are checked on the GPU as soon as they land, while
     later sections are still copying (what is checked is what arrived);
     verify="none": no check (for measuring the cost of checking only).
-    Raises ChecksumError naming the section if any chunk differs.
-
-    `landed(name, target)`, with verify="gpu", is called on this thread as soon as the
-    section's copy and check are queued, with `stream` current: GPU work it queues runs
-    after the bytes arrived, while later sections copy, before their check results are
-    known. What it writes must be undone by the caller if this function raises.
+    Raises ChecksumError naming the section if any chunk differs (with verify="gpu", once
+    every section has landed). To hand each section on as it lands, through a few slots
+    instead of a target per section, see `stream_checked_sections`.
     """
     import concurrent.futures
 
-    if landed is not None and verify != "gpu":
-        raise ValueError(f"landed= needs verify='gpu' (it runs after each section's GPU check), not {verify!r}")
     for name, dst in targets.items():
         n = reg.container.section(name).length
         if dst.numel() * dst.element_size() != n:
             raise SchemaError(f"section {name!r} holds {n} bytes, target {tuple(dst.shape)} differs")
     s = stream or torch.cuda.current_stream()
     if verify == "gpu":
-        _copy_checked_on_gpu(reg, targets, s, landed)
+        _copy_checked_on_gpu(reg, targets, s)
         return
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # The CPU checksum runs on native threads (GIL released) while the DMA copies go.
@@ -179,11 +173,10 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
     s.synchronize()
 
 
-def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], s: torch.cuda.Stream,
-                         landed: Optional[Callable[[str, torch.Tensor], None]]) -> None:
+def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], s: torch.cuda.Stream) -> None:
     """Every copy queued at once on a side stream (the DMA engine never waits for this
-    thread), then on `s` each section checked as it lands and handed to `landed`; the
-    expected chunk CRCs of all sections go up in one transfer. Returns or raises only once
+    thread), then on `s` each section checked as it lands; the expected chunk CRCs of all
+    sections go up in one transfer. Returns or raises only once
     no copy or queued work is still running."""
     if not targets:
         return
@@ -211,23 +204,88 @@ def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
                 verifier.check(f"section {name!r}", dst.view(-1), list(sec.chunk_crcs), sec.chunk_size,
                                sec.padded_length, stream=s, want=want[at:at + k])
                 at += k
-                if landed is not None:
-                    landed(name, dst)
     finally:
         s.wait_stream(copy_stream)
         s.synchronize()  # nothing may still write the targets once the caller sees an error
     verifier.raise_if_failed()
 
 
-def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device,
-                    landed: Optional[Callable[[str, torch.Tensor], None]] = None) -> torch.Tensor:
+def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device) -> torch.Tensor:
     """The named sections' bytes back to back in one new device buffer, each checked on the
-    GPU as it lands (and handed to `landed`, see `copy_sections_to_gpu`); raises
-    ChecksumError naming the section."""
+    GPU as it lands; raises ChecksumError naming the section."""
     lengths = [reg.container.section(n).length for n in names]
     buf = torch.empty(sum(lengths), dtype=torch.uint8, device=device)
     views, at = {}, 0
     for name, n in zip(names, lengths):
         views[name], at = buf[at:at + n], at + n
-    copy_sections_to_gpu(reg, views, verify="gpu", landed=landed)
+    copy_sections_to_gpu(reg, views, verify="gpu")
     return buf
+
+
+def staging_ring(reg: "RegisteredFile", names: list[str], device: torch.device, slots: int = 8,
+                 ring: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A device buffer of `slots` slots, each as large as the largest named section (rounded
+    up to 4 KiB), for `stream_checked_sections`; `ring` is returned as it is when it
+    already fits (reuse one across restores: no allocation per restore)."""
+    slot_bytes = align_up(max((reg.container.section(n).length for n in names), default=0))
+    slots = max(1, min(slots, len(names)))
+    if ring is not None and ring.device == device and ring.shape[0] >= slots and ring.shape[1] >= slot_bytes:
+        return ring
+    return torch.empty((slots, slot_bytes), dtype=torch.uint8, device=device)
+
+
+def stream_checked_sections(reg: "RegisteredFile", names: list[str], ring: torch.Tensor,
+                            landed: Callable[[str, torch.Tensor], None]) -> None:
+    """Each named section uploaded from the registered file into the next slot of `ring`
+    (`staging_ring`), checked on the GPU as it lands and handed to `landed(name, data)`,
+    on the stream current when called: what `landed` queues there must copy `data` out,
+    for the slot takes a later section once that work has run. The first slots' copies
+    are queued before any check and each later one as a slot is handed back, so the DMA
+    engine runs ahead of this thread by the ring's length. Raises ChecksumError naming
+    the first bad section once every section has landed (what `landed` wrote must then be
+    undone by the caller); returns or raises only once no copy or queued work is running."""
+    if not names:
+        return
+    secs = [reg.container.section(n) for n in names]
+    slots = ring.shape[0]
+    for name, sec in zip(names, secs):
+        if sec.length > ring.shape[1]:
+            raise SchemaError(f"section {name!r} ({sec.length} bytes) is larger than a staging slot ({ring.shape[1]})")
+    s = torch.cuda.current_stream(ring.device)
+    copy_stream = torch.cuda.Stream(ring.device)
+    copy_stream.wait_stream(s)
+    crcs = np.concatenate([np.asarray(sec.chunk_crcs, dtype=np.uint32) for sec in secs]).view(np.int32)
+    host_want = torch.from_numpy(crcs).pin_memory()
+    arrived: list[torch.cuda.Event] = []
+    freed: list[Optional[torch.cuda.Event]] = [None] * slots
+
+    def queue_copy(i: int) -> None:
+        if freed[i % slots] is not None:
+            copy_stream.wait_event(freed[i % slots])
+        with torch.cuda.stream(copy_stream):
+            ring[i % slots, :secs[i].length].copy_(reg.section(names[i]), non_blocking=True)
+            arrived.append(torch.cuda.Event())
+            arrived[-1].record(copy_stream)
+
+    verifier = DeviceVerifier()
+    try:
+        for i in range(min(slots, len(names))):
+            queue_copy(i)
+        want = host_want.to(ring.device, non_blocking=True)
+        at = 0
+        for i, (name, sec) in enumerate(zip(names, secs)):
+            reg.check_padding(name)
+            s.wait_event(arrived[i])
+            data, k = ring[i % slots, :sec.length], len(sec.chunk_crcs)
+            verifier.check(f"section {name!r}", data, list(sec.chunk_crcs), sec.chunk_size,
+                           sec.padded_length, stream=s, want=want[at:at + k])
+            at += k
+            landed(name, data)
+            freed[i % slots] = torch.cuda.Event()
+            freed[i % slots].record(s)
+            if i + slots < len(names):
+                queue_copy(i + slots)
+    finally:
+        s.wait_stream(copy_stream)
+        s.synchronize()  # nothing may still write the ring or the caller's targets
+    verifier.raise_if_failed()

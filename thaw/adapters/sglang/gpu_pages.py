@@ -2,8 +2,9 @@
 
 A snapshot's pages are gathered on the GPU (one kernel for every layer's K pages, one for
 the V pages) and copied to pinned host memory in one transfer. A restore uploads the
-snapshot file's KV sections from the page cache (the file registered with CUDA) and checks
-every chunk's CRC32C on the GPU before anything in the engine changes. The page bytes are
+snapshot file's KV sections from the page cache (the file registered with CUDA) through a
+staging ring of a few layers, checks every chunk's CRC32C on the GPU as it lands and hands
+each layer on to be written into slots nothing names yet. The page bytes are
 those of `cache_state` (layout "sglang.nhd": a page's K rows, then its V rows).
 
 Contract: as `cache_state`, call only from the scheduler's thread between batches.
@@ -11,7 +12,7 @@ Contract: as `cache_state`, call only from the scheduler's thread between batche
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 
@@ -55,27 +56,49 @@ def file_pages_fit(snap: StateSnapshot, layout: KVLayout, kv_pool: Any) -> bool:
             and all(not layer.in_memory for layer in snap.kv.layers))
 
 
-def upload_checked_pages(snap: StateSnapshot, registered: Any, device: torch.device,
-                         landed: Optional[Callable[[int, torch.Tensor], None]] = None) -> list[torch.Tensor]:
+def _layer_sections(snap: StateSnapshot) -> dict[str, tuple[int, Any]]:
+    """Each KV layer's file section -> (layer index, layer)."""
+    return {layer._section: (i, layer) for i, layer in enumerate(snap.kv.layers)}
+
+
+def kv_sections(snap: StateSnapshot) -> list[str]:
+    """The file sections of the snapshot's KV layers, in layer order."""
+    return list(_layer_sections(snap))
+
+
+def _as_pages(layer: Any, data: torch.Tensor) -> torch.Tensor:
+    return data.view(layer.dtype).view(layer.shape)
+
+
+def upload_checked_pages(snap: StateSnapshot, registered: Any, device: torch.device) -> list[torch.Tensor]:
     """Every KV layer of the file in one new device buffer, [pages, page_elems] each,
-    checked on the GPU against the file's chunk CRCs; ChecksumError names the first bad
-    section once every layer has landed. `landed(layer, pages)` is called as each layer's
-    upload and check are queued (`thaw.core.gpu_files.copy_sections_to_gpu`): what it queues on
-    the current stream runs while later layers upload, before the checks are known, so it
-    may only write what the caller can give back when this raises."""
+    checked on the GPU against the file's chunk CRCs (what `prepare(kv_on_device=True)`
+    keeps); ChecksumError names the first bad section once every layer has landed."""
     from thaw.core.gpu_files import upload_sections
 
-    sections = [layer._section for layer in snap.kv.layers]
-    layers = {name: (i, layer) for i, (name, layer) in enumerate(zip(sections, snap.kv.layers))}
-
-    def as_pages(name: str, data: torch.Tensor) -> torch.Tensor:
-        return data.view(layers[name][1].dtype).view(layers[name][1].shape)
-
-    hook = None if landed is None else (lambda name, data: landed(layers[name][0], as_pages(name, data)))
-    buf = upload_sections(registered, sections, device, landed=hook)
+    layers = _layer_sections(snap)
+    buf = upload_sections(registered, list(layers), device)
     pages, at = [], 0
-    for name in sections:
+    for name, (_, layer) in layers.items():
         n = registered.container.section(name).length
-        pages.append(as_pages(name, buf[at:at + n]))
+        pages.append(_as_pages(layer, buf[at:at + n]))
         at += n
     return pages
+
+
+def write_checked_pages(snap: StateSnapshot, registered: Any, ring: torch.Tensor,
+                        landed: Callable[[int, torch.Tensor], None]) -> None:
+    """Every KV layer of the file uploaded through the staging `ring`
+    (`thaw.core.gpu_files.staging_ring`), checked on the GPU and handed to
+    `landed(layer, pages)` ([pages, page_elems]) on the current stream: what it queues
+    must copy the pages out (the slot is reused) and runs before the checks are known, so
+    it may only write what the caller can give back when this raises ChecksumError."""
+    from thaw.core.gpu_files import stream_checked_sections
+
+    layers = _layer_sections(snap)
+
+    def hand_over(name: str, data: torch.Tensor) -> None:
+        index, layer = layers[name]
+        landed(index, _as_pages(layer, data))
+
+    stream_checked_sections(registered, list(layers), ring, hand_over)

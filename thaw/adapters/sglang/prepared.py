@@ -4,8 +4,10 @@ Forks restore one file again and again: it is opened once (header and section ta
 it stays the same file (path, inode, size, modification time), registered with CUDA once
 (it and the file its weights are referenced from stay registered), and with
 `prepare(kv_on_device=True)` its KV pages are kept, checked, in GPU memory beside the pool,
-so that a restore writes them into the pool without the link. Every section's bytes are
-still checked against their CRCs when first read.
+so that a restore writes them into the pool without the link. A restore from the file
+uploads its KV through a staging ring of a few layers kept here across restores (no device
+allocation per restore; `release` frees it). Every section's bytes are still checked
+against their CRCs when first read.
 
 Contract: one per scheduler (`of`), used from the scheduler's thread between batches (a
 file released here is not being read).
@@ -31,6 +33,7 @@ class PreparedFiles:
         self._registrations = RegisteredFiles(keep=2)  # registers nothing until asked
         self._opened: Optional[tuple[tuple, StateSnapshot]] = None
         self._resident: Optional[tuple[tuple, list[torch.Tensor]]] = None  # file key, its KV pages on the GPU
+        self._ring: Optional[torch.Tensor] = None  # the KV upload's staging slots, kept across restores
 
     def opened(self, path: str) -> StateSnapshot:
         """The snapshot at `path` (a file or an object URL), opened again only when what is
@@ -44,6 +47,15 @@ class PreparedFiles:
     def registered(self, container: Any) -> Any:
         """The file mapped and registered with CUDA (`thaw.core.gpu_files.RegisteredFiles`)."""
         return self._registrations.get(container)
+
+    def staging_ring(self, registered: Any, names: list[str], device: torch.device) -> torch.Tensor:
+        """Slots for uploading the sections `names` of the registered file
+        (`thaw.core.gpu_files.staging_ring`): the kept ring where it fits, else a new one
+        that is kept instead."""
+        from thaw.core.gpu_files import staging_ring
+
+        self._ring = staging_ring(registered, names, device, ring=self._ring)
+        return self._ring
 
     def resident_pages(self, container: Any) -> Optional[list[torch.Tensor]]:
         """The KV pages `prepare(kv_on_device=True)` keeps for the file `container` is, if any."""
@@ -78,8 +90,8 @@ class PreparedFiles:
             self._resident = (file_key(path), gpu_pages.upload_checked_pages(snap, reg, kv_pool.k_buffer[0].device))
 
     def release(self) -> None:
-        """Frees the CUDA registrations and the KV pages kept on the device."""
-        self._resident = None
+        """Frees the CUDA registrations, the KV pages kept on the device and the staging ring."""
+        self._resident, self._ring = None, None
         self._registrations.close()
 
 

@@ -289,10 +289,12 @@ def _write_kv(files: prepared.PreparedFiles, snap: StateSnapshot, layout: KVLayo
     # a page at a time: its KV is then read through the mapping and its weights streamed.
     cold = from_file and cold_files.get(held_in.path, False)
     if from_file and not cold:
-        # A CUDA pool: each layer uploaded from the page cache, checked on the GPU and
-        # written into the slots on the stream its check ran on, while later layers upload.
-        gpu_pages.upload_checked_pages(snap, files.registered(held_in), pool.k_buffer[0].device,
-                                       landed=placement.write_layer)
+        # A CUDA pool: each layer uploaded from the page cache through the kept staging
+        # ring, checked on the GPU and written into the slots on the stream its check ran
+        # on, while later layers upload.
+        reg = files.registered(held_in)
+        ring = files.staging_ring(reg, gpu_pages.kv_sections(snap), pool.k_buffer[0].device)
+        gpu_pages.write_checked_pages(snap, reg, ring, placement.write_layer)
         return "file, checked on the GPU"
     # Verified read-only views of the file where it is mapped (no copy when the layout is
     # the engine's), copied into the slots.
