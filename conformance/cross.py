@@ -44,7 +44,7 @@ class CrossEngineConformance:
         path = tmp_path_factory.mktemp("cross") / "source.thaw"
         with source.engine() as parent:
             parent.call("generate", prompt_token_ids=source.prompt, max_tokens=source.max_tokens)
-            parent.call("snapshot", path=str(path))
+            parent.call("snapshot", path=str(path), **source.cross_snapshot_args)
         return path
 
     @pytest.fixture(scope="class")

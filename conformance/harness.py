@@ -40,6 +40,12 @@ class EngineUnderTest:
         decode (SGLang on CUDA: bf16 greedy outputs part at the first low-margin token), so
         the engine's own way of resuming is the reference and the carried KV still has to be
         bit for bit what it computed.
+    env: environment variables that `engine` and `fresh_engine` add to this one's (e.g. a
+        PYTHONPATH naming where this engine's packages are, when two engines under test
+        pin different releases of a dependency).
+    cross_snapshot_args: what the cross-engine suite adds to this engine's `snapshot` call
+        when another engine is to restore it (vLLM on CUDA: `weights_format="checkpoint"`,
+        since its own format, its parameters, is vLLM's alone).
     """
 
     driver: str
@@ -56,15 +62,17 @@ class EngineUnderTest:
     references_weights: bool = True
     fork_children: int = 4
     resume_oracle: str = "uninterrupted"
+    env: dict[str, str] = field(default_factory=dict)
+    cross_snapshot_args: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
     def engine(self, **overrides: Any) -> Iterator[EngineWorker]:
-        with EngineWorker(self.driver, {**self.config, **overrides}) as w:
+        with EngineWorker(self.driver, {**self.config, **overrides}, env=self.env) as w:
             yield w
 
     @contextmanager
     def fresh_engine(self, **overrides: Any) -> Iterator[EngineWorker]:
-        with EngineWorker(self.driver, {**self.config, **self.fresh_config, **overrides}) as w:
+        with EngineWorker(self.driver, {**self.config, **self.fresh_config, **overrides}, env=self.env) as w:
             yield w
 
     def expected_cached(self, snapshot: Path, prompt: list[int]) -> int:
