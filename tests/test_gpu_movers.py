@@ -144,7 +144,7 @@ def test_ring_hands_each_section_on_as_it_is_checked_and_the_error_after_all(tmp
 
     reg = RegisteredFile(Container(path))
     ring = staging_ring(reg, names, torch.device("cuda"), slots=slots)
-    assert ring.shape[0] == slots and ring.shape[1] % 4096 == 0
+    assert ring.shape[0] == min(slots, len(names)) and ring.shape[1] % 4096 == 0
     assert staging_ring(reg, names, torch.device("cuda"), slots=slots, ring=ring) is ring  # kept when it fits
     stream_checked_sections(reg, names, ring, landed)
     assert seen == names
