@@ -30,7 +30,8 @@ import time
 from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
 
-from gpu_e2e_vllm import build_model, cold_start, first_token_ratios, fork_round, medians, phase, pinned_memcpy_gb_s
+from gpu_e2e_vllm import (build_model, cold_start, first_token_ratios, fork_round, medians, phase, pinned_memcpy_gb_s,
+                          warm_up)
 from kv_link import kv_upload_rates
 from receipt import write_receipt
 
@@ -58,11 +59,7 @@ def main() -> None:
     def parent():
         with EngineWorker(DRIVERS["sglang"], cfg) as w:
             out = {"boot_s": w.call("info")["boot_seconds"]}
-            # Triton compiles its kernels on an engine's first batches (on a fresh box, tens of
-            # seconds): a short unrelated prompt first, then the cache emptied, so that the
-            # trunk's prefill below times the prefill alone, as the cold process's does.
-            w.call("generate", prompt_token_ids=trunk[:64][::-1], max_tokens=2)
-            w.call("reset_prefix_cache")
+            warm_up(w, trunk)  # the trunk's prefill below then times the prefill alone, as the cold one's
             cold = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             cached = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
             out.update(prefill_ttft_s=cold["seconds"], cached_cached_tokens=cached["cached_tokens"],
@@ -82,12 +79,9 @@ def main() -> None:
         t0 = time.perf_counter()
         with EngineWorker(DRIVERS["sglang"], {**cfg, "load_format": "dummy"}) as w:
             booted = time.perf_counter() - t0
-            # As the parent: Triton's kernels compiled or loaded first (a pool's started engine
-            # has served before), then the cache emptied; counted in the new process's total.
-            t1 = time.perf_counter()
-            w.call("generate", prompt_token_ids=trunk[:64][::-1], max_tokens=2)
-            w.call("reset_prefix_cache")
-            warmup = time.perf_counter() - t1
+            # As the parent (a pool's started engine has served before); counted in the new
+            # process's total.
+            warmup = warm_up(w, trunk)
             rep = w.call("restore", path=snap)
             first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             out16 = w.call("generate", prompt_token_ids=trunk, max_tokens=16)

@@ -85,6 +85,17 @@ def phase(results: dict, name: str, fn) -> None:
     print(f"{name}: {time.perf_counter() - t0:.1f} s -> {str(results[name])[:300]}", flush=True)
 
 
+def warm_up(w: EngineWorker, trunk: list[int]) -> float:
+    """A short prompt unrelated to the trunk (its first 64 tokens reversed), then the prefix
+    cache emptied: kernels an engine compiles or loads on its first batches (SGLang's
+    Triton kernels, tens of seconds on a fresh box) stay out of what is timed next.
+    Returns its seconds."""
+    t0 = time.perf_counter()
+    w.call("generate", prompt_token_ids=trunk[:64][::-1], max_tokens=2)
+    w.call("reset_prefix_cache")
+    return time.perf_counter() - t0
+
+
 def cold_start(engine: str, cfg: dict, trunk: list[int]) -> tuple[dict, dict]:
     """A new engine process on the real checkpoint: start to ready, then prefill + first
     token; with the engine's `info`."""

@@ -28,7 +28,7 @@ from thaw.workers import EngineWorker
 
 from gpu_e2e_sglang import ENGINE as SGLANG_GPU
 from gpu_e2e_vllm import ENGINE as VLLM_GPU
-from gpu_e2e_vllm import build_model, fork_round, medians, phase
+from gpu_e2e_vllm import build_model, fork_round, medians, phase, warm_up
 from receipt import write_receipt
 
 GPU_CONFIGS = {
@@ -46,8 +46,7 @@ def cpu_configs(model: str, trunk: int) -> dict[str, dict]:
 def fork_rounds(engine: str, cfg: dict, env: dict[str, str], trunk: list[int], kv_path: str, rounds: int) -> dict:
     with EngineWorker(DRIVERS[engine], cfg, env=env) as w:
         info = w.call("info")
-        w.call("generate", prompt_token_ids=trunk[:64][::-1], max_tokens=2)  # kernels compiled, graphs warm
-        w.call("reset_prefix_cache")
+        warm_up(w, trunk)
         prefill = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
         snapshot = w.call("snapshot", path=kv_path, weights=False)
         prepare = w.call("prepare", path=kv_path)

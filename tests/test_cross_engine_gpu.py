@@ -13,7 +13,11 @@ import torch
 
 from thaw.conformance import CrossEngineConformance, EngineUnderTest
 from thaw.core import CHECKPOINT_WEIGHTS
-from thaw.testing.tiny_model import TinyLlama, build_tiny_llama
+from thaw.testing.tiny_model import build_tiny_llama
+
+from .test_sglang_gpu_conformance import GPU_MODEL
+from .test_sglang_gpu_conformance import GPU_SETTINGS as SGLANG_GPU
+from .test_vllm_gpu_conformance import GPU_SETTINGS as VLLM_GPU
 
 PATHS = {"vllm": os.environ.get("THAW_VLLM_PATH", ""), "sglang": os.environ.get("THAW_SGLANG_PATH", "")}
 pytestmark = [pytest.mark.engine, pytest.mark.gpu,
@@ -24,16 +28,11 @@ pytestmark = [pytest.mark.engine, pytest.mark.gpu,
                                         "on the GPU box, the unpacked bundles)")]
 
 # The GPU conformance suites' model and engine settings, one model file for both engines.
-GPU_MODEL = TinyLlama(hidden_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=128)
 ENGINES = {
-    "vllm": {"driver": "thaw.adapters.vllm.driver:VLLMDriver",
-             "config": {"dtype": "bfloat16", "block_size": 16, "kv_cache_memory_bytes": 256 * 2**20},
+    "vllm": {"driver": "thaw.adapters.vllm.driver:VLLMDriver", "config": VLLM_GPU,
              # on CUDA its own snapshot format is its parameters; SGLang loads checkpoint tensors
              "cross_snapshot_args": {"weights_format": CHECKPOINT_WEIGHTS}},
-    "sglang": {"driver": "thaw.adapters.sglang.driver:SGLangDriver",
-               "config": {"device": "cuda", "attention_backend": "triton", "model_impl": "auto",
-                          "dtype": "bfloat16", "mem_fraction_static": 0.05, "max_total_tokens": 16384,
-                          "disable_cuda_graph": True, "page_size": 16}},
+    "sglang": {"driver": "thaw.adapters.sglang.driver:SGLangDriver", "config": {**SGLANG_GPU, "page_size": 16}},
 }
 PROMPT = [4 + (i * 37) % 500 for i in range(300)]
 

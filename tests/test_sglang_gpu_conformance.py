@@ -18,13 +18,14 @@ pytestmark = [needs_sglang, pytest.mark.engine, pytest.mark.gpu,
                                  reason="needs a CUDA device: CPU-only machine; runs on the GPU box")]
 
 GPU_MODEL = TinyLlama(hidden_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=128)
-# SGLang on one GPU as people run it, small enough that the suite's engines share the card.
+# SGLang on one GPU as people run it, small enough that the suite's engines share the card
+# (also the GPU server and cross-engine tests' settings).
+GPU_SETTINGS = {"device": "cuda", "attention_backend": "triton", "model_impl": "auto", "dtype": "bfloat16",
+                "mem_fraction_static": 0.05, "max_total_tokens": 16384, "disable_cuda_graph": True}
 # Deterministic inference: batch-invariant kernels (radix cache kept with Triton attention),
 # so the parent's resubmitted request and the restored child's resumed one (the in-flight
 # check's reference, resume_oracle below) run the same computation.
-GPU_ENGINE = {"device": "cuda", "attention_backend": "triton", "model_impl": "auto", "dtype": "bfloat16",
-              "mem_fraction_static": 0.05, "max_total_tokens": 16384, "disable_cuda_graph": True,
-              "enable_deterministic_inference": True}
+GPU_ENGINE = {**GPU_SETTINGS, "enable_deterministic_inference": True}
 
 
 @pytest.fixture(scope="module")

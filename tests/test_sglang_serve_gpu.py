@@ -16,15 +16,15 @@ from thaw.testing.tiny_model import build_tiny_llama
 
 from .engines import needs_sglang
 from .serve_cases import serving, snapshot_bucket
-from .test_sglang_gpu_conformance import GPU_ENGINE, GPU_MODEL
+from .test_sglang_gpu_conformance import GPU_MODEL, GPU_SETTINGS
 from .test_sglang_serve import KEY, ServerChecks
 
 pytestmark = [needs_sglang, pytest.mark.engine, pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(),
                                  reason="needs a CUDA device: CPU-only machine; runs on the GPU box")]
-# The GPU conformance suite's engine, served; the CPU engine's settings SGLangServer
-# starts from are overridden here (deterministic inference is not needed by these checks).
-SERVED = {**{k: v for k, v in GPU_ENGINE.items() if k != "enable_deterministic_inference"}, "page_size": 16}
+# The GPU conformance suite's settings, served; they override the CPU engine's settings
+# SGLangServer starts from.
+SERVED = {**GPU_SETTINGS, "page_size": 16}
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ pytestmark = [needs_vllm, pytest.mark.engine, pytest.mark.gpu,
                                  reason="needs a CUDA device: CPU-only machine; runs on the GPU box")]
 
 GPU_MODEL = TinyLlama(hidden_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=128)
+GPU_SETTINGS = {"dtype": "bfloat16", "block_size": 16, "kv_cache_memory_bytes": 256 * 2**20}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,7 @@ def engine_under_test(tmp_path_factory):
                                                          num_hidden_layers=3), dtype="bfloat16")
     return EngineUnderTest(
         driver="thaw.adapters.vllm.driver:VLLMDriver",
-        config={"model": str(model), "dtype": "bfloat16", "block_size": 16,
-                "kv_cache_memory_bytes": 256 * 2**20},
+        config={"model": str(model), **GPU_SETTINGS},
         fresh_config={"load_format": "dummy"},
         mismatches={
             "dtype": ({"dtype": "float16"}, "dtype"),

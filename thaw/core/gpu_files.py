@@ -174,36 +174,60 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
 
 
 def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], s: torch.cuda.Stream) -> None:
-    """Every copy queued at once on a side stream (the DMA engine never waits for this
-    thread), then on `s` each section checked as it lands; the expected chunk CRCs of all
-    sections go up in one transfer. Returns or raises only once
-    no copy or queued work is still running."""
+    """Every copy queued at once (each section has its own target), checked on `s` as it
+    lands (`_checked_copies`)."""
     if not targets:
         return
-    secs = [reg.container.section(name) for name in targets]
-    device = next(iter(targets.values())).device
+    views = [dst.view(-1).view(torch.uint8) for dst in targets.values()]
+    _checked_copies(reg, list(targets), views[0].device, lambda i: views[i], len(views), s)
+
+
+def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
+                    dst: Callable[[int], torch.Tensor], slots: int, s: torch.cuda.Stream,
+                    landed: Optional[Callable[[str, torch.Tensor], None]] = None) -> None:
+    """Section i copied from the registered file into `dst(i)` (uint8, its length) on a side
+    stream, the first `slots` copies queued before any check and copy i + slots only once
+    what was queued on `s` for section i (its check, `landed`) has run, so `dst(i + slots)`
+    may be `dst(i)`'s memory again. On `s` each section is checked as it lands and handed
+    to `landed`; the expected chunk CRCs of all sections go up in one transfer. Raises
+    ChecksumError naming the first bad section once every section has landed; returns or
+    raises only once no copy or queued work is still running."""
+    secs = [reg.container.section(n) for n in names]
     copy_stream = torch.cuda.Stream(device)
     copy_stream.wait_stream(s)
     crcs = np.concatenate([np.asarray(sec.chunk_crcs, dtype=np.uint32) for sec in secs]).view(np.int32)
     host_want = torch.from_numpy(crcs).pin_memory()
-    arrived = []
-    with torch.cuda.stream(copy_stream):
-        for name, dst in targets.items():
-            dst.view(-1).view(torch.uint8).copy_(reg.section(name), non_blocking=True)
+    arrived: list[torch.cuda.Event] = []
+    freed: list[Optional[torch.cuda.Event]] = [None] * slots
+
+    def queue_copy(i: int) -> None:
+        if freed[i % slots] is not None:
+            copy_stream.wait_event(freed[i % slots])
+        with torch.cuda.stream(copy_stream):
+            dst(i).copy_(reg.section(names[i]), non_blocking=True)
             arrived.append(torch.cuda.Event())
             arrived[-1].record(copy_stream)
+
     verifier = DeviceVerifier()
     try:
+        for i in range(min(slots, len(names))):
+            queue_copy(i)
         with torch.cuda.stream(s):
             want = host_want.to(device, non_blocking=True)
             at = 0
-            for (name, dst), sec, event in zip(targets.items(), secs, arrived):
+            for i, (name, sec) in enumerate(zip(names, secs)):
                 reg.check_padding(name)
-                s.wait_event(event)
-                k = len(sec.chunk_crcs)
-                verifier.check(f"section {name!r}", dst.view(-1), list(sec.chunk_crcs), sec.chunk_size,
+                s.wait_event(arrived[i])
+                data, k = dst(i), len(sec.chunk_crcs)
+                verifier.check(f"section {name!r}", data, list(sec.chunk_crcs), sec.chunk_size,
                                sec.padded_length, stream=s, want=want[at:at + k])
                 at += k
+                if landed is not None:
+                    landed(name, data)
+                if i + slots < len(names):
+                    freed[i % slots] = torch.cuda.Event()
+                    freed[i % slots].record(s)
+                    queue_copy(i + slots)
     finally:
         s.wait_stream(copy_stream)
         s.synchronize()  # nothing may still write the targets once the caller sees an error
@@ -247,45 +271,9 @@ def stream_checked_sections(reg: "RegisteredFile", names: list[str], ring: torch
     if not names:
         return
     secs = [reg.container.section(n) for n in names]
-    slots = ring.shape[0]
     for name, sec in zip(names, secs):
         if sec.length > ring.shape[1]:
             raise SchemaError(f"section {name!r} ({sec.length} bytes) is larger than a staging slot ({ring.shape[1]})")
-    s = torch.cuda.current_stream(ring.device)
-    copy_stream = torch.cuda.Stream(ring.device)
-    copy_stream.wait_stream(s)
-    crcs = np.concatenate([np.asarray(sec.chunk_crcs, dtype=np.uint32) for sec in secs]).view(np.int32)
-    host_want = torch.from_numpy(crcs).pin_memory()
-    arrived: list[torch.cuda.Event] = []
-    freed: list[Optional[torch.cuda.Event]] = [None] * slots
-
-    def queue_copy(i: int) -> None:
-        if freed[i % slots] is not None:
-            copy_stream.wait_event(freed[i % slots])
-        with torch.cuda.stream(copy_stream):
-            ring[i % slots, :secs[i].length].copy_(reg.section(names[i]), non_blocking=True)
-            arrived.append(torch.cuda.Event())
-            arrived[-1].record(copy_stream)
-
-    verifier = DeviceVerifier()
-    try:
-        for i in range(min(slots, len(names))):
-            queue_copy(i)
-        want = host_want.to(ring.device, non_blocking=True)
-        at = 0
-        for i, (name, sec) in enumerate(zip(names, secs)):
-            reg.check_padding(name)
-            s.wait_event(arrived[i])
-            data, k = ring[i % slots, :sec.length], len(sec.chunk_crcs)
-            verifier.check(f"section {name!r}", data, list(sec.chunk_crcs), sec.chunk_size,
-                           sec.padded_length, stream=s, want=want[at:at + k])
-            at += k
-            landed(name, data)
-            freed[i % slots] = torch.cuda.Event()
-            freed[i % slots].record(s)
-            if i + slots < len(names):
-                queue_copy(i + slots)
-    finally:
-        s.wait_stream(copy_stream)
-        s.synchronize()  # nothing may still write the ring or the caller's targets
-    verifier.raise_if_failed()
+    slots = ring.shape[0]
+    _checked_copies(reg, names, ring.device, lambda i: ring[i % slots, :secs[i].length], slots,
+                    torch.cuda.current_stream(ring.device), landed)
