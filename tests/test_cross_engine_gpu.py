@@ -31,7 +31,9 @@ pytestmark = [pytest.mark.engine, pytest.mark.gpu,
 ENGINES = {
     "vllm": {"driver": "thaw.adapters.vllm.driver:VLLMDriver", "config": VLLM_GPU,
              # on CUDA its own snapshot format is its parameters; SGLang loads checkpoint tensors
-             "cross_snapshot_args": {"weights_format": CHECKPOINT_WEIGHTS}},
+             "cross_snapshot_args": {"weights_format": CHECKPOINT_WEIGHTS},
+             # the bundle carries no FlashInfer; vLLM's sampler then falls back only if told to
+             "env": {"VLLM_USE_FLASHINFER_SAMPLER": "0"}},
     "sglang": {"driver": "thaw.adapters.sglang.driver:SGLangDriver", "config": {**SGLANG_GPU, "page_size": 16}},
 }
 PROMPT = [4 + (i * 37) % 500 for i in range(300)]
@@ -47,7 +49,7 @@ def gpu_engines(tmp_path_factory) -> dict[str, EngineUnderTest]:
         fresh_config={"load_format": "dummy"},
         mismatches={"dtype": ({"dtype": "float16"}, "dtype"),
                     "model": ({"model": str(other)}, "model_config_digest")},
-        prompt=PROMPT, page_size=16, fork_engine=name, env={"PYTHONPATH": PATHS[name]},
+        prompt=PROMPT, page_size=16, fork_engine=name, env={"PYTHONPATH": PATHS[name], **spec.get("env", {})},
         cross_snapshot_args=spec.get("cross_snapshot_args", {}))
         for name, spec in ENGINES.items()}
 

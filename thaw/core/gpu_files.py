@@ -253,6 +253,8 @@ def staging_ring(reg: "RegisteredFile", names: list[str], device: torch.device, 
     already fits (reuse one across restores: no allocation per restore)."""
     slot_bytes = align_up(max((reg.container.section(n).length for n in names), default=0))
     slots = max(1, min(slots, len(names)))
+    if device.type == "cuda" and device.index is None:  # "cuda" means the current device, as ring.device names it
+        device = torch.device("cuda", torch.cuda.current_device())
     if ring is not None and ring.device == device and ring.shape[0] >= slots and ring.shape[1] >= slot_bytes:
         return ring
     return torch.empty((slots, slot_bytes), dtype=torch.uint8, device=device)

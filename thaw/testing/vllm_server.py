@@ -21,12 +21,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def log_tail(where: str, lines: int = 40) -> str:
+    """The last `lines` lines of the log file named at the end of `where` ("see PATH"), if any."""
+    path = where.rsplit(" ", 1)[-1]
+    if not os.path.isfile(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return "\n--- last lines of the log ---\n" + "".join(f.readlines()[-lines:])
+
+
 def wait_for_http(proc: subprocess.Popen, url: str, timeout: float, where: str) -> None:
-    """Returns once `url` answers; raises if `proc` exits first or `timeout` passes."""
+    """Returns once `url` answers; raises if `proc` exits first (with the log's last lines
+    when `where` ends in its path) or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; {where}")
+            raise RuntimeError(f"server exited with {proc.returncode}; {where}{log_tail(where)}")
         try:
             urllib.request.urlopen(url, timeout=2).read()
             return
