@@ -92,6 +92,30 @@ def _open_direct(tmp: Path, size: int) -> int:
     return direct_fd
 
 
+def _take_for_recycling(recycle: Path, path: Path, tmp: Path) -> int:
+    """Renames the retired snapshot `recycle` to the temporary name `tmp` and opens it for
+    writing, its preamble zeroed first, so that from here on no name holds a file that
+    passes `open` (a crash leaves a temporary file, swept as any other). Its pages, still
+    in the page cache, are then overwritten in place instead of allocated afresh."""
+    if recycle.parent.resolve() != path.parent.resolve():
+        raise FormatError(f"cannot recycle {recycle} for {path}: a recycled file must be in the target's directory")
+    if recycle.resolve() == path.resolve():
+        raise FormatError(f"cannot recycle {path} into itself: the old file must stay whole until the new one "
+                          "replaces it; recycle a snapshot that is retired")
+    if is_temp_name(recycle.name):
+        raise FormatError(f"cannot recycle {recycle}: it is a temporary file of an unfinished write")
+    st = os.lstat(recycle)  # FileNotFoundError names it
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"cannot recycle {recycle}: it is not a regular file")
+    with open(recycle, "rb") as f:
+        if f.read(len(fmt.MAGIC)) != fmt.MAGIC:
+            raise FormatError(f"cannot recycle {recycle}: it is not a snapshot file (no thaw magic)")
+    os.rename(recycle, tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+    os.pwrite(fd, bytes(fmt.PREAMBLE_SIZE), 0)
+    return fd
+
+
 def write_container(
     path: str | os.PathLike,
     meta: dict[str, Any],
@@ -101,6 +125,7 @@ def write_container(
     threads: int = DEFAULT_THREADS,
     timings: Optional[dict[str, float]] = None,
     direct: bool = False,
+    recycle: Optional[str | os.PathLike] = None,
 ) -> None:
     """Atomically writes a snapshot file holding `meta` and the named payloads, in order
     (host buffers, or CUDA tensors that stay unchanged until this returns: `device_stage`).
@@ -111,7 +136,12 @@ def write_container(
     allocated up front, so little is left to flush and the file is not cached afterwards (a
     restore of it then streams it from the disk: `residency`); for snapshots kept for
     later rather than forked from at once. A file system that refuses O_DIRECT raises
-    `MoverUnavailable` before anything is written."""
+    `MoverUnavailable` before anything is written.
+
+    `recycle`: a retired snapshot file in the same directory whose space is reused: it is
+    renamed to the temporary name (so it is gone under its own name at once) and its
+    page-cache pages are overwritten instead of fresh ones allocated, the kernel's slow part
+    of a buffered write; the file is cut to the new size at the end. Not with `direct`."""
     t0 = time.perf_counter()
     mv = movers()
     path = Path(path)
@@ -124,7 +154,12 @@ def write_container(
     mode = _target_mode(path)
     sweep_stale_temps(path)
     tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    if recycle is not None and direct:
+        raise FormatError("a recycled file is overwritten in the page cache; direct writes bypass it: pick one")
+    if recycle is not None:
+        fd = _take_for_recycling(Path(recycle), path, tmp)
+    else:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     direct_fd = -1
     device_views = [v for _, v in views if on_device(v)]
     stager = None
@@ -150,6 +185,8 @@ def write_container(
         if len(header) != header_len:
             raise FormatError("internal: header length changed between planning and writing")
         os.pwrite(fd, header, fmt.PREAMBLE_SIZE)
+        if recycle is not None:  # a larger old file leaves bytes past the new end
+            os.ftruncate(fd, planned[-1].offset + planned[-1].padded_length if planned else data_start)
         os.pwrite(fd, fmt.pack_preamble(header_len, mv.crc32c(header), mv.crc32c), 0)
         t1 = time.perf_counter()
         os.fsync(fd)

@@ -67,15 +67,19 @@ def _prefix_arrays(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = fmt.DEFAULT_CHUNK,
-         timings: Optional[dict[str, float]] = None, direct: bool = False) -> None:
+         timings: Optional[dict[str, float]] = None, direct: bool = False,
+         recycle: Optional[str | os.PathLike] = None) -> None:
     """Validates `snapshot` and writes it atomically to `path` (one file, or an object at a
     URL: written locally, then uploaded, see `object_store`). With `snapshot.weights_from`
     set, the weights are referenced from that file instead of copied (`weights_ref`). With
     `timings`, records the seconds of each phase of a local write (``write``, ``flush``:
     see `write_container`). `direct`: a local file's payloads are written past the page
-    cache (`write_container`)."""
+    cache (`write_container`). `recycle`: a retired snapshot in the same directory whose
+    page-cache pages the new file overwrites (`write_container`)."""
     from .object_store import is_url, save_to_url
 
+    if is_url(path) and recycle is not None:
+        raise ThawError(f"a recycled file is a local file's page cache: {path} is written locally and uploaded")
     if is_url(path):
         snapshot.validate()  # before anything is written or sent
         if snapshot.weights_from:
@@ -131,7 +135,7 @@ def save(snapshot: StateSnapshot, path: str | os.PathLike, *, chunk_size: int = 
         section = f"extra/{name}"
         meta["extra_tensors"].append(_tensor_entry(name, section, data))
         payloads.append((section, _bytes(data.raw_bytes_view())))
-    write_container(path, meta, payloads, chunk_size=chunk_size, timings=timings, direct=direct)
+    write_container(path, meta, payloads, chunk_size=chunk_size, timings=timings, direct=direct, recycle=recycle)
 
 
 def _field(meta: dict[str, Any], key: str, kind: type, where: str = "meta") -> Any:
