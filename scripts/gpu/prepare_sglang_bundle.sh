@@ -29,7 +29,8 @@ fetch "$repo/.gpuT/wheels" tokenizers==0.22.2 "huggingface-hub>=1.5,<2" uvicorn 
   pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection annotated-types pyzmq openai==2.6.1 \
   httpx httpcore sniffio h11 anyio jiter distro fastapi==0.115.12 starlette==0.46.2 partial-json-parser \
   openai-harmony==0.0.4 apache-tvm-ffi==0.1.10 \
-  prometheus-client watchfiles python-dotenv httptools websockets
+  prometheus-client watchfiles python-dotenv httptools websockets \
+  jsonschema jsonschema-specifications referencing rpds-py attrs
 mkdir -p "$repo/.gpuT/IPython"
 printf '"""Import-only stand-in: sglang.utils imports IPython.display for notebooks."""\n' \
   > "$repo/.gpuT/IPython/__init__.py"
