@@ -33,7 +33,7 @@ class SGLangServer:
     def __init__(self, model: str, snapshot_dir: str, log_path: str, *, api_key: str,
                  env: Optional[dict[str, str]] = None, **settings: Any) -> None:
         self.model, self.api_key = model, api_key
-        self.port = free_port()
+        self.port = free_port(below=30000)  # SGLang 0.5.14 derives a gRPC port above its own (seen past 65535)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "w")
         settings = {**ENGINE_DEFAULTS, "log_level": "warning", **settings}

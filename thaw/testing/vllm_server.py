@@ -15,10 +15,19 @@ import urllib.request
 from typing import Any, Optional
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(below: int = 65536) -> int:
+    """A localhost TCP port free now, under `below` (a server that derives further ports
+    from its own by adding to it needs room above)."""
+    import random
+
+    for _ in range(200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 0 if below >= 65536 else random.randrange(20000, below)))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError(f"no free localhost port under {below} found in 200 tries")
 
 
 def log_tail(where: str, lines: int = 40) -> str:
