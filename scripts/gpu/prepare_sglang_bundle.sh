@@ -30,7 +30,7 @@ fetch "$repo/.gpuT/wheels" tokenizers==0.22.2 "huggingface-hub>=1.5,<2" uvicorn 
   httpx httpcore sniffio h11 anyio jiter distro fastapi==0.115.12 starlette==0.46.2 partial-json-parser \
   openai-harmony==0.0.4 apache-tvm-ffi==0.1.10 \
   prometheus-client watchfiles python-dotenv httptools websockets \
-  jsonschema jsonschema-specifications referencing rpds-py attrs
+  jsonschema jsonschema-specifications referencing rpds-py attrs soundfile cffi pycparser
 mkdir -p "$repo/.gpuT/IPython"
 printf '"""Import-only stand-in: sglang.utils imports IPython.display for notebooks."""\n' \
   > "$repo/.gpuT/IPython/__init__.py"
