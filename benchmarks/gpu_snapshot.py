@@ -69,6 +69,24 @@ def snapshots(w: EngineWorker, path: str, reps: int, weights: bool, **kwargs) ->
             "gb_s_with_flush": nbytes / statistics.median(r["seconds"] for r in runs) / 1e9}
 
 
+def recycled_snapshots(w: EngineWorker, retired: str, reps: int, weights: bool, **kwargs) -> dict:
+    """`snapshots`, each one written into the file of the one before (`recycle=`), as a loop
+    that replaces its last snapshot does: `reps` of them, the first into the snapshot file
+    `retired`, then alternating between `retired` and `retired` + ".b". Leaves the last file."""
+    names = [retired, retired + ".b"]
+    runs = []
+    for i in range(1, reps + 1):
+        runs.append(snapshots(w, names[i % 2], 1, weights, recycle=names[(i - 1) % 2], **kwargs))
+        if os.path.exists(names[(i - 1) % 2]):
+            raise RuntimeError(f"the retired file {names[(i - 1) % 2]} is still there after a recycled snapshot")
+    into_cache = statistics.median(r["into_page_cache_s"] for r in runs)
+    median_s = statistics.median(r["median_s"] for r in runs)
+    nbytes = runs[-1]["bytes"]
+    return {"runs": runs, "bytes": nbytes, "median_s": median_s,
+            "into_page_cache_s": into_cache, "gb_s_into_page_cache": nbytes / into_cache / 1e9,
+            "gb_s_with_flush": nbytes / median_s / 1e9, "last_path": names[reps % 2]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="/tmp/llama8b")

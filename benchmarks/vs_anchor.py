@@ -9,9 +9,12 @@ them first, since both projects ship a module named `thaw`.
 
 Steps, each side through its own public API, the anchor's as its README shows:
   weights snapshot   thaw: `snapshot` with the prefix cache emptied (weights as vLLM
-                     parameters, no KV), into the page cache and, with `direct=True`, past
-                     it as the anchor writes; anchor: `freeze_model_tp`
-  KV snapshot        thaw: `snapshot(weights=False)` of the trunk; anchor: `fork` (its KV freeze)
+                     parameters, no KV), into the page cache, into the page cache of the
+                     last such snapshot's file (`recycle=`, as a loop that replaces its
+                     snapshot), and, with `direct=True`, past it as the anchor writes;
+                     anchor: `freeze_model_tp`
+  KV snapshot        thaw: `snapshot(weights=False)` of the trunk, fresh and recycled;
+                     anchor: `fork` (its KV freeze)
   weights restore    into a dummy-weight engine; thaw: stage + check + copy into the
                      parameters (`prepare`, once per file, shown apart and counted in a second
                      ratio); anchor: `restore_model_tp`
@@ -41,7 +44,7 @@ from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
 
 from gpu_e2e_vllm import ENGINE, build_model, fork_round, medians, phase, pinned_memcpy_gb_s, prepared_restore
-from gpu_snapshot import snapshots
+from gpu_snapshot import recycled_snapshots, snapshots
 from receipt import write_receipt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -85,12 +88,14 @@ def thaw_parent(engine: dict, trunk: list[int], args) -> dict:
         out = {"prefill_ttft_s": prefill["seconds"], "cached_tokens_out": cached["tokens"],
                "kv_snapshot": snapshots(w, paths["kv"], 1, False),
                "full_snapshot": snapshots(w, paths["full"], 1, True)}
+        out["kv_snapshot_recycled"] = recycled_snapshots(w, paths["kv"], args.rounds, False)
+        os.unlink(out["kv_snapshot_recycled"]["last_path"])
         w.call("reset_prefix_cache")
         out["weights_snapshot"] = snapshots(w, paths["weights"], 1, True)
-        os.unlink(paths["weights"])  # the disk holds one 16 GB snapshot beside the full one
+        out["weights_snapshot_recycled"] = recycled_snapshots(w, paths["weights"], 2, True)
+        os.unlink(out["weights_snapshot_recycled"]["last_path"])  # one 16 GB snapshot beside the full one
         out["weights_snapshot_direct"] = snapshots(w, paths["weights-direct"], 1, True, direct=True)
-    for key in ("kv", "weights-direct"):
-        os.unlink(paths[key])
+    os.unlink(paths["weights-direct"])
     return out
 
 
@@ -122,6 +127,12 @@ def compare(r: dict) -> dict:
     wf, ws = a_par.get("weights_freeze", {}), t_par["weights_snapshot"]
     ratio("weights_snapshot_into_page_cache", wf, wf.get("wall_s"), ws["into_page_cache_s"],
           "anchor: freeze_model_tp's call; thaw: capture + CRC32C + write, its fsync left out")
+    wrc = t_par["weights_snapshot_recycled"]
+    ratio("weights_snapshot_into_page_cache_recycled", wf, wf.get("wall_s"), wrc["into_page_cache_s"],
+          "anchor: freeze_model_tp's call; thaw: capture + CRC32C + write into the last weights snapshot's "
+          "cached pages (recycle=), its fsync left out; median of 2")
+    ratio("weights_snapshot_durable_recycled", wf, (wf.get("wall_s") or 0) + (wf.get("fsync_after_s") or 0),
+          wrc["median_s"], "both written and fsync'd; thaw's into the last snapshot's file (recycle=)")
     ratio("weights_snapshot_durable", wf, (wf.get("wall_s") or 0) + (wf.get("fsync_after_s") or 0), ws["median_s"],
           "both sides written and fsync'd (the anchor's file fsync'd after its call)")
     wd = t_par["weights_snapshot_direct"]
@@ -131,6 +142,9 @@ def compare(r: dict) -> dict:
     kf, ks = a_par.get("kv_freeze", {}), t_par["kv_snapshot"]
     ratio("kv_snapshot_into_page_cache", kf, kf.get("wall_s"), ks["into_page_cache_s"],
           "anchor: fork()'s call (KV freeze + its handle); thaw: KV + prefix index, fsync left out")
+    kr = t_par["kv_snapshot_recycled"]
+    ratio("kv_snapshot_into_page_cache_recycled", kf, kf.get("wall_s"), kr["into_page_cache_s"],
+          "thaw: KV + prefix index into the last KV snapshot's file (recycle=), fsync left out; median of --rounds")
     ratio("kv_snapshot_durable", kf, (kf.get("wall_s") or 0) + (kf.get("fsync_after_s") or 0), ks["median_s"],
           "both written and fsync'd")
     wr = a_child.get("weights_restore", {})

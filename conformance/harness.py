@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from thaw.core import load
 from thaw.workers import EngineWorker, RemoteError
@@ -29,9 +30,10 @@ class EngineUnderTest:
         than the caller's, which alone knows the caller's requests); the in-flight checks
         are then skipped with that reason.
     references_weights: whether the driver's snapshot takes `weights_from` (a snapshot file
-        whose weights it references instead of copying) and `direct` (written past the page
-        cache); the fork check then forks from such a session snapshot, written directly,
-        which shares the trunk's weights file.
+        whose weights it references instead of copying), `direct` (written past the page
+        cache) and `recycle` (written into a retired snapshot's file); the fork check then
+        forks from such a session snapshot, written directly, which shares the trunk's
+        weights file, and the recycling check restores one written over a retired file.
     fork_children: how many children the fork check forks (two or more: they must diverge).
     resume_oracle: what a resumed in-flight request must equal. "uninterrupted": the parent's
         own run of it to the end. "resubmitted": the parent, once that run has cached its
@@ -98,6 +100,9 @@ class Trunk:
     inflight_prompt: list[int]
     uninterrupted: list[int]
     extra: dict[str, Any] = field(default_factory=dict)
+    # The session snapshot again, written into a retired snapshot's file (a copy of the
+    # trunk's, larger than it) with `recycle`; None where the driver does not take it.
+    recycled_path: Optional[Path] = None
 
 
 def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
@@ -111,12 +116,16 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
         cold = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         cached = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         parent.call("snapshot", path=str(trunk_path))
-        session_path = trunk_path
+        session_path, recycled_path = trunk_path, None
         if eut.references_weights:
             session_path = workdir / "session.thaw"
             parent.call("snapshot", path=str(session_path), weights_from=str(trunk_path), direct=True)
+            retired, recycled_path = workdir / "retired.thaw", workdir / "recycled.thaw"
+            shutil.copyfile(trunk_path, retired)
+            parent.call("snapshot", path=str(recycled_path), weights_from=str(trunk_path), recycle=str(retired))
         if not eut.carries_requests:
-            return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, [])
+            return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, [],
+                         recycled_path=recycled_path)
         parent.call("add_request", request_id="inflight-0", prompt_token_ids=inflight_prompt,
                     max_tokens=eut.inflight_max_tokens)
         parent.call("step", n=eut.inflight_steps)
@@ -129,4 +138,4 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
             rest = parent.call("generate", prompt_token_ids=inflight_prompt + carried,
                                max_tokens=eut.inflight_max_tokens - len(carried))["tokens"]
     return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, uninterrupted,
-                 extra={"resubmitted": carried + rest})
+                 extra={"resubmitted": carried + rest}, recycled_path=recycled_path)

@@ -111,6 +111,26 @@ class SnapshotRestoreConformance:
                         f"({len(req.output_token_ids)} were carried in the snapshot); "
                         f"resumed {got[max(0, at - 3):at + 5]}, {oracle} {want[max(0, at - 3):at + 5]}")
 
+    def test_snapshot_into_a_retired_file_restores_like_a_fresh_one(self, engine_under_test, trunk):
+        """The session snapshot written over a retired snapshot's file (`recycle`; the retired
+        file was larger, so the new one was cut to size): the retired name is gone, the file
+        holds the same KV, tree and weights reference as the session snapshot written fresh,
+        and a fresh engine restored from it hits the prefix and answers as the parent."""
+        eut = engine_under_test
+        if trunk.recycled_path is None:
+            pytest.skip("the driver's snapshot takes no weights_from/direct/recycle (references_weights=False)")
+        assert not (trunk.recycled_path.parent / "retired.thaw").exists(), "the retired file was taken over"
+        fresh, recycled = thaw.load(trunk.session_path), thaw.load(trunk.recycled_path)  # every CRC checked
+        assert recycled.weights_from == fresh.weights_from == str(trunk.trunk_path)
+        assert recycled.prefix.shared_prefix(eut.prompt) == fresh.prefix.shared_prefix(eut.prompt)
+        assert [torch.equal(a.tensor(), b.tensor()) for a, b in zip(recycled.kv.layers, fresh.kv.layers)] \
+            == [True] * len(fresh.kv.layers)
+        with eut.fresh_engine() as child:
+            child.call("restore", path=str(trunk.recycled_path))
+            out = child.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
+        assert out["cached_tokens"] == eut.expected_cached(trunk.trunk_path, eut.prompt)
+        assert out["tokens"] == trunk.cached["tokens"]
+
     def test_fork_four_children_hit_prefix_and_diverge(self, engine_under_test, trunk):
         """Forked from the session snapshot: its weights come from the trunk's file, and it
         was written past the page cache."""

@@ -9,7 +9,7 @@ from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of,
 
 from .helpers import small_snapshot
 
-FIELDS = {"snapshot": {"path", "weights", "weights_from", "direct"}, "restore": {"path", "weights", "trust_unknown_weights"}}
+FIELDS = {"snapshot": {"path", "weights", "weights_from", "direct", "recycle"}, "restore": {"path", "weights", "trust_unknown_weights"}}
 
 
 def test_snapshot_directory_is_required_and_confines_paths(tmp_path):
@@ -65,6 +65,22 @@ def test_engine_replies_become_results_or_typed_http_errors():
         with pytest.raises(HTTPRefusal) as caught:
             refusal_of(reply, "here")
         assert caught.value.status == status
+
+
+def test_a_recycled_file_is_named_inside_the_snapshot_directory(tmp_path):
+    """`recycle` names a file the snapshot takes over (renamed, then overwritten): it is
+    confined like `path`, and never a URL."""
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {"THAW_SNAPSHOT_DIR": str(root)}
+    assert checked_request("snapshot", {"path": "new.thaw", "recycle": "old.thaw"}, FIELDS, env)["recycle"] \
+        == str(root / "old.thaw")
+    for bad, text in (("../outside/old.thaw", "outside"), ("/etc/passwd", "outside"),
+                      ("s3://bucket/old.thaw", "retired snapshot"), (3, "retired snapshot")):
+        with pytest.raises(HTTPRefusal, match=text):
+            checked_request("snapshot", {"path": "new.thaw", "recycle": bad}, FIELDS, env)
+    with pytest.raises(HTTPRefusal, match="unknown fields"):
+        checked_request("restore", {"path": "new.thaw", "recycle": "old.thaw"}, FIELDS, env)
 
 
 def test_referenced_weights_stay_inside_the_snapshot_directory(tmp_path):

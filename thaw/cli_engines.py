@@ -86,6 +86,8 @@ def cmd_remote(args: argparse.Namespace) -> int:
             body["weights_from"] = args.weights_from
         if args.direct:
             body["direct"] = True
+        if args.recycle:
+            body["recycle"] = args.recycle
         reply = call(args.url, "snapshot", body, api_key=args.api_key)
     else:
         reply = call(args.url, "restore", {"path": args.path, "weights": not args.no_weights,
@@ -149,6 +151,9 @@ def add_engine_commands(sub: Any) -> None:
             p.add_argument("--direct", action="store_true",
                            help="write past the page cache (O_DIRECT): for snapshots kept for later; a restore "
                            "then reads them from the disk")
+            p.add_argument("--recycle", default=None, metavar="RETIRED",
+                           help="write into this retired snapshot's file (in the same directory, replaced by the new "
+                           "one): its cached pages are overwritten instead of new ones allocated")
         if name == "restore":
             p.add_argument("--trust-unknown-weights", action="store_true",
                            help="with --no-weights: accept an engine whose weights digest is unknown")

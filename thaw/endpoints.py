@@ -89,6 +89,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 
 FLAGS = {"weights", "strict", "direct", "trust_unknown_weights"}  # fields that take true or false
+# Fields naming a second file the request reads or replaces: inside the directory, never a URL.
+LOCAL_FILE_FIELDS = {"weights_from": "weights are referenced between local files only",
+                     "recycle": "a retired snapshot whose file the new one reuses, in the same directory"}
 
 
 def checked_request(op: str, body: dict[str, Any], fields: Mapping[str, set[str]],
@@ -108,11 +111,12 @@ def checked_request(op: str, body: dict[str, Any], fields: Mapping[str, set[str]
     out = dict(body)
     root = environ.get(SNAPSHOT_DIR_ENV)
     out["path"] = resolve_path(body.get("path"), root, environ.get(SNAPSHOT_URLS_ENV))
-    if body.get("weights_from") is not None:
-        if not isinstance(body["weights_from"], str) or is_url(body["weights_from"]):
-            raise HTTPRefusal(400, "BadRequest", "'weights_from' must name a snapshot file under the snapshot "
-                              "directory (weights are referenced between local files only)")
-        out["weights_from"] = resolve_path(body["weights_from"], root)
+    for name, why in LOCAL_FILE_FIELDS.items():
+        if body.get(name) is not None:
+            if not isinstance(body[name], str) or is_url(body[name]):
+                raise HTTPRefusal(400, "BadRequest", f"'{name}' must name a snapshot file under the snapshot "
+                                  f"directory ({why})")
+            out[name] = resolve_path(body[name], root)
     if op == "restore" and not is_url(out["path"]):
         check_reference_inside(out["path"], root)
     if op in ("snapshot", "restore"):

@@ -57,14 +57,15 @@ class EngineAdapter(ABC):
         the snapshot's (`check_kv_weights`) unless `trust_unknown_weights`."""
 
     def snapshot(self, path: str, *, weights: bool = True, weights_from: Union[str, None] = None,
-                 direct: bool = False) -> dict[str, Any]:
+                 direct: bool = False, recycle: Union[str, None] = None) -> dict[str, Any]:
         """Writes `capture()` to `path` atomically; returns a report. `weights_from`: a
         snapshot file holding the engine's weights (its digest must equal the identity's),
-        referenced instead of copied (`weights_ref`); `direct`: written past the page cache
-        (`write_container`)."""
+        referenced instead of copied (`weights_ref`); `direct`: written past the page cache;
+        `recycle`: a retired snapshot file in the same directory whose page-cache pages the
+        new file overwrites (`write_container`)."""
         snap = self.capture(weights=weights and weights_from is None)
         snap.weights_from = weights_from
-        save(snap, path, direct=direct)
+        save(snap, path, direct=direct, recycle=recycle)
         return {"tree_nodes": len(snap.prefix.nodes) if snap.prefix else 0,
                 "pages": snap.kv.num_pages if snap.kv else 0, "requests": len(snap.requests)}
 

@@ -34,8 +34,9 @@ class PagedServerDriver:
         return {"free": len(e.free), "cached_pages": len(e.index), "requests": sorted(e.requests)}
 
     def snapshot(self, path: str, weights: bool = True, weights_from: Optional[str] = None,
-                 direct: bool = False) -> dict[str, Any]:
-        return self.thaw.snapshot(path, weights=weights, weights_from=weights_from, direct=direct)
+                 direct: bool = False, recycle: Optional[str] = None) -> dict[str, Any]:
+        return self.thaw.snapshot(path, weights=weights, weights_from=weights_from, direct=direct,
+                                  recycle=recycle)
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:

@@ -82,9 +82,10 @@ class SGLangDriver:
         return self.handle.state()
 
     def snapshot(self, path: str, weights: bool = True, weights_from: Optional[str] = None,
-                 direct: bool = False) -> dict[str, Any]:
+                 direct: bool = False, recycle: Optional[str] = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        report = self.handle.snapshot(path, weights=weights, weights_from=weights_from, direct=direct)
+        report = self.handle.snapshot(path, weights=weights, weights_from=weights_from, direct=direct,
+                                      recycle=recycle)
         return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,

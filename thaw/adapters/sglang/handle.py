@@ -78,14 +78,17 @@ class SGLangHandle(EngineAdapter):
 
     # -- snapshot / restore ------------------------------------------------------------
     def snapshot(self, path: PathLike, *, weights: bool = True, requests: bool = True,
-                 weights_from: Optional[PathLike] = None, direct: bool = False) -> dict[str, Any]:
+                 weights_from: Optional[PathLike] = None, direct: bool = False,
+                 recycle: Optional[PathLike] = None) -> dict[str, Any]:
         """Writes the engine's state (tree, KV, live requests unless `requests=False`,
         weights) to `path` atomically; the scheduler writes it between two batches.
         `weights_from`: a snapshot file holding the engine's weights (same digest, checked
         first), which the new snapshot references instead of copying them; `direct`:
-        written past the page cache (`write_container`)."""
+        written past the page cache; `recycle`: a retired snapshot file in the same directory
+        whose page-cache pages the new file overwrites (`write_container`)."""
         return self.call("snapshot", path=absolute(path), weights=weights, requests=requests,
-                         weights_from=None if weights_from is None else absolute(weights_from), direct=direct)
+                         weights_from=None if weights_from is None else absolute(weights_from), direct=direct,
+                         recycle=None if recycle is None else absolute(recycle))
 
     def capture(self, *, weights: bool = True, requests: bool = True) -> StateSnapshot:
         """The engine's state as an in-memory `StateSnapshot` (the `EngineAdapter` contract).

@@ -148,11 +148,13 @@ def status(s: Any) -> dict[str, Any]:
 
 
 def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
-             weights_from: Optional[str] = None, direct: bool = False) -> dict[str, Any]:
+             weights_from: Optional[str] = None, direct: bool = False,
+             recycle: Optional[str] = None) -> dict[str, Any]:
     """The tree, its KV pages, the weights and (with `requests`) the live requests, written
     to `path` atomically; with `weights_from` (a snapshot file holding the engine's
     weights, checked first) the weights are referenced from there, not copied; `direct`:
-    written past the page cache (`write_container`)."""
+    written past the page cache; `recycle`: a retired snapshot whose page-cache pages the
+    new file overwrites (`write_container`)."""
     t0 = time.perf_counter()
     check_supported(s)
     if weights_from is not None:
@@ -172,7 +174,7 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
         snap.weights = {k: TensorData.of(v) for k, v in checkpoint_weights(s).items()}
     snap.extras = {"sglang": {"tokens_skipped": cap.tokens_skipped}}
     t1 = time.perf_counter()
-    save(snap, path, direct=direct)
+    save(snap, path, direct=direct, recycle=recycle)
     return {"tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
             "pages": len(cap.pool_pages), "requests": len(requests), "weights": len(snap.weights),
             "kv_bytes": snap.kv.nbytes, "tokens_skipped": cap.tokens_skipped,

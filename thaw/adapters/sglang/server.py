@@ -3,9 +3,10 @@
 
 - ``GET /thaw/status``: ``"engine": "sglang"``, the identity, the radix tree's size and the
   pool's free and evictable slots (read-only);
-- ``POST /thaw/snapshot`` ``{"path", "weights"?, "weights_from"?, "direct"?}``: tree, KV
-  pages and weights (or, with ``weights_from``, a reference to a snapshot holding them),
-  with ``direct`` written past the page cache;
+- ``POST /thaw/snapshot`` ``{"path", "weights"?, "weights_from"?, "direct"?, "recycle"?}``:
+  tree, KV pages and weights (or, with ``weights_from``, a reference to a snapshot holding
+  them), with ``direct`` written past the page cache, with ``recycle`` into a retired
+  snapshot's file (in the same directory);
 - ``POST /thaw/restore`` ``{"path", "weights"?, "trust_unknown_weights"?}``.
 
 The rules are `thaw.endpoints`' (the same as for `vllm serve`): snapshot and restore are
@@ -32,7 +33,7 @@ from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of,
 from . import engine_access
 from .rpc import PLUGIN_HINT, RPCFailed, call_thaw
 
-FIELDS = {"snapshot": {"path", "weights", "weights_from", "direct"}, "restore": {"path", "weights", "trust_unknown_weights"}}
+FIELDS = {"snapshot": {"path", "weights", "weights_from", "direct", "recycle"}, "restore": {"path", "weights", "trust_unknown_weights"}}
 log = logging.getLogger("thaw.sglang")
 
 

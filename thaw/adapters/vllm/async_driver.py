@@ -66,10 +66,10 @@ class AsyncVLLMDriver:
 
     def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None,
                  strict: bool = False, requests: bool = True, weights_from: Optional[str] = None,
-                 direct: bool = False) -> dict[str, Any]:
+                 direct: bool = False, recycle: Optional[str] = None) -> dict[str, Any]:
         return self._run(self.handle.snapshot(path, weights=weights, weights_format=weights_format,
                                               strict=strict, requests=requests, weights_from=weights_from,
-                                              direct=direct))
+                                              direct=direct, recycle=recycle))
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:

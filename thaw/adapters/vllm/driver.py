@@ -133,11 +133,11 @@ class VLLMDriver:
 
     def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None,
                  strict: bool = False, requests: bool = True, weights_from: Optional[str] = None,
-                 direct: bool = False) -> dict[str, Any]:
+                 direct: bool = False, recycle: Optional[str] = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         report = _report(self.handle.snapshot(path, weights=weights, weights_format=weights_format,
                                               strict=strict, requests=requests, weights_from=weights_from,
-                                              direct=direct))
+                                              direct=direct, recycle=recycle))
         return _with_times(report, time.perf_counter() - t0)
 
     def prepare(self, path: str, kv_on_device: bool = False) -> float:

@@ -143,23 +143,27 @@ class VLLMHandle(EngineAdapter):
     def snapshot(self, path: Union[str, os.PathLike], *, weights: bool = True,
                  weights_format: Optional[str] = None, strict: bool = False,
                  requests: bool = True, weights_from: Optional[Union[str, os.PathLike]] = None,
-                 direct: bool = False) -> CaptureReport:
+                 direct: bool = False, recycle: Optional[Union[str, os.PathLike]] = None) -> CaptureReport:
         """Writes the engine's state to `path` atomically; returns what was captured.
         `strict`: refuse (SnapshotIncomplete) rather than leave cached blocks out;
         `requests=False`: leave in-flight requests out; `weights_from`: a snapshot file
         holding this engine's weights (same format and digest, checked first), which the
         new snapshot references instead of copying them (`thaw.core.weights_ref`);
-        `direct`: write past the page cache (`thaw.core.container.write_container`)."""
+        `direct`: write past the page cache (`thaw.core.container.write_container`);
+        `recycle`: a retired snapshot file in the same directory whose page-cache pages the
+        new file overwrites (taken at once, even if the snapshot then fails: `write_container`)."""
         ref = self._weights_reference(path, weights_from, weights, weights_format)
+        recycle = None if recycle is None else absolute(recycle)
         if self.parts.workers is not None:
             return self._snapshot_in_worker(path, weights=weights, weights_format=weights_format,
-                                            strict=strict, requests=requests, weights_from=ref, direct=direct)
+                                            strict=strict, requests=requests, weights_from=ref, direct=direct,
+                                            recycle=recycle)
         t0 = time.perf_counter()
         snap = self.capture(weights=weights and ref is None, weights_format=weights_format, strict=strict,
                             requests=requests, copy_weights=False)  # staged from the device by the writer
         snap.weights_from = ref
         seconds = {"capture": time.perf_counter() - t0}
-        save(snap, path, timings=seconds, direct=direct)
+        save(snap, path, timings=seconds, direct=direct, recycle=recycle)
         self.last_capture.seconds = seconds
         return self.last_capture
 
@@ -181,9 +185,14 @@ class VLLMHandle(EngineAdapter):
 
     def _snapshot_in_worker(self, path: Union[str, os.PathLike], *, weights: bool,
                             weights_format: Optional[str], strict: bool, requests: bool,
-                            weights_from: Optional[str] = None, direct: bool = False) -> CaptureReport:
+                            weights_from: Optional[str] = None, direct: bool = False,
+                            recycle: Optional[str] = None) -> CaptureReport:
         """The model runs in a worker process: the core captures the prefix index (and
         requests), the worker gathers its KV blocks and weights and writes the file."""
+        size = engine_access.tp_size(self.parts)
+        if size > 1 and recycle is not None:
+            raise ThawError(f"recycle takes one retired file; a tensor-parallel snapshot ({size} rank files in "
+                            f"{path}) is written into fresh files")
         fmt = weights_format or native_format(self.parts)
         check_format(self.parts, fmt)
         identity = engine_access.engine_identity(self.parts, self.weights_digest(fmt))
@@ -205,10 +214,9 @@ class VLLMHandle(EngineAdapter):
                 "prefix": prefix_to_json(tree), "requests": [r.to_json() for r in in_flight],
                 "extras": {"vllm": {"capture": report.to_json()}}}
         path = absolute(path)
-        size = engine_access.tp_size(self.parts)
         if size == 1:
             saved = [self.parts.workers.call("save", path=path, meta=meta, block_ids=block_ids, weights=source,
-                                             direct=direct)]
+                                             direct=direct, recycle=recycle)]
         else:  # one rank file per worker, swapped in as one set when every rank has written
             with RankSetWriter(path, size) as writer:
                 saved = self.parts.workers.call_each("save", path=str(writer.staging), meta=meta,

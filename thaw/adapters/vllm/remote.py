@@ -56,9 +56,11 @@ class RemoteVLLMHandle:
 
     def snapshot(self, path: PathLike, *, weights: bool = True, weights_format: Optional[str] = None,
                  strict: bool = False, requests: bool = True,
-                 weights_from: Optional[PathLike] = None, direct: bool = False) -> dict[str, Any]:
+                 weights_from: Optional[PathLike] = None, direct: bool = False,
+                 recycle: Optional[PathLike] = None) -> dict[str, Any]:
         return self._call("snapshot", path, weights=weights, weights_format=weights_format,
-                          strict=strict, requests=requests, weights_from=_absolute(weights_from), direct=direct)
+                          strict=strict, requests=requests, weights_from=_absolute(weights_from), direct=direct,
+                          recycle=_absolute(recycle))
 
     def restore(self, path: PathLike, *, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:
@@ -96,10 +98,11 @@ class AsyncVLLMHandle:
 
     async def snapshot(self, path: PathLike, *, weights: bool = True, weights_format: Optional[str] = None,
                        strict: bool = False, requests: bool = True,
-                       weights_from: Optional[PathLike] = None, direct: bool = False) -> dict[str, Any]:
+                       weights_from: Optional[PathLike] = None, direct: bool = False,
+                       recycle: Optional[PathLike] = None) -> dict[str, Any]:
         return await self._call("snapshot", path, weights=weights, weights_format=weights_format,
                                 strict=strict, requests=requests, weights_from=_absolute(weights_from),
-                                direct=direct)
+                                direct=direct, recycle=_absolute(recycle))
 
     async def restore(self, path: PathLike, *, weights: bool = True, requests: bool = True,
                       trust_unknown_weights: bool = False) -> dict[str, Any]:

@@ -6,7 +6,8 @@ It answers under ``/thaw/`` and passes every other request to vLLM untouched:
 
 - ``GET /thaw/status``: the engine's identity and block counts (read-only);
 - ``POST /thaw/snapshot`` ``{"path", "weights"?, "weights_format"?, "strict"?, "weights_from"?,
-  "direct"?}`` (``direct``: written past the page cache);
+  "direct"?, "recycle"?}`` (``direct``: written past the page cache; ``recycle``: into a
+  retired snapshot's file in the same directory);
 - ``POST /thaw/restore`` ``{"path", "weights"?, "trust_unknown_weights"?}``;
 - ``POST /thaw/prepare`` ``{"path"}``.
 
@@ -31,7 +32,7 @@ from typing import Any, Awaitable, Callable
 from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of, resolve_path, status_extras
 
 __all__ = ["ThawMiddleware", "resolve_path"]
-FIELDS = {"snapshot": {"path", "weights", "weights_format", "strict", "weights_from", "direct"},
+FIELDS = {"snapshot": {"path", "weights", "weights_format", "strict", "weights_from", "direct", "recycle"},
           "restore": {"path", "weights", "trust_unknown_weights"},
           "prepare": {"path"}}
 

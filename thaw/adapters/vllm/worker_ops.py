@@ -116,12 +116,12 @@ class _WorkerSide:
         return sorted({populate_for_write(s) for s in storages.values()})
 
     def save(self, path: str, meta: dict[str, Any], block_ids: list[int], weights: dict[str, Any],
-             set_id: Optional[str] = None, direct: bool = False) -> dict:
+             set_id: Optional[str] = None, direct: bool = False, recycle: Optional[str] = None) -> dict:
         """Writes this rank's part of a snapshot: the file `path` at tensor parallel size 1,
         else this rank's file in the directory `path` (marked with the set's `set_id`).
         Weights (checkpoint format, the same on every rank) go into rank 0's file only, or
         its reference to them (`weights={"from": path}`). `direct`: written past the page
-        cache (`write_container`)."""
+        cache; `recycle`: a retired snapshot whose pages the file overwrites (`write_container`)."""
         t0 = time.perf_counter()
         layout = KVLayout.from_json(meta["layout"])
         tensors: dict[str, torch.Tensor] = {}
@@ -147,7 +147,7 @@ class _WorkerSide:
                              requests=[RequestState.from_json(r) for r in meta["requests"]],
                              extras=extras, weights_from=weights_from)
         seconds = {"capture": time.perf_counter() - t0}
-        save(snap, path, timings=seconds, direct=direct)
+        save(snap, path, timings=seconds, direct=direct, recycle=recycle)
         return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": stored_size(path),
                 "seconds": seconds}
 
