@@ -75,5 +75,7 @@ def refusal_cases(url: str, key: str, snaps: Path, source: str) -> list[tuple[tu
     cases = [(("restore", "--url", url, name), error, key) for name, error in refused_snapshots(snaps, source).items()]
     return cases + [(("restore", "--url", url, "../outside.thaw"), "PathOutsideSnapshotDir", key),
                     (("snapshot", "--url", url, "/etc/thaw.thaw"), "PathOutsideSnapshotDir", key),
+                    (("snapshot", "--url", url, "new.thaw", "--recycle", "../retired.thaw"), "PathOutsideSnapshotDir",
+                     key),
                     (("restore", "--url", url, source), "Unauthorized", "wrong-key"),
                     (("restore", "--url", url, "missing.thaw"), "No such file", key)]

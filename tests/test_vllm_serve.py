@@ -44,10 +44,12 @@ def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
     text, cached = parent.complete(PROMPT)
     assert cached == 0
     assert parent.complete(PROMPT) == (text, (len(PROMPT) - 1) // BLOCK * BLOCK)  # its own cache
-    out = thaw_cli("snapshot", "--url", parent.url, "trunk.thaw")
+    assert thaw_cli("snapshot", "--url", parent.url, "retired.thaw").returncode == 0
+    out = thaw_cli("snapshot", "--url", parent.url, "trunk.thaw", "--recycle", "retired.thaw")  # its file reused
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["captured_blocks"] >= len(PROMPT) // BLOCK and (snaps / "trunk.thaw").is_file()
+    assert not (snaps / "retired.thaw").exists()
 
     status = json.loads(thaw_cli("status", "--url", child.url).stdout)
     assert status["engine"] == "vllm" and status["model_in_worker_process"] is True

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from typing import Any, Optional
 
@@ -60,9 +62,20 @@ class SGLangServer:
                          "GET" if body is None else "POST", 600)
         return json.loads(raw) if raw.strip() else None
 
-    def flush_cache(self) -> None:
-        """Empties the radix cache (SGLang's /flush_cache; refused while requests run)."""
-        text = self._post("/flush_cache", None, "POST", 60).decode()
+    def flush_cache(self, timeout: float = 10.0) -> None:
+        """Empties the radix cache (SGLang's /flush_cache). SGLang refuses it (400) while a
+        request is still in its scheduler's batches, which a request just answered can be for
+        an iteration; asked again every 0.1 s until `timeout`, then the refusal is raised."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                text = self._post("/flush_cache", None, "POST", 60).decode()
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 400 or time.monotonic() > deadline:
+                    raise RuntimeError(f"SGLang did not flush its cache: HTTP {exc.code} "
+                                       f"{exc.read().decode(errors='replace')!r}") from exc
+                time.sleep(0.1)
         if "Cache flushed" not in text:
             raise RuntimeError(f"SGLang did not flush its cache: {text!r}")
 
