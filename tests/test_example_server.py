@@ -32,4 +32,4 @@ def test_example_server_passes_the_suite_from_the_installed_package(tmp_path):
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
     assert "thaw conformance: driver paged_server.driver:PagedServerDriver" in out.stdout
     assert "engine paged_server 0.1: LlamaForCausalLM, float32, 2 layers" in out.stdout
-    assert out.stdout.count("  passed ") == 7 and "7 passed" in out.stdout
+    assert out.stdout.count("  passed ") == 8 and "8 passed" in out.stdout
