@@ -7,7 +7,8 @@ One host buffer (default 2 GiB of random bytes, 8 sections), each repetition:
                    cache, one thread, no checksum (the ceiling of a recycled write);
   thaw fresh       `write_container` into a new file (CRC32C of every chunk, header);
   thaw recycled    `write_container(recycle=)` into the snapshot written just before it,
-                   as a fork loop replaces its last round's snapshot.
+                   as a fork loop replaces its last round's snapshot (its pages cached:
+                   mapped, and the sections copied in on the writer's threads).
 Reported: medians of `--reps`, GB/s of the write phase (into the page cache, before the
 fsync), the flush (fsync + rename) shown apart, and ratios of like to like.
 Usage: python benchmarks/recycled_write.py [--gib 2] [--reps 3] [--dir /tmp]

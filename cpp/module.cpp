@@ -4,6 +4,9 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <stdexcept>
+#include <string>
+
 #include "crc32c.h"
 #include "section_io.h"
 
@@ -104,4 +107,17 @@ NB_MODULE(_native, m) {
       "direct_fd"_a = -1,
       "Writes `src` and its zero padding at `offset` of `fd` (through `direct_fd`, the same "
       "file opened with O_DIRECT, when given); returns the chunk CRCs.");
+
+  m.def(
+      "copy_section",
+      [](MutBytes dest, ConstBytes src, uint64_t padded_len, uint64_t chunk_size, int threads) {
+        if (dest.size() < padded_len)
+          throw std::invalid_argument("copy_section: dest holds " + std::to_string(dest.size()) +
+                                      " bytes, fewer than padded_len " + std::to_string(padded_len));
+        nb::gil_scoped_release unlocked;
+        return thaw::copy_section(dest.data(), src.data(), src.size(), padded_len, chunk_size, threads);
+      },
+      "dest"_a, "src"_a, "padded_len"_a, "chunk_size"_a, "threads"_a,
+      "Copies `src` and its zero padding into `dest` (e.g. a shared mapping of the file) on up "
+      "to `threads` threads; returns the chunk CRCs, as write_section.");
 }

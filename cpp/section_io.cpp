@@ -244,4 +244,27 @@ std::vector<uint32_t> write_section(int fd, uint64_t offset, const uint8_t* src,
   return crcs;
 }
 
+std::vector<uint32_t> copy_section(uint8_t* dest, const uint8_t* src, uint64_t data_len,
+                                   uint64_t padded_len, uint64_t chunk_size, int threads) {
+  check_extent(data_len, padded_len, chunk_size);
+  const uint64_t num_chunks = (padded_len + chunk_size - 1) / chunk_size;
+  std::vector<uint32_t> crcs(num_chunks, 0);
+  for_each_chunk(num_chunks, threads, [&](uint64_t k, int) {
+    const uint64_t begin = k * chunk_size;
+    const uint64_t end = std::min(padded_len, begin + chunk_size);
+    const uint64_t data_end = std::min(end, std::max(begin, data_len));
+    uint32_t crc = 0;
+    if (data_end > begin) {
+      std::memcpy(dest + begin, src + begin, data_end - begin);
+      crc = crc32c_extend(0, src + begin, data_end - begin);
+    }
+    if (end > data_end) {
+      std::memset(dest + data_end, 0, end - data_end);
+      crc = crc32c_extend(crc, dest + data_end, end - data_end);
+    }
+    crcs[k] = crc;
+  });
+  return crcs;
+}
+
 }  // namespace thaw

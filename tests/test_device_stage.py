@@ -13,12 +13,13 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device (no GPU on this machine; the GPU box runs these)")]
 
 
-@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize("route", ["buffered", "direct", "recycled"])
 @pytest.mark.parametrize("stage", [4096, 1 << 20, device_stage.STAGE_BYTES])
-def test_device_payloads_land_byte_for_byte_beside_host_ones(tmp_path, monkeypatch, stage, direct):
+def test_device_payloads_land_byte_for_byte_beside_host_ones(tmp_path, monkeypatch, stage, route):
     """Sizes around piece and chunk boundaries, empty and one-byte sections, host sections
     in between: the file reads back to the same bytes and every CRC checks, also written
-    past the page cache (`direct`)."""
+    past the page cache (`direct`) and copied into a retired snapshot's mapped file
+    (`recycle`)."""
     monkeypatch.setattr(device_stage, "STAGE_BYTES", stage)
     g = torch.Generator(device="cuda").manual_seed(0)
     sizes = [0, 1, 4095, 4096, 4097, 3 * stage + 5, 2 * stage, 12345]
@@ -27,8 +28,12 @@ def test_device_payloads_land_byte_for_byte_beside_host_ones(tmp_path, monkeypat
         t = torch.randint(0, 256, (n,), dtype=torch.uint8, device="cuda", generator=g)
         payloads.append((f"dev/{i}", t))
         payloads.append((f"host/{i}", torch.arange(i + 3, dtype=torch.int32)))
-    path = tmp_path / "mixed.thaw"
-    write_container(path, {"x": 1}, payloads, chunk_size=4096 if stage == 4096 else 1 << 20, direct=direct)
+    path, retired = tmp_path / "mixed.thaw", None
+    if route == "recycled":  # a cached snapshot file, smaller than the new one
+        retired = tmp_path / "retired.thaw"
+        write_container(retired, {"x": 0}, [("old", torch.ones(3 * stage, dtype=torch.uint8))])
+    write_container(path, {"x": 1}, payloads, chunk_size=4096 if stage == 4096 else 1 << 20,
+                    direct=route == "direct", recycle=retired)
     c = Container(path)
     c.verify()
     for name, t in payloads:

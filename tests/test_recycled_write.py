@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from thaw.core import StateSnapshot, load
+from thaw.core import StateSnapshot, container, load
 from thaw.core.container import Container, open_container, write_container
 from thaw.core.errors import FormatError, ThawError
+from thaw.core.residency import evict
 
 CHUNK = 64 << 10
 
@@ -36,6 +37,43 @@ def test_recycled_file_equals_a_fresh_one_whatever_the_sizes(tmp_path_factory, o
     assert (tmp / "new.thaw").read_bytes() == (tmp / "fresh.thaw").read_bytes()
     assert sorted(os.listdir(tmp)) == ["fresh.thaw", "new.thaw"]
     Container(tmp / "new.thaw").verify()
+
+
+@pytest.mark.parametrize("data_len", [0, 1, 4095, 4096, CHUNK, 3 * CHUNK + 4097])
+def test_copy_section_lands_what_write_section_writes(tmp_path, backend, data_len):
+    """Each backend's copy into memory (a mapped file's bytes) leaves the bytes and returns
+    the chunk CRCs that its write into a file does; a destination too small is refused."""
+    src = np.random.default_rng(data_len).integers(0, 256, data_len, dtype=np.uint8)
+    padded = -(-data_len // 4096) * 4096
+    dest = np.full(padded + 3, 0xAB, dtype=np.uint8)
+    crcs = backend.copy_section(dest, src, padded, CHUNK, 3)
+    with open(tmp_path / "w", "wb") as f:
+        written = backend.write_section(f.fileno(), 0, src, padded, CHUNK, 3)
+    assert crcs == written and dest[:padded].tobytes() == (tmp_path / "w").read_bytes()
+    assert dest[padded:].tolist() == [0xAB] * 3
+    if padded:
+        with pytest.raises(ValueError, match="fewer than padded_len"):
+            backend.copy_section(dest[:padded - 1], src, padded, CHUNK, 3)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("grows", [True, False])
+def test_a_recycled_file_is_copied_into_through_a_mapping_only_while_it_is_cached(tmp_path, monkeypatch,
+                                                                                   cached, grows):
+    """Cached, the retired file is mapped and the sections copied in (`_MappedFile`); evicted
+    from the page cache, it is written by write calls (a write fault would read every page
+    it replaces from the disk). Either way, grown or cut, the file equals a fresh write."""
+    write_container(tmp_path / "old.thaw", {"k": 1}, _payloads([(4 if grows else 12) * CHUNK], 0), chunk_size=CHUNK)
+    if not cached and evict(tmp_path / "old.thaw") > 0.1:
+        pytest.skip("this file system keeps the file cached after POSIX_FADV_DONTNEED")
+    sinks = []
+    real = container._recycled_sink
+    monkeypatch.setattr(container, "_recycled_sink", lambda *args: sinks.append(real(*args)) or sinks[-1])
+    new = _payloads([3 * CHUNK + 7, 5 * CHUNK + 1], 5)
+    write_container(tmp_path / "new.thaw", {"k": 2}, new, chunk_size=CHUNK, recycle=tmp_path / "old.thaw")
+    write_container(tmp_path / "fresh.thaw", {"k": 2}, new, chunk_size=CHUNK)
+    assert isinstance(sinks[0], container._MappedFile) == cached
+    assert (tmp_path / "new.thaw").read_bytes() == (tmp_path / "fresh.thaw").read_bytes()
 
 
 def test_a_snapshot_saved_into_a_recycled_file_loads(tmp_path):

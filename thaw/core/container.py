@@ -111,9 +111,50 @@ def _take_for_recycling(recycle: Path, path: Path, tmp: Path) -> int:
         if f.read(len(fmt.MAGIC)) != fmt.MAGIC:
             raise FormatError(f"cannot recycle {recycle}: it is not a snapshot file (no thaw magic)")
     os.rename(recycle, tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)  # read too: it may be mapped (`_MappedFile`)
     os.pwrite(fd, bytes(fmt.PREAMBLE_SIZE), 0)
     return fd
+
+
+SectionSink = Callable[[int, Buffer, int], list]  # (file offset, host bytes, padded length) -> chunk CRCs
+
+
+class _MappedFile:
+    """A recycled file's bytes, mapped shared: sections are copied into its page cache by
+    `copy_section`'s threads, side by side, where write calls into one file take turns.
+
+    The caller first sizes the file to `size` with its blocks allocated, so that no copy
+    faults on a hole (a full disk then fails the allocation with an error, not a SIGBUS),
+    and maps it only while its pages are cached: a write fault on an uncached page reads it
+    from the disk first."""
+
+    def __init__(self, fd: int, size: int, chunk_size: int, threads: int) -> None:
+        self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._bytes: Optional[np.ndarray] = np.frombuffer(self._map, dtype=np.uint8)
+        self._chunk_size, self._threads = chunk_size, threads
+
+    def __call__(self, offset: int, view: Buffer, padded_length: int) -> list:
+        assert self._bytes is not None, "written after close"
+        return movers().copy_section(self._bytes[offset:offset + padded_length], view, padded_length,
+                                     self._chunk_size, self._threads)
+
+    def close(self) -> None:
+        self._bytes = None  # the mapping closes only once no view of it is left
+        self._map.close()
+
+
+def _recycled_sink(fd: int, tmp: Path, size: int, chunk_size: int, threads: int) -> Optional[_MappedFile]:
+    """The retired file `fd` (at `tmp`) cut or grown to `size` bytes, its blocks allocated,
+    and mapped (`_MappedFile`) while most of its pages are still cached; None when they
+    are not (then it is written by write calls, which need not read a page they replace)."""
+    from .residency import COLD_BELOW, resident_fraction
+
+    cached = resident_fraction(tmp) >= COLD_BELOW
+    old_size = os.fstat(fd).st_size
+    os.ftruncate(fd, size)
+    if size > old_size:
+        os.posix_fallocate(fd, old_size, size - old_size)
+    return _MappedFile(fd, size, chunk_size, threads) if cached and size > 0 else None
 
 
 def write_container(
@@ -141,7 +182,9 @@ def write_container(
     `recycle`: a retired snapshot file in the same directory whose space is reused: it is
     renamed to the temporary name (so it is gone under its own name at once) and its
     page-cache pages are overwritten instead of fresh ones allocated, the kernel's slow part
-    of a buffered write; the file is cut to the new size at the end. Not with `direct`."""
+    of a buffered write. It is first cut or grown to the new size (the growth allocated), then,
+    while most of its pages are cached, mapped and its sections copied in by several threads
+    at once (`_MappedFile`), else written as a fresh file is. Not with `direct`."""
     t0 = time.perf_counter()
     mv = movers()
     path = Path(path)
@@ -162,22 +205,29 @@ def write_container(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     direct_fd = -1
     device_views = [v for _, v in views if on_device(v)]
-    stager = None
+    stager, mapped = None, None
+    file_size = planned[-1].offset + planned[-1].padded_length if planned else data_start
     try:
         os.fchmod(fd, mode)  # exactly: the umask does not widen or narrow a kept mode
         if direct:
-            direct_fd = _open_direct(tmp, planned[-1].offset + planned[-1].padded_length if planned else data_start)
+            direct_fd = _open_direct(tmp, file_size)
+        if recycle is not None:
+            mapped = _recycled_sink(fd, tmp, file_size, chunk_size, threads)
+        sink: SectionSink = mapped or (lambda offset, view, padded_length: mv.write_section(
+            fd, offset, view, padded_length, chunk_size, threads, direct_fd))
         stager = DeviceStager(device_views, chunk_size) if device_views else None
         written = []
         for section, (_, view) in zip(planned, views):
             if stager is not None and on_device(view):
-                crcs = stager.write(fd, section.offset, section.padded_length, chunk_size, threads, direct_fd)
+                crcs = stager.write(sink, section.offset, section.padded_length)
             else:
-                crcs = mv.write_section(fd, section.offset, view, section.padded_length, chunk_size, threads,
-                                        direct_fd)
+                crcs = sink(section.offset, view, section.padded_length)
             written.append(fmt.Section(section.name, section.offset, section.length, chunk_size, tuple(crcs)))
         if stager is not None:
             stager.close()
+        if mapped is not None:
+            mapped.close()
+            mapped = None
         if direct_fd >= 0:
             os.close(direct_fd)
             direct_fd = -1
@@ -185,8 +235,6 @@ def write_container(
         if len(header) != header_len:
             raise FormatError("internal: header length changed between planning and writing")
         os.pwrite(fd, header, fmt.PREAMBLE_SIZE)
-        if recycle is not None:  # a larger old file leaves bytes past the new end
-            os.ftruncate(fd, planned[-1].offset + planned[-1].padded_length if planned else data_start)
         os.pwrite(fd, fmt.pack_preamble(header_len, mv.crc32c(header), mv.crc32c), 0)
         t1 = time.perf_counter()
         os.fsync(fd)
@@ -196,6 +244,8 @@ def write_container(
     except BaseException as exc:
         if stager is not None:
             stager.close()  # no staging buffer is freed under a copy in flight
+        if mapped is not None:
+            mapped.close()
         if direct_fd >= 0:
             os.close(direct_fd)
         if fd >= 0:

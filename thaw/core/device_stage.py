@@ -14,9 +14,7 @@ so no staging buffer is freed under a copy.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .movers import movers
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -58,16 +56,15 @@ class DeviceStager:
             self._host[k % 2][:length].copy_(self._views[index][start:start + length], non_blocking=True)
             self._events[k % 2].record(self._stream)
 
-    def write(self, fd: int, offset: int, padded_length: int, chunk_size: int, threads: int,
-              direct_fd: int = -1) -> list[int]:
-        """Writes the next device section at `offset` of `fd` (then zeros to
-        `padded_length`; through `direct_fd` when given); returns the CRC32C of every
-        chunk, as `movers.write_section`."""
+    def write(self, sink: Callable[[int, Any, int], list], offset: int, padded_length: int) -> list[int]:
+        """Writes the next device section at file offset `offset` (then zeros to
+        `padded_length`) through `sink(offset, host bytes, padded length)`, which writes or
+        copies them into the file and returns the CRC32C of every chunk
+        (`container.write_container`'s sinks); returns the section's chunk CRCs."""
         index = self._next_section
         self._next_section += 1
-        mv = movers()
         if self._views[index].numel() == 0:
-            return mv.write_section(fd, offset, b"", padded_length, chunk_size, threads, direct_fd)
+            return sink(offset, b"", padded_length)
         crcs: list[int] = []
         while self._next_piece < len(self._pieces) and self._pieces[self._next_piece][0] == index:
             k = self._next_piece
@@ -77,8 +74,7 @@ class DeviceStager:
                 self._launch(k + 1)  # into the other buffer, written out before this one was filled
             last = k + 1 == len(self._pieces) or self._pieces[k + 1][0] != index
             extent = padded_length - start if last else length
-            crcs += mv.write_section(fd, offset + start, self._host[k % 2][:length], extent, chunk_size, threads,
-                                     direct_fd)
+            crcs += sink(offset + start, self._host[k % 2][:length], extent)
             self._next_piece += 1
         return crcs
 

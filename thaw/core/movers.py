@@ -38,6 +38,7 @@ class Movers:
     read_section: Callable[..., tuple[list[int], bool]]
     check_section: Callable[..., list[int]]
     write_section: Callable[..., list[int]]
+    copy_section: Callable[..., list[int]]
     crc_backend: str
 
 
@@ -59,6 +60,7 @@ def _native_movers() -> Movers:
         read_section=native.read_section,
         check_section=native.check_section,
         write_section=native.write_section,
+        copy_section=native.copy_section,
         crc_backend=native.crc32c_backend(),
     )
 
@@ -165,6 +167,20 @@ def _py_write_section(fd: int, offset: int, src: Buffer, padded_len: int, chunk_
     return crcs
 
 
+def _py_copy_section(dest: Buffer, src: Buffer, padded_len: int, chunk_size: int, threads: int) -> list[int]:
+    out, data = _byte_view(dest), _byte_view(src)
+    _check_extent(len(data), padded_len, chunk_size)
+    if len(out) < padded_len:
+        raise ValueError(f"copy_section: dest holds {len(out)} bytes, fewer than padded_len {padded_len}")
+    crcs = []
+    for begin, end in _chunks(padded_len, chunk_size):
+        data_end = min(end, max(begin, len(data)))
+        out[begin:data_end] = data[begin:data_end]
+        out[data_end:end] = bytes(end - data_end)
+        crcs.append(pycrc.crc32c(out[begin:end]))
+    return crcs
+
+
 def _python_movers() -> Movers:
     return Movers(
         name="python",
@@ -175,6 +191,7 @@ def _python_movers() -> Movers:
         read_section=_py_read_section,
         check_section=_py_check_section,
         write_section=_py_write_section,
+        copy_section=_py_copy_section,
         crc_backend="python",
     )
 
