@@ -8,7 +8,11 @@ One host buffer (default 2 GiB of random bytes, 8 sections), each repetition:
   thaw fresh       `write_container` into a new file (CRC32C of every chunk, header);
   thaw recycled    `write_container(recycle=)` into the snapshot written just before it,
                    as a fork loop replaces its last round's snapshot (its pages cached:
-                   mapped, and the sections copied in on the writer's threads).
+                   mapped, and the sections copied in on the writer's threads);
+  thaw recycled, write calls  the same with the mapping turned off (the route a retired
+                   file takes when it is not cached), to show what the mapping adds.
+Every file is fsync'd after its timed write, so no write is timed while an earlier one is
+still being flushed in the background.
 Reported: medians of `--reps`, GB/s of the write phase (into the page cache, before the
 fsync), the flush (fsync + rename) shown apart, and ratios of like to like.
 Usage: python benchmarks/recycled_write.py [--gib 2] [--reps 3] [--dir /tmp]
@@ -23,6 +27,7 @@ import time
 
 import numpy as np
 
+from thaw.core import container
 from thaw.core import format as fmt
 from thaw.core.container import write_container
 
@@ -54,23 +59,37 @@ def main() -> None:
         for start in range(0, nbytes, BLOCK):
             os.pwrite(fd, view[start:start + BLOCK], start)
         dt = time.perf_counter() - t0
+        os.fsync(fd)
         os.close(fd)
         return dt
 
-    def thaw(target: str, recycle: str | None) -> tuple[float, float]:
+    mapped_sink = container._recycled_sink
+
+    def unmapped_sink(*args):  # the same file sized and allocated, then written by write calls
+        sink = mapped_sink(*args)
+        if sink is not None:
+            sink.close()
+
+    def thaw(target: str, recycle: str | None, mapped: bool = True) -> tuple[float, float]:
         t: dict[str, float] = {}
-        write_container(target, {"round": target}, payloads, timings=t, recycle=recycle)
+        container._recycled_sink = mapped_sink if mapped else unmapped_sink
+        try:
+            write_container(target, {"round": target}, payloads, timings=t, recycle=recycle)
+        finally:
+            container._recycled_sink = mapped_sink
         return t["write"], t["flush"]
 
     r: dict = {"bytes": nbytes, "sections": SECTIONS, "dir": args.dir, "reps": args.reps, "runs": {}}
     runs = r["runs"]
-    for name in ("plain_fresh", "plain_overwrite", "thaw_fresh", "thaw_recycled"):
+    for name in ("plain_fresh", "plain_overwrite", "thaw_fresh", "thaw_recycled", "thaw_recycled_write_calls"):
         runs[name] = {"write_s": [], "flush_s": []}
     for _ in range(args.reps):
         runs["plain_fresh"]["write_s"].append(plain(True))
         runs["plain_overwrite"]["write_s"].append(plain(False))  # over the file the line above left cached
-        for name, target, recycle in (("thaw_fresh", snaps[0], None), ("thaw_recycled", snaps[1], snaps[0])):
-            w, f = thaw(target, recycle)  # fresh: a new temporary file; recycled: round 0's file, renamed
+        for name, target, recycle, mapped in (("thaw_fresh", snaps[0], None, True),
+                                              ("thaw_recycled", snaps[1], snaps[0], True),
+                                              ("thaw_recycled_write_calls", snaps[0], snaps[1], False)):
+            w, f = thaw(target, recycle, mapped)  # fresh: a new temporary file; recycled: the last file, renamed
             runs[name]["write_s"].append(w)
             runs[name]["flush_s"].append(f)
     gbs = {name: nbytes / statistics.median(v["write_s"]) / 1e9 for name, v in runs.items()}
@@ -79,10 +98,12 @@ def main() -> None:
     r["ratios"] = {"thaw_recycled_vs_thaw_fresh": gbs["thaw_recycled"] / gbs["thaw_fresh"],
                    "thaw_recycled_vs_plain_fresh": gbs["thaw_recycled"] / gbs["plain_fresh"],
                    "thaw_recycled_vs_plain_overwrite": gbs["thaw_recycled"] / gbs["plain_overwrite"],
+                   "thaw_recycled_mapped_vs_write_calls": gbs["thaw_recycled"] / gbs["thaw_recycled_write_calls"],
                    "thaw_fresh_vs_plain_fresh": gbs["thaw_fresh"] / gbs["plain_fresh"]}
     r["includes"] = ("write phase: into the page cache, before the fsync (thaw: CRC32C of every chunk, header and "
-                     "preamble; recycled: the rename of the retired file and the cut to size too); flush: fsync, "
-                     "rename and directory fsync, shown apart; plain: one thread, no checksum, no fsync")
+                     "preamble; recycled: the rename of the retired file, its sizing and, mapped, the mapping too); "
+                     f"flush: fsync, rename and directory fsync, shown apart; plain: one thread, no checksum, fsync'd "
+                     f"after the timed write; thaw's writer threads: {container.DEFAULT_THREADS}")
     for name, v in gbs.items():
         print(f"{name}: {v:.2f} GB/s", flush=True)
     print(r["ratios"], r["flush_s_median"])
