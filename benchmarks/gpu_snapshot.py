@@ -7,7 +7,9 @@ device), one in-process engine, a 4k-token trunk prefilled. Then, each `--reps` 
         chunk and the write into the page cache), flush (fsync, rename, directory fsync);
   kv    the same without weights;
   session  KV + prefix with the weights referenced from the full snapshot (`weights_from`):
-        what a session costs when its weights are already in a snapshot.
+        what a session costs when its weights are already in a snapshot;
+  kv_recycled, full_recycled  kv and full again, each written into the file of the one
+        before (`recycle=`), as a loop that replaces its last snapshot.
 Then two fresh dummy-weight engines restore the full snapshot and the session one (prepare
 shown apart): weights GB/s by each route, which must be the same speed.
 Baselines in the same run, for the same byte counts:
@@ -107,7 +109,12 @@ def main() -> None:
             w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             out = {"full": snapshots(w, full_path, args.reps, True), "kv": snapshots(w, kv_path, args.reps, False)}
             out["session"] = snapshots(w, session_path, args.reps, True, weights_from=full_path)
-            os.unlink(kv_path)
+            out["kv_recycled"] = recycled_snapshots(w, kv_path, args.reps, False)
+            os.unlink(out["kv_recycled"]["last_path"])
+            os.unlink(session_path)  # it references full_path, which recycling replaces
+            out["full_recycled"] = recycled_snapshots(w, full_path, args.reps, True)
+            os.replace(out["full_recycled"]["last_path"], full_path)
+            out["session"]["rewritten_for_restore"] = snapshots(w, session_path, 1, True, weights_from=full_path)
             return out
 
     def restored(path: str) -> dict:
@@ -130,6 +137,9 @@ def main() -> None:
                                                            / r["restore_full"]["weights_gb_s"])
         r["ratio_session_snapshot_vs_kv_only_s"] = (r["snapshot"]["session"]["median_s"]
                                                     / r["snapshot"]["kv"]["median_s"])
+        for kind in ("full", "kv"):  # into the page cache, the flush apart
+            r[f"ratio_{kind}_recycled_vs_fresh_gb_s"] = (r["snapshot"][f"{kind}_recycled"]["gb_s_into_page_cache"]
+                                                       / r["snapshot"][kind]["gb_s_into_page_cache"])
     except (KeyError, TypeError) as exc:
         r["ratios_error"] = f"a phase failed: {exc!r}"
     if "full" in r["snapshot"]:
