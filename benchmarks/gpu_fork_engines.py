@@ -33,7 +33,7 @@ from receipt import write_receipt
 
 GPU_CONFIGS = {
     "vllm": VLLM_GPU,
-    "sglang": {**SGLANG_GPU, "disable_cuda_graph": False, "cuda_graph_max_bs": 8},
+    "sglang": {**SGLANG_GPU, "disable_cuda_graph": False, "cuda_graph_max_bs_decode": 8},  # SGLang 0.5.14's name
 }
 
 
