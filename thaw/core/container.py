@@ -24,6 +24,7 @@ from . import format as fmt
 from .device_stage import DeviceStager, on_device
 from .errors import ChecksumError, FormatError, MoverUnavailable
 from .movers import DEFAULT_THREADS, Buffer, movers
+from .residency import COLD_BELOW, resident_fraction
 from .temp_files import TEMP_MARK, is_temp_name, sweep_stale_temps
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -147,8 +148,6 @@ def _recycled_sink(fd: int, tmp: Path, size: int, chunk_size: int, threads: int)
     """The retired file `fd` (at `tmp`) cut or grown to `size` bytes, its blocks allocated,
     and mapped (`_MappedFile`) while most of its pages are still cached; None when they
     are not (then it is written by write calls, which need not read a page they replace)."""
-    from .residency import COLD_BELOW, resident_fraction
-
     cached = resident_fraction(tmp) >= COLD_BELOW
     old_size = os.fstat(fd).st_size
     os.ftruncate(fd, size)
