@@ -3,11 +3,13 @@ rank, each on its own core): every rank writes and reads its own KV heads, and s
 move between TP=2 and TP=1 engines, multiprocess and in-process."""
 
 
+import shutil
+
 import pytest
 import torch
 
 from thaw.adapters.vllm.driver import VLLMDriver
-from thaw.core import SchemaError, load
+from thaw.core import SchemaError, ThawError, load
 from thaw.core.tp import merge_ranks
 from thaw.core.tp_files import SET_KEY, load_ranks, rank_file_name
 from thaw.testing.environ import environ_set
@@ -111,6 +113,12 @@ def test_tp_refusals_name_what_is_wrong(engines, tp2_snapshot, tmp_path):
         engines["parent"].snapshot(str(tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert sorted(e.name for e in tmp_path.iterdir()) == ["notes.txt"]  # no staging directory left
+    retired = tmp_path / "retired.thaw"
+    shutil.copyfile(one_rank, retired)
+    with pytest.raises(ThawError, match="recycle takes one retired file"):
+        engines["parent"].snapshot(str(tmp_path / "set"), recycle=str(retired))
+    assert retired.read_bytes() == one_rank.read_bytes()  # refused before the file was taken
+    assert sorted(e.name for e in tmp_path.iterdir()) == ["notes.txt", "retired.thaw"]
 
 
 def test_a_tp2_set_at_a_url_restores_at_tp2_and_tp1(engines, bucket):
