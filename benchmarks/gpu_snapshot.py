@@ -56,19 +56,26 @@ def plain_write(path: str, nbytes: int, reps: int = 2) -> dict:
             "write_and_flush_gb_s": nbytes / (write_s + flush_s) / 1e9}
 
 
-def snapshots(w: EngineWorker, path: str, reps: int, weights: bool, **kwargs) -> dict:
-    runs = []
-    for _ in range(reps):
-        rep = w.call("snapshot", path=path, weights=weights, **kwargs)
-        runs.append({"seconds": rep["seconds"], "by_phase": rep.get("seconds_by_phase", {}),
-                     "bytes": os.path.getsize(path)})
+def _snapshot_run(w: EngineWorker, path: str, weights: bool, **kwargs) -> dict:
+    """One `snapshot` call of the engine in `w`: its seconds, phases and file size."""
+    rep = w.call("snapshot", path=path, weights=weights, **kwargs)
+    return {"seconds": rep["seconds"], "by_phase": rep.get("seconds_by_phase", {}), "bytes": os.path.getsize(path)}
+
+
+def _summary(runs: list[dict]) -> dict:
+    """Medians of `runs` (`_snapshot_run`'s): whole call, each phase, into the page cache
+    (every phase but the flush), and the GB/s of both."""
     nbytes = runs[-1]["bytes"]
     phases = {k: statistics.median(r["by_phase"].get(k, 0.0) for r in runs) for k in runs[-1]["by_phase"]}
     into_cache = sum(v for k, v in phases.items() if k != "flush")
-    return {"runs": runs, "bytes": nbytes, "median_s": statistics.median(r["seconds"] for r in runs),
-            "phases_s": phases, "into_page_cache_s": into_cache,
-            "gb_s_into_page_cache": nbytes / into_cache / 1e9,
-            "gb_s_with_flush": nbytes / statistics.median(r["seconds"] for r in runs) / 1e9}
+    median_s = statistics.median(r["seconds"] for r in runs)
+    return {"runs": runs, "bytes": nbytes, "median_s": median_s, "phases_s": phases,
+            "into_page_cache_s": into_cache, "gb_s_into_page_cache": nbytes / into_cache / 1e9,
+            "gb_s_with_flush": nbytes / median_s / 1e9}
+
+
+def snapshots(w: EngineWorker, path: str, reps: int, weights: bool, **kwargs) -> dict:
+    return _summary([_snapshot_run(w, path, weights, **kwargs) for _ in range(reps)])
 
 
 def recycled_snapshots(w: EngineWorker, retired: str, reps: int, weights: bool, **kwargs) -> dict:
@@ -78,15 +85,10 @@ def recycled_snapshots(w: EngineWorker, retired: str, reps: int, weights: bool, 
     names = [retired, retired + ".b"]
     runs = []
     for i in range(1, reps + 1):
-        runs.append(snapshots(w, names[i % 2], 1, weights, recycle=names[(i - 1) % 2], **kwargs))
+        runs.append(_snapshot_run(w, names[i % 2], weights, recycle=names[(i - 1) % 2], **kwargs))
         if os.path.exists(names[(i - 1) % 2]):
             raise RuntimeError(f"the retired file {names[(i - 1) % 2]} is still there after a recycled snapshot")
-    into_cache = statistics.median(r["into_page_cache_s"] for r in runs)
-    median_s = statistics.median(r["median_s"] for r in runs)
-    nbytes = runs[-1]["bytes"]
-    return {"runs": runs, "bytes": nbytes, "median_s": median_s,
-            "into_page_cache_s": into_cache, "gb_s_into_page_cache": nbytes / into_cache / 1e9,
-            "gb_s_with_flush": nbytes / median_s / 1e9, "last_path": names[reps % 2]}
+    return {**_summary(runs), "last_path": names[reps % 2]}
 
 
 def main() -> None:
