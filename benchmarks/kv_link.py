@@ -5,6 +5,8 @@ file, back to back in one device buffer), median of `reps` each:
   pinned           one copy from a pinned host buffer of that size (the link's ceiling)
   registered       the sections copied from the file mapped and registered with CUDA
                    (page cache), unchecked: what the page cache as a DMA source costs
+  gpu_check_only   the checks alone: every section's CRC32C computed and compared on the
+                   GPU over bytes already there (the kernels' own rate, no copy)
   registered_gpu_checked  the same with every chunk's CRC32C checked on the GPU as it
                    lands (`upload_sections`, the SGLang restore's upload)
   registered_gpu_checked_written  the SGLang restore's route: each layer uploaded into a
@@ -25,6 +27,7 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
 
     from thaw.core import load
     from thaw.core.container import Container
+    from thaw.core.gpu import DeviceVerifier, upload_expected_crcs
     from thaw.core.gpu_files import (RegisteredFile, copy_sections_to_gpu, staging_ring, stream_checked_sections,
                                      upload_sections)
 
@@ -50,6 +53,14 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
         into[1].copy_(halves[:, 1])
 
     ring = staging_ring(reg, names, dev.device)
+    secs = [c.section(n) for n in names]
+    wants = upload_expected_crcs([list(sec.chunk_crcs) for sec in secs], dev.device, torch.cuda.current_stream())
+
+    def check_only() -> None:  # over `dev`, which the registered copy filled with the sections
+        verifier = DeviceVerifier()
+        for n, sec, want in zip(names, secs, wants):
+            verifier.check(n, views[n], list(sec.chunk_crcs), sec.chunk_size, sec.padded_length, want=want)
+        verifier.raise_if_failed()
 
     def rate(fn) -> float:
         return nbytes / timed(fn, reps) / 1e9  # one warm-up run, then the median of reps
@@ -58,6 +69,7 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
         out = {"kv_sections": len(names), "kv_bytes": nbytes,
                "pinned_gb_s": rate(lambda: dev.copy_(host, non_blocking=True)),
                "registered_gb_s": rate(lambda: copy_sections_to_gpu(reg, views, verify="none")),
+               "gpu_check_only_gb_s": rate(check_only),
                "registered_gpu_checked_gb_s": rate(lambda: upload_sections(reg, names, dev.device)),
                "registered_gpu_checked_written_gb_s": rate(
                    lambda: stream_checked_sections(reg, names, ring, write))}

@@ -110,6 +110,23 @@ class PagePlan:
         cuda_movers().scatter_pages(*self._args(packed, stream), gate.data_ptr() if gate is not None else 0)
 
 
+def upload_expected_crcs(expected: list[list[int]], device: torch.device,
+                         stream: torch.cuda.Stream) -> list[torch.Tensor]:
+    """Every item's expected chunk CRCs in one pinned host-to-device transfer on `stream`,
+    returned as one int32 device view per item (for `DeviceVerifier.check(want=)`).
+
+    Queue it before the bulk copies it checks: a small upload queued after them waits in
+    the copy engine behind every one of them, and so would every check."""
+    flat = np.array([c for crcs in expected for c in crcs], dtype=np.uint32).view(np.int32)
+    with torch.cuda.stream(stream):
+        want = torch.from_numpy(flat).pin_memory().to(device, non_blocking=True)
+    views, at = [], 0
+    for crcs in expected:
+        views.append(want[at:at + len(crcs)])
+        at += len(crcs)
+    return views
+
+
 class DeviceVerifier:
     """Queues CRC32C checks of device bytes against a file's chunk CRCs without waiting.
 
@@ -164,7 +181,9 @@ def upload_checked(parts: list[torch.Tensor], staging: torch.Tensor, *,
     if staging.numel() * staging.element_size() < sum(sizes):
         raise SchemaError("staging buffer too small")
     copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
-    copy_stream.wait_stream(compute)
+    wants = (upload_expected_crcs(expected_crcs, staging.device, compute) if expected_crcs is not None
+             else None)
+    copy_stream.wait_stream(compute)  # the expected CRCs go up first (upload_expected_crcs)
     views, landed, at = [], [], 0
     with torch.cuda.stream(copy_stream):  # every copy queued at once
         for part, n in zip(parts, sizes):
@@ -180,7 +199,7 @@ def upload_checked(parts: list[torch.Tensor], staging: torch.Tensor, *,
         compute.wait_event(landed[i])
         if expected_crcs is not None:
             verifier.check(names[i] if names else f"kv layer {i}", view, expected_crcs[i], chunk_size,
-                           stream=compute)
+                           stream=compute, want=wants[i])
     compute.wait_stream(copy_stream)
     verifier.raise_if_failed()  # synchronizes
     return views

@@ -17,7 +17,7 @@ import torch
 from .container import Container
 from .errors import FormatError, MoverUnavailable, SchemaError
 from .format import align_up
-from .gpu import DeviceVerifier
+from .gpu import DeviceVerifier, upload_expected_crcs
 from .movers import DEFAULT_THREADS, movers
 from .tensor_data import readonly_tensor
 
@@ -193,10 +193,9 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
     ChecksumError naming the first bad section once every section has landed; returns or
     raises only once no copy or queued work is still running."""
     secs = [reg.container.section(n) for n in names]
+    wants = upload_expected_crcs([list(sec.chunk_crcs) for sec in secs], device, s)
     copy_stream = torch.cuda.Stream(device)
-    copy_stream.wait_stream(s)
-    crcs = np.concatenate([np.asarray(sec.chunk_crcs, dtype=np.uint32) for sec in secs]).view(np.int32)
-    host_want = torch.from_numpy(crcs).pin_memory()
+    copy_stream.wait_stream(s)  # after the expected CRCs' upload, which must not queue behind the sections
     arrived: list[torch.cuda.Event] = []
     freed: list[Optional[torch.cuda.Event]] = [None] * slots
 
@@ -213,15 +212,12 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
         for i in range(min(slots, len(names))):
             queue_copy(i)
         with torch.cuda.stream(s):
-            want = host_want.to(device, non_blocking=True)
-            at = 0
             for i, (name, sec) in enumerate(zip(names, secs)):
                 reg.check_padding(name)
                 s.wait_event(arrived[i])
-                data, k = dst(i), len(sec.chunk_crcs)
+                data = dst(i)
                 verifier.check(f"section {name!r}", data, list(sec.chunk_crcs), sec.chunk_size,
-                               sec.padded_length, stream=s, want=want[at:at + k])
-                at += k
+                               sec.padded_length, stream=s, want=wants[i])
                 if landed is not None:
                     landed(name, data)
                 if i + slots < len(names):
