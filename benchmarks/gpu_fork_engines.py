@@ -6,7 +6,9 @@ the PYTHONPATH its process gets; the two engines pin different transformers). Ea
 boot with the real weights, warm up on a short unrelated prompt, prefill the trunk, write a
 KV-only snapshot of it, `prepare` that file, then `--rounds` rounds of: empty the prefix
 cache, restore the trunk's KV from the file (checked), 4 branches x 64 tokens. Both engines
-decode with CUDA graphs (SGLang's captured up to batch 8), so decoding is like for like.
+decode with CUDA graphs (SGLang's captured up to batch 8), so decoding is like for like;
+SGLang with its overlap scheduler, as it serves on a GPU by default (until 83b88e4's
+receipt it ran without, the CPU setting thaw's driver defaults to).
 Reported per engine: median round, thaw's share (the restore call) and decoding apart, the
 cached tokens of every branch; then the SGLang/vLLM ratio of the rounds and of the shares.
 A side that fails records its error instead of numbers.
@@ -33,7 +35,10 @@ from receipt import write_receipt
 
 GPU_CONFIGS = {
     "vllm": VLLM_GPU,
-    "sglang": {**SGLANG_GPU, "disable_cuda_graph": False, "cuda_graph_max_bs_decode": 8},  # SGLang 0.5.14's name
+    # SGLang 0.5.14's name for the graphs' batch limit; its overlap scheduler on, as SGLang
+    # serves on a GPU by default (the driver's default is the CPU setting, off)
+    "sglang": {**SGLANG_GPU, "disable_cuda_graph": False, "cuda_graph_max_bs_decode": 8,
+               "disable_overlap_schedule": False},
 }
 
 
