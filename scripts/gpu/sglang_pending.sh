@@ -6,7 +6,7 @@
 # Default: vLLM <-> SGLang on the card (needs vLLM's bundle unpacked by an earlier
 # with_vllm.sh call), page 64's conformance checks not yet run there, the recycled session
 # snapshot check at page 16 (added after the class passed). Budget about 9 minutes;
-# STEPS=e2e for the end-to-end receipt, STEPS=server for the HTTP server (passed at 70db794).
+# STEPS=e2e for the end-to-end receipt (E2E_ARGS, e.g. "--phases parent,kv_link,thaw,fork"), STEPS=server for the HTTP server (passed at 70db794).
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
@@ -31,7 +31,7 @@ for step in ${steps//,/ }; do
     cross) if [ -f /tmp/site/.unpacked ]; then  # vLLM's bundle, unpacked by an earlier with_vllm.sh
              (export THAW_VLLM_PATH=/tmp/site THAW_SGLANG_PATH=/tmp/sgsite; run cross 560 "$repo/tests/test_cross_engine_gpu.py")
            else echo "cross: vLLM's bundle is not unpacked in /tmp/site (run scripts/gpu/with_vllm.sh once)"; fi ;;
-    e2e) timeout 560 python3 "$repo/benchmarks/gpu_e2e_sglang.py" > "$out/e2e.log" 2>&1
+    e2e) timeout 560 python3 "$repo/benchmarks/gpu_e2e_sglang.py" ${E2E_ARGS:-} > "$out/e2e.log" 2>&1
          echo "e2e: exit $?"; cp "$repo"/benchmarks/receipts/gpu_e2e_sglang-*-"${commit:0:8}"*.json "$out/" ;;
     *) echo "unknown step $step (weights, inflight, prepared, page16, page64, page64rest, retired, server, cross, e2e)"; exit 2 ;;
   esac
