@@ -19,6 +19,7 @@ namespace {
 
 constexpr uint64_t kAlign = 4096;
 constexpr uint64_t kPiece = 256 * 1024;
+constexpr uint64_t kCopyPiece = 1 << 20;  // copy_section's unit of work
 
 struct AlignedBuffer {
   uint8_t* ptr = nullptr;
@@ -248,10 +249,16 @@ std::vector<uint32_t> copy_section(uint8_t* dest, const uint8_t* src, uint64_t d
                                    uint64_t padded_len, uint64_t chunk_size, int threads) {
   check_extent(data_len, padded_len, chunk_size);
   const uint64_t num_chunks = (padded_len + chunk_size - 1) / chunk_size;
-  std::vector<uint32_t> crcs(num_chunks, 0);
-  for_each_chunk(num_chunks, threads, [&](uint64_t k, int) {
-    const uint64_t begin = k * chunk_size;
-    const uint64_t end = std::min(padded_len, begin + chunk_size);
+  // Pieces smaller than a chunk, so that a section of few chunks (a KV layer) still keeps
+  // every thread copying; each chunk's CRC is its pieces' CRCs combined in order.
+  const uint64_t piece = std::min(chunk_size, kCopyPiece);
+  const uint64_t per_chunk = (chunk_size + piece - 1) / piece;
+  std::vector<uint32_t> piece_crcs(num_chunks * per_chunk, 0);
+  for_each_chunk(num_chunks * per_chunk, threads, [&](uint64_t i, int) {
+    const uint64_t chunk_begin = (i / per_chunk) * chunk_size;
+    const uint64_t chunk_end = std::min(padded_len, chunk_begin + chunk_size);
+    const uint64_t begin = std::min(chunk_end, chunk_begin + (i % per_chunk) * piece);
+    const uint64_t end = std::min(chunk_end, begin + piece);
     const uint64_t data_end = std::min(end, std::max(begin, data_len));
     uint32_t crc = 0;
     if (data_end > begin) {
@@ -262,8 +269,21 @@ std::vector<uint32_t> copy_section(uint8_t* dest, const uint8_t* src, uint64_t d
       std::memset(dest + data_end, 0, end - data_end);
       crc = crc32c_extend(crc, dest + data_end, end - data_end);
     }
-    crcs[k] = crc;
+    piece_crcs[i] = crc;
   });
+  std::vector<uint32_t> crcs(num_chunks, 0);
+  for (uint64_t k = 0; k < num_chunks; ++k) {
+    const uint64_t chunk_begin = k * chunk_size;
+    const uint64_t chunk_end = std::min(padded_len, chunk_begin + chunk_size);
+    uint32_t crc = 0;
+    for (uint64_t j = 0; j < per_chunk; ++j) {
+      const uint64_t begin = chunk_begin + j * piece;
+      if (begin >= chunk_end) break;
+      crc = j == 0 ? piece_crcs[k * per_chunk] : crc32c_combine(crc, piece_crcs[k * per_chunk + j],
+                                                                 std::min(chunk_end, begin + piece) - begin);
+    }
+    crcs[k] = crc;
+  }
   return crcs;
 }
 

@@ -50,7 +50,7 @@ std::vector<uint32_t> write_section(int fd, uint64_t offset, const uint8_t* src,
 // Copies `src` (data_len bytes) then zeros up to padded_len into `dest` (which holds at
 // least padded_len bytes: e.g. a shared mapping of the file, so that the copy lands in its
 // page cache without a write call per chunk); returns the CRC of every chunk of the padded
-// extent, as write_section. Chunks are copied on up to `threads` threads at once.
+// extent, as write_section. Pieces of up to 1 MiB are copied on up to `threads` threads at once.
 std::vector<uint32_t> copy_section(uint8_t* dest, const uint8_t* src, uint64_t data_len,
                                    uint64_t padded_len, uint64_t chunk_size, int threads);
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import crc32c
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -54,6 +55,18 @@ def test_copy_section_lands_what_write_section_writes(tmp_path, backend, data_le
     if padded:
         with pytest.raises(ValueError, match="fewer than padded_len"):
             backend.copy_section(dest[:padded - 1], src, padded, CHUNK, 3)
+
+
+@pytest.mark.parametrize("data_len", [(1 << 20) - 1, (5 << 19) + 4097, (9 << 20) + 1])
+def test_copy_section_in_pieces_smaller_than_a_chunk_returns_the_chunks_crcs(backend, data_len):
+    """Chunks of 4 MiB are copied in pieces (the native mover's 1 MiB), the last one short and
+    padded with zeros: each chunk's CRC is still the CRC of the chunk's bytes."""
+    src = np.random.default_rng(data_len).integers(0, 256, data_len, dtype=np.uint8)
+    padded = -(-data_len // 4096) * 4096
+    dest = np.empty(padded, dtype=np.uint8)
+    crcs = backend.copy_section(dest, src, padded, 4 << 20, 4)
+    assert dest[:data_len].tobytes() == src.tobytes() and not dest[data_len:].any()
+    assert crcs == [crc32c.crc32c(dest[k:k + (4 << 20)].tobytes()) for k in range(0, padded, 4 << 20)]
 
 
 @pytest.mark.parametrize("cached", [True, False])
