@@ -4,8 +4,9 @@
 #include <array>
 #include <cstring>
 #include <stdexcept>
-#include <thread>
 #include <vector>
+
+#include "worker_pool.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -197,14 +198,9 @@ uint32_t crc32c_parallel(const uint8_t* data, size_t len, int shards, int thread
     size_t begin = std::min(len, i * shard_len);
     lens[i] = std::min(len, begin + shard_len) - begin;
   }
-  auto work = [&](int first) {
-    for (int i = first; i < shards; i += threads)
-      crcs[i] = crc32c_extend(0, data + std::min(len, i * shard_len), lens[i]);
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& th : pool) th.join();
+  parallel_for(static_cast<uint64_t>(shards), threads, [&](uint64_t i, int) {
+    crcs[i] = crc32c_extend(0, data + std::min(len, i * shard_len), lens[i]);
+  });
   uint32_t total = 0;
   for (int i = 0; i < shards; ++i) total = crc32c_combine(total, crcs[i], lens[i]);
   return total;
@@ -215,17 +211,10 @@ std::vector<uint32_t> crc32c_chunks(const uint8_t* data, size_t len, size_t chun
   if (chunk_size == 0) throw std::invalid_argument("chunk_size must be positive");
   const size_t n = (len + chunk_size - 1) / chunk_size;
   std::vector<uint32_t> crcs(n, 0);
-  threads = static_cast<int>(std::max<size_t>(1, std::min<size_t>(threads, n)));
-  auto work = [&](int first) {
-    for (size_t k = first; k < n; k += threads) {
-      const size_t begin = k * chunk_size;
-      crcs[k] = crc32c_extend(0, data + begin, std::min(chunk_size, len - begin));
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& th : pool) th.join();
+  parallel_for(n, threads, [&](uint64_t k, int) {
+    const size_t begin = k * chunk_size;
+    crcs[k] = crc32c_extend(0, data + begin, std::min(chunk_size, len - begin));
+  });
   return crcs;
 }
 

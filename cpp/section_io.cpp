@@ -4,15 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <mutex>
-#include <thread>
 
 #include "crc32c.h"
+#include "worker_pool.h"
 
 namespace thaw {
 namespace {
@@ -67,30 +66,11 @@ void pwrite_full(int fd, const uint8_t* buf, size_t n, uint64_t off) {
   }
 }
 
-// Runs fn(chunk_index, worker_index) over all chunks on `threads` threads; rethrows the
-// first failure after every worker has stopped.
+// Runs fn(chunk_index, worker_index) over all chunks on up to `threads` threads of the
+// process's worker pool; rethrows the first failure after every worker has stopped.
 template <typename Fn>
 void for_each_chunk(uint64_t num_chunks, int threads, Fn fn) {
-  threads = static_cast<int>(std::max<uint64_t>(1, std::min<uint64_t>(threads, num_chunks)));
-  std::atomic<uint64_t> next{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  auto worker = [&](int w) {
-    try {
-      for (uint64_t k; !failed.load(std::memory_order_relaxed) && (k = next++) < num_chunks;)
-        fn(k, w);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mutex);
-      if (!error) error = std::current_exception();
-      failed = true;
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int w = 1; w < threads; ++w) pool.emplace_back(worker, w);
-  worker(0);
-  for (auto& t : pool) t.join();
-  if (error) std::rethrow_exception(error);
+  parallel_for(num_chunks, threads, std::function<void(uint64_t, int)>(fn));
 }
 
 void check_extent(uint64_t data_len, uint64_t padded_len, uint64_t chunk_size) {

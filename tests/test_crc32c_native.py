@@ -1,7 +1,8 @@
 """thaw's C++ CRC32C on every hardware path it has: SSE4.2 (this x86-64 machine) and the
 ARMv8 CRC extension (AArch64: Graviton, Grace), the latter cross-compiled and run under
 qemu-user. Each runs tests/native/crc32c_vectors.cpp: RFC 3720 known answers, and the
-hardware path against the portable one across every branch of the code."""
+hardware path against the portable one across every branch of the code; and the worker
+threads the native movers share (tests/native/worker_pool_check.cpp)."""
 
 import os
 import shutil
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [ROOT / "cpp" / "crc32c.cpp", ROOT / "tests" / "native" / "crc32c_vectors.cpp"]
+SOURCES = [ROOT / "cpp" / "crc32c.cpp", ROOT / "cpp" / "worker_pool.cpp",
+           ROOT / "tests" / "native" / "crc32c_vectors.cpp"]
 # (compiler, runner, backend the run must report)
 TARGETS = {
     "x86-64 sse4.2": ("g++", [], "sse4.2"),
@@ -38,3 +40,13 @@ def test_hardware_crc32c_known_answers(target, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"backend {backend}" in out.stdout, out.stdout
     assert " 0 failed" in out.stdout, out.stdout
+
+
+def test_worker_pool_runs_every_item_once_across_callers_errors_and_fork(tmp_path):
+    """tests/native/worker_pool_check.cpp against the movers' shared worker threads."""
+    exe = tmp_path / "worker_pool_check"
+    subprocess.run(["g++", "-std=c++17", "-O2", "-pthread", f"-I{ROOT / 'cpp'}", str(ROOT / "cpp" / "worker_pool.cpp"),
+                    str(ROOT / "tests" / "native" / "worker_pool_check.cpp"), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "worker pool: 0 failed" in out.stdout, out.stdout + out.stderr

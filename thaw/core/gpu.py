@@ -264,3 +264,11 @@ def free_device_bytes(device: torch.device) -> int:
     """What `device` could still hand out: its free memory plus torch's unused reserve."""
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+STAGING_HEADROOM = 1 << 30  # left free on the device beside what thaw stages there
+
+
+def room_for(device: torch.device, nbytes: int) -> bool:
+    """Whether `nbytes` more can be staged on `device` with STAGING_HEADROOM left free."""
+    return free_device_bytes(device) >= nbytes + STAGING_HEADROOM

@@ -23,7 +23,8 @@ from thaw.core.dtypes import dtype_name
 
 from .engine_access import (PYTHON_TREE_CORE, component_type, device_value, tree_core_backend, tree_root, unified_tree,
                             walks_nodes)
-from .gpu_pages import gather_to_host, on_cuda
+from . import gpu_pages
+from .gpu_pages import on_cuda
 
 LAYOUT_NAME = "sglang.nhd"
 TREE_CORE_SETTING = PYTHON_TREE_CORE
@@ -132,9 +133,9 @@ def slots_of_pages(pool_pages: list[int], page_size: int) -> torch.Tensor:
 
 def gather_pages(kv_pool: Any, pool_pages: list[int], page_size: int) -> list[torch.Tensor]:
     """Every layer's pages in one indexed read per K and V buffer: [n, page_elems] each, on
-    the host (a CUDA pool's through the CUDA movers, see `gpu_pages`)."""
+    the host (a CUDA pool's through the CUDA movers, see `gpu_pages.gather`)."""
     if on_cuda(kv_pool):
-        return gather_to_host(kv_pool, pool_pages, page_size)
+        return gpu_pages.gather(kv_pool, pool_pages, page_size)[0]
     slots = slots_of_pages(pool_pages, page_size).to(kv_pool.k_buffer[0].device)
     n = len(pool_pages)
     plane = page_size * kv_pool.k_buffer[0][0].numel()

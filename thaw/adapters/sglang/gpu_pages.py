@@ -31,13 +31,20 @@ def _page_views(buffers: list[torch.Tensor], page_size: int) -> list[torch.Tenso
     return [b.view(b.shape[0] // page_size, -1) for b in buffers]
 
 
-def gather_to_host(kv_pool: Any, pool_pages: list[int], page_size: int) -> list[torch.Tensor]:
-    """Every layer's listed pages, [n, page_elems] each, in pinned host memory."""
-    from thaw.core.gpu import PagePlan
+def gather(kv_pool: Any, pool_pages: list[int], page_size: int, *, for_writer: bool = False
+           ) -> tuple[list[torch.Tensor], str]:
+    """Every layer's listed pages, [n, page_elems] each (K then V within each page), and
+    where they are: with `for_writer` (the file writer copies them out before the engine
+    runs again) and room on the device, in device memory ("device": the writer moves them
+    to the host piece by piece while it writes), else in pinned host memory ("pinned host")."""
+    from thaw.core.gpu import PagePlan, room_for
 
     k0 = kv_pool.k_buffer[0]
     layers, n, plane = len(kv_pool.k_buffer), len(pool_pages), page_size * k0[0].numel()
-    host = torch.empty((layers, n, 2, plane), dtype=k0.dtype, pin_memory=True)
+    packed_bytes = layers * n * 2 * plane * k0.element_size()
+    # on the device: the K and V halves, then both interleaved page by page (twice the bytes)
+    route = "device" if for_writer and room_for(k0.device, 2 * packed_bytes) else "pinned host"
+    out = torch.empty((layers, n, 2, plane), dtype=k0.dtype, device=k0.device)
     if n:
         ids = torch.tensor(pool_pages, dtype=torch.int64, device=k0.device)
         halves = []
@@ -45,8 +52,11 @@ def gather_to_host(kv_pool: Any, pool_pages: list[int], page_size: int) -> list[
             packed = torch.empty((layers, n, plane), dtype=k0.dtype, device=k0.device)
             PagePlan(_page_views(buffers, page_size), ids).gather(packed)
             halves.append(packed)
-        host.copy_(torch.stack(halves, dim=2))  # K then V within each page, one transfer
-    return list(host.view(layers, n, 2 * plane).unbind(0))
+        torch.stack(halves, dim=2, out=out)  # K then V within each page
+    if route != "device":
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        out = host.copy_(out)  # one transfer
+    return list(out.view(layers, n, 2 * plane).unbind(0)), route
 
 
 def file_pages_fit(snap: StateSnapshot, layout: KVLayout, kv_pool: Any) -> bool:

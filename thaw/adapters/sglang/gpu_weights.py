@@ -20,10 +20,8 @@ from typing import Any, Callable
 import torch
 
 from thaw.core import StateSnapshot
-from thaw.core.gpu import free_device_bytes
+from thaw.core.gpu import room_for
 from thaw.core.gpu_files import copy_sections_to_gpu, stream_sections_to_gpu
-
-STAGING_HEADROOM = 1 << 30  # left free on the device beside the staged weights
 
 
 def stage(snap: StateSnapshot, device: torch.device, registered_for: Callable[[Any], Any],
@@ -38,7 +36,7 @@ def stage(snap: StateSnapshot, device: torch.device, registered_for: Callable[[A
         reason = "the engine runs on the CPU"
     elif held_in is None or not held_in.is_local:
         reason = "the weights are not in one local file"
-    elif free_device_bytes(device) < nbytes + STAGING_HEADROOM:
+    elif not room_for(device, nbytes):
         reason = f"too little free GPU memory to stage {nbytes} bytes"
     if reason is not None:
         return [(name, d.tensor()) for name, d in snap.weights.items()], f"checkpoint/host ({reason})"

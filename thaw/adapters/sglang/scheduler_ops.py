@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, IdentityMismatch, KVLayout,
-                       PrefixTree, StateSnapshot, TensorData, ThawError, check_kv_weights,
+                       PagedKV, PrefixTree, StateSnapshot, TensorData, ThawError, check_kv_weights,
                        check_weights_format, config_digest, convert_pages, save)
 from thaw.core import weights_ref
 from thaw.core.dtypes import dtype_name
@@ -165,9 +165,12 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
     page_of = {pool_page: i for i, pool_page in enumerate(cap.pool_pages)}
     requests = capture_requests(s, page_of, cap.pool_pages) if requests else []
     pool = _kv_pool(s)
-    layers = cache_state.gather_pages(pool, cap.pool_pages, s.page_size)
-    snap = StateSnapshot.from_kv(cache_state.kv_layout(pool, s.page_size), layers, cap.tree,
-                                 engine_identity(s), requests)
+    if gpu_pages.on_cuda(pool):  # written below, before the engine runs again: left on the device where it fits
+        layers, kv_route = gpu_pages.gather(pool, cap.pool_pages, s.page_size, for_writer=True)
+    else:
+        layers, kv_route = cache_state.gather_pages(pool, cap.pool_pages, s.page_size), "host"
+    snap = StateSnapshot(identity=engine_identity(s), prefix=cap.tree, requests=requests,
+                         kv=PagedKV(cache_state.kv_layout(pool, s.page_size), [TensorData.in_place(t) for t in layers]))
     if weights_from is not None:
         snap.weights_from = weights_from
     elif weights:
@@ -177,7 +180,7 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
     save(snap, path, direct=direct, recycle=recycle)
     return {"tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
             "pages": len(cap.pool_pages), "requests": len(requests), "weights": len(snap.weights),
-            "kv_bytes": snap.kv.nbytes, "tokens_skipped": cap.tokens_skipped,
+            "kv_bytes": snap.kv.nbytes, "kv_route": kv_route, "tokens_skipped": cap.tokens_skipped,
             "seconds": {"capture": t1 - t0, "write": time.perf_counter() - t1}}
 
 

@@ -27,6 +27,7 @@ class CaptureReport:
     orphan_blocks: list[int] = field(default_factory=list)  # parent block no longer cached
     unsupported_blocks: list[int] = field(default_factory=list)  # LoRA / multimodal keys
     requests: int = 0
+    kv_route: str = ""  # where the KV was gathered: "device", "pinned host" or "host" (`gather_kv`)
     seconds: dict[str, float] = field(default_factory=dict)  # by phase: capture, write, flush, ...
 
     def to_json(self) -> dict[str, Any]:
@@ -72,22 +73,28 @@ def capture_prefix(parts: EngineParts, recorder: BlockTokenRecorder,
     return tree, block_ids, page_of
 
 
-def gather_kv(parts: EngineParts, block_ids: list[int]) -> list[torch.Tensor]:
-    """One gather per layer: [num_pages, page_elems] copies of the listed blocks."""
+def gather_kv(parts: EngineParts, block_ids: list[int], *, for_writer: bool = False) -> tuple[list[torch.Tensor], str]:
+    """[num_pages, page_elems] copies of the listed blocks, one per layer, and where they
+    are. On CUDA one gather kernel over every layer, in each block's physical order (what
+    the layout describes): with `for_writer` (the file writer copies them out before the
+    engine runs again) and room on the device, into device memory ("device": the writer
+    moves it to the host piece by piece while it writes), else straight into pinned host
+    memory ("pinned host"); a CPU engine's are copied on the host ("host")."""
     elems = parts.layout.page_elems
-    if parts.on_cuda and block_ids:
-        from thaw.core.gpu import PagePlan
+    if not (parts.on_cuda and block_ids):
+        return gather_pages(parts.kv_caches, block_ids, elems), "host"
+    from thaw.core.gpu import PagePlan, room_for
 
-        # One gather kernel over every layer, in each block's physical order (what the
-        # layout describes), straight into pinned host memory.
-        ids = torch.tensor(block_ids, dtype=torch.long, device=parts.kv_caches[0].device)
-        plan = PagePlan(parts.kv_caches, ids)
-        host = torch.empty(plan.packed_bytes, dtype=torch.uint8, pin_memory=True)
-        plan.gather(host)
+    device = parts.kv_caches[0].device
+    plan = PagePlan(parts.kv_caches, torch.tensor(block_ids, dtype=torch.long, device=device))
+    route = "device" if for_writer and room_for(device, plan.packed_bytes) else "pinned host"
+    packed = torch.empty(plan.packed_bytes, dtype=torch.uint8, device=device if route == "device" else "cpu",
+                         pin_memory=route != "device")
+    plan.gather(packed)
+    if route != "device":
         torch.cuda.current_stream().synchronize()
-        pages = host.view(parts.kv_caches[0].dtype).view(len(parts.kv_caches), len(block_ids), elems)
-        return list(pages.unbind(0))
-    return gather_pages(parts.kv_caches, block_ids, elems)
+    pages = packed.view(parts.kv_caches[0].dtype).view(len(parts.kv_caches), len(block_ids), elems)
+    return list(pages.unbind(0)), route
 
 
 def check_requests_carried(parts: EngineParts) -> None:
@@ -145,19 +152,21 @@ def capture_index(parts: EngineParts, recorder: BlockTokenRecorder, *,
 
 def capture(parts: EngineParts, recorder: BlockTokenRecorder, identity,
             weights: dict[str, torch.Tensor] | None, *, requests: bool = True,
-            copy_weights: bool = True) -> tuple[StateSnapshot, CaptureReport]:
-    """The engine's state in memory (KV copied out of an in-core worker). Weights are copied
-    to host memory, or with `copy_weights=False` held where they are (for a snapshot
-    written before the engine runs again: the file writer stages them from the device)."""
+            for_writer: bool = False) -> tuple[StateSnapshot, CaptureReport]:
+    """The engine's state in memory (KV copied out of an in-core worker), weights and KV
+    in host memory; with `for_writer` (a snapshot written to a file before the engine runs
+    again) CUDA weights are held where they are and the KV is gathered on the device where
+    it has room (`gather_kv`): the file writer copies them out while it writes."""
     if parts.workers is not None:
         raise EngineUnsupported("this engine's KV lives in a worker process: snapshot it to a file "
                                 "(snapshot(path)), which the worker writes itself")
     tree, block_ids, in_flight, report = capture_index(parts, recorder, requests=requests)
-    layers = gather_kv(parts, block_ids)
+    layers, report.kv_route = gather_kv(parts, block_ids, for_writer=for_writer)
+    held = TensorData.in_place if for_writer else TensorData.of
     snap = StateSnapshot(
         identity=identity,
-        weights={k: (TensorData.of if copy_weights else TensorData.in_place)(v) for k, v in (weights or {}).items()},
-        kv=PagedKV(parts.layout, [TensorData.of(t) for t in layers]),
+        weights={k: held(v) for k, v in (weights or {}).items()},
+        kv=PagedKV(parts.layout, [held(t) for t in layers]),
         prefix=tree,
         requests=in_flight,
         extras={"vllm": {"capture": report.to_json()}},

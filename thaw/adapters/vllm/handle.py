@@ -112,7 +112,7 @@ class VLLMHandle(EngineAdapter):
 
     # -- snapshot -------------------------------------------------------------------
     def capture(self, *, weights: bool = True, weights_format: Optional[str] = None,
-                strict: bool = False, requests: bool = True, copy_weights: bool = True) -> StateSnapshot:
+                strict: bool = False, requests: bool = True, for_writer: bool = False) -> StateSnapshot:
         """An in-memory StateSnapshot of the engine (KV copied out; weights copied out, or
         referenced from the checkpoint). `weights_format` (default: the engine's own) names
         how weights are stored and what the identity's weights digest covers.
@@ -121,8 +121,8 @@ class VLLMHandle(EngineAdapter):
         evicted) are left out with a warning naming how many and why; with `strict` that
         raises `SnapshotIncomplete` instead, before anything is written. In-flight requests
         are captured when `requests`; one whose settings a snapshot cannot carry exactly is
-        refused by name (EngineUnsupported). `copy_weights=False` holds CUDA weights where
-        they are, for a snapshot written before the engine runs again (`snapshot` does)."""
+        refused by name (EngineUnsupported). `for_writer` holds CUDA weights and KV on the
+        device, for a snapshot written before the engine runs again (`snapshot` does)."""
         fmt = weights_format or native_format(self.parts)
         check_format(self.parts, fmt)
         tensors = None
@@ -134,7 +134,7 @@ class VLLMHandle(EngineAdapter):
             tensors = self.checkpoint_weights()
         identity = engine_access.engine_identity(self.parts, self.weights_digest(fmt))
         snap, self.last_capture = capture(self.parts, self.recorder, identity, tensors, requests=requests,
-                                          copy_weights=copy_weights)
+                                          for_writer=for_writer)
         report_missing_blocks(self.last_capture, strict=strict,
                               recorder_from_start=self.recorder.since_pool_start)
         snap.weights_format = fmt
@@ -160,7 +160,7 @@ class VLLMHandle(EngineAdapter):
                                             recycle=recycle)
         t0 = time.perf_counter()
         snap = self.capture(weights=weights and ref is None, weights_format=weights_format, strict=strict,
-                            requests=requests, copy_weights=False)  # staged from the device by the writer
+                            requests=requests, for_writer=True)  # staged from the device by the writer
         snap.weights_from = ref
         seconds = {"capture": time.perf_counter() - t0}
         save(snap, path, timings=seconds, direct=direct, recycle=recycle)
