@@ -80,6 +80,18 @@ def anchor_role(role: str, site: str, engine: dict, args) -> dict:
     return out
 
 
+def remove_anchor_snapshots(work: str) -> None:
+    """The anchor's weights file and fork state (anchor_side.py's names), once its child has read them."""
+    import shutil
+
+    for name in ("anchor-weights.thaw", "anchor-fork"):
+        path = os.path.join(work, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.unlink(path)
+
+
 def thaw_parent(engine: dict, trunk: list[int], args) -> dict:
     paths = {k: os.path.join(args.dir, f"thaw-{k}.thaw") for k in ("kv", "full", "weights", "weights-direct")}
     with EngineWorker(DRIVERS["vllm"], engine) as w:
@@ -179,6 +191,7 @@ def main() -> None:
     phase(r, "anchor_wheels", lambda: install_anchor(args.anchor_wheels, site))
     phase(r, "anchor_parent", lambda: anchor_role("parent", site, engine, args))
     phase(r, "anchor_child", lambda: anchor_role("child", site, engine, args))
+    remove_anchor_snapshots(args.dir)  # the box's disk holds the model and thaw's two 16 GB files, not a third
     phase(r, "thaw_parent", lambda: thaw_parent(engine, trunk, args))
     phase(r, "thaw_child", lambda: thaw_child(engine, trunk, args))
     try:
