@@ -51,7 +51,8 @@ class Pool {
     Job job;
     job.num_items = num_items;
     job.fn = &fn;
-    job.helpers_wanted = static_cast<int>(std::max<uint64_t>(1, std::min<uint64_t>(threads, num_items))) - 1;
+    const uint64_t wanted = std::min<uint64_t>(static_cast<uint64_t>(std::max(threads, 1)), num_items);
+    job.helpers_wanted = static_cast<int>(wanted) - 1;
     if (job.helpers_wanted > 0) {
       std::lock_guard<std::mutex> guard(lock_);
       while (helpers_ < job.helpers_wanted) {

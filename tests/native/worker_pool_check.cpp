@@ -1,6 +1,7 @@
 // Checks thaw::parallel_for (cpp/worker_pool.cpp): every item runs once with a worker index
-// below `threads`, from several calling threads at once; the first exception comes back to
-// the caller; a child process after fork() gets helpers of its own. Prints "N failed".
+// below `threads` (none but the caller's below 1), from several calling threads at once; the
+// first exception comes back to the caller; a child process after fork() gets helpers of its
+// own. Prints "N failed".
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +33,11 @@ int main() {
   int failed = 0;
   for (int threads : {1, 2, 4, 16})
     for (uint64_t items : {1, 3, 100, 10000}) failed += !each_item_once(threads, items);
+  for (int threads : {0, -1}) {  // no helpers: every item on the caller, worker 0
+    std::atomic<int> items{0}, elsewhere{0};
+    thaw::parallel_for(100, threads, [&](uint64_t, int worker) { ++items, elsewhere += worker != 0; });
+    failed += items != 100 || elsewhere != 0;
+  }
   std::atomic<int> concurrent_failures{0};
   std::vector<std::thread> callers;
   for (int c = 0; c < 8; ++c)
