@@ -9,6 +9,9 @@ file, back to back in one device buffer), median of `reps` each:
                    GPU over bytes already there (the kernels' own rate, no copy)
   registered_gpu_checked  the same with every chunk's CRC32C checked on the GPU as it
                    lands (`upload_sections`, the SGLang restore's upload)
+  checked_timeline the checked upload once more, with the device's milliseconds from its start
+                   to the last section landed and to the last check done, and the wall time:
+                   where a check's cost falls (during the copies, or after the last one)
   registered_gpu_checked_written  the SGLang restore's route: each layer uploaded into a
                    staging ring of 8 layers (`stream_checked_sections`), checked, and copied
                    on into a second device buffer, every page's K rows into one contiguous
@@ -30,6 +33,9 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
     from thaw.core.gpu import DeviceVerifier, upload_expected_crcs
     from thaw.core.gpu_files import (RegisteredFile, copy_sections_to_gpu, staging_ring, stream_checked_sections,
                                      upload_sections)
+
+    import statistics
+    import time
 
     from gpu_movers import timed
 
@@ -62,6 +68,17 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
             verifier.check(n, views[n], list(sec.chunk_crcs), sec.chunk_size, sec.padded_length, want=want)
         verifier.raise_if_failed()
 
+    def checked_timeline() -> dict:
+        runs = []
+        for _ in range(reps + 1):  # the first is a warm-up
+            timeline: dict = {}
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            copy_sections_to_gpu(reg, views, verify="gpu", timeline=timeline)
+            timeline["wall_ms"] = (time.perf_counter() - t0) * 1e3
+            runs.append(timeline)
+        return {k: statistics.median(r[k] for r in runs[1:]) for k in runs[-1]}
+
     def rate(fn) -> float:
         return nbytes / timed(fn, reps) / 1e9  # one warm-up run, then the median of reps
 
@@ -71,6 +88,7 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
                "registered_gb_s": rate(lambda: copy_sections_to_gpu(reg, views, verify="none")),
                "gpu_check_only_gb_s": rate(check_only),
                "registered_gpu_checked_gb_s": rate(lambda: upload_sections(reg, names, dev.device)),
+               "checked_timeline": checked_timeline(),
                "registered_gpu_checked_written_gb_s": rate(
                    lambda: stream_checked_sections(reg, names, ring, write))}
     finally:

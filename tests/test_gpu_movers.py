@@ -97,9 +97,12 @@ def test_weights_from_registered_file(tmp_path, verify):
     c = Container(tmp_path / "w.thaw")
     reg = RegisteredFile(c)
     targets = {f"weights/{k}": torch.empty(v.shape, dtype=v.dtype, device="cuda") for k, v in weights.items()}
-    copy_sections_to_gpu(reg, targets, verify=verify)
+    timeline: dict = {}
+    copy_sections_to_gpu(reg, targets, verify=verify, timeline=timeline)
     for k, v in weights.items():
         assert torch.equal(targets[f"weights/{k}"].cpu(), v)
+    if verify == "gpu":  # the device's times, for benchmarks: every check runs after its section lands
+        assert 0 <= timeline["last_landed_ms"] <= timeline["checked_ms"]
     reg.close()
 
 

@@ -141,7 +141,8 @@ def check_sections(reg: "RegisteredFile", names: list[str]) -> None:
 
 
 def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], *,
-                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None) -> None:
+                         verify: str = "cpu", stream: Optional[torch.cuda.Stream] = None,
+                         timeline: Optional[dict[str, float]] = None) -> None:
     """Copies file sections into GPU tensors of the same byte size.
 
     verify="cpu": CPU threads checksum the mapped page-cache bytes while the DMA copies run;
@@ -150,7 +151,8 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
     verify="none": no check (for measuring the cost of checking only).
     Raises ChecksumError naming the section if any chunk differs (with verify="gpu", once
     every section has landed). To hand each section on as it lands, through a few slots
-    instead of a target per section, see `stream_checked_sections`.
+    instead of a target per section, see `stream_checked_sections`. `timeline` (verify="gpu",
+    for benchmarks): see `_checked_copies`.
     """
     import concurrent.futures
 
@@ -160,7 +162,7 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
             raise SchemaError(f"section {name!r} holds {n} bytes, target {tuple(dst.shape)} differs")
     s = stream or torch.cuda.current_stream()
     if verify == "gpu":
-        _copy_checked_on_gpu(reg, targets, s)
+        _copy_checked_on_gpu(reg, targets, s, timeline)
         return
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # The CPU checksum runs on native threads (GIL released) while the DMA copies go.
@@ -173,25 +175,33 @@ def copy_sections_to_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
     s.synchronize()
 
 
-def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], s: torch.cuda.Stream) -> None:
+def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], s: torch.cuda.Stream,
+                         timeline: Optional[dict[str, float]] = None) -> None:
     """Every copy queued at once (each section has its own target), checked on `s` as it
     lands (`_checked_copies`)."""
     if not targets:
         return
     views = [dst.view(-1).view(torch.uint8) for dst in targets.values()]
-    _checked_copies(reg, list(targets), views[0].device, lambda i: views[i], len(views), s)
+    _checked_copies(reg, list(targets), views[0].device, lambda i: views[i], len(views), s, timeline=timeline)
 
 
 def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
                     dst: Callable[[int], torch.Tensor], slots: int, s: torch.cuda.Stream,
-                    landed: Optional[Callable[[str, torch.Tensor], None]] = None) -> None:
+                    landed: Optional[Callable[[str, torch.Tensor], None]] = None,
+                    timeline: Optional[dict[str, float]] = None) -> None:
     """Section i copied from the registered file into `dst(i)` (uint8, its length) on a side
     stream, the first `slots` copies queued before any check and copy i + slots only once
     what was queued on `s` for section i (its check, `landed`) has run, so `dst(i + slots)`
     may be `dst(i)`'s memory again. On `s` each section is checked as it lands and handed
     to `landed`; the expected chunk CRCs of all sections go up in one transfer. Raises
     ChecksumError naming the first bad section once every section has landed; returns or
-    raises only once no copy or queued work is still running."""
+    raises only once no copy or queued work is still running. `timeline` (for benchmarks)
+    gets the device's milliseconds from the start to the last section landed
+    (`last_landed_ms`) and to the last check and hand-over queued on `s` done (`checked_ms`)."""
+    timed = timeline is not None
+    start = torch.cuda.Event(enable_timing=True) if timed else None
+    if start is not None:
+        start.record(s)
     secs = [reg.container.section(n) for n in names]
     wants = upload_expected_crcs([list(sec.chunk_crcs) for sec in secs], device, s)
     copy_stream = torch.cuda.Stream(device)
@@ -204,10 +214,10 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
             copy_stream.wait_event(freed[i % slots])
         with torch.cuda.stream(copy_stream):
             dst(i).copy_(reg.section(names[i]), non_blocking=True)
-            arrived.append(torch.cuda.Event())
+            arrived.append(torch.cuda.Event(enable_timing=timed))
             arrived[-1].record(copy_stream)
 
-    verifier = DeviceVerifier()
+    verifier, checked = DeviceVerifier(), None
     try:
         for i in range(min(slots, len(names))):
             queue_copy(i)
@@ -224,9 +234,14 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
                     freed[i % slots] = torch.cuda.Event()
                     freed[i % slots].record(s)
                     queue_copy(i + slots)
+            checked = torch.cuda.Event(enable_timing=True) if timed else None
+            if checked is not None:
+                checked.record(s)
     finally:
         s.wait_stream(copy_stream)
         s.synchronize()  # nothing may still write the targets once the caller sees an error
+    if start is not None and checked is not None and arrived:
+        timeline.update(last_landed_ms=start.elapsed_time(arrived[-1]), checked_ms=start.elapsed_time(checked))
     verifier.raise_if_failed()
 
 
