@@ -190,7 +190,6 @@ uint32_t crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
 
 uint32_t crc32c_parallel(const uint8_t* data, size_t len, int shards, int threads) {
   shards = std::max(1, shards);
-  threads = std::max(1, std::min(threads, shards));
   const size_t shard_len = (len + shards - 1) / shards;
   std::vector<uint32_t> crcs(shards, 0);
   std::vector<size_t> lens(shards, 0);

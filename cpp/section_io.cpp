@@ -7,7 +7,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <memory>
 
 #include "crc32c.h"
@@ -66,13 +65,6 @@ void pwrite_full(int fd, const uint8_t* buf, size_t n, uint64_t off) {
   }
 }
 
-// Runs fn(chunk_index, worker_index) over all chunks on up to `threads` threads of the
-// process's worker pool; rethrows the first failure after every worker has stopped.
-template <typename Fn>
-void for_each_chunk(uint64_t num_chunks, int threads, Fn fn) {
-  parallel_for(num_chunks, threads, std::function<void(uint64_t, int)>(fn));
-}
-
 void check_extent(uint64_t data_len, uint64_t padded_len, uint64_t chunk_size) {
   if (chunk_size == 0 || chunk_size % kAlign)
     throw std::invalid_argument("chunk_size must be a positive multiple of 4096");
@@ -107,7 +99,7 @@ ReadResult read_section(const std::string& path, uint64_t offset, uint8_t* dest,
   const size_t bounce_size = used_direct ? chunk_size : kAlign;
   for (auto& b : bounce) b = std::make_unique<AlignedBuffer>(bounce_size);
 
-  for_each_chunk(num_chunks, workers, [&](uint64_t k, int w) {
+  parallel_for(num_chunks, workers, [&](uint64_t k, int w) {
     const uint64_t begin = k * chunk_size;
     const uint64_t end = std::min(padded_len, begin + chunk_size);
     const uint64_t data_end = std::min(end, std::max(begin, data_len));
@@ -154,7 +146,7 @@ std::vector<uint32_t> check_section(const std::string& path, uint64_t offset,
   int workers = static_cast<int>(std::max<uint64_t>(1, std::min<uint64_t>(threads, num_chunks)));
   std::vector<std::unique_ptr<AlignedBuffer>> piece(workers);
   for (auto& b : piece) b = std::make_unique<AlignedBuffer>(kPiece);
-  for_each_chunk(num_chunks, workers, [&](uint64_t k, int w) {
+  parallel_for(num_chunks, workers, [&](uint64_t k, int w) {
     const uint64_t begin = k * chunk_size;
     const uint64_t end = std::min(padded_len, begin + chunk_size);
     uint32_t crc = 0;
@@ -184,7 +176,7 @@ std::vector<uint32_t> write_section(int fd, uint64_t offset, const uint8_t* src,
     if (!bounce[w]) bounce[w] = std::make_unique<AlignedBuffer>(chunk_size);
     return bounce[w]->ptr;
   };
-  for_each_chunk(num_chunks, workers, [&](uint64_t k, int w) {
+  parallel_for(num_chunks, workers, [&](uint64_t k, int w) {
     const uint64_t begin = k * chunk_size;
     const uint64_t end = std::min(padded_len, begin + chunk_size);
     const uint64_t data_end = std::min(end, std::max(begin, data_len));
@@ -234,7 +226,7 @@ std::vector<uint32_t> copy_section(uint8_t* dest, const uint8_t* src, uint64_t d
   const uint64_t piece = std::min(chunk_size, kCopyPiece);
   const uint64_t per_chunk = (chunk_size + piece - 1) / piece;
   std::vector<uint32_t> piece_crcs(num_chunks * per_chunk, 0);
-  for_each_chunk(num_chunks * per_chunk, threads, [&](uint64_t i, int) {
+  parallel_for(num_chunks * per_chunk, threads, [&](uint64_t i, int) {
     const uint64_t chunk_begin = (i / per_chunk) * chunk_size;
     const uint64_t chunk_end = std::min(padded_len, chunk_begin + chunk_size);
     const uint64_t begin = std::min(chunk_end, chunk_begin + (i % per_chunk) * piece);

@@ -1,8 +1,7 @@
 // Worker threads kept for the life of the process, shared by every native mover call.
 //
-// Starting and joining threads on every call costs tens of microseconds a thread (far more
-// in small virtual machines), which a snapshot of many small sections (KV layers) pays per
-// section. `parallel_for` hands its items to threads that already exist instead.
+// Starting and joining threads on every call is a cost a snapshot of many small sections
+// (KV layers) pays per section. `parallel_for` hands its items to threads that already exist.
 #pragma once
 #include <cstdint>
 #include <functional>
