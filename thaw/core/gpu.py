@@ -136,33 +136,29 @@ class DeviceVerifier:
     """
 
     def __init__(self) -> None:
-        self._items: list[tuple[str, torch.Tensor, torch.Tensor, Optional[torch.Tensor], list[int]]] = []
+        self._items: list[tuple[str, torch.Tensor, torch.Tensor, list[int]]] = []
 
     def check(self, name: str, data: torch.Tensor, expected: list[int], chunk_size: int,
-              padded_len: Optional[int] = None, stream: Optional[torch.cuda.Stream] = None,
-              want: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """`want`: `expected` already on the device (int32), uploaded by the caller."""
+              padded_len: Optional[int] = None, stream: Optional[torch.cuda.Stream] = None, *,
+              want: torch.Tensor) -> torch.Tensor:
+        """`want`: `expected` already on the device (int32), uploaded by the caller ahead of
+        the bytes it checks (`upload_expected_crcs`)."""
         n = data.numel() * data.element_size()
         dev = data.device
         s = stream or torch.cuda.current_stream(dev)
-        host_want = None
         with torch.cuda.stream(s):
-            if want is None:
-                # pinned + non_blocking: a pageable upload would make the host wait for stream s
-                host_want = torch.from_numpy(np.array(expected, dtype=np.uint32).view(np.int32)).pin_memory()
-                want = host_want.to(dev, non_blocking=True)
             got = torch.empty(len(expected), dtype=torch.int32, device=dev)
             flag = torch.ones((), dtype=torch.int32, device=dev)
         cuda_movers().crc32c_chunks_async(data.data_ptr(), n, padded_len or align_up(n), chunk_size,
                                           got.data_ptr(), want.data_ptr(), flag.data_ptr(), s.cuda_stream)
-        self._items.append((name, got, flag, host_want, expected))  # keeps the pinned source alive
+        self._items.append((name, got, flag, expected))
         return flag
 
     def raise_if_failed(self) -> None:
         torch.cuda.synchronize()
-        if not self._items or bool(torch.stack([flag for _, _, flag, _, _ in self._items]).all()):
+        if not self._items or bool(torch.stack([flag for _, _, flag, _ in self._items]).all()):
             return  # one read of every flag when all match
-        for name, got, flag, _, expected in self._items:
+        for name, got, flag, expected in self._items:
             if int(flag) == 0:
                 actual = got.cpu().numpy().view(np.uint32).tolist()
                 k = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
