@@ -21,6 +21,9 @@ import statistics
 import time
 import traceback
 
+# What the anchor writes into --dir: its weights file and its fork's state directory.
+WEIGHTS_FILE, FORK_DIR = "anchor-weights.thaw", "anchor-fork"
+
 
 def timed_step(results: dict, name: str, fn):
     """Runs `fn`, recording its wall time and return value, or its error; returns the value
@@ -74,11 +77,11 @@ def parent(llm, args, r: dict) -> None:
     r["prefill_ttft_s"] = time.perf_counter() - t0
     out = llm.generate([trunk], greedy, use_tqdm=False)[0]
     r["cached_tokens_out"] = list(out.outputs[0].token_ids)
-    weights = os.path.join(args.dir, "anchor-weights.thaw")
+    weights = os.path.join(args.dir, WEIGHTS_FILE)
     if timed_step(r, "weights_freeze", lambda: thaw_vllm.freeze_model_tp(llm, weights)) is not None:
         r["weights_freeze"]["bytes"] = os.path.getsize(weights)
         r["weights_freeze"]["fsync_after_s"] = fsync_s(weights)
-    state = os.path.join(args.dir, "anchor-fork")
+    state = os.path.join(args.dir, FORK_DIR)
     handle = timed_step(r, "kv_freeze", lambda: thaw_vllm.fork(llm, state_dir=state,
                                                                prompt_token_ids=args.trunk_ids))
     if handle is not None:
@@ -93,8 +96,8 @@ def child(llm, args, r: dict) -> None:
     from vllm import SamplingParams
 
     trunk = {"prompt_token_ids": args.trunk_ids}
-    weights = os.path.join(args.dir, "anchor-weights.thaw")
-    state = os.path.join(args.dir, "anchor-fork")
+    weights = os.path.join(args.dir, WEIGHTS_FILE)
+    state = os.path.join(args.dir, FORK_DIR)
     if not os.path.exists(weights):
         skipped(r, "weights_restore", "the parent's weights freeze")
     elif timed_step(r, "weights_restore", lambda: thaw_vllm.restore_model_tp(llm, weights)) is not None:

@@ -24,6 +24,9 @@ say which step keeps a restore under the link.
 
 from __future__ import annotations
 
+import statistics
+import time
+
 
 def kv_upload_rates(path: str, reps: int = 5) -> dict:
     import torch
@@ -33,9 +36,6 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
     from thaw.core.gpu import DeviceVerifier, upload_expected_crcs
     from thaw.core.gpu_files import (RegisteredFile, copy_sections_to_gpu, staging_ring, stream_checked_sections,
                                      upload_sections)
-
-    import statistics
-    import time
 
     from gpu_movers import timed
 

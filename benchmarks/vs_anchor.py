@@ -43,6 +43,7 @@ from thaw.adapters.vllm.driver import ENGINE_DEFAULTS
 from thaw.fork import DRIVERS
 from thaw.workers import EngineWorker
 
+from anchor_side import FORK_DIR, WEIGHTS_FILE
 from gpu_e2e_vllm import ENGINE, build_model, fork_round, medians, phase, pinned_memcpy_gb_s, prepared_restore
 from gpu_snapshot import recycled_snapshots, snapshots
 from receipt import write_receipt
@@ -81,10 +82,10 @@ def anchor_role(role: str, site: str, engine: dict, args) -> dict:
 
 
 def remove_anchor_snapshots(work: str) -> None:
-    """The anchor's weights file and fork state (anchor_side.py's names), once its child has read them."""
+    """The anchor's weights file and fork state, once its child has read them."""
     import shutil
 
-    for name in ("anchor-weights.thaw", "anchor-fork"):
+    for name in (WEIGHTS_FILE, FORK_DIR):
         path = os.path.join(work, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
