@@ -20,15 +20,27 @@ file, back to back in one device buffer), median of `reps` each:
                    layer and contiguous halves
 The engine's `kv` phase is the last of these plus SGLang's pool; set side by side, they
 say which step keeps a restore under the link.
+
+The check's cost (`check_cost`) is measured in pairs: `pairs` times an unchecked and a
+checked upload of the same sections, one after the other in alternating order, each timed
+to its end (a sync) and on the device (start to last section landed), so that a drift of
+the card's clocks or the link over the run falls on both sides alike.
+
+Alone (no engine): `python benchmarks/kv_link.py [--layers 32 --pages 254]` writes a
+snapshot of that many layers of SGLang-shaped KV pages (16 tokens x 8 heads x 128, bf16,
+K and V: 16.6 MB a layer at 254 pages, as the 4k trunk's) and writes a `kv_link` receipt.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
+import tempfile
 import time
 
 
-def kv_upload_rates(path: str, reps: int = 5) -> dict:
+def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
     import torch
 
     from thaw.core import load
@@ -79,6 +91,40 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
             runs.append(timeline)
         return {k: statistics.median(r[k] for r in runs[1:]) for k in runs[-1]}
 
+    def check_cost() -> dict:
+        def unchecked(tl: dict) -> None:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            copy_sections_to_gpu(reg, views, verify="none")
+            end.record()
+            end.synchronize()
+            tl["last_landed_ms"] = start.elapsed_time(end)
+
+        def checked(tl: dict) -> None:
+            copy_sections_to_gpu(reg, views, verify="gpu", timeline=tl)
+
+        sides: dict = {"unchecked": [], "checked": []}
+        for i in range(pairs + 1):  # the first pair is a warm-up
+            order = (("unchecked", unchecked), ("checked", checked))
+            for side, fn in (order if i % 2 else order[::-1]):
+                tl: dict = {}
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn(tl)
+                tl["wall_ms"] = (time.perf_counter() - t0) * 1e3
+                if i:
+                    sides[side].append(tl)
+        med = {side: {k: statistics.median(t[k] for t in runs) for k in ("wall_ms", "last_landed_ms")}
+               for side, runs in sides.items()}
+        last = sides["checked"][len(sides["checked"]) // 2]
+        return {"pairs": pairs, **med,
+                "checked_after_last_landed_ms": statistics.median(
+                    t["checked_ms"] - t["last_landed_ms"] for t in sides["checked"]),
+                "cost_wall": med["checked"]["wall_ms"] / med["unchecked"]["wall_ms"] - 1,
+                "cost_pairwise_median": statistics.median(
+                    c["wall_ms"] / u["wall_ms"] - 1 for u, c in zip(sides["unchecked"], sides["checked"])),
+                "one_checked_run": {k: [round(x, 3) for x in last[k]] for k in ("landed_each_ms", "checked_each_ms")}}
+
     def rate(fn) -> float:
         return nbytes / timed(fn, reps) / 1e9  # one warm-up run, then the median of reps
 
@@ -89,6 +135,7 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
                "gpu_check_only_gb_s": rate(check_only),
                "registered_gpu_checked_gb_s": rate(lambda: upload_sections(reg, names, dev.device)),
                "checked_timeline": checked_timeline(),
+               "check_cost": check_cost(),
                "registered_gpu_checked_written_gb_s": rate(
                    lambda: stream_checked_sections(reg, names, ring, write))}
     finally:
@@ -98,3 +145,41 @@ def kv_upload_rates(path: str, reps: int = 5) -> dict:
     out["ratio_checked_vs_registered"] = out["registered_gpu_checked_gb_s"] / out["registered_gb_s"]
     out["ratio_written_vs_pinned"] = out["registered_gpu_checked_written_gb_s"] / out["pinned_gb_s"]
     return out
+
+
+def synthetic_snapshot(path: str, layers: int, pages: int) -> None:
+    """A KV-only snapshot of `layers` layers of `pages` random SGLang-shaped pages."""
+    import torch
+
+    from thaw.core import Identity, PagedKV, StateSnapshot, TensorData, nhd_layout, save
+
+    layout = nhd_layout(16, 8, 128, "bfloat16")
+    g = torch.Generator().manual_seed(0)
+    kv = [TensorData.of(torch.randn(pages, layout.page_elems, generator=g).to(torch.bfloat16)) for _ in range(layers)]
+    save(StateSnapshot(identity=Identity(model_architecture="synthetic", dtype="bfloat16", num_layers=layers,
+                                         num_kv_heads=8, head_dim=128, page_size=16, kv_layout=layout.name),
+                       kv=PagedKV(layout, kv)), path)
+
+
+def main() -> None:
+    from receipt import write_receipt
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--pages", type=int, default=254)
+    ap.add_argument("--pairs", type=int, default=40)
+    ap.add_argument("--dir", default=tempfile.gettempdir())
+    args = ap.parse_args()
+    path = os.path.join(args.dir, f"kv_link-{args.layers}x{args.pages}.thaw")
+    synthetic_snapshot(path, args.layers, args.pages)
+    try:
+        r = {"kv": f"synthetic: {args.layers} layers x {args.pages} pages of 16 tokens x 8 heads x 128, bf16, K+V",
+             **kv_upload_rates(path, pairs=args.pairs)}
+    finally:
+        os.unlink(path)
+    print(r)
+    print(f"receipt: {write_receipt('kv_link', r)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -197,7 +197,8 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
     ChecksumError naming the first bad section once every section has landed; returns or
     raises only once no copy or queued work is still running. `timeline` (for benchmarks)
     gets the device's milliseconds from the start to the last section landed
-    (`last_landed_ms`) and to the last check and hand-over queued on `s` done (`checked_ms`)."""
+    (`last_landed_ms`) and to the last check and hand-over queued on `s` done (`checked_ms`),
+    and the same per section (`landed_each_ms`, `checked_each_ms`)."""
     timed = timeline is not None
     start = torch.cuda.Event(enable_timing=True) if timed else None
     if start is not None:
@@ -217,7 +218,7 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
             arrived.append(torch.cuda.Event(enable_timing=timed))
             arrived[-1].record(copy_stream)
 
-    verifier, checked = DeviceVerifier(), None
+    verifier, checked, done_each = DeviceVerifier(), None, []
     try:
         for i in range(min(slots, len(names))):
             queue_copy(i)
@@ -230,6 +231,9 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
                                sec.padded_length, stream=s, want=wants[i])
                 if landed is not None:
                     landed(name, data)
+                if timed:
+                    done_each.append(torch.cuda.Event(enable_timing=True))
+                    done_each[-1].record(s)
                 if i + slots < len(names):
                     freed[i % slots] = torch.cuda.Event()
                     freed[i % slots].record(s)
@@ -241,7 +245,9 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
         s.wait_stream(copy_stream)
         s.synchronize()  # nothing may still write the targets once the caller sees an error
     if start is not None and checked is not None and arrived:
-        timeline.update(last_landed_ms=start.elapsed_time(arrived[-1]), checked_ms=start.elapsed_time(checked))
+        timeline.update(last_landed_ms=start.elapsed_time(arrived[-1]), checked_ms=start.elapsed_time(checked),
+                        landed_each_ms=[start.elapsed_time(e) for e in arrived],
+                        checked_each_ms=[start.elapsed_time(e) for e in done_each])
     verifier.raise_if_failed()
 
 
