@@ -110,59 +110,54 @@ class PagePlan:
         cuda_movers().scatter_pages(*self._args(packed, stream), gate.data_ptr() if gate is not None else 0)
 
 
-def upload_expected_crcs(expected: list[list[int]], device: torch.device,
-                         stream: torch.cuda.Stream) -> list[torch.Tensor]:
-    """Every item's expected chunk CRCs in one pinned host-to-device transfer on `stream`,
-    returned as one int32 device view per item (for `DeviceVerifier.check(want=)`).
-
-    Queue it before the bulk copies it checks: a small upload queued after them waits in
-    the copy engine behind every one of them, and so would every check."""
-    flat = np.array([c for crcs in expected for c in crcs], dtype=np.uint32).view(np.int32)
-    with torch.cuda.stream(stream):
-        want = torch.from_numpy(flat).pin_memory().to(device, non_blocking=True)
-    views, at = [], 0
-    for crcs in expected:
-        views.append(want[at:at + len(crcs)])
-        at += len(crcs)
-    return views
-
-
 class DeviceVerifier:
-    """Queues CRC32C checks of device bytes against a file's chunk CRCs without waiting.
+    """CRC32C checks of several items' device bytes against a file's chunk CRCs, queued
+    without waiting.
 
-    Each `check` returns a CUDA int32 flag that stays 1 while the bytes match; it can gate
-    a later kernel on the same stream (PagePlan.scatter). `raise_if_failed` waits and
-    raises ChecksumError naming the first bad item and chunk.
-    """
+    Made before the bytes land, with every item's name and expected chunk CRCs: these go up
+    to the device in one pinned transfer on `upload_stream`, and every item's result slots
+    and its int32 flag (1 while the bytes match) are allocated once, on `stream`. Queue the
+    upload ahead of the bulk copies it checks, or behind the first one, on the copy stream:
+    a small transfer queued after them waits in the copy engine behind every one of them,
+    and so would every check. `check(i, ...)` queues item i's check on `stream` (it must
+    run after the upload: on the copy stream's later events, or after a wait on it) and
+    returns item i's flag, which can gate a later kernel on that stream
+    (PagePlan.scatter). `raise_if_failed` waits for `stream` and raises ChecksumError
+    naming the first bad item and chunk."""
 
-    def __init__(self) -> None:
-        self._items: list[tuple[str, torch.Tensor, torch.Tensor, list[int]]] = []
+    def __init__(self, names: list[str], expected: list[list[int]], device: torch.device, *,
+                 stream: torch.cuda.Stream, upload_stream: Optional[torch.cuda.Stream] = None) -> None:
+        self.names, self.expected, self.stream = names, expected, stream
+        self._at = np.cumsum([0] + [len(crcs) for crcs in expected]).tolist()
+        flat = np.array([c for crcs in expected for c in crcs], dtype=np.uint32).view(np.int32)
+        with torch.cuda.stream(upload_stream or stream):
+            self._want = torch.from_numpy(flat).pin_memory().to(device, non_blocking=True)
+        with torch.cuda.stream(stream):
+            self._got = torch.empty(len(flat), dtype=torch.int32, device=device)
+            self._flags = torch.ones(len(expected), dtype=torch.int32, device=device)
+        if upload_stream is not None and upload_stream != stream:
+            self._want.record_stream(stream)  # read there by the checks
 
-    def check(self, name: str, data: torch.Tensor, expected: list[int], chunk_size: int,
-              padded_len: Optional[int] = None, stream: Optional[torch.cuda.Stream] = None, *,
-              want: torch.Tensor) -> torch.Tensor:
-        """`want`: `expected` already on the device (int32), uploaded by the caller ahead of
-        the bytes it checks (`upload_expected_crcs`)."""
+    def check(self, i: int, data: torch.Tensor, chunk_size: int, padded_len: Optional[int] = None) -> torch.Tensor:
+        """Queues item i's check of `data` (contiguous, on the device) on the stream."""
         n = data.numel() * data.element_size()
-        dev = data.device
-        s = stream or torch.cuda.current_stream(dev)
-        with torch.cuda.stream(s):
-            got = torch.empty(len(expected), dtype=torch.int32, device=dev)
-            flag = torch.ones((), dtype=torch.int32, device=dev)
-        cuda_movers().crc32c_chunks_async(data.data_ptr(), n, padded_len or align_up(n), chunk_size,
-                                          got.data_ptr(), want.data_ptr(), flag.data_ptr(), s.cuda_stream)
-        self._items.append((name, got, flag, expected))
+        got, want = self._got[self._at[i]:self._at[i + 1]], self._want[self._at[i]:self._at[i + 1]]
+        flag = self._flags[i]
+        cuda_movers().crc32c_chunks_async(data.data_ptr(), n, padded_len or align_up(n), chunk_size, got.data_ptr(),
+                                          want.data_ptr(), flag.data_ptr(), self.stream.cuda_stream)
         return flag
 
     def raise_if_failed(self) -> None:
-        torch.cuda.synchronize()
-        if not self._items or bool(torch.stack([flag for _, _, flag, _ in self._items]).all()):
-            return  # one read of every flag when all match
-        for name, got, flag, expected in self._items:
-            if int(flag) == 0:
-                actual = got.cpu().numpy().view(np.uint32).tolist()
-                k = next(i for i, (a, e) in enumerate(zip(actual, expected)) if a != e)
-                raise ChecksumError(f"{name} chunk {k} (in GPU memory)", expected[k], actual[k])
+        """Waits for every queued check; raises ChecksumError naming the first bad item."""
+        self.stream.synchronize()
+        flags = self._flags.cpu().tolist()  # one read of every flag
+        bad = next((i for i, ok in enumerate(flags) if not ok), None)
+        if bad is None:
+            return
+        actual = self._got[self._at[bad]:self._at[bad + 1]].cpu().numpy().view(np.uint32).tolist()
+        expected = self.expected[bad]
+        k = next(k for k, (a, e) in enumerate(zip(actual, expected)) if a != e)
+        raise ChecksumError(f"{self.names[bad]} chunk {k} (in GPU memory)", expected[k], actual[k])
 
 
 def upload_checked(parts: list[torch.Tensor], staging: torch.Tensor, *,
@@ -177,27 +172,30 @@ def upload_checked(parts: list[torch.Tensor], staging: torch.Tensor, *,
     if staging.numel() * staging.element_size() < sum(sizes):
         raise SchemaError("staging buffer too small")
     copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
-    wants = (upload_expected_crcs(expected_crcs, staging.device, compute) if expected_crcs is not None
-             else None)
-    copy_stream.wait_stream(compute)  # the expected CRCs go up first (upload_expected_crcs)
-    views, landed, at = [], [], 0
+    copy_stream.wait_stream(compute)  # nothing still queued there may read `staging` while it is written
+    names = names or [f"kv layer {i}" for i in range(len(parts))]
+    views, landed, at, verifier = [], [], 0, None
     with torch.cuda.stream(copy_stream):  # every copy queued at once
-        for part, n in zip(parts, sizes):
+        for i, (part, n) in enumerate(zip(parts, sizes)):
             view = staging[at:at + n]
             at += n
             view.copy_(part.reshape(-1).view(torch.uint8), non_blocking=True)
+            if i == 0 and expected_crcs is not None:  # behind the first copy, ahead of the rest
+                verifier = DeviceVerifier(names, expected_crcs, staging.device, stream=compute,
+                                          upload_stream=copy_stream)
             views.append(view)
             ev = torch.cuda.Event()
             ev.record(copy_stream)
             landed.append(ev)
-    verifier = DeviceVerifier()
     for i, view in enumerate(views):  # each part checked as it lands, while later ones copy
         compute.wait_event(landed[i])
-        if expected_crcs is not None:
-            verifier.check(names[i] if names else f"kv layer {i}", view, expected_crcs[i], chunk_size,
-                           stream=compute, want=wants[i])
+        if verifier is not None:
+            verifier.check(i, view, chunk_size)
     compute.wait_stream(copy_stream)
-    verifier.raise_if_failed()  # synchronizes
+    if verifier is not None:
+        verifier.raise_if_failed()  # synchronizes
+    else:
+        compute.synchronize()
     return views
 
 

@@ -17,7 +17,7 @@ import torch
 from .container import Container
 from .errors import FormatError, MoverUnavailable, SchemaError
 from .format import align_up
-from .gpu import DeviceVerifier, upload_expected_crcs
+from .gpu import DeviceVerifier
 from .movers import DEFAULT_THREADS, movers
 from .tensor_data import readonly_tensor
 
@@ -193,7 +193,8 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
     stream, the first `slots` copies queued before any check and copy i + slots only once
     what was queued on `s` for section i (its check, `landed`) has run, so `dst(i + slots)`
     may be `dst(i)`'s memory again. On `s` each section is checked as it lands and handed
-    to `landed`; the expected chunk CRCs of all sections go up in one transfer. Raises
+    to `landed`; the expected chunk CRCs of all sections go up in one transfer, behind the
+    first section's copy. Raises
     ChecksumError naming the first bad section once every section has landed; returns or
     raises only once no copy or queued work is still running. `timeline` (for benchmarks)
     gets the device's milliseconds from the start to the last section landed
@@ -204,21 +205,25 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
     if start is not None:
         start.record(s)
     secs = [reg.container.section(n) for n in names]
-    wants = upload_expected_crcs([list(sec.chunk_crcs) for sec in secs], device, s)
     copy_stream = torch.cuda.Stream(device)
-    copy_stream.wait_stream(s)  # after the expected CRCs' upload, which must not queue behind the sections
+    copy_stream.wait_stream(s)  # what is still queued on `s` may read the first targets
     arrived: list[torch.cuda.Event] = []
     freed: list[Optional[torch.cuda.Event]] = [None] * slots
+    verifier: Optional[DeviceVerifier] = None
 
     def queue_copy(i: int) -> None:
+        nonlocal verifier
         if freed[i % slots] is not None:
             copy_stream.wait_event(freed[i % slots])
         with torch.cuda.stream(copy_stream):
             dst(i).copy_(reg.section(names[i]), non_blocking=True)
-            arrived.append(torch.cuda.Event(enable_timing=timed))
-            arrived[-1].record(copy_stream)
+        if verifier is None:  # the expected CRCs go up behind the first section, ahead of the rest
+            verifier = DeviceVerifier([f"section {n!r}" for n in names], [list(sec.chunk_crcs) for sec in secs],
+                                      device, stream=s, upload_stream=copy_stream)
+        arrived.append(torch.cuda.Event(enable_timing=timed))
+        arrived[-1].record(copy_stream)
 
-    verifier, checked, done_each = DeviceVerifier(), None, []
+    checked, done_each = None, []
     try:
         for i in range(min(slots, len(names))):
             queue_copy(i)
@@ -227,8 +232,7 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
                 reg.check_padding(name)
                 s.wait_event(arrived[i])
                 data = dst(i)
-                verifier.check(f"section {name!r}", data, list(sec.chunk_crcs), sec.chunk_size,
-                               sec.padded_length, stream=s, want=wants[i])
+                verifier.check(i, data, sec.chunk_size, sec.padded_length)
                 if landed is not None:
                     landed(name, data)
                 if timed:
@@ -248,7 +252,8 @@ def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
         timeline.update(last_landed_ms=start.elapsed_time(arrived[-1]), checked_ms=start.elapsed_time(checked),
                         landed_each_ms=[start.elapsed_time(e) for e in arrived],
                         checked_each_ms=[start.elapsed_time(e) for e in done_each])
-    verifier.raise_if_failed()
+    if verifier is not None:
+        verifier.raise_if_failed()
 
 
 def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device) -> torch.Tensor:
