@@ -24,7 +24,7 @@ from . import format as fmt
 from .device_stage import DeviceStager, on_device
 from .errors import ChecksumError, FormatError, MoverUnavailable
 from .movers import DEFAULT_THREADS, Buffer, movers
-from .residency import COLD_BELOW, resident_fraction
+from . import file_sinks
 from .temp_files import TEMP_MARK, is_temp_name, sweep_stale_temps
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -112,48 +112,9 @@ def _take_for_recycling(recycle: Path, path: Path, tmp: Path) -> int:
         if f.read(len(fmt.MAGIC)) != fmt.MAGIC:
             raise FormatError(f"cannot recycle {recycle}: it is not a snapshot file (no thaw magic)")
     os.rename(recycle, tmp)
-    fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)  # read too: it may be mapped (`_MappedFile`)
+    fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)  # read too: it may be mapped (`file_sinks`)
     os.pwrite(fd, bytes(fmt.PREAMBLE_SIZE), 0)
     return fd
-
-
-SectionSink = Callable[[int, Buffer, int], list]  # (file offset, host bytes, padded length) -> chunk CRCs
-
-
-class _MappedFile:
-    """A recycled file's bytes, mapped shared: sections are copied into its page cache by
-    `copy_section`'s threads, side by side, where write calls into one file take turns.
-
-    The caller first sizes the file to `size` with its blocks allocated, so that no copy
-    faults on a hole (a full disk then fails the allocation with an error, not a SIGBUS),
-    and maps it only while its pages are cached: a write fault on an uncached page reads it
-    from the disk first."""
-
-    def __init__(self, fd: int, size: int, chunk_size: int, threads: int) -> None:
-        self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._bytes: Optional[np.ndarray] = np.frombuffer(self._map, dtype=np.uint8)
-        self._chunk_size, self._threads = chunk_size, threads
-
-    def __call__(self, offset: int, view: Buffer, padded_length: int) -> list:
-        assert self._bytes is not None, "written after close"
-        return movers().copy_section(self._bytes[offset:offset + padded_length], view, padded_length,
-                                     self._chunk_size, self._threads)
-
-    def close(self) -> None:
-        self._bytes = None  # the mapping closes only once no view of it is left
-        self._map.close()
-
-
-def _recycled_sink(fd: int, tmp: Path, size: int, chunk_size: int, threads: int) -> Optional[_MappedFile]:
-    """The retired file `fd` (at `tmp`) cut or grown to `size` bytes, its blocks allocated,
-    and mapped (`_MappedFile`) while most of its pages are still cached; None when they
-    are not (then it is written by write calls, which need not read a page they replace)."""
-    cached = resident_fraction(tmp) >= COLD_BELOW
-    old_size = os.fstat(fd).st_size
-    os.ftruncate(fd, size)
-    if size > old_size:
-        os.posix_fallocate(fd, old_size, size - old_size)
-    return _MappedFile(fd, size, chunk_size, threads) if cached and size > 0 else None
 
 
 def write_container(
@@ -172,6 +133,10 @@ def write_container(
     With `timings`, records the seconds spent checksumming and writing (``write``) and
     flushing to the device and swapping the file into place (``flush``).
 
+    A new file is allocated to its full size first (fallocate) and mapped, and its sections
+    are copied into the page cache by several threads at once (`file_sinks`); where the
+    file system cannot allocate space up front, it is written by write calls.
+
     `direct`: the payloads are written with O_DIRECT, past the page cache, into space
     allocated up front, so little is left to flush and the file is not cached afterwards (a
     restore of it then streams it from the disk: `residency`); for snapshots kept for
@@ -183,7 +148,7 @@ def write_container(
     page-cache pages are overwritten instead of fresh ones allocated, the kernel's slow part
     of a buffered write. It is first cut or grown to the new size (the growth allocated), then,
     while most of its pages are cached, mapped and its sections copied in by several threads
-    at once (`_MappedFile`), else written as a fresh file is. Not with `direct`."""
+    at once, else written by write calls. Not with `direct`."""
     t0 = time.perf_counter()
     mv = movers()
     path = Path(path)
@@ -201,7 +166,7 @@ def write_container(
     if recycle is not None:
         fd = _take_for_recycling(Path(recycle), path, tmp)
     else:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)  # read too: it may be mapped
     direct_fd = -1
     device_views = [v for _, v in views if on_device(v)]
     stager, mapped = None, None
@@ -211,8 +176,10 @@ def write_container(
         if direct:
             direct_fd = _open_direct(tmp, file_size)
         if recycle is not None:
-            mapped = _recycled_sink(fd, tmp, file_size, chunk_size, threads)
-        sink: SectionSink = mapped or (lambda offset, view, padded_length: mv.write_section(
+            mapped = file_sinks.recycled_sink(fd, tmp, file_size, chunk_size, threads)
+        elif not direct:
+            mapped = file_sinks.fresh_sink(fd, file_size, chunk_size, threads)
+        sink: file_sinks.SectionSink = mapped or (lambda offset, view, padded_length: mv.write_section(
             fd, offset, view, padded_length, chunk_size, threads, direct_fd))
         stager = DeviceStager(device_views, chunk_size) if device_views else None
         written = []
