@@ -5,11 +5,7 @@ One host buffer (default 2 GiB of random bytes, 8 sections), each repetition:
   plain fresh      os.write in 64 MiB blocks into a new file, one thread, no checksum;
   plain overwrite  os.pwrite of the same blocks over a file of that size still in the page
                    cache, one thread, no checksum (the ceiling of a recycled write);
-  thaw fresh       `write_container` into a new file (CRC32C of every chunk, header): the
-                   file allocated up front, mapped and the sections copied in on the
-                   writer's threads;
-  thaw fresh, write calls  the same with the mapping turned off (a new file's route on a
-                   file system that cannot allocate space up front);
+  thaw fresh       `write_container` into a new file (CRC32C of every chunk, header);
   thaw recycled    `write_container(recycle=)` into the snapshot written just before it,
                    as a fork loop replaces its last round's snapshot (its pages cached:
                    mapped, and the sections copied in on the writer's threads);
@@ -74,28 +70,23 @@ def main() -> None:
         if sink is not None:
             sink.close()
 
-    fresh_sink = file_sinks.fresh_sink
-
     def thaw(target: str, recycle: str | None, mapped: bool = True) -> tuple[float, float]:
         t: dict[str, float] = {}
         file_sinks.recycled_sink = mapped_sink if mapped else unmapped_sink
-        file_sinks.fresh_sink = fresh_sink if mapped else (lambda *args: None)
         try:
             write_container(target, {"round": target}, payloads, timings=t, recycle=recycle)
         finally:
-            file_sinks.recycled_sink, file_sinks.fresh_sink = mapped_sink, fresh_sink
+            file_sinks.recycled_sink = mapped_sink
         return t["write"], t["flush"]
 
     r: dict = {"bytes": nbytes, "sections": SECTIONS, "dir": args.dir, "reps": args.reps, "runs": {}}
     runs = r["runs"]
-    for name in ("plain_fresh", "plain_overwrite", "thaw_fresh", "thaw_fresh_write_calls", "thaw_recycled",
-                 "thaw_recycled_write_calls"):
+    for name in ("plain_fresh", "plain_overwrite", "thaw_fresh", "thaw_recycled", "thaw_recycled_write_calls"):
         runs[name] = {"write_s": [], "flush_s": []}
     for _ in range(args.reps):
         runs["plain_fresh"]["write_s"].append(plain(True))
         runs["plain_overwrite"]["write_s"].append(plain(False))  # over the file the line above left cached
-        for name, target, recycle, mapped in (("thaw_fresh_write_calls", snaps[0], None, False),
-                                              ("thaw_fresh", snaps[0], None, True),
+        for name, target, recycle, mapped in (("thaw_fresh", snaps[0], None, True),
                                               ("thaw_recycled", snaps[1], snaps[0], True),
                                               ("thaw_recycled_write_calls", snaps[0], snaps[1], False)):
             w, f = thaw(target, recycle, mapped)  # fresh: a new temporary file; recycled: the last file, renamed
@@ -108,8 +99,7 @@ def main() -> None:
                    "thaw_recycled_vs_plain_fresh": gbs["thaw_recycled"] / gbs["plain_fresh"],
                    "thaw_recycled_vs_plain_overwrite": gbs["thaw_recycled"] / gbs["plain_overwrite"],
                    "thaw_recycled_mapped_vs_write_calls": gbs["thaw_recycled"] / gbs["thaw_recycled_write_calls"],
-                   "thaw_fresh_vs_plain_fresh": gbs["thaw_fresh"] / gbs["plain_fresh"],
-                   "thaw_fresh_mapped_vs_write_calls": gbs["thaw_fresh"] / gbs["thaw_fresh_write_calls"]}
+                   "thaw_fresh_vs_plain_fresh": gbs["thaw_fresh"] / gbs["plain_fresh"]}
     r["includes"] = ("write phase: into the page cache, before the fsync (thaw: CRC32C of every chunk, header and "
                      "preamble; recycled: the rename of the retired file, its sizing and, mapped, the mapping too); "
                      f"flush: fsync, rename and directory fsync, shown apart; plain: one thread, no checksum, fsync'd "

@@ -92,17 +92,16 @@ def test_overwrite_is_atomic_and_leaves_no_temp(tmp_path):
 CRASH_CHILD = r"""
 import os, sys, torch, thaw
 from thaw.core import movers
-m = movers.movers()
+real = movers.movers().write_section
 calls = []
-def crashing(real):  # a section written by write calls or copied into a mapping
-    def section(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            os._exit(17)   # the process dies mid-write: no cleanup runs
-        return real(*a, **k)
-    return section
+def crashing(*a, **k):
+    calls.append(1)
+    if len(calls) == 3:
+        os._exit(17)   # the process dies mid-write: no cleanup runs
+    return real(*a, **k)
+m = movers.movers()
 import dataclasses
-movers._selected = dataclasses.replace(m, write_section=crashing(m.write_section), copy_section=crashing(m.copy_section))
+movers._selected = dataclasses.replace(m, write_section=crashing)
 thaw.save(thaw.StateSnapshot.from_tensors({f"t{i}": torch.randn(1000) for i in range(6)}), sys.argv[1])
 """
 

@@ -148,33 +148,3 @@ def test_bad_recycle_targets_are_refused_before_anything_changes(tmp_path):
     assert (tmp_path / "a.thaw").read_bytes() == before
     assert open_container(tmp_path / "sub" / "b.thaw") is not None
     assert sorted(os.listdir(tmp_path)) == ["a.thaw", "notes.txt", "sub"]
-
-
-def _allocates(path) -> bool:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    try:
-        return file_sinks.allocate(fd, 0, 4096)
-    finally:
-        os.close(fd)
-
-
-@pytest.mark.parametrize("allocates", [True, False])
-def test_a_new_file_is_copied_into_through_a_mapping_where_its_space_is_allocated_first(tmp_path, monkeypatch,
-                                                                                         allocates):
-    """A new file allocated up front (fallocate) is mapped and its sections copied in by the
-    writer's threads; where the file system cannot allocate it, it is written by write calls.
-    Both give the same bytes, and a file that loads."""
-    sinks = []
-    real = file_sinks.fresh_sink
-    monkeypatch.setattr(file_sinks, "fresh_sink", lambda *args: sinks.append(real(*args)) or sinks[-1])
-    if not allocates:
-        monkeypatch.setattr(file_sinks, "allocate", lambda fd, offset, length: False)
-    new = _payloads([3 * CHUNK + 7, 5 * CHUNK + 1, 0, 4096], 5)
-    write_container(tmp_path / "new.thaw", {"k": 2}, new, chunk_size=CHUNK)
-    monkeypatch.setattr(file_sinks, "fresh_sink", lambda *args: None)
-    write_container(tmp_path / "calls.thaw", {"k": 2}, new, chunk_size=CHUNK)
-    if allocates and not _allocates(tmp_path / "probe"):
-        pytest.skip("this file system does not allocate space up front")
-    assert isinstance(sinks[0], file_sinks.MappedFile) == allocates
-    assert (tmp_path / "new.thaw").read_bytes() == (tmp_path / "calls.thaw").read_bytes()
-    Container(tmp_path / "new.thaw").verify()

@@ -133,10 +133,6 @@ def write_container(
     With `timings`, records the seconds spent checksumming and writing (``write``) and
     flushing to the device and swapping the file into place (``flush``).
 
-    A new file is allocated to its full size first (fallocate) and mapped, and its sections
-    are copied into the page cache by several threads at once (`file_sinks`); where the
-    file system cannot allocate space up front, it is written by write calls.
-
     `direct`: the payloads are written with O_DIRECT, past the page cache, into space
     allocated up front, so little is left to flush and the file is not cached afterwards (a
     restore of it then streams it from the disk: `residency`); for snapshots kept for
@@ -148,7 +144,7 @@ def write_container(
     page-cache pages are overwritten instead of fresh ones allocated, the kernel's slow part
     of a buffered write. It is first cut or grown to the new size (the growth allocated), then,
     while most of its pages are cached, mapped and its sections copied in by several threads
-    at once, else written by write calls. Not with `direct`."""
+    at once (`file_sinks`), else written as a fresh file is. Not with `direct`."""
     t0 = time.perf_counter()
     mv = movers()
     path = Path(path)
@@ -166,7 +162,7 @@ def write_container(
     if recycle is not None:
         fd = _take_for_recycling(Path(recycle), path, tmp)
     else:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)  # read too: it may be mapped
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     direct_fd = -1
     device_views = [v for _, v in views if on_device(v)]
     stager, mapped = None, None
@@ -177,8 +173,6 @@ def write_container(
             direct_fd = _open_direct(tmp, file_size)
         if recycle is not None:
             mapped = file_sinks.recycled_sink(fd, tmp, file_size, chunk_size, threads)
-        elif not direct:
-            mapped = file_sinks.fresh_sink(fd, file_size, chunk_size, threads)
         sink: file_sinks.SectionSink = mapped or (lambda offset, view, padded_length: mv.write_section(
             fd, offset, view, padded_length, chunk_size, threads, direct_fd))
         stager = DeviceStager(device_views, chunk_size) if device_views else None

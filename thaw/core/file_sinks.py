@@ -1,18 +1,18 @@
-"""Where `write_container` puts a snapshot's sections: write calls, or a shared mapping of
-the file whose pages the writer's threads copy into side by side.
+"""Where `write_container` puts a recycled snapshot's sections: a shared mapping of the
+retired file whose cached pages the writer's threads copy into side by side, or write calls.
 
 Write calls into one file take turns on its lock, so they fill the page cache at about one
 thread's rate. A mapping lets every writer thread copy at once, but a write fault on a page
-that is not cached and not newly allocated reads it from the disk first, and a fault on a
-hole that the disk cannot fill is a SIGBUS rather than an error; so a file is mapped only
-when its space is allocated first and its pages are either cached (a recycled file) or new
-(a fresh file, whose allocated blocks read as zeros without touching the disk).
+that is not cached reads it from the disk first, and a fault on a hole that the disk cannot
+fill is a SIGBUS rather than an error; so a file is mapped only when its space is allocated
+first and most of its pages are cached. A new file is written by write calls: mapped the
+same way, its space allocated up front, it took 2.2x as long on the GPU box, in a run where
+that box's page cache did not keep the files it had just written
+(`benchmarks/receipts/recycled_write-20261206T084038Z-8b6e5bb5.json`, commit 8b6e5bb).
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import mmap
 import os
 from pathlib import Path
@@ -47,34 +47,6 @@ class MappedFile:
     def close(self) -> None:
         self._bytes = None  # the mapping closes only once no view of it is left
         self._map.close()
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def allocate(fd: int, offset: int, length: int) -> bool:
-    """Allocates the file's blocks for [offset, offset + length) with fallocate(2), growing
-    it; False where the file system does not allocate space up front (glibc's
-    posix_fallocate would write zeros there instead). A full disk raises OSError(ENOSPC)."""
-    fallocate = getattr(_LIBC, "fallocate", None)
-    if fallocate is None:
-        return False
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if fallocate(fd, 0, offset, length) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EOPNOTSUPP, errno.ENOSYS):
-        return False
-    raise OSError(err, f"allocating {length} bytes for the snapshot: {os.strerror(err)}")
-
-
-def fresh_sink(fd: int, size: int, chunk_size: int, threads: int) -> Optional[MappedFile]:
-    """A new, empty file `fd` (open for reading and writing) allocated to `size` bytes and
-    mapped; None where the file system cannot allocate it up front or `size` is 0 (then it
-    is written by write calls)."""
-    if size == 0 or not allocate(fd, 0, size):
-        return None
-    return MappedFile(fd, size, chunk_size, threads)
 
 
 def recycled_sink(fd: int, tmp: Path, size: int, chunk_size: int, threads: int) -> Optional[MappedFile]:
