@@ -3,10 +3,12 @@
 # card, most telling first, each under its own time limit, each log written to $OUT as it
 # finishes (a call that runs out of time still returns the ones before). E.g.
 #   bash scripts/gpu/with_sglang.sh bash "$PWD/scripts/gpu/sglang_pending.sh"
-# Default: page 64's conformance checks not yet run there. `cross` (vLLM <-> SGLang; needs
-# vLLM's bundle unpacked by an earlier with_vllm.sh call) and `retired` (the recycled session
-# snapshot at page 16) passed on an H100 at a7baa3d. Budget about 7 minutes;
-# STEPS=e2e for the end-to-end receipt (E2E_ARGS, e.g. "--phases parent,kv_link,thaw,fork"), STEPS=server for the HTTP server (passed at 70db794).
+# Every step has passed on the card: page 64's last checks (`page64rest`, the default, about
+# 6 minutes) at 6ee59d2 on an H100, `cross` (vLLM <-> SGLang; needs vLLM's bundle unpacked by
+# an earlier with_vllm.sh call) and `retired` at a7baa3d, `server` at 70db794; STEPS picks
+# them again. STEPS=e2e for the end-to-end receipt (E2E_ARGS, e.g.
+# "--phases parent,kv_link,thaw,fork"); STEPS=serverbench for a restored fresh server
+# against a cold one (benchmarks/gpu_sglang_server.py, about 7 minutes).
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-/tmp/out}"; mkdir -p "$out"
@@ -25,7 +27,7 @@ for step in ${steps//,/ }; do
     prepared) run prepared 200 "$t" -k prepared_pages ;;                 # prepare(kv_on_device=True)
     page16) run page16 560 "$t" -k "Page16" ;;
     page64) run page64 300 "$t" -k "Page64 and (hits_prefix or kv_is_what or corrupted)" ;;
-    page64rest) run page64rest 400 "$t" -k "Page64 and not (hits_prefix or kv_is_what or corrupted)" ;;  # not run at 79a486a
+    page64rest) run page64rest 400 "$t" -k "Page64 and not (hits_prefix or kv_is_what or corrupted)" ;;  # passed at 6ee59d2
     retired) run retired 200 "$t" -k "Page16 and retired" ;;             # recycle=; passed at a7baa3d
     server) run server 400 "$repo/tests/test_sglang_serve_gpu.py" ;;           # launch_server on the GPU
     cross) if [ -f /tmp/site/.unpacked ]; then  # vLLM's bundle, unpacked by an earlier with_vllm.sh
@@ -33,6 +35,9 @@ for step in ${steps//,/ }; do
            else echo "cross: vLLM's bundle is not unpacked in /tmp/site (run scripts/gpu/with_vllm.sh once)"; fi ;;
     e2e) timeout 560 python3 "$repo/benchmarks/gpu_e2e_sglang.py" ${E2E_ARGS:-} > "$out/e2e.log" 2>&1
          echo "e2e: exit $?"; cp "$repo"/benchmarks/receipts/gpu_e2e_sglang-*-"${commit:0:8}"*.json "$out/" ;;
-    *) echo "unknown step $step (weights, inflight, prepared, page16, page64, page64rest, retired, server, cross, e2e)"; exit 2 ;;
+    serverbench) mkdir -p "$out/server-logs"
+         timeout 560 python3 "$repo/benchmarks/gpu_sglang_server.py" --out-logs "$out/server-logs" > "$out/serverbench.log" 2>&1
+         echo "serverbench: exit $?"; cp "$repo"/benchmarks/receipts/gpu_sglang_server-*-"${commit:0:8}"*.json "$out/" ;;
+    *) echo "unknown step $step (weights, inflight, prepared, page16, page64, page64rest, retired, server, cross, e2e, serverbench)"; exit 2 ;;
   esac
 done
