@@ -7,7 +7,7 @@ that is not cached reads it from the disk first, and a fault on a hole that the 
 fill is a SIGBUS rather than an error; so a file is mapped only when its space is allocated
 first and most of its pages are cached. A new file is written by write calls: mapped the
 same way, its space allocated up front, it took 2.2x as long on the GPU box, in a run where
-that box's page cache did not keep the files it had just written
+by all signs that box's page cache did not keep the files it had just written
 (`benchmarks/receipts/recycled_write-20261206T084038Z-8b6e5bb5.json`, commit 8b6e5bb).
 """
 
