@@ -82,17 +82,20 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
             verifier.check(i, views[n], sec.chunk_size, sec.padded_length)
         verifier.raise_if_failed()
 
+    def timed_run(fn) -> dict:
+        """`fn(times)` after a sync, with its wall time added to what it put in `times`."""
+        times: dict = {}
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(times)
+        times["wall_ms"] = (time.perf_counter() - t0) * 1e3
+        return times
+
     def checked_timeline() -> dict:
-        runs = []
-        for _ in range(reps + 1):  # the first is a warm-up
-            timeline: dict = {}
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            copy_sections_to_gpu(reg, views, verify="gpu", timeline=timeline)
-            timeline["wall_ms"] = (time.perf_counter() - t0) * 1e3
-            runs.append(timeline)
-        out = {k: statistics.median(r[k] for r in runs[1:]) for k in ("last_landed_ms", "checked_ms", "wall_ms")}
-        middle = sorted(runs[1:], key=lambda r: r["wall_ms"])[reps // 2]  # each section's times, one run
+        runs = [timed_run(lambda tl: copy_sections_to_gpu(reg, views, verify="gpu", timeline=tl))
+                for _ in range(reps + 1)][1:]  # the first is a warm-up
+        out = {k: statistics.median(r[k] for r in runs) for k in ("last_landed_ms", "checked_ms", "wall_ms")}
+        middle = sorted(runs, key=lambda r: r["wall_ms"])[reps // 2]  # each section's times, one run
         return {**out, **{k: [round(x, 3) for x in middle[k]] for k in ("landed_each_ms", "checked_each_ms")}}
 
     def check_cost() -> dict:
@@ -111,13 +114,9 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
         for i in range(pairs + 1):  # the first pair is a warm-up
             order = (("unchecked", unchecked), ("checked", checked))
             for side, fn in (order if i % 2 else order[::-1]):
-                tl: dict = {}
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                fn(tl)
-                tl["wall_ms"] = (time.perf_counter() - t0) * 1e3
+                times = timed_run(fn)
                 if i:
-                    sides[side].append(tl)
+                    sides[side].append(times)
         med = {side: {k: statistics.median(t[k] for t in runs) for k in runs[0]} for side, runs in sides.items()}
         return {"pairs": pairs, **med,
                 "cost_wall": med["checked"]["wall_ms"] / med["unchecked"]["wall_ms"] - 1,
