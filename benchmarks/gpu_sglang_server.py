@@ -36,7 +36,6 @@ from gpu_fork_engines import GPU_CONFIGS
 from receipt import write_receipt
 
 KEY = "bench-key"
-FREE_AT_START: list[float] = []  # GiB free on the card as each server starts
 
 
 def timed_generate(server: SGLangServer, tokens: list[int], max_new_tokens: int = 1) -> dict:
@@ -45,12 +44,12 @@ def timed_generate(server: SGLangServer, tokens: list[int], max_new_tokens: int 
     return {"seconds": time.perf_counter() - t0, "cached_tokens": cached, "tokens": out}
 
 
-def started(model: str, snaps: str, log: str, **settings) -> tuple[SGLangServer, float]:
-    """A server process started and answering; with its seconds from start to ready. The
-    card's free memory when it starts is recorded (each server alone on the card)."""
+def started(model: str, snaps: str, log: str, **settings) -> tuple[SGLangServer, dict]:
+    """A server process started and answering; with its seconds from start to ready and the
+    card's free GiB when it started (each server is meant to be alone on the card)."""
     import torch
 
-    FREE_AT_START.append(round(torch.cuda.mem_get_info()[0] / 2**30, 1))
+    out = {"gpu_free_gib_at_start": round(torch.cuda.mem_get_info()[0] / 2**30, 1)}
     t0 = time.perf_counter()
     server = SGLangServer(model, snaps, log, api_key=KEY, **settings)
     try:
@@ -58,7 +57,8 @@ def started(model: str, snaps: str, log: str, **settings) -> tuple[SGLangServer,
     except BaseException:
         server.stop()
         raise
-    return server, time.perf_counter() - t0
+    out["start_to_ready_s"] = time.perf_counter() - t0
+    return server, out
 
 
 def main() -> None:
@@ -76,9 +76,8 @@ def main() -> None:
     r["build_model_s"] = build_model(args.model)
 
     def parent():
-        server, ready = started(args.model, snaps, os.path.join(args.out_logs, "parent.log"), **settings)
+        server, out = started(args.model, snaps, os.path.join(args.out_logs, "parent.log"), **settings)
         try:
-            out = {"start_to_ready_s": ready}
             t0 = time.perf_counter()
             server.generate(trunk[:64][::-1], 2)
             server.flush_cache()
@@ -94,26 +93,26 @@ def main() -> None:
             server.stop()
 
     def cold():
-        server, ready = started(args.model, snaps, os.path.join(args.out_logs, "cold.log"), **settings)
+        server, out = started(args.model, snaps, os.path.join(args.out_logs, "cold.log"), **settings)
         try:
             first = timed_generate(server, trunk)
-            return {"start_to_ready_s": ready, "ttft_s": first["seconds"], "cached_tokens": first["cached_tokens"],
-                    "total_s": ready + first["seconds"]}
+            return {**out, "ttft_s": first["seconds"], "cached_tokens": first["cached_tokens"],
+                    "total_s": out["start_to_ready_s"] + first["seconds"]}
         finally:
             server.stop()
 
     def thaw_restore():
-        server, ready = started(args.model, snaps, os.path.join(args.out_logs, "thaw.log"), load_format="dummy",
-                                **settings)
+        server, out = started(args.model, snaps, os.path.join(args.out_logs, "thaw.log"), load_format="dummy",
+                              **settings)
         try:
             t0 = time.perf_counter()
             reply = server.request("/thaw/restore", {"path": snap})
             restore_s = time.perf_counter() - t0
             first = timed_generate(server, trunk)
             again = timed_generate(server, trunk, 16)
-            return {"start_to_ready_s": ready, "restore_s": restore_s, "restore_reply": reply,
+            return {**out, "restore_s": restore_s, "restore_reply": reply,
                     "ttft_s": first["seconds"], "cached_tokens": first["cached_tokens"],
-                    "tokens_out": again["tokens"], "total_s": ready + restore_s + first["seconds"],
+                    "tokens_out": again["tokens"], "total_s": out["start_to_ready_s"] + restore_s + first["seconds"],
                     "started_server_to_first_token_s": restore_s + first["seconds"]}
         finally:
             server.stop()
@@ -132,7 +131,6 @@ def main() -> None:
     except (KeyError, TypeError) as exc:  # a phase failed: its error is in the receipt
         r["ratios_error"] = f"a phase failed: {exc!r}"
     r["server_logs"] = args.out_logs
-    r["gpu_free_gib_at_each_start"] = FREE_AT_START
     print({k: v for k, v in r.items() if k.startswith("ratio") or k.endswith("parent")})
     print(f"receipt: {write_receipt('gpu_sglang_server', r)}")
 
