@@ -8,7 +8,10 @@ KV-only snapshot of it, `prepare` that file, then `--rounds` rounds of: empty th
 cache, restore the trunk's KV from the file (checked), 4 branches x 64 tokens. Both engines
 decode with CUDA graphs (SGLang's captured up to batch 8), so decoding is like for like;
 SGLang with its overlap scheduler, as it serves on a GPU by default (until 83b88e4's
-receipt it ran without, the CPU setting thaw's driver defaults to).
+receipt it ran without, the CPU setting thaw's driver defaults to), and its Triton decode
+attention split 16 ways (see GPU_CONFIGS; fork_round_anatomy.py shows where a round goes).
+The branches go to each engine as one batch (SGLang: one batched request, since 2026-12-06;
+before, four requests gathered, which its scheduler could take in two prefill steps).
 Reported per engine: median round, thaw's share (the restore call) and decoding apart, the
 cached tokens of every branch; then the SGLang/vLLM ratio of the rounds and of the shares.
 A side that fails records its error instead of numbers.
@@ -36,9 +39,12 @@ from receipt import write_receipt
 GPU_CONFIGS = {
     "vllm": VLLM_GPU,
     # SGLang 0.5.14's name for the graphs' batch limit; its overlap scheduler on, as SGLang
-    # serves on a GPU by default (the driver's default is the CPU setting, off)
+    # serves on a GPU by default (the driver's default is the CPU setting, off); its Triton
+    # decode attention split 16 ways along the sequence instead of 8, SGLang's setting for
+    # long contexts (its help text; its default on AMD): on the 4k trunk at batch 4 this took
+    # the attention kernel from 92 to 52 ms a round (fork_round_anatomy receipts, 20261206)
     "sglang": {**SGLANG_GPU, "disable_cuda_graph": False, "cuda_graph_max_bs_decode": 8,
-               "disable_overlap_schedule": False},
+               "disable_overlap_schedule": False, "triton_attention_num_kv_splits": 16},
 }
 
 
@@ -52,6 +58,10 @@ def fork_rounds(engine: str, cfg: dict, env: dict[str, str], trunk: list[int], k
     with EngineWorker(DRIVERS[engine], cfg, env=env) as w:
         info = w.call("info")
         warm_up(w, trunk)
+        # and one seeded batch of branches: the sampler's first seeded rows compile or load
+        # kernels (SGLang's seeded sampling is a torch.compile'd function), not timed below
+        w.call("generate_many", prompt_token_ids=trunk[:64][::-1], n=4, max_tokens=2)
+        w.call("reset_prefix_cache")
         prefill = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
         snapshot = w.call("snapshot", path=kv_path, weights=False)
         prepare = w.call("prepare", path=kv_path)

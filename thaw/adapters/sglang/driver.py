@@ -65,12 +65,12 @@ class SGLangDriver:
 
     def generate_many(self, prompt_token_ids: list[int], n: int, max_tokens: int,
                       temperature: float = 1.0, seed: int = 0) -> dict[str, Any]:
-        """`n` branches of one prompt submitted together, each with its own seed."""
+        """`n` branches of one prompt sent as one batched request (so the scheduler takes
+        them in one step, as vLLM's one `generate` call), each with its own seed."""
         t0 = time.perf_counter()
-        outs = self._run(asyncio.gather(*[
-            self.engine.async_generate(input_ids=prompt_token_ids,
-                                       sampling_params=self._sampling(max_tokens, temperature, seed + i))
-            for i in range(n)]))
+        outs = self._run(self.engine.async_generate(
+            input_ids=[prompt_token_ids] * n,
+            sampling_params=[self._sampling(max_tokens, temperature, seed + i) for i in range(n)]))
         return {"tokens": [list(o["output_ids"]) for o in outs],
                 "cached_tokens": [o["meta_info"]["cached_tokens"] for o in outs],
                 "seconds": time.perf_counter() - t0}
