@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -160,6 +160,95 @@ class DeviceVerifier:
         raise ChecksumError(f"{self.names[bad]} chunk {k} (in GPU memory)", expected[k], actual[k])
 
 
+@dataclass(frozen=True)
+class ExpectedChunks:
+    """What `copy_checked` checks item i against: its chunk CRCs from the file, the chunk
+    size they were taken with and its padded length (None: its length rounded up to 4 KiB);
+    `names` label the items in errors."""
+
+    names: list[str]
+    crcs: list[list[int]]
+    chunk_sizes: list[int]
+    padded: list[Optional[int]]
+
+
+def copy_checked(count: int, source: Callable[[int], torch.Tensor], target: Callable[[int], torch.Tensor], *,
+                 stream: torch.cuda.Stream, slots: Optional[int] = None,
+                 expected: Optional[ExpectedChunks] = None,
+                 before_check: Optional[Callable[[int], None]] = None,
+                 landed: Optional[Callable[[int, torch.Tensor], None]] = None,
+                 timeline: Optional[dict[str, Any]] = None) -> None:
+    """Item i copied from `source(i)` (host bytes, pinned or CUDA-registered) into
+    `target(i)` (uint8 on the device, its length) on a side stream; the first `slots`
+    copies (default: all) are queued before any check, and copy i + slots only once what
+    was queued on `stream` for item i has run, so `target(i + slots)` may be `target(i)`'s
+    memory again. On `stream`, item i waits for its copy, is checked against `expected`
+    (whose CRCs go up in one transfer behind the first copy, ahead of the rest) and is
+    handed to `landed(i, data)`; `before_check(i)` runs on the host first (it may raise).
+    Raises ChecksumError naming the first bad item once every item has landed; returns or
+    raises only once no copy or work queued on `stream` is running, so nothing still
+    writes the targets when the caller sees an error. `timeline` (for benchmarks) gets the
+    device's milliseconds from the start to the last item landed (`last_landed_ms`) and to
+    the last item's work on `stream` done (`checked_ms`), and the same per item
+    (`landed_each_ms`, `checked_each_ms`)."""
+    slots = slots or count
+    timed = timeline is not None
+    start = torch.cuda.Event(enable_timing=True) if timed else None
+    if start is not None:
+        start.record(stream)
+    copy_stream = torch.cuda.Stream(stream.device)
+    copy_stream.wait_stream(stream)  # what is still queued on `stream` may read the first targets
+    arrived: list[torch.cuda.Event] = []
+    freed: list[Optional[torch.cuda.Event]] = [None] * slots
+    verifier: Optional[DeviceVerifier] = None
+
+    def queue_copy(i: int) -> None:
+        nonlocal verifier
+        if freed[i % slots] is not None:
+            copy_stream.wait_event(freed[i % slots])
+        with torch.cuda.stream(copy_stream):
+            target(i).copy_(source(i), non_blocking=True)
+        if i == 0 and expected is not None:  # behind the first copy, ahead of the rest
+            verifier = DeviceVerifier(expected.names, expected.crcs, stream.device, stream=stream,
+                                      upload_stream=copy_stream)
+        arrived.append(torch.cuda.Event(enable_timing=timed))
+        arrived[-1].record(copy_stream)
+
+    checked, done_each = None, []
+    try:
+        for i in range(min(slots, count)):
+            queue_copy(i)
+        with torch.cuda.stream(stream):
+            for i in range(count):
+                if before_check is not None:
+                    before_check(i)
+                stream.wait_event(arrived[i])
+                data = target(i)
+                if verifier is not None:
+                    verifier.check(i, data, expected.chunk_sizes[i], expected.padded[i])
+                if landed is not None:
+                    landed(i, data)
+                if timed:
+                    done_each.append(torch.cuda.Event(enable_timing=True))
+                    done_each[-1].record(stream)
+                if i + slots < count:
+                    freed[i % slots] = torch.cuda.Event()
+                    freed[i % slots].record(stream)
+                    queue_copy(i + slots)
+            checked = torch.cuda.Event(enable_timing=True) if timed else None
+            if checked is not None:
+                checked.record(stream)
+    finally:
+        stream.wait_stream(copy_stream)
+        stream.synchronize()
+    if start is not None and checked is not None and arrived:
+        timeline.update(last_landed_ms=start.elapsed_time(arrived[-1]), checked_ms=start.elapsed_time(checked),
+                        landed_each_ms=[start.elapsed_time(e) for e in arrived],
+                        checked_each_ms=[start.elapsed_time(e) for e in done_each])
+    if verifier is not None:
+        verifier.raise_if_failed()
+
+
 def upload_checked(parts: list[torch.Tensor], staging: torch.Tensor, *,
                    expected_crcs: Optional[list[list[int]]] = None, chunk_size: int = 4 << 20,
                    names: Optional[list[str]] = None) -> list[torch.Tensor]:
@@ -171,31 +260,13 @@ def upload_checked(parts: list[torch.Tensor], staging: torch.Tensor, *,
     sizes = [p.numel() * p.element_size() for p in parts]
     if staging.numel() * staging.element_size() < sum(sizes):
         raise SchemaError("staging buffer too small")
-    copy_stream, compute = torch.cuda.Stream(), torch.cuda.current_stream()
-    copy_stream.wait_stream(compute)  # nothing still queued there may read `staging` while it is written
-    names = names or [f"kv layer {i}" for i in range(len(parts))]
-    views, landed, at, verifier = [], [], 0, None
-    with torch.cuda.stream(copy_stream):  # every copy queued at once
-        for i, (part, n) in enumerate(zip(parts, sizes)):
-            view = staging[at:at + n]
-            at += n
-            view.copy_(part.reshape(-1).view(torch.uint8), non_blocking=True)
-            if i == 0 and expected_crcs is not None:  # behind the first copy, ahead of the rest
-                verifier = DeviceVerifier(names, expected_crcs, staging.device, stream=compute,
-                                          upload_stream=copy_stream)
-            views.append(view)
-            ev = torch.cuda.Event()
-            ev.record(copy_stream)
-            landed.append(ev)
-    for i, view in enumerate(views):  # each part checked as it lands, while later ones copy
-        compute.wait_event(landed[i])
-        if verifier is not None:
-            verifier.check(i, view, chunk_size)
-    compute.wait_stream(copy_stream)
-    if verifier is not None:
-        verifier.raise_if_failed()  # synchronizes
-    else:
-        compute.synchronize()
+    offsets = np.cumsum([0] + sizes).tolist()
+    views = [staging[offsets[i]:offsets[i + 1]] for i in range(len(parts))]
+    expected = None if expected_crcs is None else ExpectedChunks(
+        names or [f"kv layer {i}" for i in range(len(parts))], expected_crcs, [chunk_size] * len(parts),
+        [None] * len(parts))
+    copy_checked(len(parts), lambda i: parts[i].reshape(-1).view(torch.uint8), lambda i: views[i],
+                 stream=torch.cuda.current_stream(staging.device), expected=expected)
     return views
 
 

@@ -17,7 +17,7 @@ import torch
 from .container import Container
 from .errors import FormatError, MoverUnavailable, SchemaError
 from .format import align_up
-from .gpu import DeviceVerifier
+from .gpu import ExpectedChunks, copy_checked
 from .movers import DEFAULT_THREADS, movers
 from .tensor_data import readonly_tensor
 
@@ -182,78 +182,21 @@ def _copy_checked_on_gpu(reg: RegisteredFile, targets: dict[str, torch.Tensor], 
     if not targets:
         return
     views = [dst.view(-1).view(torch.uint8) for dst in targets.values()]
-    _checked_copies(reg, list(targets), views[0].device, lambda i: views[i], len(views), s, timeline=timeline)
+    _checked_copies(reg, list(targets), lambda i: views[i], len(views), s, timeline=timeline)
 
 
-def _checked_copies(reg: RegisteredFile, names: list[str], device: torch.device,
-                    dst: Callable[[int], torch.Tensor], slots: int, s: torch.cuda.Stream,
-                    landed: Optional[Callable[[str, torch.Tensor], None]] = None,
+def _checked_copies(reg: RegisteredFile, names: list[str], dst: Callable[[int], torch.Tensor], slots: int,
+                    s: torch.cuda.Stream, landed: Optional[Callable[[str, torch.Tensor], None]] = None,
                     timeline: Optional[dict[str, float]] = None) -> None:
-    """Section i copied from the registered file into `dst(i)` (uint8, its length) on a side
-    stream, the first `slots` copies queued before any check and copy i + slots only once
-    what was queued on `s` for section i (its check, `landed`) has run, so `dst(i + slots)`
-    may be `dst(i)`'s memory again. On `s` each section is checked as it lands and handed
-    to `landed`; the expected chunk CRCs of all sections go up in one transfer, behind the
-    first section's copy. Raises
-    ChecksumError naming the first bad section once every section has landed; returns or
-    raises only once no copy or queued work is still running. `timeline` (for benchmarks)
-    gets the device's milliseconds from the start to the last section landed
-    (`last_landed_ms`) and to the last check and hand-over queued on `s` done (`checked_ms`),
-    and the same per section (`landed_each_ms`, `checked_each_ms`)."""
-    timed = timeline is not None
-    start = torch.cuda.Event(enable_timing=True) if timed else None
-    if start is not None:
-        start.record(s)
+    """The named sections copied from the registered file into `dst(i)` and checked on `s`
+    as they land, through `slots` slots (`thaw.core.gpu.copy_checked`, which says what
+    `timeline` gets); each section's padding is checked on the host before its check."""
     secs = [reg.container.section(n) for n in names]
-    copy_stream = torch.cuda.Stream(device)
-    copy_stream.wait_stream(s)  # what is still queued on `s` may read the first targets
-    arrived: list[torch.cuda.Event] = []
-    freed: list[Optional[torch.cuda.Event]] = [None] * slots
-    verifier: Optional[DeviceVerifier] = None
-
-    def queue_copy(i: int) -> None:
-        nonlocal verifier
-        if freed[i % slots] is not None:
-            copy_stream.wait_event(freed[i % slots])
-        with torch.cuda.stream(copy_stream):
-            dst(i).copy_(reg.section(names[i]), non_blocking=True)
-        if verifier is None:  # the expected CRCs go up behind the first section, ahead of the rest
-            verifier = DeviceVerifier([f"section {n!r}" for n in names], [list(sec.chunk_crcs) for sec in secs],
-                                      device, stream=s, upload_stream=copy_stream)
-        arrived.append(torch.cuda.Event(enable_timing=timed))
-        arrived[-1].record(copy_stream)
-
-    checked, done_each = None, []
-    try:
-        for i in range(min(slots, len(names))):
-            queue_copy(i)
-        with torch.cuda.stream(s):
-            for i, (name, sec) in enumerate(zip(names, secs)):
-                reg.check_padding(name)
-                s.wait_event(arrived[i])
-                data = dst(i)
-                verifier.check(i, data, sec.chunk_size, sec.padded_length)
-                if landed is not None:
-                    landed(name, data)
-                if timed:
-                    done_each.append(torch.cuda.Event(enable_timing=True))
-                    done_each[-1].record(s)
-                if i + slots < len(names):
-                    freed[i % slots] = torch.cuda.Event()
-                    freed[i % slots].record(s)
-                    queue_copy(i + slots)
-            checked = torch.cuda.Event(enable_timing=True) if timed else None
-            if checked is not None:
-                checked.record(s)
-    finally:
-        s.wait_stream(copy_stream)
-        s.synchronize()  # nothing may still write the targets once the caller sees an error
-    if start is not None and checked is not None and arrived:
-        timeline.update(last_landed_ms=start.elapsed_time(arrived[-1]), checked_ms=start.elapsed_time(checked),
-                        landed_each_ms=[start.elapsed_time(e) for e in arrived],
-                        checked_each_ms=[start.elapsed_time(e) for e in done_each])
-    if verifier is not None:
-        verifier.raise_if_failed()
+    expected = ExpectedChunks([f"section {n!r}" for n in names], [list(sec.chunk_crcs) for sec in secs],
+                              [sec.chunk_size for sec in secs], [sec.padded_length for sec in secs])
+    copy_checked(len(names), lambda i: reg.section(names[i]), dst, stream=s, slots=slots, expected=expected,
+                 before_check=lambda i: reg.check_padding(names[i]),
+                 landed=None if landed is None else lambda i, data: landed(names[i], data), timeline=timeline)
 
 
 def upload_sections(reg: "RegisteredFile", names: list[str], device: torch.device) -> torch.Tensor:
@@ -299,5 +242,5 @@ def stream_checked_sections(reg: "RegisteredFile", names: list[str], ring: torch
         if sec.length > ring.shape[1]:
             raise SchemaError(f"section {name!r} ({sec.length} bytes) is larger than a staging slot ({ring.shape[1]})")
     slots = ring.shape[0]
-    _checked_copies(reg, names, ring.device, lambda i: ring[i % slots, :secs[i].length], slots,
+    _checked_copies(reg, names, lambda i: ring[i % slots, :secs[i].length], slots,
                     torch.cuda.current_stream(ring.device), landed)
