@@ -10,8 +10,10 @@ trunk's KV from the file, as in a fork round; then, `--reps` times each (median 
   tokens_1     the same as round with 1 token per branch (the 16-token extend + first token)
   tokens_16    16 tokens per branch; (round - tokens_16) / 48 is one decode step at batch 4
   SGLang also:
-  one_batch    round's requests sent as one batched request (a list of prompts) instead of
-               four requests gathered on the event loop
+  gathered     round's branches sent as four requests gathered on the event loop (what the
+               driver did before c6eadc7; since, `round` sends them as one batched request;
+               the receipts of 20261206T11 ran before it, where this variant was `one_batch`,
+               the batched request beside a gathered `round`)
   no_seed      round without per-branch seeds (SGLang samples seeded rows another way)
 and one `round` under the PyTorch profiler (GPU activity only): the kernels' summed time,
 the span from first kernel start to last kernel end, and the top kernels by time.
@@ -77,15 +79,12 @@ class Round:
 def sglang_extras(driver: Any, trunk: list[int]) -> dict[str, Callable[[], Any]]:
     engine = driver.engine
 
-    def one_batch() -> Any:
-        params = [driver._sampling(TOKENS, 1.0, i) for i in range(BRANCHES)]
-        return driver._run(engine.async_generate(input_ids=[trunk] * BRANCHES, sampling_params=params))
+    def gathered(seeded: bool) -> Callable[[], Any]:
+        return lambda: driver._run(asyncio.gather(*[engine.async_generate(
+            input_ids=trunk, sampling_params=driver._sampling(TOKENS, 1.0, i if seeded else None))
+            for i in range(BRANCHES)]))
 
-    def no_seed() -> Any:
-        return driver._run(asyncio.gather(*[engine.async_generate(
-            input_ids=trunk, sampling_params=driver._sampling(TOKENS, 1.0, None)) for _ in range(BRANCHES)]))
-
-    return {"one_batch": one_batch, "no_seed": no_seed}
+    return {"gathered": gathered(True), "no_seed": gathered(False)}
 
 
 def profiled(engine_name: str, driver: Any, run: Callable[[], float], out_dir: str, cpu: bool) -> dict[str, Any]:
