@@ -17,7 +17,8 @@ trunk's KV from the file, as in a fork round; then, `--reps` times each (median 
   no_seed      round without per-branch seeds (SGLang samples seeded rows another way)
 and one `round` under the PyTorch profiler (GPU activity only): the kernels' summed time,
 the span from first kernel start to last kernel end, and the top kernels by time.
-A failing engine records its error in the receipt.
+Each engine's result records the config its driver was given (over the driver's
+defaults). A failing engine records its error in the receipt.
 `--cpu` runs the same on this machine's CPU engines with a tiny model (a check of the
 script, no figures to claim).
 Usage: python benchmarks/fork_round_anatomy.py [--vllm-path DIR] [--sglang-path DIR] [--reps 3] [--cpu]
@@ -125,7 +126,7 @@ def one_engine(engine_name: str, model: str, trunk_len: int, reps: int, cpu: boo
               **extra}
     driver = getattr(importlib.import_module(module), cls)(config)
     try:
-        return measure(engine_name, driver, trunk, work, reps, cpu)
+        return {"config": config, **measure(engine_name, driver, trunk, work, reps, cpu)}
     finally:
         if hasattr(driver, "close"):  # SGLang's scheduler processes go with it
             driver.close()

@@ -3,7 +3,8 @@
 Three `python -m sglang.launch_server` processes, one after the other on the same card
 (each alone on it), serving the 8B-shaped bf16 Llama of the other GPU benchmarks with the
 settings of `gpu_fork_engines.py` (Triton attention, pages of 16, CUDA graphs and the
-overlap scheduler on, as SGLang serves on a GPU), driven over HTTP by a real client:
+overlap scheduler on, as SGLang serves on a GPU; its decode attention split 16 ways since
+c6eadc7, SGLang's default 8 before; the receipt records the settings), driven over HTTP by a real client:
   parent  started on the checkpoint; a short unrelated prompt (kernels compiled and cached
           on disk for the two servers after it), the cache flushed; the trunk's prefill and
           first token timed (`prefill_ttft_s`); the trunk again (its own cache hit, greedy

@@ -20,11 +20,11 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
+from . import file_sinks
 from . import format as fmt
 from .device_stage import DeviceStager, on_device
 from .errors import ChecksumError, FormatError, MoverUnavailable
 from .movers import DEFAULT_THREADS, Buffer, movers
-from . import file_sinks
 from .temp_files import TEMP_MARK, is_temp_name, sweep_stale_temps
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
