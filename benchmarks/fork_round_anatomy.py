@@ -33,6 +33,7 @@ import gzip
 import importlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -130,6 +131,7 @@ def one_engine(engine_name: str, model: str, trunk_len: int, reps: int, cpu: boo
     finally:
         if hasattr(driver, "close"):  # SGLang's scheduler processes go with it
             driver.close()
+        shutil.rmtree(work)  # the trunk's KV snapshot and the profiler's trace
 
 
 def measure(engine_name: str, driver: Any, trunk: list[int], work: str, reps: int, cpu: bool) -> dict[str, Any]:
@@ -182,11 +184,12 @@ def main() -> None:
         os._exit(0)  # the engine's own threads and children must not hold the process
     r: dict[str, Any] = {"trunk_tokens": args.trunk, "branches": BRANCHES, "tokens": TOKENS,
                          "sglang_extra": json.loads(args.sglang_extra)}
+    scratch = tempfile.TemporaryDirectory(prefix="thaw-anatomy-")  # each engine's result; the tiny model
     if args.cpu:
         from thaw.demo_fork import DEMO_MODEL
         from thaw.testing.tiny_model import build_tiny_llama
 
-        args.model = str(build_tiny_llama(tempfile.mkdtemp(prefix="thaw-anatomy-model-"), DEMO_MODEL))
+        args.model = str(build_tiny_llama(os.path.join(scratch.name, "model"), DEMO_MODEL))
         r["model"] = "tiny Llama (thaw.demo_fork.DEMO_MODEL), CPU: a check of the script"
     else:
         from gpu_e2e_vllm import build_model
@@ -195,7 +198,7 @@ def main() -> None:
     paths = {"vllm": args.vllm_path, "sglang": args.sglang_path}
     for engine in args.engines.split(","):
         path = paths[engine]
-        result = tempfile.mktemp(suffix=f"-{engine}.json")
+        result = os.path.join(scratch.name, f"{engine}.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--one", engine, "--result", result,
                "--model", args.model, "--trunk", str(args.trunk), "--reps", str(args.reps),
                "--sglang-extra", args.sglang_extra] + ["--cpu"] * args.cpu
@@ -207,6 +210,7 @@ def main() -> None:
         else:
             r[engine] = {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
         print(f"{engine}: {json.dumps(r[engine])[:1500]}", flush=True)
+    scratch.cleanup()
     print(f"receipt: {write_receipt('fork_round_anatomy_cpu' if args.cpu else 'fork_round_anatomy', r)}")
 
 

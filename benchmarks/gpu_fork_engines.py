@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--sglang-path", default="/tmp/sgsite")
     ap.add_argument("--cpu", action="store_true", help="this machine's CPU engines, a tiny model")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="thaw-fork-engines-")
+    scratch = tempfile.TemporaryDirectory(prefix="thaw-fork-engines-")  # the tiny model, the KV snapshots
+    work = scratch.name
     if args.cpu:
         from thaw.demo_fork import DEMO_MODEL
         from thaw.testing.tiny_model import build_tiny_llama
@@ -114,6 +115,7 @@ def main() -> None:
                                   for engine in ("vllm", "sglang")}
     except (KeyError, TypeError) as exc:
         r["ratios_error"] = f"a side failed: {exc!r}"
+    scratch.cleanup()
     print(f"receipt: {write_receipt('fork_engines_cpu' if args.cpu else 'gpu_fork_engines', r)}")
 
 
