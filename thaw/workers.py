@@ -3,9 +3,14 @@
 A *driver* is a class that builds an engine in its own process from a JSON config and
 exposes operations as methods taking and returning JSON-able values (see
 ``thaw.adapters.vllm.driver`` for one). `EngineWorker` starts ``python -m thaw.workers``
-with a driver and calls those methods; exceptions raised in the worker come back as
-`RemoteError` carrying the remote exception's type name and message. The engine's own
-logs go to a log file, so the reply channel carries nothing else.
+(as `thaw.child_process` starts every child: nothing writable by others on its import
+path) with a driver, sends the config as the first line on its stdin (not on the command
+line, which other local users can read in ``/proc``) and calls those methods; exceptions
+raised in the worker come back as `RemoteError` carrying the remote exception's type name
+and message. A worker that dies, or answers with anything but a whole reply line, is
+`WorkerLost`. The engine's own logs go to a log file, so the reply channel carries
+nothing else. Path arguments (`thaw.child_process.PATH_ARGS`) are made absolute before they
+are sent: the worker runs in ``/``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import tempfile
 import traceback
 from typing import TYPE_CHECKING, Any, Optional
 
+from .child_process import CHILD_CWD, child_env, python_command, with_absolute_paths
 from .core.errors import ThawError
 
 if TYPE_CHECKING:
@@ -34,6 +40,14 @@ class RemoteError(ThawError):
         self.remote_message = message
 
 
+class WorkerLost(RemoteError):
+    """The worker process died, or its reply channel broke (a malformed or partial line):
+    its engine is gone, and the call's work must be re-run elsewhere."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__("WorkerDied", message, log_tail)
+
+
 class EngineWorker:
     """One engine in a child process. Use as a context manager, or call `close()`."""
 
@@ -44,13 +58,16 @@ class EngineWorker:
         self.driver = driver
         self.log = tempfile.NamedTemporaryFile(prefix="thaw-worker-", suffix=".log", delete=False)
         if zygote is not None:
-            self.proc: Any = zygote.spawn(driver, config, log_fd=self.log.fileno(), env=env,
-                                          cwd=tempfile.gettempdir())
+            self.proc: Any = zygote.spawn(driver, config, log_fd=self.log.fileno(), env=env)
         else:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "thaw.workers", driver, json.dumps(config)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                env={**os.environ, **(env or {})}, cwd=tempfile.gettempdir())
+            self.proc = subprocess.Popen(python_command("thaw.workers", driver), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                         env=child_env(env), cwd=CHILD_CWD)
+            try:
+                self.proc.stdin.write(json.dumps(config) + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:  # died at start: `wait_ready` reports it with the log
+                pass
         self.ready: Any = None
         if start:
             self.wait_ready()
@@ -69,19 +86,30 @@ class EngineWorker:
         except OSError:
             return ""
 
+    def _name(self) -> str:
+        return f"worker {self.proc.pid} ({self.driver})"
+
     def _reply(self) -> Any:
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
-            raise RemoteError("WorkerDied", f"worker exited with status {code}", self._log_tail())
-        msg = json.loads(line)
-        if not msg["ok"]:
-            raise RemoteError(msg["type"], msg["message"])
-        return msg["result"]
+            raise WorkerLost(f"{self._name()} exited with status {code}", self._log_tail())
+        try:
+            msg = json.loads(line)
+            ok = msg["ok"]
+            if not isinstance(ok, bool):
+                raise ValueError(f"'ok' is {ok!r}")
+        except (ValueError, KeyError, TypeError) as exc:  # a partial or foreign line: the channel is broken
+            self.proc.kill()
+            raise WorkerLost(f"{self._name()} broke its reply channel ({type(exc).__name__}: {exc}; line "
+                             f"{line[:200]!r}); it was stopped", self._log_tail()) from None
+        if not ok:
+            raise RemoteError(str(msg.get("type")), str(msg.get("message")))
+        return msg.get("result")
 
     def call(self, op: str, **args: Any) -> Any:
         self.wait_ready()
-        self.proc.stdin.write(json.dumps({"op": op, "args": args}) + "\n")
+        self.proc.stdin.write(json.dumps({"op": op, "args": with_absolute_paths(args)}) + "\n")
         self.proc.stdin.flush()
         return self._reply()
 
@@ -108,7 +136,10 @@ def _load_driver(spec: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _serve(driver_spec: str, config_json: str) -> None:
+def _serve(driver_spec: str, config_json: Optional[str] = None) -> None:
+    """Serves `driver_spec` with its config (`config_json`, else the first line on stdin)."""
+    if config_json is None:
+        config_json = sys.stdin.readline()
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything the engine prints goes to the log, not the reply channel
 
@@ -137,4 +168,4 @@ def _serve(driver_spec: str, config_json: str) -> None:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1], sys.argv[2])
+    _serve(sys.argv[1])

@@ -13,8 +13,10 @@ tests and of `benchmarks/gpu_warm_pool.py` boot and serve forked this way.
 
 A child is not this process's child: `ForkedProcess` gives it the `subprocess.Popen` face
 the worker needs (`pid`, `stdin`, `stdout`, `poll`, `wait`, `kill`), its exit status read
-from the zygote, which reaps it. Closing the zygote stops only the zygote; workers already
-forked keep running until their own `close`.
+from the zygote, which reaps it. The zygote is started as `thaw.child_process` starts every
+child (no writable directory on its import path, in ``/``), and its children inherit that.
+Closing the zygote stops only the zygote; workers already forked keep running until their
+own `close`.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Optional
 
+from .child_process import CHILD_CWD, child_env, python_command
 from .core.errors import ThawError
 
 
@@ -68,9 +70,9 @@ class Zygote:
     def __init__(self, preload: list[str], *, env: Optional[dict[str, str]] = None) -> None:
         self.preload = list(preload)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.proc = subprocess.Popen([sys.executable, "-m", "thaw.zygote", str(theirs.fileno()), json.dumps(preload)],
+        self.proc = subprocess.Popen(python_command("thaw.zygote", str(theirs.fileno()), json.dumps(preload)),
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **(env or {})}, cwd=tempfile.gettempdir())
+                                     env=child_env(env), cwd=CHILD_CWD)
         theirs.close()
         self._sock, self._lock, self._closed = ours, threading.Lock(), False
         self._replies = ours.makefile("r")

@@ -95,7 +95,9 @@ class _RayEngine:
         self._get(self._ready)
 
     def call(self, op: str, **args: Any) -> Any:
-        return self._get(self.actor.call.remote(op, args))
+        from thaw.child_process import with_absolute_paths
+
+        return self._get(self.actor.call.remote(op, with_absolute_paths(args)))  # the actor's directory is Ray's
 
     def _get(self, ref: Any) -> Any:
         import ray

@@ -94,7 +94,11 @@ class EnginePool:
         self.on_event, self.max_retries = on_event or (lambda kind, info: None), max_retries
         self._names = iter(f"engine-{i}" for i in range(1 << 30))
         self._lock = threading.Lock()
-        self.engines: list[Engine] = self._start(size)
+        try:
+            self.engines: list[Engine] = self._start(size)
+        except BaseException:  # no pool to close: stop what the placement started for it (a zygote)
+            self.placement.close()
+            raise
         self.replaced = 0
         self._has_weights: set[str] = set()  # engines whose weights a restore has loaded
         self._prepared: dict[str, str] = {}  # engine name -> the snapshot it was prepared for
@@ -102,10 +106,19 @@ class EnginePool:
         self._busy: set[int] = set()  # slots running a call
 
     def _start(self, n: int) -> list[Engine]:
-        engines = [self.placement.start(next(self._names), self.driver, self.config) for _ in range(n)]
-        for engine in engines:
-            self.placement.wait_ready(engine)
-            self.on_event("started", {"engine": engine.name})
+        """`n` started engines; if one fails to start, every one started here is stopped
+        before the error propagates (none is left running)."""
+        engines: list[Engine] = []
+        try:
+            for _ in range(n):
+                engines.append(self.placement.start(next(self._names), self.driver, self.config))
+            for engine in engines:
+                self.placement.wait_ready(engine)
+                self.on_event("started", {"engine": engine.name})
+        except BaseException:
+            for engine in engines:
+                engine.close()
+            raise
         return engines
 
     def fork(self, snapshot: str, branches: int, *, prompt: Optional[list[int]] = None, max_tokens: int = 16,
@@ -208,6 +221,7 @@ class EnginePool:
                     self.on_event("lost", {"engine": engine.name, "work": what, "error": str(exc)})
                     if attempt > self.max_retries:
                         break
+                    engine.close()  # what is left of it: its process, its log
                     replacement = self._start(1)[0]
                     with self._lock:
                         self.engines[slot] = replacement

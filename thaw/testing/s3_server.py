@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from typing import Iterator, Optional
+
+from thaw.child_process import CHILD_CWD, child_env, python_command
 
 from .environ import environ_set
 from .vllm_server import free_port, stop_process, wait_for_http
@@ -27,8 +28,8 @@ class S3Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path or os.devnull, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(python_command("moto.server", "-H", "127.0.0.1", "-p", str(self.port)),
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=CHILD_CWD, env=child_env())
         self.env = {**CREDENTIALS, "AWS_ENDPOINT_URL": self.url}
 
     def wait(self, timeout: float = 60) -> "S3Server":

@@ -4,15 +4,14 @@ subprocess (tests, benchmarks), under the CPU settings of `thaw.adapters.sglang.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Optional
 
 from thaw.adapters.sglang.driver import CPU_ENV, ENGINE_DEFAULTS
+from thaw.child_process import CHILD_CWD, child_env, python_command
 
 from .vllm_server import free_port, stop_process, wait_for_http
 
@@ -32,7 +31,7 @@ class SGLangServer:
     """One server process serving `model` with `snapshot_dir` as its THAW_SNAPSHOT_DIR;
     `settings` override the driver's CPU engine settings (e.g. ``load_format="dummy"``)."""
 
-    def __init__(self, model: str, snapshot_dir: str, log_path: str, *, api_key: str,
+    def __init__(self, model: str, snapshot_dir: str, log_path: str, *, api_key: Optional[str],
                  env: Optional[dict[str, str]] = None, **settings: Any) -> None:
         self.model, self.api_key = model, api_key
         self.port = free_port(below=30000)  # SGLang 0.5.14 derives a gRPC port above its own (seen past 65535)
@@ -40,10 +39,11 @@ class SGLangServer:
         self.log = open(log_path, "w")
         settings = {**ENGINE_DEFAULTS, "log_level": "warning", **settings}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--host", "127.0.0.1",
-             "--port", str(self.port), "--api-key", api_key, *_flags(settings)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(snapshot_dir),
-            env={**os.environ, **CPU_ENV, "THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})})
+            python_command("sglang.launch_server", "--model-path", model, "--host", "127.0.0.1",
+                           "--port", str(self.port), *(["--api-key", api_key] if api_key else []),
+                           *_flags(settings)),
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=CHILD_CWD,
+            env=child_env({**CPU_ENV, "THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})}))
 
     def wait(self, timeout: float = 300) -> "SGLangServer":
         wait_for_http(self.proc, self.url + "/health", timeout, f"see {self.log.name}")

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from typing import Any, Optional
+
+from thaw.child_process import CHILD_CWD, child_env, python_command
 
 
 def free_port(below: int = 65536) -> int:
@@ -66,21 +67,22 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> None:
 
 class VLLMServer:
     """One server process serving `model` with thaw's middleware and `snapshot_dir` as its
-    THAW_SNAPSHOT_DIR. `engine_args` are extra `vllm serve` arguments."""
+    THAW_SNAPSHOT_DIR. `engine_args` are extra `vllm serve` arguments; `api_key` None: a
+    server without a key."""
 
-    def __init__(self, model: str, snapshot_dir: str, log_path: str, *engine_args: str, api_key: str,
+    def __init__(self, model: str, snapshot_dir: str, log_path: str, *engine_args: str, api_key: Optional[str],
                  env: Optional[dict[str, str]] = None) -> None:
         self.model, self.api_key = model, api_key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+            python_command("vllm.entrypoints.openai.api_server", "--model", model,
              "--port", str(self.port), "--host", "127.0.0.1", "--enable-prefix-caching",
-             "--enable-prompt-tokens-details", "--api-key", api_key,
-             "--middleware", "thaw.adapters.vllm.server.ThawMiddleware", *engine_args],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(snapshot_dir),
-            env={**os.environ, "THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})})
+             "--enable-prompt-tokens-details", *(["--api-key", api_key] if api_key else []),
+             "--middleware", "thaw.adapters.vllm.server.ThawMiddleware", *engine_args),
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=CHILD_CWD,
+            env=child_env({"THAW_SNAPSHOT_DIR": str(snapshot_dir), **(env or {})}))
 
     def wait(self, timeout: float = 300) -> "VLLMServer":
         wait_for_http(self.proc, self.url + "/health", timeout, f"see {self.log.name}")
@@ -90,7 +92,7 @@ class VLLMServer:
         """(text, cached prompt tokens) of one greedy completion, through the openai client."""
         from openai import OpenAI
 
-        client = OpenAI(base_url=self.url + "/v1", api_key=self.api_key)
+        client = OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none")
         out = client.completions.create(model=self.model, prompt=prompt, max_tokens=max_tokens, temperature=0.0)
         details = out.usage.prompt_tokens_details
         return out.choices[0].text, (details.cached_tokens if details else 0) or 0
