@@ -1,6 +1,7 @@
 """Writers that crash or fail, and paths that are not snapshots: nothing that looks
 complete is left, nothing blocks, modes are kept, and errors name the file."""
 
+import fcntl
 import os
 import resource
 import signal
@@ -12,7 +13,7 @@ import time
 import pytest
 
 import thaw
-from thaw.core.temp_files import is_temp_name
+from thaw.core.temp_files import is_temp_name, machine_tag
 
 from .helpers import small_snapshot
 
@@ -30,14 +31,24 @@ def test_a_writers_temporary_file_is_refused_even_when_complete(tmp_path):
 def test_next_save_removes_temps_of_dead_writers_only(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".s.thaw.tmp-{dead.pid}-0123abcd"
-    live = tmp_path / f".s.thaw.tmp-{os.getppid()}-0123abcd"  # a running process
-    other = tmp_path / f".t.thaw.tmp-{dead.pid}-0123abcd"  # another target's
-    for p in (stale, live, other):
+    here = machine_tag()
+    stale = tmp_path / f".s.thaw.tmp-{dead.pid}-{here}abcd"
+    live = tmp_path / f".s.thaw.tmp-{os.getppid()}-{here}abcd"  # a running process
+    other = tmp_path / f".t.thaw.tmp-{dead.pid}-{here}abcd"  # another target's
+    foreign = tmp_path / f".s.thaw.tmp-{dead.pid}-{other_tag(here)}abcd"  # another host's (shared volume)
+    locked = tmp_path / f".s.thaw.tmp-{dead.pid}-{here}dcba"  # its writer's lock is still held
+    for p in (stale, live, other, foreign, locked):
         p.write_bytes(b"partial")
-    thaw.save(small_snapshot(), tmp_path / "s.thaw")
+    with open(locked) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        thaw.save(small_snapshot(), tmp_path / "s.thaw")
     assert not stale.exists() and live.exists() and other.exists()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.thaw")) == [live.name]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.thaw")) == sorted(
+        [live.name, foreign.name, locked.name])
+
+
+def other_tag(tag: str) -> str:
+    return format((int(tag, 16) + 1) % 0x10000, "04x")
 
 
 def test_killed_writer_leaves_no_snapshot_and_is_swept(tmp_path):
@@ -128,8 +139,8 @@ def test_loaded_snapshot_reads_its_own_file_after_the_path_is_replaced(tmp_path)
 def test_thaw_gc_removes_dead_writers_temps_only(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".a.thaw.tmp-{dead.pid}-0123abcd"
-    live = tmp_path / f".b.thaw.tmp-{os.getppid()}-0123abcd"
+    stale = tmp_path / f".a.thaw.tmp-{dead.pid}-{machine_tag()}abcd"
+    live = tmp_path / f".b.thaw.tmp-{os.getppid()}-{machine_tag()}abcd"
     keep = tmp_path / "c.thaw"
     for p in (stale, live, keep):
         p.write_bytes(b"x")
@@ -138,3 +149,31 @@ def test_thaw_gc_removes_dead_writers_temps_only(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "1 temporary file" in out.stdout and str(stale) in out.stdout
     assert not stale.exists() and live.exists() and keep.exists()
+
+
+def test_tensor_parallel_sets_keep_their_mode_and_gc_removes_abandoned_staging(tmp_path):
+    """A set is staged 0700 (or with the mode of the set it replaces) beside its target; a
+    staging or set-aside folder whose writer died is removed by `thaw gc`, one whose writer
+    still holds it is left."""
+    from thaw.core.temp_files import lock_directory
+    from thaw.core.tp_files import save_ranks
+
+    save_ranks([small_snapshot(0), small_snapshot(1)], tmp_path / "set")
+    assert stat.S_IMODE(os.stat(tmp_path / "set").st_mode) == 0o700
+    os.chmod(tmp_path / "set", 0o750)
+    save_ranks([small_snapshot(2), small_snapshot(3)], tmp_path / "set")
+    assert stat.S_IMODE(os.stat(tmp_path / "set").st_mode) == 0o750
+    abandoned, aside = (tmp_path / f".set.{kind}-0123456789ab" for kind in ("partial", "replaced"))
+    busy = tmp_path / ".other.partial-ba9876543210"
+    for folder in (abandoned, aside, busy):
+        folder.mkdir()
+        (folder / "rank-00000-of-00002.thaw").write_bytes(b"x")
+    held = lock_directory(busy)
+    try:
+        out = subprocess.run([sys.executable, "-m", "thaw.cli", "gc", str(tmp_path)], capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+    finally:
+        os.close(held)
+    assert out.returncode == 0, out.stderr
+    assert not abandoned.exists() and not aside.exists() and busy.exists() and (tmp_path / "set").is_dir()
+    assert "2 temporary file(s) and set folder(s)" in out.stdout

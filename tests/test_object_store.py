@@ -5,6 +5,7 @@ them too."""
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -165,6 +166,52 @@ def test_a_cache_directory_keeps_a_checked_copy_per_object_version(bucket, tmp_p
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(ChecksumError, match="kv/layer/0"):
         thaw.load(url)
+
+
+def test_a_planted_copy_in_the_cache_is_never_served_for_the_object(bucket, tmp_path, monkeypatch):
+    """A file put under the name the cache derives from the URL, size and ETag, valid in its
+    own right (its checksums agree), is not the object: its header differs from the
+    object's, so it is replaced by a download. Copies are 0600 in a 0700 directory; a cache
+    directory others can write is refused."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("THAW_CACHE_DIR", str(cache))
+    url = f"{bucket}/planted.thaw"
+    real = snapshot(seed=11)
+    thaw.save(real, url)
+    name = os.path.basename(thaw.load(url).source.path)
+    (cache / name).unlink()
+    impostor = snapshot(seed=12)
+    thaw.save(impostor, tmp_path / "impostor.thaw")
+    data = (tmp_path / "impostor.thaw").read_bytes()
+    assert len(data) == filesystem(url)[0].info(filesystem(url)[1])["size"]  # same size: only the bytes differ
+    (cache / name).write_bytes(data)
+    served = thaw.load(url)
+    assert served.source.path == str(cache / name)
+    assert torch.equal(served.kv.layers[0].tensor(), real.kv.layers[0].tensor())
+    assert stat.S_IMODE(os.stat(cache / name).st_mode) == 0o600 and stat.S_IMODE(os.stat(cache).st_mode) == 0o700
+    os.chmod(cache, 0o777)
+    with pytest.raises(thaw.ThawError, match="writable by other users"):
+        thaw.load(url)
+
+
+def test_an_unfinished_multipart_upload_of_ours_is_aborted(bucket):
+    """What a failed upload leaves on S3 (an unfinished multipart upload, here begun through
+    a real client) is aborted; uploads that were there before ours, or of other objects, are
+    left."""
+    from thaw.core.object_store import abort_unfinished_uploads, unfinished_uploads
+
+    url, name = f"{bucket}/aborted.thaw", bucket.removeprefix("s3://")
+    fs, _ = filesystem(url)
+    begin = lambda k: fs.call_s3("create_multipart_upload", Bucket=name, Key=k)["UploadId"]
+    earlier, other = begin("aborted.thaw"), begin("other.thaw")
+    known = unfinished_uploads(url)
+    assert known == {earlier}
+    ours = begin("aborted.thaw")
+    assert abort_unfinished_uploads(url, known) == 1
+    left = {u["UploadId"] for u in fs.call_s3("list_multipart_uploads", Bucket=name).get("Uploads", [])}
+    assert ours not in left and {earlier, other} <= left
+    for key, upload_id in (("aborted.thaw", earlier), ("other.thaw", other)):
+        fs.call_s3("abort_multipart_upload", Bucket=name, Key=key, UploadId=upload_id)
 
 
 def test_tensor_parallel_sets_at_urls_are_read_whole_and_refused_when_mixed(bucket, tmp_path):

@@ -18,6 +18,8 @@ from thaw.core.container import Container, open_container, write_container
 from thaw.core.errors import FormatError, ThawError
 from thaw.core.residency import evict
 
+from .helpers import small_snapshot
+
 CHUNK = 64 << 10
 
 
@@ -148,3 +150,66 @@ def test_bad_recycle_targets_are_refused_before_anything_changes(tmp_path):
     assert (tmp_path / "a.thaw").read_bytes() == before
     assert open_container(tmp_path / "sub" / "b.thaw") is not None
     assert sorted(os.listdir(tmp_path)) == ["a.thaw", "notes.txt", "sub"]
+
+
+def test_a_retired_file_that_a_snapshot_references_is_refused_and_left_whole(tmp_path):
+    """A retired file that another snapshot in the directory references its weights from,
+    or that the snapshot being written references, is refused by name; nothing changes."""
+    from thaw.core import save
+
+    trunk = small_snapshot(0)
+    save(trunk, tmp_path / "trunk.thaw")
+    session = small_snapshot(1)
+    session.weights, session.weights_from = {}, str(tmp_path / "trunk.thaw")
+    session.identity.weights_digest = trunk.identity.weights_digest
+    save(session, tmp_path / "session.thaw")
+    before = (tmp_path / "trunk.thaw").read_bytes()
+    with pytest.raises(FormatError, match=r"session\.thaw references its weights from it"):
+        write_container(tmp_path / "new.thaw", {"k": 2}, _payloads([10], 1), recycle=tmp_path / "trunk.thaw")
+    (tmp_path / "session.thaw").unlink()
+    with pytest.raises(FormatError, match="the snapshot being written .* references its weights from it"):
+        save(session, tmp_path / "session2.thaw", recycle=tmp_path / "trunk.thaw")
+    assert (tmp_path / "trunk.thaw").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["trunk.thaw"]
+
+
+def test_a_retired_file_with_other_names_is_refused(tmp_path):
+    write_container(tmp_path / "old.thaw", {"k": 1}, _payloads([100], 0))
+    os.link(tmp_path / "old.thaw", tmp_path / "kept-elsewhere.thaw")
+    before = (tmp_path / "old.thaw").read_bytes()
+    with pytest.raises(FormatError, match="1 other name"):
+        write_container(tmp_path / "new.thaw", {"k": 2}, _payloads([10], 1), recycle=tmp_path / "old.thaw")
+    assert (tmp_path / "kept-elsewhere.thaw").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["kept-elsewhere.thaw", "old.thaw"]
+
+
+def test_a_retired_file_a_thaw_process_holds_open_is_refused_until_released(tmp_path):
+    """A process that opened (and mapped) the retired file, here a real second process, would
+    die of SIGBUS if the file were cut shorter under its mapping: the recycle is refused
+    while it holds the file, and goes through once it has let go."""
+    write_container(tmp_path / "old.thaw", {"k": 1}, _payloads([4 * CHUNK], 0), chunk_size=CHUNK)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from thaw.core.container import Container
+        c = Container({str(tmp_path / "old.thaw")!r})
+        view = c.map_section("s/0")
+        c.close()  # the mapping alone keeps holding it
+        print("mapped", flush=True)
+        sys.stdin.readline()
+        print(int(view[-1]), flush=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        with pytest.raises(FormatError, match="a thaw process holds it open"):
+            write_container(tmp_path / "new.thaw", {"k": 2}, _payloads([CHUNK], 1), chunk_size=CHUNK,
+                            recycle=tmp_path / "old.thaw")
+        assert sorted(os.listdir(tmp_path)) == ["old.thaw"]
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip().isdigit()  # still alive and reading its mapping
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+    write_container(tmp_path / "new.thaw", {"k": 2}, _payloads([CHUNK], 1), chunk_size=CHUNK,
+                    recycle=tmp_path / "old.thaw")
+    assert sorted(os.listdir(tmp_path)) == ["new.thaw"]

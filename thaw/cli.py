@@ -97,7 +97,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     removed = sweep_directory(args.directory)
     for path in removed:
         print(f"removed {path}")
-    print(f"thaw gc: {len(removed)} temporary file(s) of crashed writers removed from {args.directory}")
+    print(f"thaw gc: {len(removed)} temporary file(s) and set folder(s) of crashed writers removed from "
+          f"{args.directory}")
     return 0
 
 
@@ -226,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr (also off when not a terminal)")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("gc", help="remove temporary files that crashed snapshot writers left in a directory")
+    p = sub.add_parser("gc", help="remove temporary files (and tensor-parallel staging folders) that crashed "
+                       "snapshot writers left in a directory")
     p.add_argument("directory")
     p.set_defaults(func=cmd_gc)
     p = sub.add_parser("diff", help="identity differences, shared prefix, divergence points")

@@ -9,9 +9,9 @@ under the target name, and never a temporary file that passes ``open``.
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
-import secrets
 import stat
 import time
 import weakref
@@ -21,11 +21,13 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from . import file_sinks
+from .confine import check_path, open_checked
 from . import format as fmt
 from .device_stage import DeviceStager, on_device
 from .errors import ChecksumError, FormatError, MoverUnavailable
 from .movers import DEFAULT_THREADS, Buffer, movers
-from .temp_files import TEMP_MARK, is_temp_name, sweep_stale_temps
+from .recycling import take_for_recycling
+from .temp_files import is_temp_name, sweep_stale_temps, temp_name
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault the pages in up front
@@ -70,6 +72,7 @@ def _target_mode(path: Path) -> int:
 def file_key(path: str | os.PathLike) -> tuple:
     """Which file is at `path` now (real path, inode, size, modification time): a file
     replaced or rewritten there gets a new key, for caches of opened snapshots."""
+    check_path(path)
     st = os.stat(path)
     return (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -91,30 +94,6 @@ def _open_direct(tmp: Path, size: int) -> int:
         os.close(direct_fd)
         raise
     return direct_fd
-
-
-def _take_for_recycling(recycle: Path, path: Path, tmp: Path) -> int:
-    """Renames the retired snapshot `recycle` to the temporary name `tmp` and opens it for
-    writing, its preamble zeroed first, so that from here on no name holds a file that
-    passes `open` (a crash leaves a temporary file, swept as any other). Its pages, still
-    in the page cache, are then overwritten in place instead of allocated afresh."""
-    if recycle.parent.resolve() != path.parent.resolve():
-        raise FormatError(f"cannot recycle {recycle} for {path}: a recycled file must be in the target's directory")
-    if recycle.resolve() == path.resolve():
-        raise FormatError(f"cannot recycle {path} into itself: the old file must stay whole until the new one "
-                          "replaces it; recycle a snapshot that is retired")
-    if is_temp_name(recycle.name):
-        raise FormatError(f"cannot recycle {recycle}: it is a temporary file of an unfinished write")
-    st = os.lstat(recycle)  # FileNotFoundError names it
-    if not stat.S_ISREG(st.st_mode):
-        raise FormatError(f"cannot recycle {recycle}: it is not a regular file")
-    with open(recycle, "rb") as f:
-        if f.read(len(fmt.MAGIC)) != fmt.MAGIC:
-            raise FormatError(f"cannot recycle {recycle}: it is not a snapshot file (no thaw magic)")
-    os.rename(recycle, tmp)
-    fd = os.open(tmp, os.O_RDWR | os.O_CLOEXEC)  # read too: it may be mapped (`file_sinks`)
-    os.pwrite(fd, bytes(fmt.PREAMBLE_SIZE), 0)
-    return fd
 
 
 def write_container(
@@ -156,13 +135,14 @@ def write_container(
 
     mode = _target_mode(path)
     sweep_stale_temps(path)
-    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = path.with_name(temp_name(path.name))
     if recycle is not None and direct:
         raise FormatError("a recycled file is overwritten in the page cache; direct writes bypass it: pick one")
     if recycle is not None:
-        fd = _take_for_recycling(Path(recycle), path, tmp)
+        fd = take_for_recycling(Path(recycle), path, tmp, meta)
     else:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held while writing: a sweeper elsewhere leaves the file (`temp_files`)
     direct_fd = -1
     device_views = [v for _, v in views if on_device(v)]
     stager, mapped = None, None
@@ -274,15 +254,23 @@ class Container:
         if is_temp_name(os.path.basename(self.path)):
             raise FormatError(f"{self.path} is a snapshot writer's temporary file (unfinished, or left by "
                               "a writer that crashed), not a snapshot")
+        check_path(self.path)  # a server's request: nothing outside its directory, not even a stat
         st = os.stat(self.path)
         if stat.S_ISDIR(st.st_mode):
             raise FormatError(f"{self.path} is a directory, not a snapshot file")
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{self.path} is not a regular file (a FIFO, socket or device), not a snapshot")
         # The file is held open from here on: every later read, map and check goes to this
-        # inode, even after another process atomically replaces the file at `path`.
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        # inode, even after another process atomically replaces the file at `path`. Under a
+        # server's confinement (`confine`), the file opened is checked, not only its name.
+        self._fd = open_checked(self.path, os.O_RDONLY | os.O_NONBLOCK)
         self._closer = weakref.finalize(self, os.close, self._fd)
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            raise FormatError(f"{self.path} was replaced by something other than a regular file while opened")
+        try:  # shared with other readers; `_take_for_recycling` waits for none of them and refuses
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FormatError(f"{self.path} is being recycled into another snapshot right now") from None
         # The native readers open by path (O_DIRECT needs its own open): /proc/self/fd/N
         # re-opens this same inode. Where /proc is missing, reads follow the path.
         self.io_path = f"/proc/self/fd/{self._fd}" if os.path.isdir("/proc/self/fd") else self.path
@@ -297,8 +285,16 @@ class Container:
         return self._fd
 
     def close(self) -> None:
-        """Closes the file (idempotent); mappings already made stay valid."""
+        """Closes the file (idempotent); mappings already made stay valid, and so does the
+        shared lock (see `map`)."""
         self._closer()
+
+    def map(self, length: int, offset: int = 0, extra_flags: int = 0) -> mmap.mmap:
+        """A read-only shared mapping of the file. While it lives, a descriptor sharing this
+        Container's lock stays open, so the file is not recycled (cut shorter) under it."""
+        m = mmap.mmap(self._fd, length, flags=mmap.MAP_SHARED | extra_flags, prot=mmap.PROT_READ, offset=offset)
+        weakref.finalize(m, os.close, os.dup(self._fd))  # flock is per open file: the dup holds it
+        return m
 
     def section(self, name: str) -> fmt.Section:
         try:
@@ -345,8 +341,7 @@ class Container:
         if view is None:
             lead = sec.offset % mmap.ALLOCATIONGRANULARITY
             # Read-only: a writable private mapping would be populated by copying every page.
-            m = mmap.mmap(self._fd, lead + sec.padded_length, flags=mmap.MAP_SHARED | _MAP_POPULATE,
-                          prot=mmap.PROT_READ, offset=sec.offset - lead)
+            m = self.map(lead + sec.padded_length, sec.offset - lead, _MAP_POPULATE)
             view = np.frombuffer(m, dtype=np.uint8)[lead:]
             self._maps[name] = view
         sec.check_crcs(movers().crc32c_chunks(view, sec.chunk_size, DEFAULT_THREADS))

@@ -7,7 +7,6 @@ Needs a CUDA device (`thaw.core.gpu.cuda_movers` for the GPU checks).
 
 from __future__ import annotations
 
-import mmap
 import weakref
 from typing import Callable, Optional
 
@@ -28,7 +27,7 @@ class RegisteredFile:
 
     def __init__(self, c: Container) -> None:
         self.container = c
-        self._map = mmap.mmap(c.fileno(), c.file_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        self._map = c.map(c.file_size)
         self.array = np.frombuffer(self._map, dtype=np.uint8)
         ptr = self.array.ctypes.data
         flags = 8 | 2  # cudaHostRegisterReadOnly | cudaHostRegisterMapped

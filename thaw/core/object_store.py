@@ -11,7 +11,8 @@ arrived: an interrupted upload leaves no object that looks complete.
 
 With `THAW_CACHE_DIR` set, an object is first downloaded (parallel ranged GETs) into that
 directory under a name derived from its URL, size and ETag, and read from there as a local
-file: checked like any file on every read, never trusted for being there, and a changed
+file: checked like any file on every read, never trusted for being there or for its name
+(its header is compared with the object's at each use: `cached_copy`), and a changed
 object (new ETag) is fetched anew. Cached copies are not removed by thaw.
 
 Credentials and endpoints are the store's usual environment (`AWS_ACCESS_KEY_ID`,
@@ -25,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,33 +118,70 @@ CACHE_ENV = "THAW_CACHE_DIR"
 
 def cached_copy(url: str) -> Optional[str]:
     """The local copy of the object at `url` in `THAW_CACHE_DIR` (downloaded now if that
-    directory has none for its current size and ETag); None when no cache is configured."""
+    directory has none for its current size and ETag); None when no cache is configured.
+
+    A copy found there is not trusted for its name: its size must be the object's and its
+    preamble and header (which hold every section's CRCs, so every later read is checked
+    against the object's own) must equal the object's, fetched now; else it is replaced by
+    a fresh download. The directory is made 0700 (one that others can write, or that is
+    not this user's, is refused) and copies are written 0600."""
     root = os.environ.get(CACHE_ENV)
     if not root:
         return None
-    from .temp_files import TEMP_MARK
+    from .temp_files import temp_name
 
     fs, key = filesystem(url)
     try:
         info = fs.info(key)
     except FileNotFoundError:
         raise FileNotFoundError(f"no snapshot object at {url}") from None
+    size = int(info["size"])
     tag = hashlib.sha256(repr(object_key(url, info)).encode()).hexdigest()[:32]
     local = os.path.join(root, f"{tag}.thaw")
-    if not os.path.exists(local):
-        os.makedirs(root, exist_ok=True)
-        tmp = os.path.join(root, f".{tag}.thaw{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            _download(fs, key, url, int(info["size"]), tmp)
-            os.replace(tmp, local)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    _private_dir(root)
+    if os.path.exists(local) and _same_object(local, fs, key, url, size):
+        return local
+    tmp = os.path.join(root, temp_name(f"{tag}.thaw"))
+    try:
+        _download(fs, key, url, size, tmp)
+        os.replace(tmp, local)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return local
 
 
+def _private_dir(root: str) -> None:
+    """`root` as a directory only this user can write (made 0700 if missing)."""
+    import stat
+
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    st = os.stat(root)
+    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ThawError(f"{CACHE_ENV}={root} is writable by other users or not this user's: a planted file "
+                        "there could stand in for an object; use a directory only you can write (0700)")
+
+
+def _same_object(local: str, fs: Any, key: str, url: str, size: int) -> bool:
+    """Whether the cached file `local` is a copy of the object: same size, and the same
+    preamble and header bytes as the store holds now."""
+    with open(local, "rb") as f:
+        if os.fstat(f.fileno()).st_size != size:
+            return False
+        head = f.read(min(size, HEAD_GUESS))
+    try:
+        pre = fmt.parse_preamble(head, size, movers().crc32c)
+    except FormatError:
+        return False
+    span = fmt.PREAMBLE_SIZE + pre.header_length
+    if len(head) < span:
+        with open(local, "rb") as f:
+            head = f.read(span)
+    return _get(fs, key, url, 0, span) == head[:span]
+
+
 def _download(fs: Any, key: str, url: str, size: int, local: str) -> None:
-    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         _get_parts(fs, key, url, 0, size, lambda start, data: os.pwrite(fd, data, start))
         os.fsync(fd)
@@ -325,14 +362,49 @@ def save_to_url(write: Callable[[str], None], url: str) -> None:
     `THAW_SPOOL_DIR`, else the system's temporary directory), uploads it to `url`, and
     removes the spool file whatever happens. The spool file carries a writer's temporary
     name (`.thaw-upload.tmp-PID-HEX`): readers refuse it, and `thaw gc` removes it if the
-    process is killed before it can."""
-    from .temp_files import TEMP_MARK
+    process is killed before it can. An upload that fails has its unfinished multipart
+    upload aborted (`abort_unfinished_uploads`); one killed outside Python's reach leaves
+    it to the bucket's lifecycle rule (docs/security.md)."""
+    from .temp_files import temp_name
 
     spool = os.environ.get("THAW_SPOOL_DIR") or tempfile.gettempdir()
-    local = os.path.join(spool, f".thaw-upload{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    local = os.path.join(spool, temp_name("thaw-upload"))
     try:
         write(local)
-        upload_file(local, url)
+        before = unfinished_uploads(url)  # the store's clock is not ours: tell ours apart by id
+        try:
+            upload_file(local, url)
+        except BaseException as exc:
+            try:
+                abort_unfinished_uploads(url, before)
+            except Exception as abort_exc:  # reported with the upload's own failure
+                raise ThawError(f"uploading {url} failed ({type(exc).__name__}: {exc}), and aborting its unfinished "
+                                f"multipart upload failed too ({type(abort_exc).__name__}: {abort_exc}); the "
+                                "bucket's lifecycle rule removes it") from exc
+            raise
     finally:
         if os.path.exists(local):
             os.unlink(local)
+
+
+def unfinished_uploads(url: str) -> set[str]:
+    """The ids of the unfinished multipart uploads of the object at `url` (S3; else none)."""
+    if url.split("://", 1)[0].lower() not in S3_SCHEMES:
+        return set()
+    fs, key = filesystem(url)
+    bucket, _, name = key.partition("/")
+    listed = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=name)
+    return {u["UploadId"] for u in listed.get("Uploads", []) if u["Key"] == name}
+
+
+def abort_unfinished_uploads(url: str, known: set[str]) -> int:
+    """Aborts the unfinished multipart uploads of the object at `url` other than those in
+    `known` (listed before ours began), so their parts are not kept (and billed); returns
+    how many."""
+    fresh = unfinished_uploads(url) - known
+    if fresh:
+        fs, key = filesystem(url)
+        bucket, _, name = key.partition("/")
+        for upload_id in fresh:
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id)
+    return len(fresh)

@@ -15,6 +15,8 @@ from typing import Union
 
 import numpy as np
 
+from .confine import open_checked
+
 PathLike = Union[str, os.PathLike]
 
 # A file with less than this share of its pages in the page cache is read from the disk
@@ -31,7 +33,7 @@ def resident_fraction(path: PathLike, *, windows: int = 64, window_pages: int = 
     file). Reads no data: the file is mapped and asked with mincore(2). A file of more than
     `windows` x `window_pages` pages is sampled in that many evenly spaced windows (the
     kernel looks up every page asked about: all of a 16 GB file costs it about 0.15 s)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_checked(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         if size == 0:
@@ -69,7 +71,7 @@ def evict(path: PathLike) -> float:
     """Writes `path`'s dirty pages to disk and asks the kernel to drop its cached pages
     (no privileges needed; a file system without a backing disk, such as tmpfs, keeps
     them). Returns the share still resident afterwards."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_checked(path, os.O_RDONLY)
     try:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

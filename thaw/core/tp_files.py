@@ -5,9 +5,10 @@ by `rank_file_name`, each a complete single-rank snapshot whose identity names i
 and size and whose extras carry the set's id (`SET_KEY`): ranks of different takes never
 pass for one snapshot. A snapshot at size 1 is one file.
 
-`RankSetWriter` writes a set into a hidden sibling directory and swaps it in only when
-every rank is written, so a crash leaves either the previous set or the new one, never a
-mix; `load_ranks` opens either form and refuses a lone rank file of a larger set.
+`RankSetWriter` writes a set into a hidden sibling directory (with the previous set's mode,
+else 0700) and swaps it in only when every rank is written, so a crash leaves either the
+previous set or the new one, never a mix, and a staging directory `thaw gc` removes;
+`load_ranks` opens either form and refuses a lone rank file of a larger set.
 
 At a URL the set is a prefix holding the rank objects, each uploaded whole (an object
 appears only complete). A store has no rename, so ranks are put at their names directly:
@@ -20,15 +21,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Union
 
+from .confine import check_path
 from .container import file_key
 from .errors import SchemaError
 from .object_store import is_url, listing, object_info, object_key, remove
 from .schema import StateSnapshot
 from .snapshot_io import load, save
+from .temp_files import lock_directory
 
 RANK_FILE = re.compile(r"rank-(\d{5})-of-(\d{5})\.thaw")
 SET_KEY = "tp_set"  # extras key: {"id": the set's id}
@@ -45,6 +49,7 @@ def _entries(directory: PathLike) -> dict[str, Union[Path, str]]:
         if found is None:
             raise FileNotFoundError(f"no snapshot object (or prefix of rank objects) at {directory}")
         return found
+    check_path(directory)  # a server's request: a directory outside its own is not even listed
     return {entry.name: entry for entry in Path(directory).iterdir()}
 
 
@@ -138,7 +143,10 @@ class RankSetWriter:
                                   "directory: choose another path")
             self._check_only_ranks(_entries(self.target))
         self.staging = self.target.parent / f".{self.target.name}.partial-{self.set_id[:12]}"
+        mode = stat.S_IMODE(os.stat(self.target).st_mode) if self.target.is_dir() else 0o700
         self.staging.mkdir(parents=False)
+        os.chmod(self.staging, mode)  # the set keeps its mode (a new one: 0700), whatever the umask
+        self._lock = lock_directory(self.staging)  # `thaw gc` leaves it while this writer works
 
     def _check_only_ranks(self, entries: dict) -> None:
         other = [name for name in entries if not RANK_FILE.fullmatch(name)]
@@ -169,18 +177,30 @@ class RankSetWriter:
                 if m and int(m.group(2)) != self.size:
                     remove(url)
             return self.target
-        old = None
-        if self.target.exists():
-            old = self.target.parent / f".{self.target.name}.replaced-{self.set_id[:12]}"
-            os.rename(self.target, old)
-        os.rename(self.staging, self.target)
-        if old is not None:
-            shutil.rmtree(old)
+        old, old_lock = None, -1
+        try:
+            if self.target.exists():
+                old_lock = lock_directory(self.target)
+                old = self.target.parent / f".{self.target.name}.replaced-{self.set_id[:12]}"
+                os.rename(self.target, old)
+            os.rename(self.staging, self.target)
+            if old is not None:
+                shutil.rmtree(old)
+        finally:
+            if old_lock >= 0:
+                os.close(old_lock)
+            self._unlock()
         return self.target
+
+    def _unlock(self) -> None:
+        if getattr(self, "_lock", -1) >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def abort(self) -> None:
         if not self.at_url and self.staging.exists():
             shutil.rmtree(self.staging)
+        self._unlock()
 
     def __enter__(self) -> "RankSetWriter":
         return self
