@@ -45,6 +45,10 @@ class EngineUnderTest:
     env: environment variables that `engine` and `fresh_engine` add to this one's (e.g. a
         PYTHONPATH naming where this engine's packages are, when two engines under test
         pin different releases of a dependency).
+    other_weights: config overrides of an engine serving the same model with other real
+        weights (e.g. another checkpoint of the same shape); the weights-swap check restores
+        its snapshot into an engine whose cache holds KV of other weights. None: that check
+        is skipped, saying so.
     cross_snapshot_args: what the cross-engine suite adds to this engine's `snapshot` call
         when another engine is to restore it (vLLM on CUDA: `weights_format="checkpoint"`,
         since its own format, its parameters, is vLLM's alone).
@@ -66,6 +70,7 @@ class EngineUnderTest:
     resume_oracle: str = "uninterrupted"
     env: dict[str, str] = field(default_factory=dict)
     cross_snapshot_args: dict[str, Any] = field(default_factory=dict)
+    other_weights: Optional[dict[str, Any]] = None
 
     @contextmanager
     def engine(self, **overrides: Any) -> Iterator[EngineWorker]:

@@ -8,6 +8,7 @@ import torch
 
 import thaw
 from thaw.core.container import Container
+from thaw.core.snapshot_io import weights_digest
 from thaw.workers import RemoteError
 
 from .harness import EngineUnderTest, Trunk, build_trunk
@@ -90,6 +91,62 @@ class SnapshotRestoreConformance:
                 out = target.call("generate", prompt_token_ids=eut.prompt[:40], max_tokens=2)
                 assert len(out["tokens"]) == 2 and out["cached_tokens"] == 0, name
 
+    # -- a restore that brings other weights -------------------------------------------
+    def test_weights_swap_leaves_no_cache_hit_of_the_old_weights(self, engine_under_test, trunk, tmp_path):
+        """A fresh engine answers a warm-up request (its KV computed with dummy weights), then
+        restores the trunk: the trunk's own path, which the warm-up cached too, must be served
+        from the snapshot's KV. Then it caches another prompt with the trunk's weights and
+        restores a snapshot of other real weights that holds neither prompt: both must come
+        back with no cached tokens and the continuation an engine of those weights gives. A
+        restore with weights while a request runs is refused by name, the engine unchanged."""
+        eut = engine_under_test
+        if eut.other_weights is None:
+            pytest.skip("the adapter names no engine with other weights (other_weights=None)")
+        other = [5 + (i * 29) % 490 for i in range(len(eut.prompt) // 2)]
+        unrelated = [7 + (i * 13) % 480 for i in range(len(eut.prompt) // 2)]
+        retrained = tmp_path / "retrained.thaw"
+        with eut.engine(**eut.other_weights) as source:
+            source.call("generate", prompt_token_ids=unrelated, max_tokens=2)
+            source.call("snapshot", path=str(retrained))  # other weights; holds `unrelated` only
+            oracle = {name: source.call("generate", prompt_token_ids=p, max_tokens=eut.max_tokens)
+                      for name, p in (("prompt", eut.prompt), ("other", other))}
+        assert [o["cached_tokens"] for o in oracle.values()] == [0, 0]
+        with eut.fresh_engine() as engine:
+            engine.call("generate", prompt_token_ids=eut.prompt, max_tokens=2)  # the operator's warm-up
+            engine.call("restore", path=str(trunk.trunk_path))
+            out = engine.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
+            assert out["cached_tokens"] == eut.expected_cached(trunk.trunk_path, eut.prompt)
+            assert out["tokens"] == trunk.cached["tokens"], "served from KV the warm-up computed with dummy weights"
+            engine.call("generate", prompt_token_ids=other, max_tokens=2)  # cached with the trunk's weights
+            if eut.carries_requests:
+                engine.call("add_request", request_id="running-0", prompt_token_ids=other,
+                            max_tokens=eut.inflight_max_tokens)
+                engine.call("step", n=1)
+                before = engine.call("state")
+                with pytest.raises(RemoteError) as err:
+                    engine.call("restore", path=str(retrained))
+                assert "running-0" in err.value.remote_message
+                assert engine.call("state") == before
+                engine.call("finish")
+            engine.call("restore", path=str(retrained))
+            for name, prompt in (("prompt", eut.prompt), ("other", other)):
+                got = engine.call("generate", prompt_token_ids=prompt, max_tokens=eut.max_tokens)
+                assert (got["cached_tokens"], got["tokens"]) == (0, oracle[name]["tokens"]), name
+            # weights whose last tensor has the wrong shape: refused before any change where the
+            # engine checks shapes first (IdentityMismatch), else they fail to load partway and
+            # the engine says so and takes no snapshot until a restore with weights succeeds
+            with pytest.raises(RemoteError) as err:
+                engine.call("restore", path=str(_with_a_misshapen_last_tensor(trunk.trunk_path, tmp_path)))
+            assert err.value.type in ("WeightsInconsistent", "IdentityMismatch"), err.value
+            if err.value.type == "WeightsInconsistent":
+                with pytest.raises(RemoteError) as err:
+                    engine.call("snapshot", path=str(tmp_path / "half.thaw"))
+                assert err.value.type == "WeightsInconsistent" and not (tmp_path / "half.thaw").exists()
+            engine.call("restore", path=str(trunk.trunk_path))
+            out = engine.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
+            assert (out["cached_tokens"], out["tokens"]) == (eut.expected_cached(trunk.trunk_path, eut.prompt),
+                                                             trunk.cached["tokens"])
+
     # -- in-flight requests and fork ----------------------------------------------------
     def test_inflight_request_resumes_to_uninterrupted_result(self, engine_under_test, trunk):
         if not engine_under_test.carries_requests:
@@ -150,3 +207,18 @@ class SnapshotRestoreConformance:
         assert [c.cached_tokens for c in children] == [expected] * n
         assert all(c.greedy_tokens == trunk.cached["tokens"] for c in children)
         assert len({tuple(c.tokens) for c in children}) > 1, "seeded children should diverge"
+
+
+def _with_a_misshapen_last_tensor(path, workdir):
+    """A copy of the snapshot at `path` whose last checkpoint tensor (in the order the
+    engine loads them) has half its rows: valid checksums, identity intact."""
+    snap = thaw.load(path)
+    last = list(snap.weights)[-1]
+    full = snap.weights[last].tensor()
+    snap.weights[last] = thaw.TensorData.of(full[: max(1, full.shape[0] // 2)].clone())
+    for data in list(snap.weights.values()) + snap.kv.layers:
+        data._tensor = data.tensor()
+    snap.identity.weights_digest = weights_digest(snap.weights)  # a file consistent in itself
+    forged = workdir / "misshapen.thaw"
+    thaw.save(snap, forged)
+    return forged

@@ -22,9 +22,11 @@ def engine_under_test(name: str, models: tuple[str, str], prompt: list[int], **k
     """`name` serving the tiny model; restore targets run dummy weights; another dtype and
     another model must be refused."""
     model, other = models
+    retrained = build_tiny_llama(Path(model).parent / "retrained", TinyLlama(seed=1))  # same shape, other weights
     return EngineUnderTest(
         driver=DRIVERS[name], config={"model": model}, fresh_config={"load_format": "dummy"},
         mismatches={"dtype": ({"dtype": "bfloat16"}, "dtype"),
                     "model": ({"model": other}, "model_config_digest")},
-        prompt=prompt, page_size=PAGE_SIZES[name], fork_engine=name if name != "paged_server" else DRIVERS[name],
+        other_weights={"model": str(retrained)}, prompt=prompt, page_size=PAGE_SIZES[name],
+        fork_engine=name if name != "paged_server" else DRIVERS[name],
         **kw)

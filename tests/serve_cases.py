@@ -2,6 +2,7 @@
 snapshots a server must refuse."""
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -79,3 +80,55 @@ def refusal_cases(url: str, key: str, snaps: Path, source: str) -> list[tuple[tu
                      key),
                     (("restore", "--url", url, source), "Unauthorized", "wrong-key"),
                     (("restore", "--url", url, "missing.thaw"), "No such file", key)]
+
+
+def raw_post(url: str, path: str, data: bytes, key: str | None, content_type: str | None = "application/json"):
+    """(status, error type) of a POST sent as it is, with no client-side checks."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"content-type": content_type} if content_type else {}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url + path, data=data, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return reply.status, None
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)["error"]["type"]
+        except (ValueError, KeyError, TypeError):
+            return exc.code, body[:200]
+
+
+def check_request_rules(url: str, key: str) -> None:
+    """What a server's state-changing endpoints answer to requests a browser page or a
+    careless client could send, with the right key: 415 for a body not declared JSON, 413
+    past the size cap, 400 for a NUL byte, deep nesting, the directory itself, 404 naming a
+    missing folder; never a 500."""
+    from thaw.endpoints import MAX_BODY
+
+    body = json.dumps({"path": "trunk.thaw"}).encode()
+    cases = [(("/thaw/restore", body, "text/plain"), (415, "UnsupportedMediaType")),
+             (("/thaw/restore", body, None), (415, "UnsupportedMediaType")),
+             (("/thaw/restore", b'{"path": "' + b"a" * MAX_BODY + b'"}', "application/json"), (413, "BodyTooLarge")),
+             (("/thaw/restore", b'{"path": "a\\u0000.thaw"}', "application/json"), (400, "BadRequest")),
+             (("/thaw/restore", b"[" * 20000 + b"]" * 20000, "application/json"), (400, "BadRequest")),
+             (("/thaw/restore", b'{"path": "."}', "application/json"), (400, "BadRequest")),
+             (("/thaw/restore", b'{"path": 7}', "application/json"), (400, "BadRequest")),
+             (("/thaw/snapshot", b'{"path": "missing/a.thaw"}', "application/json"), (404, "DirectoryNotFound"))]
+    for (path, data, content_type), expected in cases:
+        assert raw_post(url, path, data, key, content_type) == expected, (path, data[:40], content_type)
+
+
+def check_keyless_server_refuses_writes(url: str) -> None:
+    """A server started without an API key answers status, and refuses every endpoint that
+    changes state (403 KeyRequired), whatever the request."""
+    status = subprocess.run([sys.executable, "-m", "thaw.cli", "status", "--url", url], capture_output=True,
+                            text=True, cwd="/")
+    assert status.returncode == 0, status.stderr
+    for path in ("/thaw/snapshot", "/thaw/restore"):
+        assert raw_post(url, path, b'{"path": "trunk.thaw"}', None) == (403, "KeyRequired"), path
+    out = thaw_cli("snapshot", "--url", url, "trunk.thaw", key=None)
+    assert out.returncode == 2 and "KeyRequired" in out.stderr and "THAW_ALLOW_UNAUTHENTICATED" in out.stderr

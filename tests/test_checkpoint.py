@@ -27,3 +27,37 @@ def test_engine_added_attributes_and_the_rope_type_alias_do_not_change_the_diges
     other.num_hidden_layers = 3  # a real difference still counts
     assert config_digest(model_config_for_digest(other, str(tmp_path))) != config_digest(a)
     assert "num_hidden_layers" in json.loads(json.dumps(a))
+
+
+def test_only_a_missing_checkpoint_makes_the_weights_unknown(tmp_path):
+    """Both handles treat `NoCheckpoint` (dummy weights, no local safetensors) as "weights
+    unknown" and let every other failure through by name: a corrupt checkpoint, or a
+    corrupt snapshot the engine was restored from, is never a silent unknown digest."""
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from thaw.adapters.checkpoint import NoCheckpoint, read_checkpoint
+    from thaw.core import ChecksumError, ThawError, load, save
+
+    from .helpers import small_snapshot
+
+    with pytest.raises(NoCheckpoint, match="dummy"):
+        read_checkpoint(str(tmp_path), dummy=True)
+    with pytest.raises(NoCheckpoint, match="not a local safetensors checkpoint"):
+        read_checkpoint(str(tmp_path / "nowhere"), dummy=False)
+    save_file({"w": torch.ones(4)}, str(tmp_path / "model.safetensors"))
+    assert torch.equal(read_checkpoint(str(tmp_path), dummy=False)["w"], torch.ones(4))
+    (tmp_path / "model.safetensors").write_bytes(b"\x08" + bytes(7) + b"{broken")
+    with pytest.raises(Exception) as caught:
+        read_checkpoint(str(tmp_path), dummy=False)
+    assert not isinstance(caught.value, NoCheckpoint)
+    save(small_snapshot(), tmp_path / "restored.thaw")  # what a handle reads after a restore
+    held = load(tmp_path / "restored.thaw", verify=False).weights["w"]
+    sec = held._container.section(held._section)
+    with open(tmp_path / "restored.thaw", "r+b") as f:
+        f.seek(sec.offset)
+        f.write(b"\xff\xff\xff\xff")
+    with pytest.raises(ChecksumError) as caught:
+        held.tensor()
+    assert isinstance(caught.value, ThawError) and not isinstance(caught.value, NoCheckpoint)

@@ -33,6 +33,7 @@ def gpu_engine(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     model = build_tiny_llama(models / "tiny", GPU_MODEL, dtype="bfloat16")
     other = build_tiny_llama(models / "other", replace(GPU_MODEL, num_hidden_layers=3), dtype="bfloat16")
+    retrained = build_tiny_llama(models / "retrained", replace(GPU_MODEL, seed=1), dtype="bfloat16")
     spec = "thaw.adapters.sglang.driver:SGLangDriver"
     return EngineUnderTest(
         driver=spec, config={"model": str(model), **GPU_ENGINE, "page_size": 16},
@@ -40,7 +41,7 @@ def gpu_engine(tmp_path_factory):
         mismatches={"dtype": ({"dtype": "float16"}, "dtype"),
                     "model": ({"model": str(other)}, "model_config_digest")},
         prompt=[4 + (i * 37) % 500 for i in range(300)], page_size=16, fork_engine="sglang",
-        inflight_max_tokens=200,
+        inflight_max_tokens=200, other_weights={"model": str(retrained)},
         # A resumed request's last partial page is recomputed by Triton's extend kernel, the
         # uninterrupted run computed it by decode: in bf16 the two part at a low-margin token
         # (seen at 1e0edfe and 9ae26b8), so the reference is SGLang's own resubmission.

@@ -25,6 +25,9 @@ def engine_under_test(tmp_path_factory):
     other = build_tiny_llama(models / "other", TinyLlama(hidden_size=256, num_attention_heads=2,
                                                          num_key_value_heads=2, head_dim=128,
                                                          num_hidden_layers=3), dtype="bfloat16")
+    retrained = build_tiny_llama(models / "retrained", TinyLlama(hidden_size=256, num_attention_heads=2,
+                                                                 num_key_value_heads=2, head_dim=128, seed=1),
+                                 dtype="bfloat16")
     return EngineUnderTest(
         driver="thaw.adapters.vllm.driver:VLLMDriver",
         config={"model": str(model), **GPU_SETTINGS},
@@ -35,6 +38,7 @@ def engine_under_test(tmp_path_factory):
         },
         prompt=[4 + (i * 37) % 500 for i in range(300)],
         page_size=16,
+        other_weights={"model": str(retrained)},
     )
 
 

@@ -31,8 +31,9 @@ def servers(tmp_path_factory):
         parent = VLLMServer(model, snaps, logs / "parent.log", *ENGINE_ARGS, api_key=KEY, env=env)
         child = VLLMServer(model, snaps, logs / "child.log", *ENGINE_ARGS, "--load-format", "dummy", api_key=KEY,
                            env={**env, "VLLM_SERVER_DEV_MODE": "1"})  # /reset_prefix_cache, for the control
-        with serving(parent, child):
-            yield parent, child, snaps, allowed
+        keyless = VLLMServer(model, snaps, logs / "keyless.log", *ENGINE_ARGS, "--load-format", "dummy", api_key=None)
+        with serving(parent, child, keyless):
+            yield parent, child, snaps, allowed, keyless
 
 
 def thaw_cli(*args, key=KEY):
@@ -40,7 +41,7 @@ def thaw_cli(*args, key=KEY):
 
 
 def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
-    parent, child, snaps, _ = servers
+    parent, child, snaps, *_ = servers
     text, cached = parent.complete(PROMPT)
     assert cached == 0
     assert parent.complete(PROMPT) == (text, (len(PROMPT) - 1) // BLOCK * BLOCK)  # its own cache
@@ -54,15 +55,22 @@ def test_snapshot_of_one_server_restores_into_a_fresh_one(servers):
     status = json.loads(thaw_cli("status", "--url", child.url).stdout)
     assert status["engine"] == "vllm" and status["model_in_worker_process"] is True
     assert status["snapshot_dir"] == str(snaps)
-    control_text, control_cached = child.complete(PROMPT)  # dummy weights, nothing cached
+    control_text, control_cached = child.complete(PROMPT)  # dummy weights: now cached with them
     assert control_cached == 0 and control_text != text
-    reset_prefix_cache(child)
 
     out = thaw_cli("restore", "--url", child.url, "trunk.thaw")
     assert out.returncode == 0, out.stderr
     restored = json.loads(out.stdout)
     assert restored["weights_restored"] > 0 and restored["weights_route"] == "checkpoint/worker"
+    assert restored["pages_already_cached"] == 0, "the control's blocks, of dummy weights, were taken as hits"
     assert child.complete(PROMPT) == (text, (len(PROMPT) - 1) // BLOCK * BLOCK)
+
+
+def test_state_changing_requests_are_refused_unless_keyed_json_and_well_formed(servers):
+    parent, child, snaps, _, keyless = servers
+    serve_cases.check_request_rules(child.url, KEY)
+    serve_cases.check_keyless_server_refuses_writes(keyless.url)
+    assert len(keyless.complete([5, 6, 7, 8], max_tokens=2)[0].split()) >= 1  # serving all along
 
 
 def reset_prefix_cache(server) -> None:
@@ -70,7 +78,7 @@ def reset_prefix_cache(server) -> None:
 
 
 def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers):
-    parent, child, snaps, _ = servers
+    parent, child, snaps, *_ = servers
     if not (snaps / "trunk.thaw").exists():
         assert thaw_cli("snapshot", "--url", parent.url, "trunk.thaw").returncode == 0
     reset_prefix_cache(child)  # so that a restore needs every page of the file
@@ -83,7 +91,7 @@ def test_refusals_come_back_as_http_errors_and_the_server_keeps_serving(servers)
 
 
 def test_snapshots_at_urls_only_under_the_allowed_prefix(servers):
-    parent, child, _, allowed = servers
+    parent, child, _, allowed, _ = servers
     text, _ = parent.complete(PROMPT)
     url = f"{allowed}/trunk.thaw"
     out = thaw_cli("snapshot", "--url", parent.url, url)

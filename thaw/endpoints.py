@@ -1,5 +1,5 @@
-"""What a server's thaw endpoints accept, engine-neutral: the opt-in, the directory and URL
-restriction, request bodies, and how a thaw error becomes an HTTP error.
+"""What a server's thaw endpoints accept, engine-neutral: who may write, the directory and
+URL restriction, request bodies, and how a thaw error becomes an HTTP error.
 
 Each engine's server module (`thaw.adapters.vllm.server`, `thaw.adapters.sglang.server`)
 serves the same endpoints with these rules, so `thaw snapshot/restore/status --url` speaks
@@ -7,13 +7,23 @@ to either:
 
 - ``GET /thaw/status``: the engine (``"engine": "vllm"`` or ``"sglang"``), its identity and
   cache state (read-only);
-- ``POST /thaw/snapshot`` and ``POST /thaw/restore`` with a JSON body naming ``path``.
+- ``POST /thaw/snapshot``, ``/thaw/restore`` (and on vLLM ``/thaw/prepare``) with a JSON
+  body naming ``path``: these change the server's state (files, weights, cache).
+
+Who may call the endpoints that change state (`require_write_access`): a client with the
+server's API key; on a server without a key nobody, unless the operator sets
+``THAW_ALLOW_UNAUTHENTICATED=1`` (logged at start as unauthenticated). A POST must be
+``Content-Type: application/json`` (else 415: a web page cannot send it without a CORS
+preflight) and at most `MAX_BODY` bytes (else 413); a body that is not a JSON object of the
+known fields, of their types, is a 400.
 
 Endpoints that write or read server-side files are off unless the operator names a
 directory in ``THAW_SNAPSHOT_DIR``; paths are taken relative to it and must resolve inside
-it. URLs (``s3://...``) are taken only under the prefixes listed in ``THAW_SNAPSHOT_URLS``
-(separated by spaces or commas; none by default), with no ``.`` or ``..`` segment. Errors
-have the body ``{"error": {"type": "<ThawError type>", "message": "..."}}``.
+it, and every file the engine then opens for the request is checked against it as it is
+opened (`thaw.core.confine`: the request carries ``confine_to``). URLs (``s3://...``) are
+taken only under the prefixes listed in ``THAW_SNAPSHOT_URLS`` (separated by spaces or
+commas; none by default), with no ``.`` or ``..`` segment. Errors have the body
+``{"error": {"type": "<ThawError type>", "message": "..."}}``.
 """
 
 from __future__ import annotations
@@ -22,14 +32,16 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
-from thaw.core.errors import ThawError
 from thaw.core.object_store import is_url
 
 SNAPSHOT_DIR_ENV = "THAW_SNAPSHOT_DIR"
 SNAPSHOT_URLS_ENV = "THAW_SNAPSHOT_URLS"
+ALLOW_UNAUTHENTICATED_ENV = "THAW_ALLOW_UNAUTHENTICATED"  # "1": state-changing endpoints open without a key
+MAX_BODY = 64 * 1024  # bytes of a request body; a thaw request is a few hundred
 STATUS_OF = {"IdentityMismatch": 409, "SnapshotIncomplete": 409, "ChecksumError": 422, "FormatError": 422,
              "SchemaError": 422, "EngineUnsupported": 501, "FileNotFoundError": 404, "NotADirectoryError": 404,
-             "PermissionError": 403, "IsADirectoryError": 409}
+             "PermissionError": 403, "IsADirectoryError": 409, "PathOutsideSnapshotDir": 403,
+             "WeightsInconsistent": 503}
 
 
 class HTTPRefusal(Exception):
@@ -41,6 +53,55 @@ class HTTPRefusal(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"type": self.type_name, "message": str(self)}}
+
+
+def unauthenticated_writes_allowed(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the operator opted in to state-changing endpoints without an API key."""
+    return environ.get(ALLOW_UNAUTHENTICATED_ENV) == "1"
+
+
+def write_access_notice(has_key: bool, environ: Mapping[str, str] = os.environ) -> tuple[int, str]:
+    """(logging level, line) a server logs at start about its state-changing endpoints."""
+    import logging
+
+    if has_key:
+        return logging.INFO, "thaw: /thaw/ endpoints that change state require the server's API key"
+    if unauthenticated_writes_allowed(environ):
+        return logging.WARNING, (f"thaw: {ALLOW_UNAUTHENTICATED_ENV}=1 and no API key: /thaw/ endpoints that "
+                                 "change state (snapshot, restore, prepare) are UNAUTHENTICATED; anyone who "
+                                 "reaches this port can replace the weights it serves")
+    return logging.WARNING, ("thaw: this server has no API key: /thaw/ endpoints that change state are refused "
+                             f"(start it with an API key, or set {ALLOW_UNAUTHENTICATED_ENV}=1 to accept them "
+                             "unauthenticated)")
+
+
+def require_write_access(has_key: bool, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuses a state-changing request on a server without an API key, unless the operator
+    opted in (a server with a key has already checked it)."""
+    if not has_key and not unauthenticated_writes_allowed(environ):
+        raise HTTPRefusal(403, "KeyRequired",
+                          "this server has no API key, so thaw's endpoints that change state are off: start it "
+                          f"with an API key (and send it as Authorization: Bearer KEY), or set "
+                          f"{ALLOW_UNAUTHENTICATED_ENV}=1 to accept them unauthenticated")
+
+
+def check_post_headers(content_type: Optional[str], content_length: Optional[str]) -> None:
+    """415 unless the body is declared JSON; 413 when its declared length is over `MAX_BODY`."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise HTTPRefusal(415, "UnsupportedMediaType",
+                          f"thaw's endpoints take Content-Type: application/json, not {content_type!r}")
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise HTTPRefusal(400, "BadRequest", f"Content-Length {content_length!r} is not a number") from None
+        check_body_size(declared)
+
+
+def check_body_size(size: int) -> None:
+    if size > MAX_BODY:
+        raise HTTPRefusal(413, "BodyTooLarge", f"a thaw request body is at most {MAX_BODY} bytes")
 
 
 def resolve_url(requested: str, allowed: Optional[str]) -> str:
@@ -61,6 +122,8 @@ def resolve_url(requested: str, allowed: Optional[str]) -> str:
 def resolve_path(requested: Any, root: Optional[str], allowed_urls: Optional[str] = None) -> str:
     """`requested` (relative to `root`, or absolute inside it) as a real path inside
     `root`; a URL only under `allowed_urls` (`resolve_url`)."""
+    if isinstance(requested, str) and "\x00" in requested:
+        raise HTTPRefusal(400, "BadRequest", "a path must not contain a NUL byte")
     if isinstance(requested, str) and is_url(requested):
         return resolve_url(requested, allowed_urls)
     if root is None:
@@ -74,21 +137,26 @@ def resolve_path(requested: Any, root: Optional[str], allowed_urls: Optional[str
     if os.path.commonpath([base, target]) != base:
         raise HTTPRefusal(403, "PathOutsideSnapshotDir",
                           f"{requested!r} resolves outside the snapshot directory {base}")
+    if target == base:
+        raise HTTPRefusal(400, "BadRequest", f"{requested!r} is the snapshot directory itself; name a "
+                          "snapshot inside it")
     return target
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
     """A request body as a JSON object (empty: `{}`)."""
+    check_body_size(len(raw))
     try:
         body = json.loads(raw) if raw else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPRefusal(400, "BadRequest", f"the body must be a JSON object ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # malformed, not UTF-8, or nested past Python's limit
+        raise HTTPRefusal(400, "BadRequest", f"the body must be a JSON object ({type(exc).__name__})") from None
     if not isinstance(body, dict):
         raise HTTPRefusal(400, "BadRequest", "the body must be a JSON object")
     return body
 
 
 FLAGS = {"weights", "strict", "direct", "trust_unknown_weights"}  # fields that take true or false
+TEXTS = {"weights_format"}  # fields that take a string (besides the paths below)
 # Fields naming a second file the request reads or replaces: inside the directory, never a URL.
 LOCAL_FILE_FIELDS = {"weights_from": "weights are referenced between local files only",
                      "recycle": "a retired snapshot whose file the new one reuses, in the same directory"}
@@ -108,6 +176,9 @@ def checked_request(op: str, body: dict[str, Any], fields: Mapping[str, set[str]
     flags = sorted(k for k in FLAGS & set(body) if not isinstance(body[k], bool))
     if flags:
         raise HTTPRefusal(400, "BadRequest", f"fields {flags} must be true or false")
+    texts = sorted(k for k in TEXTS & set(body) if not isinstance(body[k], str))
+    if texts:
+        raise HTTPRefusal(400, "BadRequest", f"fields {texts} must be strings")
     out = dict(body)
     root = environ.get(SNAPSHOT_DIR_ENV)
     out["path"] = resolve_path(body.get("path"), root, environ.get(SNAPSHOT_URLS_ENV))
@@ -117,32 +188,44 @@ def checked_request(op: str, body: dict[str, Any], fields: Mapping[str, set[str]
                 raise HTTPRefusal(400, "BadRequest", f"'{name}' must name a snapshot file under the snapshot "
                                   f"directory ({why})")
             out[name] = resolve_path(body[name], root)
-    if op == "restore" and not is_url(out["path"]):
-        check_reference_inside(out["path"], root)
+    if op == "snapshot" and not is_url(out["path"]):
+        folder = os.path.dirname(out["path"])
+        if not os.path.isdir(folder):
+            missing = os.path.relpath(folder, os.path.realpath(root))
+            raise HTTPRefusal(404, "DirectoryNotFound", f"no folder {missing!r} under the snapshot directory to write "
+                              "into; create it first")
     if op in ("snapshot", "restore"):
         out["requests"] = False
+    if root is not None:
+        out["confine_to"] = os.path.realpath(root)  # every file the engine opens for it (`thaw.core.confine`)
     return out
 
 
-def check_reference_inside(path: str, root: Optional[str]) -> None:
-    """Refuses a restore of the snapshot at `path` (inside `root`) whose weights are
-    referenced from a file outside `root`: the endpoint would read where the operator did
-    not allow. A file that cannot be opened is left to the engine's restore to report."""
-    from thaw.core.weights_ref import referenced_file
+class ServiceGate:
+    """Whether a server answers its engine's own requests: not after a restore answered
+    ``WeightsInconsistent`` (the weights failed to load partway), until a restore succeeds.
+    `after(op, payload)` is told each thaw endpoint's outcome; while `refusing`, the server
+    answers other requests with `refusal()` (503)."""
 
-    if root is None or not os.path.isfile(path):
-        return
-    try:
-        target = referenced_file(path)
-    except ThawError as exc:
-        raise HTTPRefusal(STATUS_OF.get(type(exc).__name__, 400), type(exc).__name__, str(exc)) from None
-    if target is None:
-        return
-    base, real = os.path.realpath(root), os.path.realpath(target)
-    if os.path.commonpath([base, real]) != base:
-        raise HTTPRefusal(403, "PathOutsideSnapshotDir",
-                          f"{os.path.relpath(path, base)!r} references its weights from {target!r}, outside "
-                          f"the snapshot directory {base}")
+    def __init__(self) -> None:
+        self.reason: Optional[str] = None
+
+    @property
+    def refusing(self) -> bool:
+        return self.reason is not None
+
+    def after(self, op: str, payload: Any) -> None:
+        if op != "restore" or not isinstance(payload, dict):
+            return
+        error = payload.get("error")
+        if isinstance(error, dict) and error.get("type") == "WeightsInconsistent":
+            self.reason = str(error.get("message"))
+        elif error is None and payload.get("weights_restored"):
+            self.reason = None
+
+    def refusal(self) -> tuple[int, dict[str, Any]]:
+        return 503, {"error": {"type": "WeightsInconsistent", "message": f"{self.reason}; thaw refuses "
+                               "this server's requests until a restore with weights succeeds"}}
 
 
 def status_extras(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The command line's client of a server's thaw endpoints (`thaw snapshot/restore/status
 --url`), standard library only. An HTTP error whose body carries a thaw error comes back as
-that `ThawError` type; a server that cannot be reached is an OSError."""
+that `ThawError` type; a server that cannot be reached is an OSError. Redirects are not
+followed (the API key would go with them to wherever they point, and a POST would come back
+as a GET): a redirect is a `ThawError` naming where it pointed."""
 
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ from .core.errors import ThawError, rebuild_error
 API_KEY_ENVS = ("THAW_API_KEY", "VLLM_API_KEY")  # the first one set is sent
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError, answered in `call`
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
+
+
 def call(url: str, op: str, body: Optional[dict[str, Any]] = None, *, api_key: Optional[str] = None,
          timeout: float = 3600.0) -> dict[str, Any]:
     """GET /thaw/status (no body) or POST /thaw/OP with a JSON body; returns the reply."""
@@ -26,9 +36,12 @@ def call(url: str, op: str, body: Optional[dict[str, Any]] = None, *, api_key: O
     if key:
         request.add_header("authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
+        with _OPENER.open(request, timeout=timeout) as reply:
             return json.loads(reply.read())
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            raise ThawError(f"{endpoint}: the server redirects (HTTP {exc.code}) to {exc.headers.get('location')!r}; "
+                            "thaw follows no redirects, so the API key goes nowhere else: pass the final URL") from None
         raw = exc.read()
         error = _thaw_error(raw)
         if error is not None:

@@ -52,6 +52,11 @@ def _known_keys(config_cls: type, model_dir: str) -> frozenset:
     return frozenset(known)
 
 
+class NoCheckpoint(ThawError):
+    """The engine has no real weights to read back (dummy weights, or no local safetensors
+    checkpoint, and no restore with weights): its weights digest is unknown."""
+
+
 def checkpoint_files(model_dir: str) -> list[str]:
     """The safetensors files of a local model directory (empty if there are none)."""
     return sorted(glob.glob(os.path.join(model_dir, "*.safetensors"))) if os.path.isdir(model_dir) else []
@@ -63,12 +68,12 @@ def read_checkpoint(model_dir: str, *, dummy: bool) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if dummy:
-        raise ThawError("the engine was started with load_format='dummy' (random weights) and "
+        raise NoCheckpoint("the engine was started with load_format='dummy' (random weights) and "
                         "has not been restored from a snapshot with weights, so there are no "
                         "real weights to capture")
     files = checkpoint_files(model_dir)
     if not files:
-        raise ThawError(f"the engine's model {model_dir!r} is not a local safetensors checkpoint "
+        raise NoCheckpoint(f"the engine's model {model_dir!r} is not a local safetensors checkpoint "
                         "and the engine has not been restored from a snapshot with weights, so "
                         "there are no weights to capture")
     out: dict[str, torch.Tensor] = {}

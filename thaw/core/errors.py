@@ -52,6 +52,16 @@ class MoverUnavailable(ThawError):
     """The requested data mover (native extension, CUDA) is not available here."""
 
 
+class PathOutsideSnapshotDir(ThawError):
+    """A file a server request would open lies outside the directory its operator allowed
+    (`thaw.core.confine`); the message names the refusal only, nothing about that file."""
+
+
+class WeightsInconsistent(ThawError):
+    """Loading a snapshot's weights failed partway: the engine holds neither its old weights
+    nor the snapshot's, and refuses snapshots until a restore with weights succeeds."""
+
+
 def error_reply(exc: BaseException) -> dict:
     """An exception as a JSON-able reply for another process: ``{"ok": False, "type",
     "message"}``, with its ``traceback`` when it is not one of thaw's own errors."""

@@ -34,9 +34,10 @@ class PathInsert:
     pages: list[int]  # snapshot pages holding tokens[start:]
 
 
-def plan_inserts(tree_cache: Any, tree: PrefixTree) -> list[PathInsert]:
+def plan_inserts(tree_cache: Any, tree: PrefixTree, reuse_cached: bool = True) -> list[PathInsert]:
     """For every snapshot node (parents first), the part the target will not hold yet when
-    the node's turn to be inserted comes.
+    the node's turn to be inserted comes; with `reuse_cached=False` (the cache is to be
+    dropped before the commit: `drop_cached`) nothing the target holds counts.
 
     Only looks: `match_prefix` may split a node of the target, which SGLang documents as
     a structural refinement that changes no cached content.
@@ -46,7 +47,7 @@ def plan_inserts(tree_cache: Any, tree: PrefixTree) -> list[PathInsert]:
     keys = tree.keys()
     plans = []
     for i, tokens, pages in tree.walk():
-        held = match_length(tree_cache, tokens, keys[i])
+        held = match_length(tree_cache, tokens, keys[i]) if reuse_cached else 0
         parent_depth = depths[tree.nodes[i].parent] if tree.nodes[i].parent != ROOT else 0
         # Earlier nodes are inserted first, so what they share with this path is held then.
         start = max(held, parent_depth, tree.shared_prefix(tokens, keys[i], before=i))
@@ -128,10 +129,25 @@ def insert_paths(tree_cache: Any, plans: list[PathInsert], slots: torch.Tensor) 
             tree_cache.token_to_kv_pool_allocator.free(value[plan.start: result.prefix_len])
 
 
-def check_room(tree_cache: Any, tree: PrefixTree) -> None:
+def check_room(tree_cache: Any, tree: PrefixTree, reuse_cached: bool = True) -> None:
     """Raises before anything changes when the cache cannot hold the tree's new tokens even
     after evicting every unlocked prefix."""
-    refuse_without_room(tree_cache, sum(len(p.tokens) - p.start for p in plan_inserts(tree_cache, tree)))
+    plans = plan_inserts(tree_cache, tree, reuse_cached)
+    refuse_without_room(tree_cache, sum(len(p.tokens) - p.start for p in plans))
+
+
+def drop_cached(tree_cache: Any) -> None:
+    """Evicts every cached prefix (their KV was computed with weights the engine no longer
+    holds). Only while no request holds a prefix (the caller refused running ones); slots
+    reserved by a `TreePlacement` are no node's and stay."""
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+    evictable = evictable_slots(tree_cache)
+    if evictable:
+        tree_cache.evict(EvictParams(num_tokens=evictable))
+    if evictable_slots(tree_cache) or int(tree_cache.protected_size()):
+        raise ThawError(f"dropping the radix cache left {evictable_slots(tree_cache)} evictable and "
+                        f"{int(tree_cache.protected_size())} locked slots cached")
 
 
 def refuse_without_room(tree_cache: Any, needed: int) -> None:
@@ -174,13 +190,15 @@ class TreePlacement:
             self.slots = None
 
 
-def reserve_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, num_pages: int) -> TreePlacement:
+def reserve_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, num_pages: int,
+                 reuse_cached: bool = True) -> TreePlacement:
     """Fresh slots for the paths of `tree` (whose KV is `num_pages` snapshot pages) that the
-    cache lacks; writes nothing. Raises before changing anything when the cache cannot make
-    room; evicts unlocked prefixes only when that makes enough room."""
+    cache lacks (with `reuse_cached=False`: for all of them); writes nothing. Raises before
+    changing anything when the cache cannot make room; evicts unlocked prefixes only when
+    that makes enough room."""
     check_supported(tree_cache)
     for _ in range(8):
-        plans = plan_inserts(tree_cache, tree)
+        plans = plan_inserts(tree_cache, tree, reuse_cached)
         needed = sum(len(p.tokens) - p.start for p in plans)
         if needed <= free_slots(tree_cache):
             break

@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any, Optional
 
+from .rpc import BUSY_WAIT, SchedulerBusy
+
 # The settings under which SGLang 0.5.21 serves on a CPU-only machine (see the README).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "device": "cpu", "attention_backend": "torch_native", "model_impl": "transformers",
@@ -76,7 +78,17 @@ class SGLangDriver:
                 "seconds": time.perf_counter() - t0}
 
     def reset_prefix_cache(self) -> bool:
-        return bool(self.engine.flush_cache().success)
+        """Flushes SGLang's radix cache, waiting (at most `BUSY_WAIT` seconds) for the scheduler
+        to retire requests that have already answered: SGLang refuses a flush until then."""
+        deadline = time.monotonic() + BUSY_WAIT
+        while True:
+            result = self.engine.flush_cache()
+            if result.success:
+                return True
+            if time.monotonic() > deadline:
+                raise SchedulerBusy(f"SGLang's scheduler did not go idle within {BUSY_WAIT:.0f} s to flush its "
+                                    f"cache: {getattr(result, 'message', '') or 'requests still running'}")
+            time.sleep(0.02)
 
     def state(self) -> dict[str, Any]:
         return self.handle.state()

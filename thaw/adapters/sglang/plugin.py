@@ -12,29 +12,30 @@ and wraps `UnifiedRadixCache.insert` to record the token id of every slot it ins
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 
 def thaw_call(self: Any, op: str, args_json: str, reply_path: str) -> None:
     """Runs `scheduler_ops.<op>(scheduler, **args)`; writes {"ok", "result"} or {"ok": False,
     "type", "message"} (with the traceback of anything not thaw's) to `reply_path` (SGLang's
-    RPC returns no value). Never raises, so SGLang's RPC reports success and the caller
-    reads the typed outcome from the file."""
+    RPC returns no value). A request from thaw's server endpoints carries ``confine_to``: every
+    file the operation opens must lie in that directory (`thaw.core.confine`). Never raises,
+    so SGLang's RPC reports success and the caller reads the typed outcome from the file."""
+    from thaw.core.confine import confined_to
     from thaw.core.errors import error_reply
 
     from . import scheduler_ops
+    from .rpc import write_reply
 
     try:
         if op not in scheduler_ops.OPS:
             raise KeyError(f"unknown thaw operation {op!r}; known: {sorted(scheduler_ops.OPS)}")
-        reply = {"ok": True, "result": scheduler_ops.OPS[op](self, **json.loads(args_json))}
+        args = json.loads(args_json)
+        with confined_to(args.pop("confine_to", None)):  # a server's request: its directory only
+            reply = {"ok": True, "result": scheduler_ops.OPS[op](self, **args)}
     except Exception as exc:  # reported to the caller, with its type, through the reply file
         reply = error_reply(exc)
-    tmp = reply_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(reply, f)
-    os.replace(tmp, reply_path)
+    write_reply(reply_path, reply)
 
 
 def register() -> None:

@@ -18,21 +18,23 @@ from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, Identity
                        PagedKV, PrefixTree, StateSnapshot, TensorData, ThawError, check_kv_weights,
                        check_weights_format, config_digest, convert_pages, save)
 from thaw.core import weights_ref
+from thaw.core.errors import WeightsInconsistent
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
 from thaw.core.recut import fit_for_restore
 from thaw.core.snapshot_io import weights_digest
 
-from ..checkpoint import model_config_for_digest, read_checkpoint
+from ..checkpoint import NoCheckpoint, model_config_for_digest, read_checkpoint
 from . import cache_restore, cache_state, engine_access, gpu_pages, gpu_weights, prepared
 from .requests import capture_requests, live_requests
+from .rpc import SchedulerBusy
 
 MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
                 "num_kv_heads", "head_dim", "page_size", "tp_size", "extra.quantization")
 def _state(s: Any) -> SimpleNamespace:
     """thaw's own per-scheduler state: weights restored from a snapshot, their digest."""
     if not hasattr(s, "_thaw_state"):
-        s._thaw_state = SimpleNamespace(restored_weights=None, weights_digest=None)
+        s._thaw_state = SimpleNamespace(restored_weights=None, weights_digest=None, weights_inconsistent=None)
     return s._thaw_state
 
 
@@ -76,7 +78,7 @@ def current_weights_digest(s: Any) -> str:
     if st.weights_digest is None:
         try:
             w = checkpoint_weights(s)
-        except ThawError:
+        except NoCheckpoint:  # dummy weights never restored: unknown (a corrupt file raises)
             return ""
         st.weights_digest = weights_digest({k: TensorData.of(v) for k, v in w.items()})
     return st.weights_digest
@@ -144,7 +146,7 @@ def status(s: Any) -> dict[str, Any]:
     cache = state(s)
     return {"engine": "sglang", "identity": engine_identity(s).to_json(), "page_size": s.page_size,
             **{k: cache[k] for k in ("tree_nodes", "tree_tokens", "free_slots", "evictable_slots")},
-            "requests_in_flight": len(cache["requests"])}
+            "requests_in_flight": len(cache["requests"]), "weights_inconsistent": _state(s).weights_inconsistent}
 
 
 def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
@@ -157,6 +159,8 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
     new file overwrites (`write_container`)."""
     t0 = time.perf_counter()
     check_supported(s)
+    if _state(s).weights_inconsistent:
+        raise WeightsInconsistent(_state(s).weights_inconsistent)
     if weights_from is not None:
         if not weights:
             raise ThawError("weights=False leaves the weights out; weights_from references them: pass one")
@@ -243,17 +247,23 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
     # Another engine's (or page size's) snapshot is re-cut to this engine's pages.
     snap, recut_report, differences = fit_for_restore(snap, mine, layout, MATCH_FIELDS)
     _check_fits(s, snap, mine, layout, load_weights, requests, trust_unknown_weights)
+    inconsistent = _state(s).weights_inconsistent
+    if inconsistent and not load_weights:
+        raise WeightsInconsistent(f"{inconsistent}; this restore brings no weights")
+    if load_weights:  # every cached prefix was computed with the weights being replaced
+        _refuse_live_requests(s)
     tree: Optional[PrefixTree] = None
     if snap.prefix is not None and snap.kv is not None:
         tree = _tree_with_requests(snap) if requests else snap.prefix
-        cache_restore.check_room(s.tree_cache, tree)
+        cache_restore.check_room(s.tree_cache, tree, reuse_cached=not load_weights)
     lap("checks")
     kv_from, pool, placement = None, _kv_pool(s), None
     try:
         if tree is not None:
             # Fresh slots first (nothing names them until the commit), so each KV layer can
             # be written into them as it arrives; any failure below gives them back.
-            placement = cache_restore.reserve_tree(s.tree_cache, pool, tree, snap.kv.num_pages)
+            placement = cache_restore.reserve_tree(s.tree_cache, pool, tree, snap.kv.num_pages,
+                                                   reuse_cached=not load_weights)
             lap("kv_reserve")
             kv_from = _write_kv(files, snap, layout, pool, placement, cold)
         lap("kv")
@@ -262,7 +272,7 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
             named, weights_route = gpu_weights.stage(snap, pool.k_buffer[0].device, files.registered, cold)
             lap("weights_stage")
         if named:
-            _load_weights(s, named)
+            _swap_weights(s, named)
             st = _state(s)
             st.restored_weights, st.weights_digest = dict(snap.weights), snap.identity.weights_digest
         lap("weights")
@@ -322,11 +332,40 @@ def release_prepared(s: Any) -> None:
     prepared.of(s).release()
 
 
-def _load_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
-    """Through SGLang's own tensor weight-update path (`load_weights` of the model)."""
-    ok, message = engine_access.update_weights_from_tensor(s.tp_worker.model_runner, named)
-    if not ok:
-        raise ThawError(f"SGLang refused the snapshot's weights: {message}")
+def _refuse_live_requests(s: Any) -> None:
+    """Refuses a restore that replaces the weights while requests run on them; while the
+    scheduler still holds requests that have answered (they lock their prefixes and insert
+    their KV into the tree when retired), `SchedulerBusy`, which the caller asks again."""
+    live = sorted(r.rid for r in live_requests(s))
+    if live:
+        raise ThawError(f"the snapshot's weights would replace the ones requests {live[:8]} ({len(live)} in all) "
+                        "are running on: let them finish or abort them first, or restore with weights=False")
+    retiring = len(s.running_batch.reqs)
+    if retiring or int(s.tree_cache.protected_size()):
+        raise SchedulerBusy(f"SGLang's scheduler is still retiring {retiring} requests that have answered "
+                            f"({int(s.tree_cache.protected_size())} cached slots locked)")
+
+
+def _swap_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
+    """Loads the snapshot's weights through SGLang's own tensor weight-update path
+    (`load_weights` of the model), then evicts every cached prefix (computed with the old
+    weights; the restore's own paths are inserted after). A load that fails or is refused
+    evicts them as well and leaves the engine `WeightsInconsistent` until a restore with
+    weights succeeds."""
+    st = _state(s)
+    try:
+        ok, message = engine_access.update_weights_from_tensor(s.tp_worker.model_runner, named)
+        if not ok:
+            raise ThawError(f"SGLang refused the snapshot's weights: {message}")
+    except BaseException as exc:
+        cache_restore.drop_cached(s.tree_cache)
+        st.restored_weights, st.weights_digest = None, ""
+        st.weights_inconsistent = (f"loading the snapshot's weights failed partway ({type(exc).__name__}: {exc}); "
+                                   "the radix cache was dropped, and the engine may hold a mix of old and new "
+                                   "weights: restore a snapshot with weights before serving again")
+        raise WeightsInconsistent(st.weights_inconsistent) from exc
+    cache_restore.drop_cached(s.tree_cache)
+    st.weights_inconsistent = None
 
 
 OPS = {"hello": hello, "state": state, "model_config": model_config, "seed_rng": seed_rng,

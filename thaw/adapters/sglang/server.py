@@ -13,7 +13,11 @@ The rules are `thaw.endpoints`' (the same as for `vllm serve`): snapshot and res
 off unless the operator sets ``THAW_SNAPSHOT_DIR`` (paths resolve inside it) or lists URL
 prefixes in ``THAW_SNAPSHOT_URLS``; in-flight requests are never carried (they belong to
 the server's HTTP clients). The endpoints sit under SGLang's own API-key check at its
-admin-optional level (``--admin-api-key`` where set, else ``--api-key``). Each call runs
+admin-optional level (``--admin-api-key`` where set, else ``--api-key``); a server with
+neither refuses snapshot and restore unless the operator sets ``THAW_ALLOW_UNAUTHENTICATED=1``
+(logged at start). POSTs must be JSON (415) of at most `thaw.endpoints.MAX_BODY` bytes (413).
+After a restore whose weights failed to load partway, every other request is answered 503
+until a restore with weights succeeds (`thaw.endpoints.ServiceGate`). Each call runs
 in the scheduler between batches (`plugin.thaw_call`, through `engine_access.SchedulerRPC`,
 off the server's event loop); a refusal or failure is an HTTP error with body
 ``{"error": {"type", "message"}}``, and the server keeps serving.
@@ -28,7 +32,8 @@ from typing import Any
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 from fastapi.responses import JSONResponse
 
-from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of, status_extras
+from thaw.endpoints import (HTTPRefusal, ServiceGate, check_body_size, check_post_headers, checked_request,
+                            parse_body, refusal_of, require_write_access, status_extras, write_access_notice)
 
 from . import engine_access
 from .rpc import PLUGIN_HINT, RPCFailed, call_thaw
@@ -40,8 +45,9 @@ log = logging.getLogger("thaw.sglang")
 class SchedulerEndpoints:
     """The endpoints' work, given the scheduler's RPC address (`port_args`)."""
 
-    def __init__(self, port_args: Any) -> None:
+    def __init__(self, port_args: Any, has_key: bool) -> None:
         self.rpc = engine_access.SchedulerRPC(port_args)
+        self.has_key = has_key
 
     def _call(self, op: str, args: dict[str, Any]) -> Any:
         try:
@@ -52,10 +58,17 @@ class SchedulerEndpoints:
             raise HTTPRefusal(500, "SchedulerError", f"SGLang's RPC thaw_call({op}) failed: {exc}") from None
         return refusal_of(reply, "from SGLang's scheduler")
 
-    async def serve(self, op: str, raw_body: bytes) -> Any:
+    async def serve(self, op: str, request: Request) -> Any:
         if op == "status":
             return {**await asyncio.to_thread(self._call, "status", {}), **status_extras()}
-        args = checked_request(op, parse_body(raw_body), FIELDS)
+        require_write_access(self.has_key)  # every POST changes state
+        check_post_headers(request.headers.get("content-type"), request.headers.get("content-length"))
+        raw, size = [], 0
+        async for chunk in request.stream():  # read no further than the cap
+            size += len(chunk)
+            check_body_size(size)
+            raw.append(chunk)
+        args = checked_request(op, parse_body(b"".join(raw)), FIELDS)
         return await asyncio.to_thread(self._call, op, args)
 
 
@@ -65,14 +78,28 @@ def install_routes(app: Any, server_args: Any, port_args: Any) -> None:
         log.error("thaw: SGLang serves HTTP from several tokenizer workers here (--tokenizer-worker-num > 1); "
                   "thaw's /thaw/ endpoints are not added")
         return
-    endpoints = SchedulerEndpoints(port_args)
+    has_key = bool(getattr(server_args, "api_key", None) or getattr(server_args, "admin_api_key", None))
+    level, line = write_access_notice(has_key)
+    log.log(level, line)
+    endpoints = SchedulerEndpoints(port_args, has_key)
+
+    gate = ServiceGate()
+
+    @app.middleware("http")
+    async def refuse_while_inconsistent(request: Request, call_next: Any) -> Any:
+        if gate.refusing and not request.url.path.startswith("/thaw/"):
+            status, payload = gate.refusal()
+            return JSONResponse(payload, status_code=status)
+        return await call_next(request)
 
     def route(op: str) -> Any:
         async def endpoint(request: Request) -> JSONResponse:
             try:
-                return JSONResponse(await endpoints.serve(op, await request.body()))
+                status, payload = 200, await endpoints.serve(op, request)
             except HTTPRefusal as exc:
-                return JSONResponse(exc.body(), status_code=exc.status)
+                status, payload = exc.status, exc.body()
+            gate.after(op, payload)
+            return JSONResponse(payload, status_code=status)
 
         endpoint.__name__ = f"thaw_{op}"
         return engine_access.admin_endpoint(endpoint)

@@ -9,7 +9,9 @@ size 1) move between the engine's memory and the snapshot file in this process.
 
 Contract: `thaw_call(op, args)` takes and returns plain JSON-able values. It never raises
 for thaw's own errors: a `ThawError` comes back as ``{"ok": False, "type", "message"}`` so
-that the client can raise the same type; anything else is vLLM's to report.
+that the client can raise the same type; anything else is vLLM's to report. A request from
+thaw's server endpoints carries ``confine_to``: every file the operation opens must lie in
+that directory (`thaw.core.confine`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from typing import Any, Callable
 
 from thaw.core import ThawError
+from thaw.core.confine import confined_to
 from thaw.core.errors import error_reply
 
 OPS = ("identity", "snapshot", "restore", "prepare", "release_prepared", "status")
@@ -51,22 +54,26 @@ def thaw_call(core: Any, op: str, args: dict[str, Any]) -> dict[str, Any]:
             raise ThawError(f"unknown thaw operation {op!r}; known: {list(OPS)}")
         args = dict(args or {})
         handle = _handle(core, bool(args.pop("prefault_kv", True)))
-        if op == "identity":
-            result: Any = handle.identity().to_json()
-        elif op == "status":
-            result = handle.status()
-        elif op == "snapshot":
-            result = _timed(lambda: handle.snapshot(args.pop("path"), **args))
-        elif op == "restore":
-            result = _timed(lambda: handle.restore(args.pop("path"), **args))
-        elif op == "prepare":
-            result = {"seconds": handle.prepare(args.pop("path"), **args)}
-        else:
-            handle.release_prepared()
-            result = {}
+        with confined_to(args.pop("confine_to", None)):  # a server's request: its directory only
+            result = _run(handle, op, args)
         return {"ok": True, "result": result}
     except (ThawError, OSError, TypeError, KeyError) as exc:  # thaw's, a missing file, a bad argument
         return error_reply(exc)
+
+
+def _run(handle: Any, op: str, args: dict[str, Any]) -> Any:
+    if op == "identity":
+        return handle.identity().to_json()
+    if op == "status":
+        return handle.status()
+    if op == "snapshot":
+        return _timed(lambda: handle.snapshot(args.pop("path"), **args))
+    if op == "restore":
+        return _timed(lambda: handle.restore(args.pop("path"), **args))
+    if op == "prepare":
+        return {"seconds": handle.prepare(args.pop("path"), **args)}
+    handle.release_prepared()
+    return {}
 
 
 def install() -> None:

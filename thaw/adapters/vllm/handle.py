@@ -11,6 +11,7 @@ import torch
 
 from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError, save
 from thaw.core.adapter import EngineAdapter
+from thaw.core.errors import WeightsInconsistent
 from thaw.core import weights_ref
 from thaw.core.object_store import absolute
 from thaw.core.prefault import populate_for_write
@@ -18,7 +19,7 @@ from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
 from thaw.core.tp_files import RankSetWriter
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import NoCheckpoint, read_checkpoint
 from . import engine_access
 from .capture import CaptureReport, capture, capture_index
 from .recorder import BlockTokenRecorder
@@ -59,6 +60,9 @@ class VLLMHandle(EngineAdapter):
         self._restored_checkpoint: Optional[dict[str, TensorData]] = None
         self._restored_from: Optional[str] = None  # the file those came from
         self._weights_known = not engine_access.loads_dummy_weights(self.parts)
+        # Set when loading a snapshot's weights failed partway (`WeightsInconsistent`): the
+        # engine then snapshots nothing until a restore with weights succeeds.
+        self.weights_inconsistent: Optional[str] = None
         self.resumed_outputs: dict[str, list[int]] = {}
         self.files = PreparedFiles(parts)  # snapshots opened, registered, KV kept on the device
         self.last_capture: Optional[CaptureReport] = None
@@ -90,7 +94,7 @@ class VLLMHandle(EngineAdapter):
             return parameters_digest(parameters(self.parts)) if self._weights_known else ""
         try:
             w = self.checkpoint_weights()
-        except ThawError:
+        except NoCheckpoint:  # dummy weights never restored: unknown (a corrupt file raises)
             return ""
         return weights_digest({k: TensorData.of(v) for k, v in w.items()})
 
@@ -108,6 +112,7 @@ class VLLMHandle(EngineAdapter):
         return {"engine": "vllm", "identity": self.identity().to_json(), **engine_access.counts(self.parts.block_pool),
                 "requests_in_flight": len(engine_access.in_flight_requests(self.parts)),
                 "model_in_worker_process": self.parts.workers is not None,
+                "weights_inconsistent": self.weights_inconsistent,
                 "kv_prefault": sorted(self.kv_prefault), "kv_prefault_seconds": self.kv_prefault_seconds}
 
     # -- snapshot -------------------------------------------------------------------
@@ -123,6 +128,8 @@ class VLLMHandle(EngineAdapter):
         are captured when `requests`; one whose settings a snapshot cannot carry exactly is
         refused by name (EngineUnsupported). `for_writer` holds CUDA weights and KV on the
         device, for a snapshot written before the engine runs again (`snapshot` does)."""
+        if self.weights_inconsistent:
+            raise WeightsInconsistent(self.weights_inconsistent)
         fmt = weights_format or native_format(self.parts)
         check_format(self.parts, fmt)
         tensors = None
@@ -152,6 +159,8 @@ class VLLMHandle(EngineAdapter):
         `direct`: write past the page cache (`thaw.core.container.write_container`);
         `recycle`: a retired snapshot file in the same directory whose page-cache pages the
         new file overwrites (taken at once, even if the snapshot then fails: `write_container`)."""
+        if self.weights_inconsistent:
+            raise WeightsInconsistent(self.weights_inconsistent)
         ref = self._weights_reference(path, weights_from, weights, weights_format)
         recycle = None if recycle is None else absolute(recycle)
         if self.parts.workers is not None:
@@ -267,11 +276,18 @@ class VLLMHandle(EngineAdapter):
         # Only digests already known go into the identity compared here (the comparison
         # reports differences); the check that needs one computes it (check_fits).
         engine_id = engine_access.engine_identity(self.parts, self._digests.get(snap.weights_format, ""))
-        report, resumed = restore(self.parts, snap, self.recorder, engine_id=engine_id,
-                                  engine_weights_digest=self.weights_digest,
-                                  load_weights=weights, resume=requests, registry=self.files.registered,
-                                  trust_unknown_weights=trust_unknown_weights,
-                                  resident_kv=self.files.resident_kv)
+        if self.weights_inconsistent and not (weights and snap.weights):
+            raise WeightsInconsistent(f"{self.weights_inconsistent}; this restore brings no weights")
+        try:
+            report, resumed = restore(self.parts, snap, self.recorder, engine_id=engine_id,
+                                      engine_weights_digest=self.weights_digest,
+                                      load_weights=weights, resume=requests, registry=self.files.registered,
+                                      trust_unknown_weights=trust_unknown_weights,
+                                      resident_kv=self.files.resident_kv)
+        except WeightsInconsistent as exc:
+            self.weights_inconsistent, self._digests, self._weights_known = str(exc), {}, False
+            raise
+        self.weights_inconsistent = None if report.weights_restored else self.weights_inconsistent
         report.seconds["open"] = verify_seconds
         if ranks != engine_access.tp_size(self.parts):
             report.tp_resharded = [ranks, engine_access.tp_size(self.parts)]

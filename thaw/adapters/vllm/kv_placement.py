@@ -54,11 +54,14 @@ class KVPlacement:
     """
 
     def __init__(self, parts: EngineParts, snap: StateSnapshot, hashes: list[bytes],
-                 report: RestoreReport) -> None:
+                 report: RestoreReport, reuse_cached: bool = True) -> None:
+        """`reuse_cached=False` (a restore that replaces the weights): every page is written
+        into a fresh block, none taken from the cache, whose blocks were computed with the
+        weights being replaced."""
         self.parts, self.snap, self.hashes, self.report = parts, snap, hashes, report
         self.pool = PoolEdit(parts.block_pool, hashes)
         existing = {}
-        for page in range(len(hashes)):
+        for page in range(len(hashes)) if reuse_cached else ():
             blk = self.pool.cached(page)
             if blk is not None:
                 existing[page] = blk

@@ -7,6 +7,12 @@ the first change; then blocks are allocated (the first change: it may evict cach
 blocks), KV pages go into those fresh blocks the engine cannot reach yet, weights are
 loaded, and only then are the pages' hashes registered (anything placed is undone on
 failure); last, in-flight requests are re-queued.
+
+A restore that loads weights replaces what every cached block was computed with: it is
+refused while requests run (by name), writes every snapshot page afresh (none is taken
+from the cache), and drops every other cached block from the prefix index once the new
+weights are in. If loading the weights fails partway, the cache is dropped too and the
+error is `WeightsInconsistent`.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import torch
 
 from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestState, SchemaError, StateSnapshot,
                        ThawError, check_kv_weights)
+from thaw.core.errors import WeightsInconsistent
 
 from thaw.core.recut import fit_for_restore
 from thaw.core.residency import COLD_BELOW, resident_fraction
 
-from .engine_access import NO_FRONT, EngineParts, block_hasher, engine_block_hashes, request_rejections
+from .engine_access import (NO_FRONT, EngineParts, PoolEdit, block_hasher, engine_block_hashes, external_request_id,
+                            in_flight_requests, request_rejections)
 from .recorder import BlockTokenRecorder
 from .kv_placement import KVPlacement, RestoreReport
 from .weights import WeightsLoad
@@ -129,6 +137,32 @@ def resume_requests(parts: EngineParts, prepared: list[tuple[str, dict[str, Any]
     return done
 
 
+def refuse_running_requests(parts: EngineParts) -> None:
+    """Refuses a restore that replaces the weights while requests run on them (their KV,
+    and the tokens still to come, belong to the weights they started with)."""
+    live = [external_request_id(parts, r.request_id) for r in in_flight_requests(parts)]
+    if live:
+        raise ThawError(f"the snapshot's weights would replace the ones requests {sorted(live)[:8]} "
+                        f"({len(live)} in all) are running on: let them finish or abort them first, or "
+                        "restore with weights=False")
+
+
+def commit_weights(parts: EngineParts, weights: WeightsLoad) -> int:
+    """Loads the staged weights, then drops every block the prefix index held (computed with
+    the old weights; this restore's own pages are registered after). A load that fails
+    partway drops them as well and raises `WeightsInconsistent`."""
+    pool = PoolEdit(parts.block_pool, [])
+    try:
+        loaded = weights.commit()
+    except BaseException as exc:
+        pool.drop_cached()
+        raise WeightsInconsistent(f"loading the snapshot's weights failed partway ({type(exc).__name__}: {exc}); "
+                                  "the prefix cache was dropped, and the engine may hold a mix of old and new "
+                                  "weights: restore a snapshot with weights before serving again") from exc
+    pool.drop_cached()
+    return loaded
+
+
 def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorder, *,
             engine_id: Identity, engine_weights_digest: Callable[[str], str], load_weights: bool, resume: bool,
             trust_unknown_weights: bool = False,
@@ -155,10 +189,12 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
         report.recut = recut_report.to_json()
         report.pages_in_snapshot = snap.kv.num_pages
     check_fits(parts, snap, has_weights, engine_weights_digest, trust_unknown_weights, resume)
+    if has_weights:
+        refuse_running_requests(parts)
     hashes = derive_hashes(parts, snap) if snap.prefix is not None and snap.prefix.nodes else []
     if hashes:
         check_hasher_agrees(parts, snap, hashes)
-    placement = KVPlacement(parts, snap, hashes, report) if hashes else None
+    placement = KVPlacement(parts, snap, hashes, report, reuse_cached=not has_weights) if hashes else None
     prepared = prepare_requests(snap.requests) if resume else []
     # A local file mostly outside the page cache is read from the disk, not mapped (mapping
     # or registering it would fault it in a page at a time); a registered file is resident.
@@ -203,7 +239,7 @@ def restore(parts: EngineParts, snap: StateSnapshot, recorder: BlockTokenRecorde
             placement.move(pages, on_device)
         lap("kv")
         if weights is not None:
-            report.weights_restored = weights.commit()
+            report.weights_restored = commit_weights(parts, weights)
         lap("weights")
         if placement is not None:
             placement.register(recorder)

@@ -13,9 +13,12 @@ It answers under ``/thaw/`` and passes every other request to vLLM untouched:
 
 Snapshot, restore and prepare read or write server-side files only where the operator
 allowed it (``THAW_SNAPSHOT_DIR``, ``THAW_SNAPSHOT_URLS``: see `thaw.endpoints`, whose rules
-every engine's server shares). The server's own API keys (``--api-key`` or
-``VLLM_API_KEY``) are required here too. In-flight requests are never carried through the
-server: they belong to its HTTP clients. Each call runs in the EngineCore between
+every engine's server shares). The server's own API keys (``--api-key``, one or several, or
+``VLLM_API_KEY``) are required here too; a server without one refuses snapshot, restore and
+prepare unless the operator sets ``THAW_ALLOW_UNAUTHENTICATED=1`` (logged at start). After a
+restore whose weights failed to load partway, every other request is answered 503 until a
+restore with weights succeeds (`thaw.endpoints.ServiceGate`). In-flight requests are never
+carried through the server: they belong to its HTTP clients. Each call runs in the EngineCore between
 scheduler steps (`core_service`); a refusal or failure comes back as an HTTP error whose
 body is ``{"error": {"type": "<ThawError type>", "message": "..."}}``, and the server
 keeps serving.
@@ -25,11 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
-from thaw.endpoints import HTTPRefusal, checked_request, parse_body, refusal_of, resolve_path, status_extras
+from thaw.endpoints import (HTTPRefusal, ServiceGate, check_body_size, check_post_headers, checked_request,
+                            parse_body, refusal_of, require_write_access, resolve_path, status_extras,
+                            write_access_notice)
 
 __all__ = ["ThawMiddleware", "resolve_path"]
 FIELDS = {"snapshot": {"path", "weights", "weights_format", "strict", "weights_from", "direct", "recycle"},
@@ -38,13 +44,20 @@ FIELDS = {"snapshot": {"path", "weights", "weights_format", "strict", "weights_f
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+log = logging.getLogger("thaw.vllm")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def _tokens(app: Any) -> list[bytes]:
+def api_keys(app: Any) -> list[str]:
+    """The server's API keys: ``--api-key`` (vLLM takes one or several), else ``VLLM_API_KEY``."""
     args = getattr(getattr(app, "state", None), "args", None)
-    keys = [k for k in (getattr(args, "api_key", None) or [os.environ.get("VLLM_API_KEY")]) if k]
-    return [hashlib.sha256(k.encode()).digest() for k in keys]
+    configured = getattr(args, "api_key", None) or os.environ.get("VLLM_API_KEY")
+    keys = [configured] if isinstance(configured, str) else list(configured or [])
+    return [k for k in keys if isinstance(k, str) and k]
+
+
+def _tokens(app: Any) -> list[bytes]:
+    return [hashlib.sha256(k.encode()).digest() for k in api_keys(app)]
 
 
 def _authorized(scope: Scope, tokens: list[bytes]) -> bool:
@@ -57,12 +70,23 @@ def _authorized(scope: Scope, tokens: list[bytes]) -> bool:
 
 
 async def _body(receive: Receive) -> dict[str, Any]:
-    chunks, more = [], True
+    """The request body as a JSON object, read no further than `MAX_BODY` bytes (413)."""
+    chunks, size, more = [], 0, True
     while more:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        check_body_size(size)
+        chunks.append(chunk)
         more = message.get("more_body", False)
     return parse_body(b"".join(chunks))
+
+
+def _header(scope: Scope, name: bytes) -> Optional[str]:
+    for key, value in scope.get("headers") or []:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
 class ThawMiddleware:
@@ -70,19 +94,26 @@ class ThawMiddleware:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.announced = False
+        self.gate = ServiceGate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") == "lifespan" and not self.announced:  # the server starts: say who may write
+            self.announced = True
+            level, line = write_access_notice(bool(api_keys(scope.get("app"))))
+            log.log(level, line)
         if scope.get("type") != "http" or not scope.get("path", "").startswith("/thaw/"):
+            if scope.get("type") == "http" and self.gate.refusing:
+                await _respond(send, *self.gate.refusal())
+                return
             await self.app(scope, receive, send)
             return
         try:
             status, payload = 200, await self._serve(scope, receive)
         except HTTPRefusal as exc:
             status, payload = exc.status, exc.body()
-        data = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-        await send({"type": "http.response.body", "body": data})
+        self.gate.after(scope.get("path", "")[len("/thaw/"):], payload)
+        await _respond(send, status, payload)
 
     async def _serve(self, scope: Scope, receive: Receive) -> Any:
         app = scope.get("app")
@@ -93,8 +124,18 @@ class ThawMiddleware:
             return {**await _call_core(app, "status", {}), **status_extras()}
         if op in FIELDS and method != "POST":
             raise HTTPRefusal(405, "MethodNotAllowed", f"/thaw/{op} takes POST")
+        if op in FIELDS:  # every POST changes state
+            require_write_access(bool(api_keys(app)))
+            check_post_headers(_header(scope, b"content-type"), _header(scope, b"content-length"))
         body = checked_request(op, await _body(receive) if op in FIELDS else {}, FIELDS)
         return await _call_core(app, op, body)
+
+
+async def _respond(send: Send, status: int, payload: Any) -> None:
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
 
 
 async def _call_core(app: Any, op: str, args: dict[str, Any]) -> Any:

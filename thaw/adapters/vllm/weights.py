@@ -96,7 +96,8 @@ class WeightsLoad:
       parameters/gpu-streamed  (the file is mostly outside the page cache) the same staging,
                              filled by O_DIRECT reads checked on the host as they land;
       parameters/host-verified  (too little free GPU memory to stage) the file's bytes are
-                             checked on the host first, then copied into the parameters;
+                             checked on the host first, then copied into the parameters and
+                             checked again there as they land;
       parameters/host        an in-memory snapshot: host tensors copied into the parameters.
     """
 
@@ -188,8 +189,10 @@ class WeightsLoad:
         elif self.route == "parameters/host-verified":
             from thaw.core.gpu_files import copy_sections_to_gpu
 
+            # Checked again as it lands: what the engine gets is what was checked, even if the
+            # mapped file changed since `stage` (a mismatch now is `WeightsInconsistent`).
             copy_sections_to_gpu(self.registered, {d._section: self.params[name].view(-1).view(torch.uint8)
-                                                   for name, d in self.snap.weights.items()}, verify="none")
+                                                   for name, d in self.snap.weights.items()}, verify="gpu")
         else:  # parameters, staged on the GPU or read on the host: byte copies into each one
             with torch.no_grad():
                 for name, src in self._staged.items():

@@ -1,6 +1,7 @@
 """How thaw reaches into a vLLM engine: the one place that knows vLLM's internals.
 
 - `engine`: versions, finding the engine core's parts, KV layouts, identity, weights reload;
+- `reload`: vLLM's layerwise weight reload, and undoing one that failed partway;
 - `block_pool`: every call on vLLM's BlockPool, public and private;
 - `hashing`: block hashes with the engine's own hash function, and its request hasher;
 - `requests`: the client's request front and the in-flight requests' settings;

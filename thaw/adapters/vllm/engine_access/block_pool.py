@@ -107,3 +107,14 @@ class PoolEdit:
 
     def release(self, blocks: list[Any]) -> None:
         self.pool.free_blocks(blocks)
+
+    def drop_cached(self) -> int:
+        """Drops every cached block hash from the prefix index (their bytes were computed
+        with weights the engine no longer holds); returns how many. Blocks stay where they
+        are: free ones go back to the free queue as plain free blocks."""
+        dropped = 0
+        for blk in self.pool.blocks:
+            if blk.block_hash is not None and not blk.is_null:
+                self.pool._maybe_evict_cached_block(blk)
+                dropped += 1
+        return dropped

@@ -26,6 +26,7 @@ from thaw.core.dtypes import dtype_name
 from thaw.core.layouts import vllm_cpu_amx, vllm_cpu_vec
 
 from ...checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
+from .reload import reload_checkpoint_tensors
 from .requests import RequestFront
 from .workers import RemoteWorkers
 
@@ -254,8 +255,12 @@ def checkpoint_files(parts: EngineParts) -> list[str]:
 
 
 def reload_weights(parts: EngineParts, weights: list[tuple[str, torch.Tensor]]) -> None:
-    """Loads checkpoint-named tensors through vLLM's own weight-reload path."""
-    parts.core.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+    """Loads checkpoint-named tensors through vLLM's own weight-reload path (the model runs
+    in the core here); a reload that fails partway is abandoned cleanly (`reload`)."""
+    def through_worker(weights_iterator: list[tuple[str, torch.Tensor]]) -> None:
+        parts.core.collective_rpc("reload_weights", kwargs={"weights_iterator": weights_iterator})
+
+    reload_checkpoint_tensors(through_worker, parts.model_runner.get_model(), weights)
 
 
 
@@ -294,5 +299,6 @@ def worker_tp_rank(worker: Any) -> tuple[int, int]:
 
 
 def worker_reload_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
-    """Loads checkpoint-named tensors through the worker's own weight-reload path."""
-    worker.reload_weights(weights_iterator=weights)
+    """Loads checkpoint-named tensors through the worker's own weight-reload path; a reload
+    that fails partway is abandoned cleanly (`reload`)."""
+    reload_checkpoint_tensors(worker.reload_weights, worker.model_runner.get_model(), weights)
