@@ -92,7 +92,8 @@ class SnapshotRestoreConformance:
                 assert len(out["tokens"]) == 2 and out["cached_tokens"] == 0, name
 
     # -- a restore that brings other weights -------------------------------------------
-    def test_weights_swap_leaves_no_cache_hit_of_the_old_weights(self, engine_under_test, trunk, tmp_path):
+    def test_weights_swap_leaves_no_cache_hit_of_the_old_weights(self, engine_under_test, trunk, tmp_path,
+                                                                  tmp_path_factory):
         """A fresh engine answers a warm-up request (its KV computed with dummy weights), then
         restores the trunk: the trunk's own path, which the warm-up cached too, must be served
         from the snapshot's KV. Then it caches another prompt with the trunk's weights and
@@ -103,14 +104,7 @@ class SnapshotRestoreConformance:
         if eut.other_weights is None:
             pytest.skip("the adapter names no engine with other weights (other_weights=None)")
         other = [5 + (i * 29) % 490 for i in range(len(eut.prompt) // 2)]
-        unrelated = [7 + (i * 13) % 480 for i in range(len(eut.prompt) // 2)]
-        retrained = tmp_path / "retrained.thaw"
-        with eut.engine(**eut.other_weights) as source:
-            source.call("generate", prompt_token_ids=unrelated, max_tokens=2)
-            source.call("snapshot", path=str(retrained))  # other weights; holds `unrelated` only
-            oracle = {name: source.call("generate", prompt_token_ids=p, max_tokens=eut.max_tokens)
-                      for name, p in (("prompt", eut.prompt), ("other", other))}
-        assert [o["cached_tokens"] for o in oracle.values()] == [0, 0]
+        retrained, oracle = _other_weights_snapshot(eut, other, tmp_path_factory)
         with eut.fresh_engine() as engine:
             engine.call("generate", prompt_token_ids=eut.prompt, max_tokens=2)  # the operator's warm-up
             engine.call("restore", path=str(trunk.trunk_path))
@@ -222,3 +216,30 @@ def _with_a_misshapen_last_tensor(path, workdir):
     forged = workdir / "misshapen.thaw"
     thaw.save(snap, forged)
     return forged
+
+
+# (driver package, config of the engine with other weights, prompts) -> its snapshot and
+# outputs: made once for every class that runs the same engine, however it runs it (config
+# keys below choose processes, not what the engine computes).
+_OTHER_WEIGHTS: dict = {}
+WHERE_IT_RUNS = ("thaw_engine", "distributed_executor_backend")
+
+
+def _other_weights_snapshot(eut, other, tmp_path_factory):
+    """A snapshot of an engine serving `eut.other_weights` that holds neither `eut.prompt`
+    nor `other` (it cached an unrelated prompt), and that engine's cold greedy output for
+    each: the oracle of a restore of those weights."""
+    config = {k: v for k, v in {**eut.config, **eut.other_weights}.items() if k not in WHERE_IT_RUNS}
+    key = (eut.driver.rsplit(".", 1)[0], repr(sorted(config.items())), tuple(eut.prompt), tuple(other),
+           eut.max_tokens)
+    if key not in _OTHER_WEIGHTS:
+        unrelated = [7 + (i * 13) % 480 for i in range(len(eut.prompt) // 2)]
+        path = tmp_path_factory.mktemp("other-weights") / "retrained.thaw"
+        with eut.engine(**eut.other_weights) as source:
+            source.call("generate", prompt_token_ids=unrelated, max_tokens=2)
+            source.call("snapshot", path=str(path))  # other weights; holds `unrelated` only
+            oracle = {name: source.call("generate", prompt_token_ids=p, max_tokens=eut.max_tokens)
+                      for name, p in (("prompt", eut.prompt), ("other", other))}
+        assert [o["cached_tokens"] for o in oracle.values()] == [0, 0]
+        _OTHER_WEIGHTS[key] = (path, oracle)
+    return _OTHER_WEIGHTS[key]

@@ -197,7 +197,7 @@ def test_a_retired_file_a_thaw_process_holds_open_is_refused_until_released(tmp_
         print("mapped", flush=True)
         sys.stdin.readline()
         print(int(view[-1]), flush=True)
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path)  # the installed thaw
     try:
         assert holder.stdout.readline().strip() == "mapped"
         with pytest.raises(FormatError, match="a thaw process holds it open"):
