@@ -68,7 +68,7 @@ def _remove_if_writer_gone(entry: Path) -> bool:
     on this machine and in this process-id namespace, by a process that no longer runs, and
     locked by no one."""
     pid = _temp_writer_pid(entry.name)
-    if pid is None or pid == os.getpid() or not entry.name.endswith(tuple(_own_suffixes(entry.name))):
+    if pid is None or pid == os.getpid() or not _made_here(entry.name):
         return False
     if _process_alive(pid):
         return False
@@ -86,10 +86,9 @@ def _remove_if_writer_gone(entry: Path) -> bool:
     return True
 
 
-def _own_suffixes(name: str) -> list[str]:
-    """The name endings a temporary file of this machine and namespace can have."""
-    rest = name.rsplit(TEMP_MARK, 1)[1].partition("-")[2]
-    return [rest] if rest.startswith(machine_tag()) else []
+def _made_here(name: str) -> bool:
+    """Whether the temporary file `name` was made on this machine, in this pid namespace."""
+    return name.rsplit(TEMP_MARK, 1)[1].partition("-")[2].startswith(machine_tag())
 
 
 def sweep_stale_temps(path: Path) -> list[Path]:
