@@ -35,11 +35,11 @@ and is removed by the next save to that name once its writer process is provably
 def machine_tag() -> str:
     """4 hex digits naming this machine's boot and this process-id namespace."""
     parts = [socket.gethostname()]
-    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
-        try:
-            parts.append(os.readlink(source) if source.endswith("/pid") else open(source).read().strip())
-        except OSError:
-            parts.append("?")
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:  # no /proc: the host name alone tells machines apart
+        parts.append("?")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:4]
 
 
