@@ -37,10 +37,6 @@ def confined_to(root: Optional[str]) -> Iterator[None]:
         _ROOT.reset(token)
 
 
-def current_root() -> Optional[str]:
-    return _ROOT.get()
-
-
 def _inside(root: str, real: str) -> bool:
     return real != root and os.path.commonpath([root, real]) == root
 

@@ -19,6 +19,7 @@ from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, Identity
                        check_weights_format, config_digest, convert_pages, save)
 from thaw.core import weights_ref
 from thaw.core.errors import WeightsInconsistent
+from thaw.core.weights_swap import failed_partway, refuse_requests_on_old_weights
 from thaw.core.dtypes import dtype_name
 from thaw.core.prefix import ROOT
 from thaw.core.recut import fit_for_restore
@@ -336,10 +337,7 @@ def _refuse_live_requests(s: Any) -> None:
     """Refuses a restore that replaces the weights while requests run on them; while the
     scheduler still holds requests that have answered (they lock their prefixes and insert
     their KV into the tree when retired), `SchedulerBusy`, which the caller asks again."""
-    live = sorted(r.rid for r in live_requests(s))
-    if live:
-        raise ThawError(f"the snapshot's weights would replace the ones requests {live[:8]} ({len(live)} in all) "
-                        "are running on: let them finish or abort them first, or restore with weights=False")
+    refuse_requests_on_old_weights([r.rid for r in live_requests(s)])
     retiring = len(s.running_batch.reqs)
     if retiring or int(s.tree_cache.protected_size()):
         raise SchedulerBusy(f"SGLang's scheduler is still retiring {retiring} requests that have answered "
@@ -360,10 +358,9 @@ def _swap_weights(s: Any, named: list[tuple[str, torch.Tensor]]) -> None:
     except BaseException as exc:
         cache_restore.drop_cached(s.tree_cache)
         st.restored_weights, st.weights_digest = None, ""
-        st.weights_inconsistent = (f"loading the snapshot's weights failed partway ({type(exc).__name__}: {exc}); "
-                                   "the radix cache was dropped, and the engine may hold a mix of old and new "
-                                   "weights: restore a snapshot with weights before serving again")
-        raise WeightsInconsistent(st.weights_inconsistent) from exc
+        error = failed_partway(exc, "radix cache")
+        st.weights_inconsistent = str(error)
+        raise error from exc
     cache_restore.drop_cached(s.tree_cache)
     st.weights_inconsistent = None
 

@@ -24,7 +24,7 @@ import torch
 
 from thaw.core import (EngineUnsupported, Identity, IdentityMismatch, RequestState, SchemaError, StateSnapshot,
                        ThawError, check_kv_weights)
-from thaw.core.errors import WeightsInconsistent
+from thaw.core.weights_swap import failed_partway, refuse_requests_on_old_weights
 
 from thaw.core.recut import fit_for_restore
 from thaw.core.residency import COLD_BELOW, resident_fraction
@@ -140,11 +140,7 @@ def resume_requests(parts: EngineParts, prepared: list[tuple[str, dict[str, Any]
 def refuse_running_requests(parts: EngineParts) -> None:
     """Refuses a restore that replaces the weights while requests run on them (their KV,
     and the tokens still to come, belong to the weights they started with)."""
-    live = [external_request_id(parts, r.request_id) for r in in_flight_requests(parts)]
-    if live:
-        raise ThawError(f"the snapshot's weights would replace the ones requests {sorted(live)[:8]} "
-                        f"({len(live)} in all) are running on: let them finish or abort them first, or "
-                        "restore with weights=False")
+    refuse_requests_on_old_weights([external_request_id(parts, r.request_id) for r in in_flight_requests(parts)])
 
 
 def commit_weights(parts: EngineParts, weights: WeightsLoad) -> int:
@@ -156,9 +152,7 @@ def commit_weights(parts: EngineParts, weights: WeightsLoad) -> int:
         loaded = weights.commit()
     except BaseException as exc:
         pool.drop_cached()
-        raise WeightsInconsistent(f"loading the snapshot's weights failed partway ({type(exc).__name__}: {exc}); "
-                                  "the prefix cache was dropped, and the engine may hold a mix of old and new "
-                                  "weights: restore a snapshot with weights before serving again") from exc
+        raise failed_partway(exc, "prefix cache") from exc
     pool.drop_cached()
     return loaded
 
