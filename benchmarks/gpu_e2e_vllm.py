@@ -25,7 +25,7 @@ import statistics
 import time
 import traceback
 
-from thaw.fork import DRIVERS
+from thaw.core.adapter import driver_spec
 from thaw.workers import EngineWorker
 
 from receipt import write_receipt
@@ -100,7 +100,7 @@ def cold_start(engine: str, cfg: dict, trunk: list[int]) -> tuple[dict, dict]:
     """A new engine process on the real checkpoint: start to ready, then prefill + first
     token; with the engine's `info`."""
     t0 = time.perf_counter()
-    with EngineWorker(DRIVERS[engine], cfg) as w:
+    with EngineWorker(driver_spec(engine), cfg) as w:
         booted = time.perf_counter() - t0
         out = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
         info = w.call("info")
@@ -125,7 +125,7 @@ def prepared_restore(w: EngineWorker, path: str) -> tuple[float, dict, float]:
     prepare = w.call("prepare", path=path)
     rep = w.call("restore", path=path)
     phases = rep["seconds_by_phase"]
-    return prepare, rep, phases["read_and_verify"] + phases["weights"]
+    return prepare, rep, phases["weights_stage"] + phases["weights"]
 
 
 def medians(rounds: list[dict], *keys: str) -> dict:
@@ -161,7 +161,7 @@ def main() -> None:
     r["engine"] = cfg
 
     def parent():
-        with EngineWorker(DRIVERS["vllm"], {**cfg, "enable_sleep_mode": True}) as w:
+        with EngineWorker(driver_spec("vllm"), {**cfg, "enable_sleep_mode": True}) as w:
             out = {"boot_s": w.call("info")["boot_seconds"]}
             cold = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             cached = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
@@ -187,7 +187,7 @@ def main() -> None:
 
     def thaw_restore():
         t0 = time.perf_counter()
-        with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}) as w:
+        with EngineWorker(driver_spec("vllm"), {**cfg, "load_format": "dummy"}) as w:
             booted = time.perf_counter() - t0
             prepare = w.call("prepare", path=snap)  # open the file, map it, register it with CUDA
             rep = w.call("restore", path=snap)
@@ -195,7 +195,7 @@ def main() -> None:
             out16 = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
             info = w.call("info")
             phases = rep["seconds_by_phase"]
-            weights_s = phases["read_and_verify"] + phases["weights"]  # weights: stage + check + commit
+            weights_s = phases["weights_stage"] + phases["weights"]  # weights: stage + check + commit
             served = prepare + rep["seconds"] + first["seconds"]
             return {"process_start_to_ready_s": booted, "engine_boot_s": info["boot_seconds"],
                     "vllm_import_s": info["import_seconds"], "prepare_s": prepare,
@@ -207,7 +207,7 @@ def main() -> None:
                     "digest_equals_parent": info["identity"]["weights_digest"] == r["parent"].get("digest")}
 
     def fork_rounds(kv_on_device: bool):
-        with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}) as w:
+        with EngineWorker(driver_spec("vllm"), {**cfg, "load_format": "dummy"}) as w:
             prepare = w.call("prepare", path=snap, kv_on_device=kv_on_device)
             w.call("restore", path=snap)  # weights once; each round restores the trunk's KV
             rounds = []

@@ -28,7 +28,7 @@ import argparse
 import os
 import tempfile
 
-from thaw.fork import DRIVERS
+from thaw.core.adapter import driver_spec
 from thaw.workers import EngineWorker
 
 from gpu_e2e_sglang import ENGINE as SGLANG_GPU
@@ -55,7 +55,7 @@ def cpu_configs(model: str, trunk: int) -> dict[str, dict]:
 
 
 def fork_rounds(engine: str, cfg: dict, env: dict[str, str], trunk: list[int], kv_path: str, rounds: int) -> dict:
-    with EngineWorker(DRIVERS[engine], cfg, env=env) as w:
+    with EngineWorker(driver_spec(engine), cfg, env=env) as w:
         info = w.call("info")
         warm_up(w, trunk)
         # and one seeded batch of branches: the sampler's first seeded rows compile or load

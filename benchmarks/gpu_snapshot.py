@@ -28,7 +28,7 @@ import os
 import statistics
 import time
 
-from thaw.fork import DRIVERS
+from thaw.core.adapter import driver_spec
 from thaw.workers import EngineWorker
 
 from gpu_e2e_vllm import ENGINE, build_model, phase, pinned_memcpy_gb_s, prepared_restore
@@ -107,7 +107,7 @@ def main() -> None:
     r["engine"] = cfg
 
     def engine():
-        with EngineWorker(DRIVERS["vllm"], cfg) as w:
+        with EngineWorker(driver_spec("vllm"), cfg) as w:
             w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             out = {"full": snapshots(w, full_path, args.reps, True), "kv": snapshots(w, kv_path, args.reps, False)}
             out["session"] = snapshots(w, session_path, args.reps, True, weights_from=full_path)
@@ -121,7 +121,7 @@ def main() -> None:
 
     def restored(path: str) -> dict:
         """A fresh dummy-weight engine: prepare, restore `path` (weights + KV), first token."""
-        with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}) as w:
+        with EngineWorker(driver_spec("vllm"), {**cfg, "load_format": "dummy"}) as w:
             prepare, rep, weights_s = prepared_restore(w, path)
             first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             return {"prepare_s": prepare, "restore_s": rep["seconds"], "weights_s": weights_s,

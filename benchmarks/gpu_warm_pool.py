@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from thaw.adapters.vllm.driver import PRELOAD
 from thaw.fleet import EnginePool, LocalPlacement
-from thaw.fork import DRIVERS
+from thaw.core.adapter import driver_spec
 from thaw.workers import EngineWorker
 from thaw.zygote import Zygote
 
@@ -59,7 +59,7 @@ def _rounds(pool: EnginePool, snap: str, trunk: list[int], n: int, evict: bool) 
 def new_worker(cfg: dict, snap: str, trunk: list[int], zygote=None) -> dict:
     """Process start (or fork) -> ready -> restore (weights + KV) -> first token."""
     t0 = time.perf_counter()
-    with EngineWorker(DRIVERS["vllm"], {**cfg, "load_format": "dummy"}, zygote=zygote) as w:
+    with EngineWorker(driver_spec("vllm"), {**cfg, "load_format": "dummy"}, zygote=zygote) as w:
         ready = time.perf_counter() - t0
         rep = w.call("restore", path=snap, requests=False)
         first = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
@@ -84,7 +84,7 @@ def main() -> None:
     r["engine"] = cfg
 
     def parent():
-        with EngineWorker(DRIVERS["vllm"], cfg) as w:
+        with EngineWorker(driver_spec("vllm"), cfg) as w:
             cold = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
             cached = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
             snapshot = w.call("snapshot", path=snap)

@@ -55,8 +55,8 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
 
     c = Container(path)
     layers = load(path, verify=False).kv.layers
-    names = [layer._section for layer in layers]
-    pages = {layer._section: layer.shape[0] for layer in layers}
+    names = [layer.section_name for layer in layers]
+    pages = {layer.section_name: layer.shape[0] for layer in layers}
     nbytes = sum(c.section(n).length for n in names)
     dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)

@@ -40,7 +40,7 @@ import sys
 import time
 
 from thaw.adapters.vllm.driver import ENGINE_DEFAULTS
-from thaw.fork import DRIVERS
+from thaw.core.adapter import driver_spec
 from thaw.workers import EngineWorker
 
 from anchor_side import FORK_DIR, WEIGHTS_FILE
@@ -95,7 +95,7 @@ def remove_anchor_snapshots(work: str) -> None:
 
 def thaw_parent(engine: dict, trunk: list[int], args) -> dict:
     paths = {k: os.path.join(args.dir, f"thaw-{k}.thaw") for k in ("kv", "full", "weights", "weights-direct")}
-    with EngineWorker(DRIVERS["vllm"], engine) as w:
+    with EngineWorker(driver_spec("vllm"), engine) as w:
         prefill = w.call("generate", prompt_token_ids=trunk, max_tokens=1)
         cached = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
         out = {"prefill_ttft_s": prefill["seconds"], "cached_tokens_out": cached["tokens"],
@@ -114,7 +114,7 @@ def thaw_parent(engine: dict, trunk: list[int], args) -> dict:
 
 def thaw_child(engine: dict, trunk: list[int], args) -> dict:
     full = os.path.join(args.dir, "thaw-full.thaw")
-    with EngineWorker(DRIVERS["vllm"], {**engine, "load_format": "dummy"}) as w:
+    with EngineWorker(driver_spec("vllm"), {**engine, "load_format": "dummy"}) as w:
         prepare, rep, weights_s = prepared_restore(w, full)
         out16 = w.call("generate", prompt_token_ids=trunk, max_tokens=16)
         rounds = [fork_round(w, full, trunk)[1] for _ in range(args.rounds)]

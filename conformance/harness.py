@@ -63,7 +63,7 @@ class EngineUnderTest:
     max_tokens: int = 8
     inflight_steps: int = 3
     inflight_max_tokens: int = 12
-    fork_engine: str = "vllm"  # name in thaw.fork.DRIVERS
+    fork_engine: str = "vllm"  # an engine name (thaw.core.adapter.driver_spec) or "module:Class"
     carries_requests: bool = True
     references_weights: bool = True
     fork_children: int = 4
@@ -108,6 +108,9 @@ class Trunk:
     # The session snapshot again, written into a retired snapshot's file (a copy of the
     # trunk's, larger than it) with `recycle`; None where the driver does not take it.
     recycled_path: Optional[Path] = None
+    # The parent's in-memory capture at the trunk's snapshot, and its restore from memory;
+    # None where the driver has no `capture` (`thaw.driver.CapturingDriver`).
+    captured: Optional[dict[str, Any]] = None
 
 
 def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
@@ -121,6 +124,7 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
         cold = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         cached = parent.call("generate", prompt_token_ids=eut.prompt, max_tokens=eut.max_tokens)
         parent.call("snapshot", path=str(trunk_path))
+        captured = _captured_in_memory(parent)
         session_path, recycled_path = trunk_path, None
         if eut.references_weights:
             session_path = workdir / "session.thaw"
@@ -130,7 +134,7 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
             parent.call("snapshot", path=str(recycled_path), weights_from=str(trunk_path), recycle=str(retired))
         if not eut.carries_requests:
             return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, [],
-                         recycled_path=recycled_path)
+                         recycled_path=recycled_path, captured=captured)
         parent.call("add_request", request_id="inflight-0", prompt_token_ids=inflight_prompt,
                     max_tokens=eut.inflight_max_tokens)
         parent.call("step", n=eut.inflight_steps)
@@ -143,4 +147,16 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
             rest = parent.call("generate", prompt_token_ids=inflight_prompt + carried,
                                max_tokens=eut.inflight_max_tokens - len(carried))["tokens"]
     return Trunk(trunk_path, inflight_path, session_path, cold, cached, inflight_prompt, uninterrupted,
-                 extra={"resubmitted": carried + rest}, recycled_path=recycled_path)
+                 extra={"resubmitted": carried + rest}, recycled_path=recycled_path, captured=captured)
+
+
+def _captured_in_memory(parent: EngineWorker) -> Optional[dict[str, Any]]:
+    """The parent's in-memory capture (`thaw.driver.CapturingDriver`) and its restore into
+    the parent itself (every page already cached), where the driver has them; else None."""
+    try:
+        summary = parent.call("capture", weights=False)
+    except RemoteError as exc:
+        if exc.type != "AttributeError":
+            raise
+        return None
+    return {**summary, "restored": parent.call("restore_captured", weights=False)}

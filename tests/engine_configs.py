@@ -3,12 +3,12 @@
 from pathlib import Path
 
 from thaw.conformance import EngineUnderTest
+from thaw.core.adapter import driver_spec, register_adapter
 from thaw.testing.tiny_model import TinyLlama, build_tiny_llama
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "paged_server"
-DRIVERS = {"vllm": "thaw.adapters.vllm.driver:VLLMDriver",
-           "sglang": "thaw.adapters.sglang.driver:SGLangDriver",
-           "paged_server": "paged_server.driver:PagedServerDriver"}
+# The example server, registered as a third-party engine would be (its package on the path).
+register_adapter("paged_server", "paged_server.thaw_adapter:attach", driver="paged_server.driver:PagedServerDriver")
 PAGE_SIZES = {"vllm": 32, "sglang": 1, "paged_server": 16}
 
 
@@ -24,9 +24,9 @@ def engine_under_test(name: str, models: tuple[str, str], prompt: list[int], **k
     model, other = models
     retrained = build_tiny_llama(Path(model).parent / "retrained", TinyLlama(seed=1))  # same shape, other weights
     return EngineUnderTest(
-        driver=DRIVERS[name], config={"model": model}, fresh_config={"load_format": "dummy"},
+        driver=driver_spec(name), config={"model": model}, fresh_config={"load_format": "dummy"},
         mismatches={"dtype": ({"dtype": "bfloat16"}, "dtype"),
                     "model": ({"model": other}, "model_config_digest")},
         other_weights={"model": str(retrained)}, prompt=prompt, page_size=PAGE_SIZES[name],
-        fork_engine=name if name != "paged_server" else DRIVERS[name],
+        fork_engine=name,
         **kw)

@@ -65,7 +65,7 @@ def refused_snapshots(snaps: Path, source: str) -> dict[str, str]:
     other = thaw.load(snaps / source)
     other.identity.model_config_digest = "0" * 64
     for w in list(other.weights.values()) + other.kv.layers:
-        w._tensor = w.tensor()
+        w.load()
     thaw.save(other, snaps / "other-model.thaw")
     return {"corrupted.thaw": "ChecksumError", "other-model.thaw": "IdentityMismatch"}
 
@@ -107,7 +107,7 @@ def check_request_rules(url: str, key: str) -> None:
     careless client could send, with the right key: 415 for a body not declared JSON, 413
     past the size cap, 400 for a NUL byte, deep nesting, the directory itself, 404 naming a
     missing folder; never a 500."""
-    from thaw.endpoints import MAX_BODY
+    from thaw.adapters.endpoints import MAX_BODY
 
     body = json.dumps({"path": "trunk.thaw"}).encode()
     cases = [(("/thaw/restore", body, "text/plain"), (415, "UnsupportedMediaType")),

@@ -54,7 +54,7 @@ def test_only_a_missing_checkpoint_makes_the_weights_unknown(tmp_path):
     assert not isinstance(caught.value, NoCheckpoint)
     save(small_snapshot(), tmp_path / "restored.thaw")  # what a handle reads after a restore
     held = load(tmp_path / "restored.thaw", verify=False).weights["w"]
-    sec = held._container.section(held._section)
+    sec = held.container.section(held.section_name)
     with open(tmp_path / "restored.thaw", "r+b") as f:
         f.seek(sec.offset)
         f.write(b"\xff\xff\xff\xff")

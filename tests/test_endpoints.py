@@ -1,4 +1,4 @@
-"""The rules every server's thaw endpoints share (`thaw.endpoints`), engine-free."""
+"""The rules every server's thaw endpoints share (`thaw.adapters.endpoints`), engine-free."""
 
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from thaw.core import load, save
 from thaw.core.confine import confined_to
 from thaw.core.errors import PathOutsideSnapshotDir
-from thaw.endpoints import STATUS_OF, HTTPRefusal, checked_request, parse_body, refusal_of, resolve_path
+from thaw.adapters.endpoints import STATUS_OF, HTTPRefusal, checked_request, parse_body, refusal_of, resolve_path
 
 from .helpers import small_snapshot
 
@@ -116,7 +116,7 @@ def test_referenced_weights_stay_inside_the_snapshot_directory(tmp_path):
 
 
 def test_state_changing_endpoints_need_a_key_or_the_operators_opt_in():
-    from thaw.endpoints import require_write_access, write_access_notice
+    from thaw.adapters.endpoints import require_write_access, write_access_notice
 
     require_write_access(True, {})
     require_write_access(False, {"THAW_ALLOW_UNAUTHENTICATED": "1"})
@@ -128,7 +128,7 @@ def test_state_changing_endpoints_need_a_key_or_the_operators_opt_in():
 
 
 def test_only_json_bodies_of_bounded_size_and_depth_are_taken(tmp_path):
-    from thaw.endpoints import MAX_BODY, check_post_headers
+    from thaw.adapters.endpoints import MAX_BODY, check_post_headers
 
     check_post_headers("application/json", "20")
     check_post_headers("Application/JSON; charset=utf-8", None)
@@ -201,7 +201,7 @@ def test_vllm_servers_api_key_is_a_string_or_a_list():
 
 
 def test_a_server_refuses_its_requests_after_weights_failed_to_load_until_restored():
-    from thaw.endpoints import ServiceGate
+    from thaw.adapters.endpoints import ServiceGate
 
     gate = ServiceGate()
     gate.after("restore", {"error": {"type": "ChecksumError", "message": "m"}})  # refused before any change

@@ -23,7 +23,7 @@ def test_kept_snapshot_maps_each_section_once_and_caches_no_copies(tmp_path):
     before = _mappings()
     for _ in range(2000):
         again = layer.mapped()
-    assert _mappings() == before and snap.kv.layers[0]._container.num_mappings == 1
+    assert _mappings() == before and snap.kv.layers[0].container.num_mappings == 1
     assert again.data_ptr() == first.data_ptr()
     weight = snap.weights["w"]
     a, b = weight.tensor(), weight.tensor()

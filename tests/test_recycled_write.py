@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from thaw.core import StateSnapshot, file_sinks, load
-from thaw.core.container import Container, open_container, write_container
+from thaw.core.container import Container, write_container
+from thaw.core.object_store import open_container
 from thaw.core.errors import FormatError, ThawError
 from thaw.core.residency import evict
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from thaw.adapters.sglang import cache_restore as cr, cache_state as cs
+from thaw.adapters.sglang import kv_placement as cr, capture as cs
 from thaw.adapters.sglang.engine_access import unified_tree
 from thaw.core import EngineUnsupported, PrefixTree, ROOT, ThawError
 
@@ -220,12 +220,12 @@ def test_rust_tree_core_without_the_recorder_is_refused_naming_the_setting():
 
 
 def test_rust_tree_slots_inserted_before_recording_are_reported_not_guessed():
-    from thaw.adapters.sglang.slot_walk import SLOT_TOKENS_ATTR
+    from thaw.adapters.sglang.scheduler_state import SLOT_TOKENS_ATTRIBUTE
 
     cache, pool, alloc = build("unified-rust", 1, 256)
     serve(cache, alloc, [4, 5, 6, 7])
     serve(cache, alloc, [4, 5, 8, 9, 10])
-    rec = getattr(cache, SLOT_TOKENS_ATTR)
+    rec = getattr(cache, SLOT_TOKENS_ATTRIBUTE)
     rec.tokens[cr.match_indices(cache, [4, 5, 8], None)[2]] = -1  # as if never recorded
     cap = cs.capture_tree(cache, 1)
     assert cap.tokens_skipped == 3

@@ -103,7 +103,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .core.container import open_container
+    from .core.object_store import open_container
     from .progress import Steps
 
     paths = _rank_set(args.path)

@@ -34,7 +34,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
     config = _engine_config(args)
     with Steps(quiet=args.quiet) as steps:
         children = fork(args.snapshot, args.n, engine=args.engine, engine_config=config,
-                        max_tokens=args.max_tokens, temperature=args.temperature, steps=steps)
+                        max_tokens=args.max_tokens, temperature=args.temperature, progress=steps.step)
     return _print_results(args, children, lambda c: (
         f"child {c.index}: {c.cached_tokens} cached tokens, restore {c.restore_seconds * 1e3:.0f} ms, "
         f"TTFT {c.ttft_seconds * 1e3:.1f} ms, seed {c.seed}: {c.tokens}"))

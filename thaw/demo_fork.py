@@ -13,7 +13,8 @@ import argparse
 import os
 import time
 
-from .fork import DRIVERS, fork
+from .core.adapter import driver_spec
+from .fork import fork
 from .demo_workdir import demo_workdir
 from .progress import Steps
 from .testing.tiny_model import TinyLlama, build_tiny_llama
@@ -64,7 +65,7 @@ def _run(args: argparse.Namespace, workdir: str, steps: Steps) -> bool:
     snap = os.path.join(workdir, "parent.thaw")
     print(f"model: 6 layers x 512 wide, random weights, in {model}")
     with steps.step(f"parent: starting the {engine} engine"):
-        parent = EngineWorker(DRIVERS[engine], config)
+        parent = EngineWorker(driver_spec(engine), config)
     with parent:
         with steps.step(f"parent: prefilling the shared context ({args.context} tokens)"):
             parent.call("generate", prompt_token_ids=context, max_tokens=1)
@@ -76,12 +77,12 @@ def _run(args: argparse.Namespace, workdir: str, steps: Steps) -> bool:
     print(f"parent ({engine}): prefilled {args.context} tokens; snapshot {snap} written in {took:.2f} s "
           f"({os.path.getsize(snap) / 2**20:.1f} MiB)")
     with steps.step(f"cold engine: starting {engine} and prefilling the same context"):
-        with EngineWorker(DRIVERS[engine], config) as cold:
+        with EngineWorker(driver_spec(engine), config) as cold:
             cold_first = cold.call("generate", prompt_token_ids=context, max_tokens=1)
     print(f"cold engine: time to first token {cold_first['seconds'] * 1e3:.0f} ms "
           f"({cold_first['cached_tokens']} cached tokens)")
     children = fork(snap, args.children, engine=engine, engine_config={**config, "load_format": "dummy"},
-                    prompt=context, max_tokens=args.max_tokens, temperature=1.0, steps=steps)
+                    prompt=context, max_tokens=args.max_tokens, temperature=1.0, progress=steps.step)
     steps.close()
     print(f"\n{args.children} children, each a fresh process with dummy weights, restored from {snap}:")
     speedup = engine != "sglang"

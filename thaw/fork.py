@@ -1,21 +1,20 @@
 """Fork a warm engine: N fresh engines, each in its own process, restored from one snapshot.
 
 Each child gets the parent's prefix as a cache hit and then continues with its own
-sampling seed, so branches diverge. Engines are named by driver (see `DRIVERS`), or given
+sampling seed, so branches diverge. Engines are named as registered (`thaw.core.adapter.driver_spec`), or given
 as a driver spec "module:Class".
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Optional
 
 from .core import SchemaError, load
-from .progress import Steps
+from .core.adapter import driver_spec
 from .workers import EngineWorker
 
-DRIVERS = {"vllm": "thaw.adapters.vllm.driver:VLLMDriver",
-           "sglang": "thaw.adapters.sglang.driver:SGLangDriver"}
 
 
 @dataclass
@@ -46,26 +45,25 @@ def trunk_tokens(snapshot_path: str) -> list[int]:
 
 def fork(snapshot_path: str, n: int, *, engine: str = "vllm", engine_config: dict[str, Any],
          prompt: Optional[list[int]] = None, max_tokens: int = 16, temperature: float = 1.0,
-         seeds: Optional[list[int]] = None, steps: Optional[Steps] = None) -> list[ForkChild]:
+         seeds: Optional[list[int]] = None,
+         progress: Optional[Callable[[str], ContextManager[Any]]] = None) -> list[ForkChild]:
     """Starts `n` children, restores the snapshot into each, and continues `prompt`
     (default: the snapshot's longest cached path) with a different seed per child.
-    `steps` shows each child's boot, restore and generation as it happens."""
-    if engine not in DRIVERS and ":" not in engine:
-        raise SchemaError(f"unknown engine {engine!r}; known: {sorted(DRIVERS)}, or a driver "
-                          "given as 'module:Class'")
+    `progress(description)`, a context manager entered around each child's boot, restore and
+    generation (e.g. the command line's `Steps.step`), shows them as they happen."""
+    driver = driver_spec(engine)
     prompt = prompt if prompt is not None else trunk_tokens(snapshot_path)
     seeds = seeds if seeds is not None else list(range(n))
-    driver = DRIVERS.get(engine, engine)
-    steps = steps or Steps(quiet=True)
+    step = progress or (lambda description: nullcontext())
     workers = [EngineWorker(driver, engine_config, start=False) for _ in range(n)]
     children = []
     try:
         for i, w in enumerate(workers):
-            with steps.step(f"child {i}: starting the {engine} engine (all {n} boot in parallel)"):
+            with step(f"child {i}: starting the {engine} engine (all {n} boot in parallel)"):
                 w.wait_ready()
-            with steps.step(f"child {i}: restoring {snapshot_path}"):
+            with step(f"child {i}: restoring {snapshot_path}"):
                 report = w.call("restore", path=str(snapshot_path), requests=False)
-            with steps.step(f"child {i}: generating ({len(prompt)} cached-prefix tokens + {max_tokens})"):
+            with step(f"child {i}: generating ({len(prompt)} cached-prefix tokens + {max_tokens})"):
                 first = w.call("generate", prompt_token_ids=prompt, max_tokens=1)
                 greedy = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens)
                 out = w.call("generate", prompt_token_ids=prompt, max_tokens=max_tokens,

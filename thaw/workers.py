@@ -7,7 +7,7 @@ exposes operations as methods taking and returning JSON-able values (see
 path) with a driver, sends the config as the first line on its stdin (not on the command
 line, which other local users can read in ``/proc``) and calls those methods; exceptions
 raised in the worker come back as `RemoteError` carrying the remote exception's type name
-and message. A worker that dies, or answers with anything but a whole reply line, is
+and message (one of thaw's own errors as that class too: `thaw.core.errors.remote_error`). A worker that dies, or answers with anything but a whole reply line, is
 `WorkerLost`. The engine's own logs go to a log file, so the reply channel carries
 nothing else. Path arguments (`thaw.child_process.PATH_ARGS`) are made absolute before they
 are sent: the worker runs in ``/``.
@@ -22,22 +22,20 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 from .child_process import CHILD_CWD, child_env, python_command, with_absolute_paths
-from .core.errors import ThawError
-
-if TYPE_CHECKING:
-    from .zygote import Zygote
+from .core.errors import RemoteError, error_reply, remote_error
 
 
-class RemoteError(ThawError):
-    """An operation failed inside a worker process; `type` names the remote exception."""
+class Spawner(Protocol):
+    """Starts a worker process for a driver (`thaw.zygote.Zygote` forks one pre-imported)."""
 
-    def __init__(self, type_name: str, message: str, log_tail: str = "") -> None:
-        super().__init__(f"{type_name}: {message}" + (f"\n--- worker log tail ---\n{log_tail}" if log_tail else ""))
-        self.type = type_name
-        self.remote_message = message
+    def spawn(self, driver: str, config: dict[str, Any], *, log_fd: int,
+              env: Optional[dict[str, str]] = None) -> Any: ...
+
+
+__all__ = ["EngineWorker", "RemoteError", "WorkerLost"]
 
 
 class WorkerLost(RemoteError):
@@ -45,14 +43,15 @@ class WorkerLost(RemoteError):
     its engine is gone, and the call's work must be re-run elsewhere."""
 
     def __init__(self, message: str, log_tail: str = "") -> None:
-        super().__init__("WorkerDied", message, log_tail)
+        super().__init__("WorkerDied", message,
+                         f"WorkerDied: {message}" + (f"\n--- worker log tail ---\n{log_tail}" if log_tail else ""))
 
 
 class EngineWorker:
     """One engine in a child process. Use as a context manager, or call `close()`."""
 
     def __init__(self, driver: str, config: dict[str, Any], *, env: Optional[dict[str, str]] = None,
-                 start: bool = True, zygote: Optional["Zygote"] = None) -> None:
+                 start: bool = True, zygote: Optional[Spawner] = None) -> None:
         """`zygote`: fork the worker from that pre-imported parent instead of starting
         ``python -m thaw.workers`` (see `thaw.zygote`); it behaves the same."""
         self.driver = driver
@@ -104,7 +103,7 @@ class EngineWorker:
             raise WorkerLost(f"{self._name()} broke its reply channel ({type(exc).__name__}: {exc}; line "
                              f"{line[:200]!r}); it was stopped", self._log_tail()) from None
         if not ok:
-            raise RemoteError(str(msg.get("type")), str(msg.get("message")))
+            raise remote_error(str(msg.get("type")), str(msg.get("message")))
         return msg.get("result")
 
     def call(self, op: str, **args: Any) -> Any:
@@ -148,8 +147,10 @@ def _serve(driver_spec: str, config_json: Optional[str] = None) -> None:
         reply.flush()
 
     def failure(exc: BaseException) -> dict[str, Any]:
-        traceback.print_exc()
-        return {"ok": False, "type": type(exc).__name__, "message": str(exc)}
+        traceback.print_exc()  # into the worker's log
+        reply = error_reply(exc)
+        reply.pop("traceback", None)
+        return reply
 
     try:
         driver = _load_driver(driver_spec)(json.loads(config_json))

@@ -32,11 +32,7 @@ import time
 from typing import Any, Optional
 
 from .child_process import CHILD_CWD, child_env, python_command
-from .core.errors import ThawError
-
-
-class ZygoteError(ThawError):
-    """The zygote could not start (a preload failed to import) or answer."""
+from .core.errors import ZygoteError, error_reply, reply_result
 
 
 class ForkedProcess:
@@ -84,10 +80,7 @@ class Zygote:
         if not line:
             code = self.proc.wait()
             raise ZygoteError(f"the zygote (preloading {self.preload}) exited with status {code}")
-        msg = json.loads(line)
-        if "error" in msg:
-            raise ZygoteError(msg["error"])
-        return msg
+        return reply_result(json.loads(line), "in the zygote")
 
     def _ask(self, msg: dict[str, Any], fds: tuple[int, ...] = ()) -> dict[str, Any]:
         with self._lock:
@@ -189,13 +182,13 @@ def _main(control_fd: int, preload: list[str]) -> None:
         for name in preload:
             importlib.import_module(name)
     except Exception as exc:  # reported to the parent, which raises ZygoteError
-        send({"error": f"preloading {name!r} failed: {type(exc).__name__}: {exc}"})
+        send(error_reply(ZygoteError(f"preloading {name!r} failed: {type(exc).__name__}: {exc}")))
         return
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
-        send({"error": f"preloading {preload} initialised CUDA: a forked child could not use it"})
+        send(error_reply(ZygoteError(f"preloading {preload} initialised CUDA: a forked child could not use it")))
         return
-    send({"import_seconds": time.perf_counter() - t0})
+    send({"ok": True, "result": {"import_seconds": time.perf_counter() - t0}})
     exited: dict[int, int] = {}
     while True:
         buffer, fds = b"", []
@@ -211,9 +204,9 @@ def _main(control_fd: int, preload: list[str]) -> None:
                 _child(msg, fds, control)
             for fd in fds:
                 os.close(fd)
-            send({"pid": pid})
+            send({"ok": True, "result": {"pid": pid}})
         else:
-            send({"status": _status_of(msg["pid"], exited)})
+            send({"ok": True, "result": {"status": _status_of(msg["pid"], exited)}})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from . import file_sinks
 from .confine import check_path, open_checked
 from . import format as fmt
 from .device_stage import DeviceStager, on_device
-from .errors import ChecksumError, FormatError, MoverUnavailable
+from .errors import FormatError, MoverUnavailable
+from .head import parse_head
 from .movers import DEFAULT_THREADS, Buffer, movers
 from .recycling import take_for_recycling
 from .temp_files import is_temp_name, sweep_stale_temps, temp_name
@@ -34,7 +35,7 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault the pages in up
 VERIFY_WINDOW = 64 * 2**20  # bytes read per call while verifying a section
 
 
-def _as_bytes_view(buf: Buffer) -> Buffer:
+def as_bytes_view(buf: Buffer) -> Buffer:
     """A 1-D uint8 view the movers accept (numpy, torch CPU tensor, or bytes-like), or of a
     CUDA tensor (written through `device_stage`)."""
     if hasattr(buf, "untyped_storage"):  # torch.Tensor
@@ -50,7 +51,7 @@ def _as_bytes_view(buf: Buffer) -> Buffer:
     return np.frombuffer(memoryview(buf).cast("B"), dtype=np.uint8)
 
 
-def _nbytes(view: Buffer) -> int:
+def byte_count(view: Buffer) -> int:
     return int(view.numel()) if hasattr(view, "numel") else int(view.nbytes)
 
 
@@ -127,11 +128,11 @@ def write_container(
     t0 = time.perf_counter()
     mv = movers()
     path = Path(path)
-    views = [(name, _as_bytes_view(buf)) for name, buf in payloads]
-    placeholder = fmt.plan_sections([(n, _nbytes(v)) for n, v in views], 0, chunk_size)
+    views = [(name, as_bytes_view(buf)) for name, buf in payloads]
+    placeholder = fmt.plan_sections([(n, byte_count(v)) for n, v in views], 0, chunk_size)
     header_len = len(fmt.encode_header({"meta": meta, "sections": [s.to_json() for s in placeholder]}))
     data_start = fmt.PREAMBLE_SIZE + header_len
-    planned = fmt.plan_sections([(n, _nbytes(v)) for n, v in views], data_start, chunk_size)
+    planned = fmt.plan_sections([(n, byte_count(v)) for n, v in views], data_start, chunk_size)
 
     mode = _target_mode(path)
     sweep_stale_temps(path)
@@ -205,40 +206,6 @@ def write_container(
         timings["flush"] = time.perf_counter() - t1
 
 
-def parse_head(read: Callable[[int, int], bytes], file_size: int) -> tuple[dict[str, Any], dict[str, fmt.Section], int]:
-    """(meta, sections by name, data start) of a snapshot of `file_size` bytes whose bytes
-    `read(offset, length)` returns: preamble, header CRC and section table validated."""
-    mv = movers()
-    pre = fmt.parse_preamble(read(0, min(fmt.PREAMBLE_SIZE, file_size)), file_size, mv.crc32c)
-    raw_header = read(fmt.PREAMBLE_SIZE, pre.header_length)
-    if len(raw_header) != pre.header_length:
-        raise FormatError("header: file ends inside the header (truncated?)")
-    actual = mv.crc32c(raw_header)
-    if actual != pre.header_crc:
-        raise ChecksumError("the header", pre.header_crc, actual)
-    header = fmt.decode_header(raw_header)
-    extra = set(header) - {"meta", "sections"}
-    if extra:
-        raise FormatError(f"header: unknown top-level fields {sorted(extra)}")
-    if not isinstance(header.get("meta"), dict):
-        raise FormatError("header: field 'meta' must be a JSON object")
-    data_start = fmt.PREAMBLE_SIZE + pre.header_length
-    sections = {s.name: s for s in fmt.parse_sections(header, data_start, file_size)}
-    return header["meta"], sections, data_start
-
-
-def open_container(source: str | os.PathLike) -> Any:
-    """The open snapshot at `source`: a `Container` for a file, an
-    `object_store.ObjectContainer` for a URL (s3://, gs://, ...), or a `Container` of its
-    local copy where `THAW_CACHE_DIR` is set (`object_store.cached_copy`)."""
-    from .object_store import ObjectContainer, cached_copy, is_url
-
-    if not is_url(source):
-        return Container(source)
-    local = cached_copy(source)  # with THAW_CACHE_DIR: a checked local copy
-    return ObjectContainer(source) if local is None else Container(local)
-
-
 class Container:
     """An open snapshot file whose preamble, header and section table have been validated.
 
@@ -305,8 +272,8 @@ class Container:
     def _read_window(self, sec: fmt.Section, first_chunk: int, dest: Buffer, verify: bool,
                      threads: int, direct: bool) -> None:
         start = first_chunk * sec.chunk_size
-        view = _as_bytes_view(dest)
-        data_len = _nbytes(view)
+        view = as_bytes_view(dest)
+        data_len = byte_count(view)
         padded = fmt.align_up(data_len) if start + data_len == sec.length else data_len
         crcs, _ = movers().read_section(self.io_path, sec.offset + start, view, padded,
                                         sec.chunk_size, threads, direct)
@@ -321,7 +288,7 @@ class Container:
         every chunk. On a ChecksumError, `dest` holds the unverified bytes read so far: it
         must not be used (verify-then-copy costs a second pass, so it is not done here)."""
         sec = self.section(name)
-        n = _nbytes(_as_bytes_view(dest))
+        n = byte_count(as_bytes_view(dest))
         if n != sec.length:
             raise FormatError(f"section {name!r} holds {sec.length} bytes; the buffer has {n}")
         self._read_window(sec, 0, dest, verify, threads, direct)

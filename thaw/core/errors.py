@@ -62,6 +62,39 @@ class WeightsInconsistent(ThawError):
     nor the snapshot's, and refuses snapshots until a restore with weights succeeds."""
 
 
+class ZygoteError(ThawError):
+    """The zygote could not start (a preload failed to import) or answer."""
+
+
+class RemoteError(ThawError):
+    """An operation failed in another process (an engine worker, the engine core, a
+    scheduler): `type` names the exception raised there, `remote_message` is its message.
+    Built by `remote_error`, which makes one of thaw's own errors come back as that class
+    too: `except IdentityMismatch` catches an identity mismatch raised in any process."""
+
+    def __init__(self, type_name: str, message: str, text: "str | None" = None) -> None:
+        Exception.__init__(self, f"{type_name}: {message}" if text is None else text)
+        self.type = type_name
+        self.remote_message = message
+
+
+_REMOTE_CLASSES: dict[type, type] = {}
+
+
+def remote_error(type_name: str, message: str, text: "str | None" = None) -> RemoteError:
+    """The error another process reported (by type name and message), raised here: a
+    `RemoteError` that is also the same `ThawError` subclass when it is one of thaw's;
+    `text` is its `str()` (default ``"type: message"``)."""
+    cls: type = RemoteError
+    known = globals().get(type_name)
+    if isinstance(known, type) and issubclass(known, ThawError) and not issubclass(known, RemoteError):
+        cls = _REMOTE_CLASSES.get(known) or _REMOTE_CLASSES.setdefault(
+            known, type(known.__name__, (RemoteError, known), {"__module__": known.__module__}))
+    exc = cls.__new__(cls)
+    RemoteError.__init__(exc, type_name, message, text)
+    return exc
+
+
 def error_reply(exc: BaseException) -> dict:
     """An exception as a JSON-able reply for another process: ``{"ok": False, "type",
     "message"}``, with its ``traceback`` when it is not one of thaw's own errors."""
@@ -75,14 +108,17 @@ def error_reply(exc: BaseException) -> dict:
 
 def rebuild_error(type_name: str, message: str, where: str, detail: str = "") -> ThawError:
     """An error another process reported (by type name and message) as the same ThawError
-    type with the same message; a type that is not thaw's comes back as a ThawError naming
-    it, `where` it was raised, and `detail` (e.g. its traceback)."""
-    cls = globals().get(type_name)
-    if isinstance(cls, type) and issubclass(cls, ThawError):
-        exc = cls.__new__(cls)
-        Exception.__init__(exc, message)
-        return exc
-    return ThawError(f"{where}: {type_name}: {message}" + (f"\n{detail}" if detail else ""))
+    type with the same message (`remote_error`); any other type comes back as a `ThawError`
+    (and `RemoteError`) whose message names it, `where` it was raised, and `detail` (e.g. its
+    traceback)."""
+    known = globals().get(type_name)
+    if isinstance(known, type) and issubclass(known, ThawError):
+        return remote_error(type_name, message, text=message)
+    # Another type (an engine's, or a ThawError subclass outside this module): a ThawError
+    # here, whose `type` still names it.
+    exc = remote_error("ThawError", message, text=f"{where}: {type_name}: {message}" + (f"\n{detail}" if detail else ""))
+    exc.type = type_name
+    return exc
 
 
 OS_ERROR_TYPES = frozenset({"FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError",

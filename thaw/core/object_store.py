@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,26 +33,18 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import format as fmt
+from .container import Container, as_bytes_view, byte_count
+from .head import parse_head
 from .errors import FormatError, ThawError
+from .urls import URL, absolute, is_url  # noqa: F401  (where callers have always found them)
 from .movers import movers
 
-URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 PART_BYTES = 16 * 2**20  # one ranged GET
 GET_THREADS = int(os.environ.get("THAW_OBJECT_THREADS", "16"))
 HEAD_GUESS = 1 * 2**20  # the first GET: preamble and (usually) the whole header
 S3_SCHEMES = ("s3", "s3a")
 UPLOAD_PART_BYTES = 64 * 2**20  # one multipart part (S3 allows 10,000: objects up to 640 GiB)
 ProgressFn = Callable[[int, int], None]
-
-
-def is_url(source: Any) -> bool:
-    """True for a URL thaw reads through fsspec (any scheme but file://)."""
-    return isinstance(source, str) and bool(URL.match(source)) and not source.startswith("file://")
-
-
-def absolute(source: Any) -> str:
-    """`source` as another process can open it: a URL as it is, a path made absolute."""
-    return source if is_url(source) else os.path.abspath(os.fspath(source))
 
 
 class ObjectStoreUnavailable(ThawError):
@@ -223,8 +214,6 @@ class ObjectContainer:
     is_local = False
 
     def __init__(self, url: str) -> None:
-        from .container import parse_head
-
         self.path = url
         self._fs, self._key = filesystem(url)
         try:
@@ -285,12 +274,10 @@ class ObjectContainer:
     def read_into(self, name: str, dest: Any, *, verify: bool = True, threads: int = 0,
                   direct: bool = False) -> None:
         """Fills `dest` (exactly the section's length) with the checked payload."""
-        from .container import _as_bytes_view, _nbytes
-
         sec = self.section(name)
-        view = _as_bytes_view(dest)
-        if _nbytes(view) != sec.length:
-            raise FormatError(f"section {name!r} holds {sec.length} bytes; the buffer has {_nbytes(view)}")
+        view = as_bytes_view(dest)
+        if byte_count(view) != sec.length:
+            raise FormatError(f"section {name!r} holds {sec.length} bytes; the buffer has {byte_count(view)}")
         if sec.length:
             target = view.numpy() if hasattr(view, "numpy") else view  # torch uint8 view: same memory
             target[:] = self.map_section(name)
@@ -408,3 +395,13 @@ def abort_unfinished_uploads(url: str, known: set[str]) -> int:
         for upload_id in fresh:
             fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload_id)
     return len(fresh)
+
+
+def open_container(source: str | os.PathLike) -> Any:
+    """The open snapshot at `source`: a `Container` for a file, an `ObjectContainer` for a
+    URL (s3://, gs://, ...), or a `Container` of its local copy where `THAW_CACHE_DIR` is
+    set (`cached_copy`)."""
+    if not is_url(source):
+        return Container(source)
+    local = cached_copy(source)  # with THAW_CACHE_DIR: a checked local copy
+    return ObjectContainer(source) if local is None else Container(local)

@@ -12,7 +12,7 @@ carry engine-specific sampling settings and are dropped, and counted.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -67,16 +67,17 @@ def fit_page_size(snap: StateSnapshot, layout: KVLayout) -> tuple[StateSnapshot,
     return recut(snap, layout)
 
 
-def fit_for_restore(snap: StateSnapshot, engine: Identity, layout: KVLayout,
+def fit_for_restore(snap: StateSnapshot, engine: Identity, layout: "KVLayout | Callable[[], KVLayout]",
                     fields: tuple[str, ...]) -> tuple[StateSnapshot, "RecutReport | None", dict[str, Any]]:
     """The restore-side identity check around a re-cut. Refuses (IdentityMismatch) on any of
-    `fields` that no re-cut can fix before a page is read, re-cuts to `layout.page_size`
-    when the page sizes differ, then checks every field of `fields` on the result. Returns
-    the snapshot to restore, the re-cut report (None if none was needed), and every identity
-    difference as [snapshot, engine] (for reports, not refusals)."""
+    `fields` that no re-cut can fix before a page is read (and before `layout`, when given
+    as a callable, is asked: an engine's layout may itself be refused), re-cuts to
+    `layout.page_size` when the page sizes differ, then checks every field of `fields` on
+    the result. Returns the snapshot to restore, the re-cut report (None if none was
+    needed), and every identity difference as [snapshot, engine] (for reports, not refusals)."""
     snap.identity.check_matches(engine, tuple(f for f in fields if f != "page_size"))
     differences = snap.identity.differences(engine)
-    fitted, report = fit_page_size(snap, layout)
+    fitted, report = fit_page_size(snap, layout() if callable(layout) else layout)
     fitted.identity.check_matches(engine, fields)
     return fitted, report, differences
 

@@ -14,7 +14,9 @@ from typing import Any, Optional
 from . import format as fmt
 from .confine import check_path
 from .errors import FormatError
+from .head import read_meta
 from .temp_files import is_temp_name
+from .weights_ref import read_entry, resolve
 
 
 def take_for_recycling(recycle: Path, path: Path, tmp: Path, meta: dict[str, Any]) -> int:
@@ -69,9 +71,6 @@ def take_for_recycling(recycle: Path, path: Path, tmp: Path, meta: dict[str, Any
 def referrer_of(retired: Path, path: Path, meta: dict[str, Any]) -> Optional[str]:
     """The snapshot (`path` itself, by its `meta`, or a file in `retired`'s directory or a
     rank-set folder in it) that references its weights from `retired`, else None."""
-    from .container import Container
-    from .weights_ref import read_entry, resolve
-
     target = os.path.realpath(retired)
     entry = read_entry(meta)
     if entry is not None and os.path.realpath(resolve(entry["path"], path)) == target:
@@ -86,13 +85,9 @@ def referrer_of(retired: Path, path: Path, meta: dict[str, Any]) -> Optional[str
             with open(candidate, "rb") as f:
                 if f.read(len(fmt.MAGIC)) != fmt.MAGIC:
                     continue  # not a snapshot: it references nothing
-            held = Container(candidate)
+            entry = read_entry(read_meta(candidate))
         except (OSError, FormatError):  # gone meanwhile, or not a whole snapshot: it references nothing
             continue
-        try:
-            entry = read_entry(held.meta)
-        finally:
-            held.close()
         if entry is not None and os.path.realpath(resolve(entry["path"], candidate)) == target:
             return str(candidate)
     return None

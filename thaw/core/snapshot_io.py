@@ -15,7 +15,8 @@ import numpy as np
 
 from . import format as fmt
 from . import weights_ref
-from .container import Container, open_container, write_container
+from .container import Container, write_container
+from .object_store import open_container
 from .dtypes import check_dtype_name, dtype_name
 from .errors import SchemaError, ThawError
 from .kv_layout import KVLayout

@@ -69,6 +69,21 @@ class TensorData:
     def in_memory(self) -> bool:
         return self._tensor is not None
 
+    @property
+    def section_name(self) -> Optional[str]:
+        """The file section holding the data; None for in-memory data."""
+        return None if self._tensor is not None else self._section
+
+    @property
+    def container(self) -> Optional["Container"]:
+        """The open snapshot file holding the data; None for in-memory data."""
+        return None if self._tensor is not None else self._container
+
+    def load(self) -> "TensorData":
+        """Reads file-backed data into memory (verified) and keeps it there; returns self."""
+        self._tensor = self.tensor()
+        return self
+
     def tensor(self) -> "torch.Tensor":
         """The data as a CPU tensor: the in-memory one, or a fresh copy read and verified
         from the file on each call. File-backed data is never cached here, so a snapshot

@@ -21,6 +21,8 @@ import os
 from typing import Any, Optional
 
 from .errors import IdentityMismatch, SchemaError, ThawError
+from .head import read_meta
+from .urls import is_url
 
 REF_KEY = "weights_from"
 _FIELDS = ("path", "weights_digest", "weights_format")
@@ -56,9 +58,6 @@ def check_target(target: str | os.PathLike, weights_digest: str, weights_format:
                  referencing: str | os.PathLike) -> None:
     """Refuses a reference from `referencing` to `target` that would not give exactly the
     weights of `weights_digest` in `weights_format`; reads the target's header only."""
-    from .container import Container
-    from .object_store import is_url
-
     if is_url(target) or is_url(referencing):
         raise ThawError(f"weights referenced between snapshots are local files only: {referencing} -> {target}")
     if not weights_digest:
@@ -67,7 +66,7 @@ def check_target(target: str | os.PathLike, weights_digest: str, weights_format:
     if os.path.isdir(target):
         raise ThawError(f"{target} is a directory: reference the snapshot file that holds the weights "
                         "(of a tensor-parallel set, rank 0's file)")
-    meta = Container(target).meta  # FileNotFoundError names the missing path
+    meta = read_meta(target)  # FileNotFoundError names the missing path
     if read_entry(meta) is not None:
         raise ThawError(f"{target} references its own weights elsewhere; {referencing} must reference "
                         "the file that holds them")
@@ -92,7 +91,5 @@ def entry_for(target: str | os.PathLike, referencing: str | os.PathLike, weights
 def referenced_file(path: str | os.PathLike) -> Optional[str]:
     """The file whose weights the snapshot at `path` references (header read only), or None.
     For a caller that must vet every file a restore will read (a server's endpoint)."""
-    from .container import Container
-
-    entry = read_entry(Container(path).meta)
+    entry = read_entry(read_meta(path))
     return None if entry is None else resolve(entry["path"], path)

@@ -30,12 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
+from thaw.core.adapter import driver_spec
 from thaw.core.errors import ThawError
 
 from .placement import Engine, EngineLost, LocalPlacement
 
-DRIVERS = {"vllm": "thaw.adapters.vllm.driver:VLLMDriver",
-           "sglang": "thaw.adapters.sglang.driver:SGLangDriver"}
 EventFn = Callable[[str, dict[str, Any]], None]
 
 
@@ -87,9 +86,7 @@ class EnginePool:
                  on_event: Optional[EventFn] = None, max_retries: int = 2) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one engine, not {size}")
-        self.driver = DRIVERS.get(engine, engine)
-        if ":" not in self.driver:
-            raise ValueError(f"unknown engine {engine!r}; known: {sorted(DRIVERS)}, or 'module:Class'")
+        self.driver = driver_spec(engine)
         self.config, self.placement = dict(config), placement or LocalPlacement()
         self.on_event, self.max_retries = on_event or (lambda kind, info: None), max_retries
         self._names = iter(f"engine-{i}" for i in range(1 << 30))

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional
 
-from thaw.adapters.sglang.driver import CPU_ENV, ENGINE_DEFAULTS
+from thaw.adapters.sglang.defaults import CPU_ENV, ENGINE_DEFAULTS
 from thaw.child_process import CHILD_CWD, child_env, python_command
 
 from .vllm_server import free_port, stop_process, wait_for_http

@@ -5,9 +5,9 @@ the V pages) and copied to pinned host memory in one transfer. A restore uploads
 snapshot file's KV sections from the page cache (the file registered with CUDA) through a
 staging ring of a few layers, checks every chunk's CRC32C on the GPU as it lands and hands
 each layer on to be written into slots nothing names yet. The page bytes are
-those of `cache_state` (layout "sglang.nhd": a page's K rows, then its V rows).
+those of `capture` (layout "sglang.nhd": a page's K rows, then its V rows).
 
-Contract: as `cache_state`, call only from the scheduler's thread between batches.
+Contract: as `capture`, call only from the scheduler's thread between batches.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def file_pages_fit(snap: StateSnapshot, layout: KVLayout, kv_pool: Any) -> bool:
 
 def _layer_sections(snap: StateSnapshot) -> dict[str, tuple[int, Any]]:
     """Each KV layer's file section -> (layer index, layer)."""
-    return {layer._section: (i, layer) for i, layer in enumerate(snap.kv.layers)}
+    return {layer.section_name: (i, layer) for i, layer in enumerate(snap.kv.layers)}
 
 
 def kv_sections(snap: StateSnapshot) -> list[str]:

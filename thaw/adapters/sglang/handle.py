@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
-import weakref
 from typing import Any, Optional, Union
 
-from thaw.core import EngineUnsupported, Identity, StateSnapshot, ThawError, load, save
+from thaw.core import EngineUnsupported, Identity, StateSnapshot, ThawError
+from thaw.core.across_processes import capture_through_file, restore_through_file
 from thaw.core.adapter import EngineAdapter
 from thaw.core.errors import reply_result
 from thaw.core.object_store import absolute
 
-from .cache_state import decode_namespace
+from .namespaces import decode_namespace
 from .rpc import PLUGIN_HINT, RPCFailed, call_thaw
 
 
@@ -91,35 +89,21 @@ class SGLangHandle(EngineAdapter):
                          recycle=None if recycle is None else absolute(recycle))
 
     def capture(self, *, weights: bool = True, requests: bool = True) -> StateSnapshot:
-        """The engine's state as an in-memory `StateSnapshot` (the `EngineAdapter` contract).
-        The scheduler runs in another process, so it writes a snapshot file to a private
-        temporary directory (``THAW_CAPTURE_DIR``, else the system's), which is mapped here,
-        CRC-checked, and removed once the returned snapshot is garbage."""
-        work = tempfile.mkdtemp(prefix="thaw-sglang-capture-", dir=os.environ.get("THAW_CAPTURE_DIR"))
-        path = os.path.join(work, "capture.thaw")
-        try:
-            self.snapshot(path, weights=weights, requests=requests)
-            snap = load(path)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        weakref.finalize(snap, shutil.rmtree, work, True)  # the open mapping outlives the name
-        os.unlink(path)
-        return snap
+        """The engine's state as an in-memory `StateSnapshot` (the `EngineAdapter` contract),
+        crossing from the scheduler's process as a private file (`across_processes`)."""
+        return capture_through_file(lambda path: self.snapshot(path, weights=weights, requests=requests))
 
     def restore(self, snapshot: Union[PathLike, StateSnapshot], *, weights: bool = True,
                 requests: bool = True, trust_unknown_weights: bool = False) -> dict[str, Any]:
-        """Hydrates the engine from a snapshot file (or an in-memory `StateSnapshot`, written
-        to a private temporary file for the scheduler to read). Raises a ThawError subclass
-        before anything changes when the snapshot does not fit or is corrupted.
-        `weights=False` keeps the engine's weights: their digest must be known and equal the
-        snapshot's, unless `trust_unknown_weights`. Restored requests are resubmitted and run
-        whenever the engine's event loop runs (`finish_requests`, or the next `generate`)."""
+        """Hydrates the engine from a snapshot file (or an in-memory `StateSnapshot`, which
+        crosses to the scheduler as a private file). Raises a ThawError subclass before
+        anything changes when the snapshot does not fit or is corrupted. `weights=False`
+        keeps the engine's weights: their digest must be known and equal the snapshot's,
+        unless `trust_unknown_weights`. Restored requests are resubmitted and run whenever
+        the engine's event loop runs (`finish_requests`, or the next `generate`)."""
         if isinstance(snapshot, StateSnapshot):
-            with tempfile.TemporaryDirectory(prefix="thaw-sglang-restore-", dir=os.environ.get("THAW_CAPTURE_DIR")) as work:
-                save(snapshot, os.path.join(work, "restore.thaw"))
-                return self.restore(os.path.join(work, "restore.thaw"), weights=weights, requests=requests,
-                                    trust_unknown_weights=trust_unknown_weights)
+            return restore_through_file(snapshot, lambda path: self.restore(
+                path, weights=weights, requests=requests, trust_unknown_weights=trust_unknown_weights))
         report = self.call("restore", path=absolute(snapshot), weights=weights, requests=requests,
                            trust_unknown_weights=trust_unknown_weights)
         for req in report["requests"]:

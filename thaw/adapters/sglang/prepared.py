@@ -9,8 +9,8 @@ uploads its KV through a staging ring of a few layers kept here across restores 
 allocation per restore; `release` frees it). Every section's bytes are still checked
 against their CRCs when first read.
 
-Contract: one per scheduler (`of`), used from the scheduler's thread between batches (a
-file released here is not being read).
+Contract: one per scheduler (`scheduler_state.thaw_state(s).files`), used from the
+scheduler's thread between batches (a file released here is not being read).
 """
 
 from __future__ import annotations
@@ -19,34 +19,20 @@ from typing import Any, Optional
 
 import torch
 
-from thaw.core import EngineUnsupported, KVLayout, StateSnapshot, load
-from thaw.core.container import file_key
-from thaw.core.gpu_files import RegisteredFiles
+from thaw.core import EngineUnsupported, KVLayout, StateSnapshot
+from thaw.core.prepared_files import PreparedFiles as BasePreparedFiles
 from thaw.core.residency import is_cold
-from thaw.core.tp_files import source_key
 
 from . import gpu_pages
 
 
-class PreparedFiles:
+class PreparedFiles(BasePreparedFiles):
+    """`thaw.core.prepared_files.PreparedFiles` for one SGLang scheduler, with the staging
+    ring its KV uploads go through; what it keeps on the device is each layer's pages."""
+
     def __init__(self) -> None:
-        self._registrations = RegisteredFiles(keep=2)  # registers nothing until asked
-        self._opened: Optional[tuple[tuple, StateSnapshot]] = None
-        self._resident: Optional[tuple[tuple, list[torch.Tensor]]] = None  # file key, its KV pages on the GPU
+        super().__init__()
         self._ring: Optional[torch.Tensor] = None  # the KV upload's staging slots, kept across restores
-
-    def opened(self, path: str) -> StateSnapshot:
-        """The snapshot at `path` (a file or an object URL), opened again only when what is
-        there changes (`thaw.core.tp_files.source_key`)."""
-        key = source_key(path)
-        if self._opened is None or self._opened[0] != key:
-            self._opened = None
-            self._opened = (key, load(path, verify=False))
-        return self._opened[1]
-
-    def registered(self, container: Any) -> Any:
-        """The file mapped and registered with CUDA (`thaw.core.gpu_files.RegisteredFiles`)."""
-        return self._registrations.get(container)
 
     def staging_ring(self, registered: Any, names: list[str], device: torch.device) -> torch.Tensor:
         """Slots for uploading the sections `names` of the registered file
@@ -59,9 +45,7 @@ class PreparedFiles:
 
     def resident_pages(self, container: Any) -> Optional[list[torch.Tensor]]:
         """The KV pages `prepare(kv_on_device=True)` keeps for the file `container` is, if any."""
-        if self._resident is not None and container.is_local and self._resident[0] == file_key(container.path):
-            return self._resident[1]
-        return None
+        return self.resident(container)
 
     def prepare(self, path: str, kv_pool: Any, layout: KVLayout, kv_on_device: bool) -> None:
         """Opens `path`; on CUDA registers it (and the file its weights are referenced from);
@@ -81,25 +65,14 @@ class PreparedFiles:
                                         "has no KV, or its pages must be re-cut or converted for this engine")
         if not (cuda and local):
             return
-        held_in = snap.weights_source
-        if held_in is not None and held_in is not snap.source and held_in.is_local:
-            self.registered(held_in)
-        reg = self.registered(snap.source)
+        reg = self.register_sources(snap)
         if kv_on_device:
-            self._resident = None  # the previous file's pages go before the next are placed
-            self._resident = (file_key(path), gpu_pages.upload_checked_pages(snap, reg, kv_pool.k_buffer[0].device))
+            self.keep_resident(path, lambda: gpu_pages.upload_checked_pages(snap, reg, kv_pool.k_buffer[0].device))
 
     def release(self) -> None:
         """Frees the CUDA registrations, the KV pages kept on the device and the staging ring."""
-        self._resident, self._ring = None, None
-        self._registrations.close()
-
-
-def of(s: Any) -> PreparedFiles:
-    """The scheduler's own PreparedFiles."""
-    if not hasattr(s, "_thaw_files"):
-        s._thaw_files = PreparedFiles()
-    return s._thaw_files
+        self._ring = None
+        super().release()
 
 
 def cold_files(snap: StateSnapshot) -> dict[str, bool]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from thaw.core import EngineUnsupported, RequestState
 
 from ..request_fields import changed_fields
-from . import cache_state
-from .engine_access import req_kv
+from . import capture
+from .engine_access import committed_tokens, live_requests, request_slots, running_requests
 
 SAMPLING_FIELDS = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p",
                    "frequency_penalty", "presence_penalty", "repetition_penalty", "sampling_seed",
@@ -37,22 +36,15 @@ def uncarried(req: Any) -> list[str]:
     return lost
 
 
-def live_requests(s: Any) -> list[Any]:
-    running = [r for r in s.running_batch.reqs if not r.finished()]
-    return running + [r for r in s.waiting_queue if r not in running]
-
-
 def capture_requests(s: Any, page_of: dict[int, int], pool_pages: list[int]) -> list[RequestState]:
     """Live requests with the KV they hold (whole pages); pool pages not yet in the snapshot
     are appended to `pool_pages`."""
     p = s.page_size
-    running = set(map(id, s.running_batch.reqs))
+    running = set(map(id, running_requests(s)))
     out = []
     for req in live_requests(s):
-        kv = req_kv(req)
-        computed = int(kv.kv_committed_len) // p * p if kv.req_pool_idx is not None else 0
-        slots = s.req_to_token_pool.req_to_token[kv.req_pool_idx, :computed].to("cpu", torch.int64) \
-            if computed else torch.empty(0, dtype=torch.int64)
+        computed = committed_tokens(req) // p * p
+        slots = request_slots(s, req, computed)
         pages = []
         for pool_page in (slots[::p] // p).tolist():
             if pool_page not in page_of:
@@ -72,6 +64,6 @@ def capture_requests(s: Any, page_of: dict[int, int], pool_pages: list[int]) -> 
             output_token_ids=list(req.output_ids), sampling=sampling,
             num_computed_tokens=computed, pages=pages,
             status="running" if id(req) in running else "waiting",
-            extra={"namespace": cache_state.encode_namespace(req.extra_key,
+            extra={"namespace": capture.encode_namespace(req.extra_key,
                                                              getattr(req, "cache_salt", None))}))
     return out

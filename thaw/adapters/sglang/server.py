@@ -9,15 +9,15 @@
   snapshot's file (in the same directory);
 - ``POST /thaw/restore`` ``{"path", "weights"?, "trust_unknown_weights"?}``.
 
-The rules are `thaw.endpoints`' (the same as for `vllm serve`): snapshot and restore are
+The rules are `thaw.adapters.endpoints`' (the same as for `vllm serve`): snapshot and restore are
 off unless the operator sets ``THAW_SNAPSHOT_DIR`` (paths resolve inside it) or lists URL
 prefixes in ``THAW_SNAPSHOT_URLS``; in-flight requests are never carried (they belong to
 the server's HTTP clients). The endpoints sit under SGLang's own API-key check at its
 admin-optional level (``--admin-api-key`` where set, else ``--api-key``); a server with
 neither refuses snapshot and restore unless the operator sets ``THAW_ALLOW_UNAUTHENTICATED=1``
-(logged at start). POSTs must be JSON (415) of at most `thaw.endpoints.MAX_BODY` bytes (413).
+(logged at start). POSTs must be JSON (415) of at most `thaw.adapters.endpoints.MAX_BODY` bytes (413).
 After a restore whose weights failed to load partway, every other request is answered 503
-until a restore with weights succeeds (`thaw.endpoints.ServiceGate`). Each call runs
+until a restore with weights succeeds (`thaw.adapters.endpoints.ServiceGate`). Each call runs
 in the scheduler between batches (`plugin.thaw_call`, through `engine_access.SchedulerRPC`,
 off the server's event loop); a refusal or failure is an HTTP error with body
 ``{"error": {"type", "message"}}``, and the server keeps serving.
@@ -32,7 +32,7 @@ from typing import Any
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 from fastapi.responses import JSONResponse
 
-from thaw.endpoints import (HTTPRefusal, ServiceGate, check_body_size, check_post_headers, checked_request,
+from thaw.adapters.endpoints import (HTTPRefusal, ServiceGate, check_body_size, check_post_headers, checked_request,
                             parse_body, refusal_of, require_write_access, status_extras, write_access_notice)
 
 from . import engine_access

@@ -17,8 +17,9 @@ import torch
 from thaw.core import PrefixTree, ROOT
 
 from .engine_access import slot_walk
+from .namespaces import encode_namespace
+from .scheduler_state import RECORDING_ATTRIBUTE, SLOT_TOKENS_ATTRIBUTE
 
-SLOT_TOKENS_ATTR = "_thaw_slot_tokens"
 
 
 class SlotTokens:
@@ -41,34 +42,31 @@ class SlotTokens:
 def install_insert_recorder(cache_cls: type) -> None:
     """Wraps `cache_cls.insert` so that every successful insert records its slots' tokens.
     Idempotent. The wrapped insert's behaviour and result are unchanged."""
-    from .cache_state import encode_namespace
-
     original = cache_cls.insert
-    if getattr(original, "_thaw_records", False):
+    if getattr(original, RECORDING_ATTRIBUTE, False):
         return
 
     @functools.wraps(original)
     def insert(self: Any, params: Any) -> Any:
         result = original(self, params)
         if params.key is not None and params.value is not None and not params.key.is_bigram:
-            rec = getattr(self, SLOT_TOKENS_ATTR, None)
+            rec = getattr(self, SLOT_TOKENS_ATTRIBUTE, None)
             if rec is None:
                 rec = SlotTokens(self.token_to_kv_pool_allocator.get_kvcache().k_buffer[0].shape[0])
-                setattr(self, SLOT_TOKENS_ATTR, rec)
+                setattr(self, SLOT_TOKENS_ATTRIBUTE, rec)
             key = params.key
             rec.record(list(key.raw_token_ids()), params.value,
                        encode_namespace(key.extra_key, getattr(key, "cache_salt", None)))
         return result
 
-    insert._thaw_records = True
+    setattr(insert, RECORDING_ATTRIBUTE, True)
     cache_cls.insert = insert
 
 
-def capture_from_slot_walk(tree_cache: Any, page_size: int) -> Any:
-    """The device-resident tree as a PrefixTree, one node per unbranched run of pages."""
-    from .cache_state import CacheCapture
-
-    rec: SlotTokens = getattr(tree_cache, SLOT_TOKENS_ATTR, None) or SlotTokens(0)
+def capture_from_slot_walk(tree_cache: Any, page_size: int) -> tuple[PrefixTree, list[int], int]:
+    """The device-resident tree as a PrefixTree, one node per unbranched run of pages; with
+    the pool page of each snapshot page and the tokens skipped (see `capture.CacheCapture`)."""
+    rec: SlotTokens = getattr(tree_cache, SLOT_TOKENS_ATTRIBUTE, None) or SlotTokens(0)
     walk = slot_walk(tree_cache)
     slots = walk.slot_indices.tolist()
     prev = dict(zip(slots, walk.prev_slot_indices.tolist()))
@@ -105,7 +103,7 @@ def capture_from_slot_walk(tree_cache: Any, page_size: int) -> Any:
                       namespace if namespace != parent_key else None)
         for child in children.get(run[-1], []):
             stack.append((child, me))
-    return CacheCapture(tree, pool_pages, skipped)
+    return tree, pool_pages, skipped
 
 
 def _pages_below(children: dict[int, list[int]], page: int) -> int:

@@ -76,6 +76,18 @@ class AsyncVLLMDriver:
         return self._run(self.handle.restore(path, weights=weights, requests=requests,
                                              trust_unknown_weights=trust_unknown_weights))
 
+    def capture(self, weights: bool = True) -> dict[str, Any]:
+        """The handle's in-memory capture (`EngineAdapter.capture`), kept for `restore_captured`."""
+        from thaw.core.adapter import EngineAdapter
+
+        self.captured = self._run(self.handle.capture(weights=weights, requests=False))
+        return {"adapter": isinstance(self.handle, EngineAdapter), "requests": len(self.captured.requests),
+                "tree_tokens": self.captured.prefix.num_tokens, "pages": self.captured.kv.num_pages}
+
+    def restore_captured(self, weights: bool = True) -> dict[str, Any]:
+        """Restores the last `capture` from memory (`EngineAdapter.restore` of a StateSnapshot)."""
+        return self._run(self.handle.restore(self.captured, weights=weights, requests=False))
+
     def close(self) -> None:
         self.llm.shutdown()
         self.loop.close()

@@ -10,7 +10,7 @@ import torch
 from thaw.core import EngineUnsupported, PagedKV, PrefixTree, RequestState, StateSnapshot, TensorData
 
 from .engine_access import (NO_FRONT, EngineParts, cached_blocks, external_request_id, in_flight_requests,
-                            uncarried_request_features)
+                            queued_requests, request_block_ids, uncarried_request_features)
 from .recorder import BlockTokenRecorder
 from .worker_ops import gather_pages
 
@@ -111,24 +111,22 @@ def check_requests_carried(parts: EngineParts) -> None:
 
 
 def capture_requests(parts: EngineParts, page_of_block: dict[int, int]) -> list[RequestState]:
-    sched = parts.scheduler
     out = []
-    for status, queue in (("running", list(sched.running)), ("waiting", list(sched.waiting))):
-        for req in queue:
-            sp = req.sampling_params
-            sampling = {f: getattr(sp, f) for f in SAMPLING_FIELDS}
-            sampling["stop_token_ids"] = list(sampling["stop_token_ids"] or [])
-            block_ids = parts.scheduler.kv_cache_manager.get_block_ids(req.request_id)[0]
-            out.append(RequestState(
-                request_id=external_request_id(parts, req.request_id),
-                prompt_token_ids=list(req.prompt_token_ids),
-                output_token_ids=list(req.output_token_ids),
-                sampling=sampling,
-                num_computed_tokens=req.num_computed_tokens if status == "running" else 0,
-                pages=[page_of_block[b] for b in block_ids if b in page_of_block],
-                status=status,
-                extra={"cache_salt": req.cache_salt},
-            ))
+    for status, req in queued_requests(parts):
+        sp = req.sampling_params
+        sampling = {f: getattr(sp, f) for f in SAMPLING_FIELDS}
+        sampling["stop_token_ids"] = list(sampling["stop_token_ids"] or [])
+        block_ids = request_block_ids(parts, req.request_id)
+        out.append(RequestState(
+            request_id=external_request_id(parts, req.request_id),
+            prompt_token_ids=list(req.prompt_token_ids),
+            output_token_ids=list(req.output_token_ids),
+            sampling=sampling,
+            num_computed_tokens=req.num_computed_tokens if status == "running" else 0,
+            pages=[page_of_block[b] for b in block_ids if b in page_of_block],
+            status=status,
+            extra={"cache_salt": req.cache_salt},
+        ))
     return out
 
 

@@ -6,11 +6,7 @@ import os
 import time
 from typing import Any, Optional
 
-ENGINE_DEFAULTS: dict[str, Any] = {
-    "dtype": "float32", "enforce_eager": True, "enable_prefix_caching": True,
-    "max_model_len": 2048, "seed": 0, "block_size": 32,
-    "kv_cache_memory_bytes": 64 * 2**20, "skip_tokenizer_init": True,
-}
+from .defaults import ENGINE_DEFAULTS
 
 # What a pre-imported parent (`thaw.zygote`) imports for this driver: `import vllm` leaves
 # these lazy, and a Llama engine's boot would import them; none touches a device.
@@ -142,6 +138,18 @@ class VLLMDriver:
 
     def prepare(self, path: str, kv_on_device: bool = False) -> float:
         return self.handle.prepare(path, kv_on_device=kv_on_device)
+
+    def capture(self, weights: bool = True) -> dict[str, Any]:
+        """The handle's in-memory capture (`EngineAdapter.capture`), kept for `restore_captured`."""
+        from thaw.core.adapter import EngineAdapter
+
+        self.captured = self.handle.capture(weights=weights, requests=False)
+        return {"adapter": isinstance(self.handle, EngineAdapter), "requests": len(self.captured.requests),
+                "tree_tokens": self.captured.prefix.num_tokens, "pages": self.captured.kv.num_pages}
+
+    def restore_captured(self, weights: bool = True) -> dict[str, Any]:
+        """Restores the last `capture` from memory (`EngineAdapter.restore` of a StateSnapshot)."""
+        return _report(self.handle.restore(self.captured, weights=weights, requests=False))
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:

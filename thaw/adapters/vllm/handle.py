@@ -25,7 +25,8 @@ from .capture import CaptureReport, capture, capture_index
 from .recorder import BlockTokenRecorder
 from .kv_placement import RestoreReport
 from .prepared import PreparedFiles
-from .restore import restore
+from .restore import VLLMRestore
+from thaw.core.restore import run_restore
 from .worker_ops import prefix_to_json
 from .weights import PARAMETERS_FORMAT, check_format, native_format, parameters, parameters_digest
 
@@ -35,7 +36,7 @@ logger = logging.getLogger("thaw.vllm")
 
 class VLLMHandle(EngineAdapter):
     """Bound to one vLLM engine core, in the process the core runs in: the caller's for an
-    in-process `LLM`, the EngineCore process otherwise (see `core_service`). Call its
+    in-process `LLM`, the EngineCore process otherwise (see `core_ops`). Call its
     methods only while the engine is idle (between `generate` calls or `step`s), from the
     thread that drives the engine."""
 
@@ -74,7 +75,7 @@ class VLLMHandle(EngineAdapter):
         the engine was loaded from, or from the snapshot it was last restored from."""
         if self._restored_checkpoint is not None:
             return {name: data.tensor() for name, data in self._restored_checkpoint.items()}
-        return read_checkpoint(self.parts.core.vllm_config.model_config.model,
+        return read_checkpoint(engine_access.model_path(self.parts),
                                dummy=engine_access.loads_dummy_weights(self.parts))
 
     def weights_digest(self, weights_format: Optional[str] = None) -> str:
@@ -97,6 +98,22 @@ class VLLMHandle(EngineAdapter):
         except NoCheckpoint:  # dummy weights never restored: unknown (a corrupt file raises)
             return ""
         return weights_digest({k: TensorData.of(v) for k, v in w.items()})
+
+    def known_weights_digest(self, weights_format: str) -> str:
+        """The digest of the engine's weights in `weights_format` if already computed, else ""."""
+        return self._digests.get(weights_format, "")
+
+    def record_restored_weights(self, snap: StateSnapshot) -> None:
+        """After a restore loaded `snap`'s weights: they are the engine's (digest known)."""
+        self._digests = {snap.weights_format: snap.identity.weights_digest}
+        # file-backed; read again only to capture checkpoint weights
+        self._restored_checkpoint = dict(snap.weights) if snap.weights_format == CHECKPOINT_WEIGHTS else None
+        self._restored_from = snap.weights_source.path if snap.weights_source is not None else None
+        self._weights_known, self.weights_inconsistent = True, None
+
+    def record_weights_failure(self, message: str) -> None:
+        """After loading a snapshot's weights failed partway: the weights are unknown."""
+        self.weights_inconsistent, self._digests, self._weights_known = message, {}, False
 
     def forget_weights_digest(self) -> None:
         """Drops the cached digests, for weights changed outside thaw."""
@@ -218,7 +235,7 @@ class VLLMHandle(EngineAdapter):
         elif weights:
             if engine_access.loads_dummy_weights(self.parts):
                 raise ThawError("the engine runs dummy weights and was not restored: no weights to capture")
-            source = {"checkpoint_of": self.parts.core.vllm_config.model_config.model}
+            source = {"checkpoint_of": engine_access.model_path(self.parts)}
         meta = {"identity": identity.to_json(), "weights_format": fmt, "layout": self.parts.layout.to_json(),
                 "prefix": prefix_to_json(tree), "requests": [r.to_json() for r in in_flight],
                 "extras": {"vllm": {"capture": report.to_json()}}}
@@ -273,31 +290,15 @@ class VLLMHandle(EngineAdapter):
         else:
             snap, ranks = self.files.opened(source)
         verify_seconds = time.perf_counter() - t0
-        # Only digests already known go into the identity compared here (the comparison
-        # reports differences); the check that needs one computes it (check_fits).
-        engine_id = engine_access.engine_identity(self.parts, self._digests.get(snap.weights_format, ""))
-        if self.weights_inconsistent and not (weights and snap.weights):
-            raise WeightsInconsistent(f"{self.weights_inconsistent}; this restore brings no weights")
-        try:
-            report, resumed = restore(self.parts, snap, self.recorder, engine_id=engine_id,
-                                      engine_weights_digest=self.weights_digest,
-                                      load_weights=weights, resume=requests, registry=self.files.registered,
-                                      trust_unknown_weights=trust_unknown_weights,
-                                      resident_kv=self.files.resident_kv)
-        except WeightsInconsistent as exc:
-            self.weights_inconsistent, self._digests, self._weights_known = str(exc), {}, False
-            raise
-        self.weights_inconsistent = None if report.weights_restored else self.weights_inconsistent
-        report.seconds["open"] = verify_seconds
+        report = RestoreReport()
+        outcome = run_restore(VLLMRestore(self, snap, report), snap, weights=weights, requests=requests,
+                              trust_unknown_weights=trust_unknown_weights)
+        report.identity_differences, report.recut = outcome.identity_differences, outcome.recut
+        report.weights_restored, report.weights_route = outcome.weights_loaded, outcome.weights_route
+        report.seconds = {**outcome.seconds, "open": verify_seconds}
         if ranks != engine_access.tp_size(self.parts):
             report.tp_resharded = [ranks, engine_access.tp_size(self.parts)]
-        if report.weights_restored:
-            self._digests = {snap.weights_format: snap.identity.weights_digest}
-            # file-backed; read again only to capture checkpoint weights
-            self._restored_checkpoint = dict(snap.weights) if snap.weights_format == CHECKPOINT_WEIGHTS else None
-            self._restored_from = snap.weights_source.path if snap.weights_source is not None else None
-            self._weights_known = True
-        self.resumed_outputs.update(resumed)
+        self.resumed_outputs.update(outcome.resumed or {})
         self.last_restore = report
         return report
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .engine_access import cached_blocks, unwrap_cache_full_blocks, wrap_cache_full_blocks
+from .engine_access import cached_blocks, thaw_state, unwrap_cache_full_blocks, wrap_cache_full_blocks
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,6 @@ class BlockRecord:
     tokens: tuple[int, ...]
     extra_key: Optional[str]  # "cache_salt:<salt>" on a salted first block, else None
     supported: bool  # False for LoRA / multimodal / prompt-embeds blocks
-
-
-POOL_ATTRIBUTE = "_thaw_block_recorder"
 
 
 class BlockTokenRecorder:
@@ -43,12 +40,12 @@ class BlockTokenRecorder:
         self.records: dict[bytes, BlockRecord] = {}
         self.prune_above = 2 * int(getattr(block_pool, "num_gpu_blocks", 0)) + 64
         self._original = wrap_cache_full_blocks(block_pool, self._cache_full_blocks)
-        setattr(block_pool, POOL_ATTRIBUTE, self)
+        thaw_state.hold(block_pool, thaw_state.RECORDER, self)
 
     @classmethod
     def of_pool(cls, block_pool: Any, block_size: int) -> "BlockTokenRecorder":
         """The pool's recorder: the one installed when it was built, else a new one."""
-        existing = getattr(block_pool, POOL_ATTRIBUTE, None)
+        existing = thaw_state.held(block_pool, thaw_state.RECORDER)
         if existing is not None and existing.block_size == block_size:
             return existing
         if existing is not None:
@@ -89,5 +86,5 @@ class BlockTokenRecorder:
 
     def detach(self) -> None:
         unwrap_cache_full_blocks(self.block_pool, self._original)
-        if getattr(self.block_pool, POOL_ATTRIBUTE, None) is self:
-            delattr(self.block_pool, POOL_ATTRIBUTE)
+        if thaw_state.held(self.block_pool, thaw_state.RECORDER) is self:
+            thaw_state.drop(self.block_pool, thaw_state.RECORDER)

@@ -12,14 +12,14 @@ It answers under ``/thaw/`` and passes every other request to vLLM untouched:
 - ``POST /thaw/prepare`` ``{"path"}``.
 
 Snapshot, restore and prepare read or write server-side files only where the operator
-allowed it (``THAW_SNAPSHOT_DIR``, ``THAW_SNAPSHOT_URLS``: see `thaw.endpoints`, whose rules
+allowed it (``THAW_SNAPSHOT_DIR``, ``THAW_SNAPSHOT_URLS``: see `thaw.adapters.endpoints`, whose rules
 every engine's server shares). The server's own API keys (``--api-key``, one or several, or
 ``VLLM_API_KEY``) are required here too; a server without one refuses snapshot, restore and
 prepare unless the operator sets ``THAW_ALLOW_UNAUTHENTICATED=1`` (logged at start). After a
 restore whose weights failed to load partway, every other request is answered 503 until a
-restore with weights succeeds (`thaw.endpoints.ServiceGate`). In-flight requests are never
+restore with weights succeeds (`thaw.adapters.endpoints.ServiceGate`). In-flight requests are never
 carried through the server: they belong to its HTTP clients. Each call runs in the EngineCore between
-scheduler steps (`core_service`); a refusal or failure comes back as an HTTP error whose
+scheduler steps (`core_ops`); a refusal or failure comes back as an HTTP error whose
 body is ``{"error": {"type": "<ThawError type>", "message": "..."}}``, and the server
 keeps serving.
 """
@@ -33,7 +33,7 @@ import os
 import secrets
 from typing import Any, Awaitable, Callable, Optional
 
-from thaw.endpoints import (HTTPRefusal, ServiceGate, check_body_size, check_post_headers, checked_request,
+from thaw.adapters.endpoints import (HTTPRefusal, ServiceGate, check_body_size, check_post_headers, checked_request,
                             parse_body, refusal_of, require_write_access, resolve_path, status_extras,
                             write_access_notice)
 

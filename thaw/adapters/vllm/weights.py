@@ -20,12 +20,11 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, IdentityMismatch, StateSnapshot,
-                       check_weights_format)
+from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, IdentityMismatch, StateSnapshot
 from thaw.core.residency import COLD_BELOW, resident_fraction
 from thaw.core.snapshot_io import digest_of
 
-from .engine_access import EngineParts, reload_weights
+from .engine_access import EngineParts, model_parameters, reload_weights
 
 PARAMETERS_FORMAT = "vllm.parameters"
 FORMATS = (CHECKPOINT_WEIGHTS, PARAMETERS_FORMAT)
@@ -35,7 +34,7 @@ STAGING_HEADROOM = 512 * 2**20
 
 def parameters(parts: EngineParts) -> dict[str, torch.Tensor]:
     """The model's parameters by name, as the engine runs them."""
-    return {name: p.detach() for name, p in parts.model_runner.get_model().named_parameters()}
+    return model_parameters(parts)
 
 
 def native_format(parts: EngineParts) -> str:
@@ -103,8 +102,7 @@ class WeightsLoad:
 
     def __init__(self, parts: EngineParts, snap: StateSnapshot,
                  registry: Optional[Callable[[Any], Any]]) -> None:
-        check_weights_format(snap, FORMATS)
-        check_format(parts, snap.weights_format)
+        check_format(parts, snap.weights_format)  # (core checked it is one of FORMATS)
         self.parts, self.snap = parts, snap
         self.bytes = sum(d.nbytes for d in snap.weights.values())
         on_gpu = parts.on_cuda
@@ -144,7 +142,7 @@ class WeightsLoad:
 
     def stage(self) -> None:
         """Reads and verifies every weight byte; the engine is not touched."""
-        from_file = {d._section: name for name, d in self.snap.weights.items()}
+        from_file = {d.section_name: name for name, d in self.snap.weights.items()}
         if self.route == "checkpoint/worker":  # read and checked there, kept for commit
             self.parts.workers.call("stage_weights", path=self.snap.source.path)
         elif self.route in ("parameters/gpu-staged", "parameters/gpu-streamed"):
@@ -170,7 +168,7 @@ class WeightsLoad:
             from thaw.core.gpu_files import copy_sections_to_gpu, stream_sections_to_gpu
 
             device = self.parts.kv_caches[0].device
-            targets = {d._section: torch.empty(d.shape, dtype=d.dtype, device=device)
+            targets = {d.section_name: torch.empty(d.shape, dtype=d.dtype, device=device)
                        for d in self.snap.weights.values()}
             if self.streamed:
                 stream_sections_to_gpu(self.container, targets)
@@ -191,7 +189,7 @@ class WeightsLoad:
 
             # Checked again as it lands: what the engine gets is what was checked, even if the
             # mapped file changed since `stage` (a mismatch now is `WeightsInconsistent`).
-            copy_sections_to_gpu(self.registered, {d._section: self.params[name].view(-1).view(torch.uint8)
+            copy_sections_to_gpu(self.registered, {d.section_name: self.params[name].view(-1).view(torch.uint8)
                                                    for name, d in self.snap.weights.items()}, verify="gpu")
         else:  # parameters, staged on the GPU or read on the host: byte copies into each one
             with torch.no_grad():

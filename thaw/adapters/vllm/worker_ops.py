@@ -32,7 +32,7 @@ from thaw.core.kv_layout import KVLayout
 from thaw.core.prefault import populate_for_write
 from thaw.core.schema import Identity, PagedKV, RequestState
 
-from .engine_access import worker_kv_caches, worker_reload_weights, worker_tp_rank
+from .engine_access import thaw_state, worker_kv_caches, worker_reload_weights, worker_tp_rank
 from .pages import runs
 
 
@@ -194,9 +194,7 @@ def thaw_worker_call(wrapper: Any, op: str, args: dict[str, Any]) -> dict[str, A
     try:
         if op not in OPS:
             raise ThawError(f"unknown thaw worker operation {op!r}; known: {list(OPS)}")
-        side = wrapper.__dict__.get("_thaw_side")
-        if side is None:
-            side = wrapper.__dict__["_thaw_side"] = _WorkerSide(wrapper.worker)
+        side = thaw_state.kept(wrapper, thaw_state.WORKER_SIDE, lambda: _WorkerSide(wrapper.worker))
         if side.layout is None and op not in ("describe", "prefault"):
             side.describe()
         return {"ok": True, "result": getattr(side, op)(**args)}

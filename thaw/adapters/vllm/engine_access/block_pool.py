@@ -5,23 +5,25 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from . import thaw_state
+
 
 def on_new_block_pool(name: str, hook: Callable[[Any], None]) -> None:
     """Runs `hook(pool)` at the end of every vLLM BlockPool built from now on in this
     process (once per `name`, however often this is called)."""
     from vllm.v1.core.block_pool import BlockPool
 
-    hooks = BlockPool.__dict__.get("_thaw_init_hooks")
+    hooks = thaw_state.held(BlockPool, thaw_state.INIT_HOOKS)
     if hooks is None:
         hooks = {}
         original = BlockPool.__init__
 
         def init_then_hooks(self: Any, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
-            for each in type(self)._thaw_init_hooks.values():
+            for each in hooks.values():
                 each(self)
 
-        BlockPool._thaw_init_hooks = hooks
+        thaw_state.hold(BlockPool, thaw_state.INIT_HOOKS, hooks)
         BlockPool.__init__ = init_then_hooks
     hooks.setdefault(name, hook)
 

@@ -249,6 +249,16 @@ def loads_dummy_weights(parts: EngineParts) -> bool:
     return str(parts.core.vllm_config.load_config.load_format).lower().endswith("dummy")
 
 
+def model_path(parts: EngineParts) -> str:
+    """Where the engine's model was loaded from (a checkpoint directory or a hub id)."""
+    return parts.core.vllm_config.model_config.model
+
+
+def model_parameters(parts: EngineParts) -> dict[str, torch.Tensor]:
+    """The model's parameters by name, as the engine runs them (the model runs in the core)."""
+    return {name: p.detach() for name, p in parts.model_runner.get_model().named_parameters()}
+
+
 def checkpoint_files(parts: EngineParts) -> list[str]:
     """The safetensors files the engine's model was loaded from (empty for dummy weights)."""
     return _checkpoint_files(parts.core.vllm_config.model_config.model)

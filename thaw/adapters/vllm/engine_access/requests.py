@@ -3,12 +3,7 @@ in-flight requests in the scheduler, and which of their settings a snapshot carr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from ...request_fields import changed_fields
-
-if TYPE_CHECKING:
-    from .engine import EngineParts
+from typing import Any
 
 
 class RequestFront:
@@ -68,33 +63,3 @@ def request_rejections() -> tuple[type[BaseException], ...]:
 
         out += (VLLMClientError,)
     return out
-
-
-def uncarried_request_features(parts: EngineParts, req: Any, carried: tuple[str, ...]) -> list[str]:
-    """What an in-flight vLLM request uses that a snapshot of `carried` sampling fields
-    would lose: every SamplingParams field set away from its default (other than those
-    carried, derived `_` fields and output-only ones), membership in an n > 1 request
-    (vLLM fans those out into children with n=1), and LoRA, multimodal or prompt-embeds
-    inputs."""
-    from vllm import SamplingParams
-
-    out = changed_fields(req.sampling_params, SamplingParams(), (*carried, *OUTPUT_ONLY_SAMPLING_FIELDS))
-    n = parts.front.parallel_sampling_n(req.request_id) if parts.front is not None else 1
-    if n != 1:
-        out.append(f"sampling.n={n} (one of its parallel samples)")
-    if getattr(req, "lora_request", None) is not None:
-        out.append("LoRA adapter")
-    if getattr(req, "mm_features", None):
-        out.append("multimodal inputs")
-    if getattr(req, "prompt_embeds", None) is not None:
-        out.append("prompt embeddings")
-    return out
-
-
-def external_request_id(parts: EngineParts, internal_id: str) -> str:
-    return parts.front.external_id(internal_id) if parts.front is not None else internal_id
-
-
-def in_flight_requests(parts: EngineParts) -> list[Any]:
-    """Requests the scheduler holds (running, then waiting)."""
-    return list(parts.scheduler.running) + list(parts.scheduler.waiting)

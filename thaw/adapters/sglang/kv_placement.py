@@ -1,4 +1,6 @@
-"""Restoring SGLang's radix cache and KV pool from a neutral prefix tree and KV pages.
+"""Where an SGLang restore puts KV pages: fresh slots of the KV pool, inserted into the radix
+cache last (`SlotPlacement`, the restore transaction's `KVPlacement`), and the cache
+operations under it.
 
 Contract: call only while nothing else uses the cache (inside the scheduler's own thread,
 between batches). `check_room` and `plan_inserts` only look; `reserve_tree` refuses before
@@ -16,12 +18,14 @@ from typing import Any, Optional
 
 import torch
 
-from thaw.core import PrefixTree, ROOT, ThawError
+from thaw.core import KVLayout, PrefixTree, ROOT, StateSnapshot, ThawError, convert_pages
 
-from .cache_state import check_supported, decode_namespace
+from .capture import check_supported
+from .namespaces import decode_namespace
 from .pool_writes import PoolWrites
-from . import engine_access
-from .engine_access import unified_tree
+from . import engine_access, gpu_pages
+from .engine_access import kv_pool, unified_tree
+from .prepared import PreparedFiles
 
 
 @dataclass
@@ -234,3 +238,62 @@ def place_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: lis
 def restore_tree(tree_cache: Any, kv_pool: Any, tree: PrefixTree, layer_pages: list[torch.Tensor]) -> int:
     """`place_tree` then `commit`: the tree's new tokens are cache hits; returns their count."""
     return place_tree(tree_cache, kv_pool, tree, layer_pages).commit()
+
+
+class SlotPlacement:
+    """The tree's new tokens in fresh slots (`allocate`: may evict unlocked prefixes), each
+    KV layer written into them as it is read and checked (`write`), inserted into the radix
+    cache last (`register`); `rollback` gives the slots back. Nothing the engine can look up
+    changes before `register`."""
+
+    def __init__(self, s: Any, snap: StateSnapshot, tree: PrefixTree, layout: KVLayout, files: PreparedFiles,
+                 cold_files: dict[str, bool], reuse_cached: bool) -> None:
+        self.s, self.snap, self.tree, self.layout, self.files = s, snap, tree, layout, files
+        self.cold_files, self.reuse_cached = cold_files, reuse_cached
+        self.pool = kv_pool(s)
+        self.slots: Optional[TreePlacement] = None
+        self.kv_from: Optional[str] = None
+        self.new_tokens = 0
+        check_room(s.tree_cache, tree, reuse_cached=reuse_cached)
+
+    def stage(self) -> None:
+        """Nothing: each chunk is checked as it is written into slots no node names."""
+
+    def allocate(self) -> None:
+        self.slots = reserve_tree(self.s.tree_cache, self.pool, self.tree, self.snap.kv.num_pages,
+                                                reuse_cached=self.reuse_cached)
+
+    def write(self) -> None:
+        """The snapshot's KV into the slots; raises ChecksumError on a bad chunk."""
+        snap, layout, pool, slots, files = self.snap, self.layout, self.pool, self.slots, self.files
+        held_in = snap.kv.layers[0].container
+        # (a file on this machine: one read from object storage is checked on the host)
+        from_file = gpu_pages.file_pages_fit(snap, layout, pool) and held_in is not None and held_in.is_local
+        kept = files.resident_pages(held_in) if from_file else None
+        if kept is not None:
+            slots.write(kept)  # checked when `prepare(kv_on_device=True)` uploaded them
+            self.kv_from = "device, checked when prepared"
+            return
+        # Registering a file mostly outside the page cache would read all of it, weights
+        # too, a page at a time: its KV is then read through the mapping, its weights streamed.
+        cold = from_file and self.cold_files.get(held_in.path, False)
+        if from_file and not cold:
+            # A CUDA pool: each layer uploaded from the page cache through the kept staging
+            # ring, checked on the GPU and written into the slots on the stream its check
+            # ran on, while later layers upload.
+            reg = files.registered(held_in)
+            ring = files.staging_ring(reg, gpu_pages.kv_sections(snap), pool.k_buffer[0].device)
+            gpu_pages.write_checked_pages(snap, reg, ring, slots.write_layer)
+            self.kv_from = "file, checked on the GPU"
+            return
+        # Verified read-only views of the file where it is mapped (no copy when the layout is
+        # the engine's), copied into the slots.
+        slots.write([convert_pages(layer.mapped(), snap.kv.layout, layout) for layer in snap.kv.layers])
+        self.kv_from = "host, checked there" + (" (the file is mostly outside the page cache)" if cold else "")
+
+    def register(self) -> None:
+        self.new_tokens = self.slots.commit()
+
+    def rollback(self) -> None:
+        if self.slots is not None:
+            self.slots.release()  # a no-op once committed

@@ -7,14 +7,13 @@ slots starting at a multiple of `page_size` (SGLang's own page); its bytes are a
 rows of the page, then all V rows, token-major (layout "sglang.nhd").
 
 Contract: call these only while nothing else uses the cache (inside the scheduler's own
-thread, between batches). Capture reads only; restoring is in `cache_restore`.
+thread, between batches). Capture reads only; restoring is in `kv_placement`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -24,31 +23,13 @@ from thaw.core.dtypes import dtype_name
 from .engine_access import (PYTHON_TREE_CORE, component_type, device_value, tree_core_backend, tree_root, unified_tree,
                             walks_nodes)
 from . import gpu_pages
+from .scheduler_state import RECORDING_ATTRIBUTE
+from .slot_walk import capture_from_slot_walk
+from .namespaces import decode_namespace, encode_namespace  # noqa: F401  (what callers import from here)
 from .gpu_pages import on_cuda
 
 LAYOUT_NAME = "sglang.nhd"
 TREE_CORE_SETTING = PYTHON_TREE_CORE
-
-
-# -- namespaces: SGLang's (extra_key, cache_salt) <-> the neutral extra key ---------------
-def encode_namespace(extra_key: Optional[str], cache_salt: Optional[str]) -> Optional[str]:
-    """A cache salt alone is written as vLLM writes it ("cache_salt:<salt>")."""
-    if extra_key is None and not cache_salt:
-        return None
-    if extra_key is None:
-        return f"cache_salt:{cache_salt}"
-    return "sglang:" + json.dumps([extra_key, cache_salt or None])
-
-
-def decode_namespace(key: Optional[str]) -> tuple[Optional[str], Optional[str]]:
-    if key is None:
-        return None, None
-    if key.startswith("cache_salt:"):
-        return None, key[len("cache_salt:"):]
-    if key.startswith("sglang:"):
-        extra, salt = json.loads(key[len("sglang:"):])
-        return extra, salt
-    raise EngineUnsupported(f"prefix extra key {key!r} has no SGLang equivalent")
 
 
 def check_supported(tree_cache: Any) -> None:
@@ -63,7 +44,7 @@ def check_supported(tree_cache: Any) -> None:
             raise EngineUnsupported(f"SGLang tree components {tree_cache.tree_components} "
                                     "(sliding window / mamba state) are not supported; full "
                                     "attention KV only")
-    if not walks_nodes(tree_cache) and not getattr(type(tree_cache).insert, "_thaw_records", False):
+    if not walks_nodes(tree_cache) and not getattr(type(tree_cache).insert, RECORDING_ATTRIBUTE, False):
         raise EngineUnsupported(
             f"SGLang's radix tree uses the {tree_core_backend(tree_cache)!r} tree core, whose "
             "nodes hold no token ids readable from Python, and thaw's insert recorder was not "
@@ -88,9 +69,7 @@ def capture_tree(tree_cache: Any, page_size: int) -> CacheCapture:
     """The tree's device-resident nodes, parents first, as a neutral PrefixTree."""
     check_supported(tree_cache)
     if not walks_nodes(tree_cache):
-        from .slot_walk import capture_from_slot_walk
-
-        return capture_from_slot_walk(tree_cache, page_size)
+        return CacheCapture(*capture_from_slot_walk(tree_cache, page_size))
     tree = PrefixTree(page_size)
     pool_pages: list[int] = []
     skipped = 0

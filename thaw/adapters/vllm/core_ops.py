@@ -27,14 +27,12 @@ OPS = ("identity", "snapshot", "restore", "prepare", "release_prepared", "status
 
 
 def _handle(core: Any, prefault_kv: bool) -> Any:
-    handle = getattr(core, "_thaw_handle", None)
-    if handle is None:
-        from . import engine_access
-        from .handle import VLLMHandle
+    from . import engine_access
+    from .engine_access import thaw_state
+    from .handle import VLLMHandle
 
-        handle = VLLMHandle(engine_access.reach_core(core), prefault_kv=prefault_kv)
-        core._thaw_handle = handle
-    return handle
+    return thaw_state.kept(core, thaw_state.HANDLE,
+                           lambda: VLLMHandle(engine_access.reach_core(core), prefault_kv=prefault_kv))
 
 
 def _timed(fn: Callable[[], Any]) -> dict[str, Any]:
