@@ -23,7 +23,7 @@ import argparse
 import os
 import tempfile
 
-from thaw.core.adapter import driver_spec, registered_drivers
+from thaw.core.registry import driver_spec, registered_drivers
 from thaw.testing.tiny_model import build_tiny_llama
 from thaw.demo_fork import DEMO_MODEL, engine_config
 from thaw.workers import EngineWorker

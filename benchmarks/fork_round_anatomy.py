@@ -117,7 +117,7 @@ def one_engine(engine_name: str, model: str, trunk_len: int, reps: int, cpu: boo
                extra: dict[str, Any]) -> dict[str, Any]:
     from gpu_fork_engines import GPU_CONFIGS, cpu_configs
 
-    from thaw.core.adapter import driver_spec
+    from thaw.core.registry import driver_spec
 
     work = tempfile.mkdtemp(prefix=f"thaw-anatomy-{engine_name}-")
     trunk = ([4 + (i * 7919) % 500 for i in range(trunk_len)] if cpu  # the tiny model's vocabulary

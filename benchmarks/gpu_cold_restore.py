@@ -26,7 +26,7 @@ import time
 
 from thaw.core import load
 from thaw.core.residency import evict, resident_fraction
-from thaw.core.adapter import driver_spec
+from thaw.core.registry import driver_spec
 from thaw.workers import EngineWorker
 
 from gpu_e2e_vllm import ENGINE, build_model, phase

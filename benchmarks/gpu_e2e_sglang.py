@@ -27,7 +27,7 @@ import argparse
 import os
 import time
 
-from thaw.core.adapter import driver_spec
+from thaw.core.registry import driver_spec
 from thaw.workers import EngineWorker
 
 from gpu_e2e_vllm import (build_model, cold_start, first_token_ratios, fork_round, medians, phase, pinned_memcpy_gb_s,

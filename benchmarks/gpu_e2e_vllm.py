@@ -25,7 +25,7 @@ import statistics
 import time
 import traceback
 
-from thaw.core.adapter import driver_spec
+from thaw.core.registry import driver_spec
 from thaw.workers import EngineWorker
 
 from receipt import write_receipt

@@ -28,7 +28,7 @@ import argparse
 import os
 import tempfile
 
-from thaw.core.adapter import driver_spec
+from thaw.core.registry import driver_spec
 from thaw.workers import EngineWorker
 
 from gpu_e2e_sglang import ENGINE as SGLANG_GPU

@@ -28,7 +28,7 @@ import os
 import statistics
 import time
 
-from thaw.core.adapter import driver_spec
+from thaw.core.registry import driver_spec
 from thaw.workers import EngineWorker
 
 from gpu_e2e_vllm import ENGINE, build_model, phase, pinned_memcpy_gb_s, prepared_restore

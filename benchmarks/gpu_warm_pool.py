@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from thaw.adapters.vllm.driver import PRELOAD
 from thaw.fleet import EnginePool, LocalPlacement
-from thaw.core.adapter import driver_spec
+from thaw.core.registry import driver_spec
 from thaw.workers import EngineWorker
 from thaw.zygote import Zygote
 

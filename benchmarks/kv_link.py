@@ -99,6 +99,12 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
         return {**out, **{k: [round(x, 3) for x in middle[k]] for k in ("landed_each_ms", "checked_each_ms")}}
 
     def check_cost() -> dict:
+        # The card's clocks and power state as each side runs (sampled after a few runs of
+        # it): a copy-only side can leave the SMs at a low clock that the checked side's
+        # kernels then start from, a difference between cards, drivers and settings that a
+        # ratio alone does not show.
+        clocks: dict = {"before": device_state()}
+
         def unchecked(tl: dict) -> None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -117,8 +123,10 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
                 times = timed_run(fn)
                 if i:
                     sides[side].append(times)
+                if i == 3:
+                    clocks[f"after_{side}"] = device_state()
         med = {side: {k: statistics.median(t[k] for t in runs) for k in runs[0]} for side, runs in sides.items()}
-        return {"pairs": pairs, **med,
+        return {"pairs": pairs, **med, "device_state": clocks,
                 "cost_wall": med["checked"]["wall_ms"] / med["unchecked"]["wall_ms"] - 1,
                 "cost_pairwise_median": statistics.median(
                     c["wall_ms"] / u["wall_ms"] - 1 for u, c in zip(sides["unchecked"], sides["checked"]))}
@@ -143,6 +151,20 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
     out["ratio_checked_vs_registered"] = out["registered_gpu_checked_gb_s"] / out["registered_gb_s"]
     out["ratio_written_vs_pinned"] = out["registered_gpu_checked_written_gb_s"] / out["pinned_gb_s"]
     return out
+
+
+def device_state() -> dict:
+    """The card's SM and memory clocks, performance state, power draw and persistence mode
+    now (`nvidia-smi`), or why they could not be read."""
+    import subprocess
+
+    fields = "clocks.sm,clocks.max.sm,clocks.mem,pstate,power.draw,persistence_mode,clocks.applications.graphics"
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"unavailable": f"{type(exc).__name__}: {exc}"}
+    return dict(zip(fields.split(","), (v.strip() for v in out.splitlines()[0].split(","))))
 
 
 def synthetic_snapshot(path: str, layers: int, pages: int) -> None:

@@ -40,7 +40,7 @@ import sys
 import time
 
 from thaw.adapters.vllm.driver import ENGINE_DEFAULTS
-from thaw.core.adapter import driver_spec
+from thaw.core.registry import driver_spec
 from thaw.workers import EngineWorker
 
 from anchor_side import FORK_DIR, WEIGHTS_FILE

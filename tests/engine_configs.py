@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from thaw.conformance import EngineUnderTest
-from thaw.core.adapter import driver_spec, register_adapter
+from thaw.core.registry import driver_spec, register_adapter
 from thaw.testing.tiny_model import TinyLlama, build_tiny_llama
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "paged_server"

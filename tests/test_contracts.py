@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from thaw.core.adapter import (ADAPTER_GROUP, DRIVER_GROUP, attach, driver_spec, registered_adapters,
+from thaw.core.registry import (ADAPTER_GROUP, DRIVER_GROUP, attach, driver_spec, registered_adapters,
                                registered_drivers)
 from thaw.core.errors import (ChecksumError, IdentityMismatch, RemoteError, SchemaError, ThawError,
                               WeightsInconsistent, error_reply, rebuild_error, remote_error)

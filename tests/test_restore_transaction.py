@@ -219,6 +219,6 @@ def test_a_load_that_fails_partway_drops_the_cache_and_says_so_until_weights_com
     assert 100 not in store.cache and store.inconsistent
     snap.identity.weights_digest = "d" * 64
     with pytest.raises(WeightsInconsistent, match="this restore brings no weights"):
-        run_restore(StoreHooks(store), snap, weights=False, trust_unknown_weights=True)
+        run_restore(StoreHooks(store), snap, weights=False)
     run_restore(StoreHooks(store), snap, requests=False)  # a restore with weights clears it
     assert store.inconsistent is None

@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any, Mapping, Optional
 
-from thaw.core.object_store import is_url
+from thaw.core.urls import is_url
 
 CHILD_CWD = "/"
 _BOOTSTRAP_310 = ("import sys, runpy; sys.path.pop(0); "

@@ -13,7 +13,7 @@ import argparse
 import os
 import time
 
-from .core.adapter import driver_spec
+from .core.registry import driver_spec
 from .fork import fork
 from .demo_workdir import demo_workdir
 from .progress import Steps

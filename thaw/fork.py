@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Optional
 
 from .core import SchemaError, load
-from .core.adapter import driver_spec
+from .core.registry import driver_spec
 from .workers import EngineWorker
 
 

@@ -1,4 +1,4 @@
-"""The contract between thaw and an inference engine, and the registry of adapters.
+"""The contract between thaw and an inference engine (the registry of adapters is `registry`).
 
 An adapter binds one running engine. Three methods are required; everything else has a
 default. Invariants every adapter keeps (the conformance suite checks them):
@@ -24,14 +24,11 @@ default. Invariants every adapter keeps (the conformance suite checks them):
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Union
+from typing import Any, Union
 
-from .errors import SchemaError
 from .restore import MATCH_FIELDS
 from .schema import Identity, StateSnapshot
-from .snapshot_io import save
 
 # What a restore must compare before touching anything (engines may check more).
 # (`thaw.core.restore.MATCH_FIELDS` is what the shared restore transaction compares.)
@@ -64,6 +61,8 @@ class EngineAdapter(ABC):
         referenced instead of copied (`weights_ref`); `direct`: written past the page cache;
         `recycle`: a retired snapshot file in the same directory whose page-cache pages the
         new file overwrites (`write_container`)."""
+        from .snapshot_io import save
+
         snap = self.capture(weights=weights and weights_from is None)
         snap.weights_from = weights_from
         save(snap, path, direct=direct, recycle=recycle)
@@ -75,69 +74,5 @@ class EngineAdapter(ABC):
         return {}
 
 
-AdapterFactory = Callable[[Any], Any]
-
-# Third-party engines register here from their package metadata, by engine name:
-# ``[project.entry-points."thaw.adapters"] myengine = "mypkg.thaw_adapter:attach"`` (the
-# adapter factory) and ``[project.entry-points."thaw.drivers"] myengine = "mypkg.driver:Driver"``
-# (the driver class that conformance, `thaw.fork` and `thaw.fleet` start in a worker process).
-ADAPTER_GROUP = "thaw.adapters"
-DRIVER_GROUP = "thaw.drivers"
-
-_ADAPTERS: dict[str, Union[str, AdapterFactory]] = {
-    "vllm": "thaw.adapters.vllm:attach",
-    "sglang": "thaw.adapters.sglang:attach",
-}
-_DRIVERS: dict[str, str] = {
-    "vllm": "thaw.adapters.vllm.driver:VLLMDriver",
-    "sglang": "thaw.adapters.sglang.driver:SGLangDriver",
-}
-
-
-def _installed(group: str) -> dict[str, str]:
-    """The entry points installed packages declare in `group`, name -> "module:attr"."""
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep.value for ep in entry_points(group=group)}
-
-
-def register_adapter(name: str, factory: Union[str, AdapterFactory], *, driver: Union[str, None] = None) -> None:
-    """Makes `attach(engine, name)` available; `factory` is a callable or "module:attr"
-    (imported on first use, so registering costs nothing). `driver`: the "module:Class" of
-    the engine's process driver (`thaw.driver.EngineDriver`), for `driver_spec(name)`."""
-    if not name or not isinstance(name, str) or ":" in name:
-        raise SchemaError("register_adapter: name must be a non-empty string without ':'")
-    _ADAPTERS[name] = factory
-    if driver is not None:
-        _DRIVERS[name] = driver
-
-
-def registered_adapters() -> list[str]:
-    return sorted(set(_ADAPTERS) | set(_installed(ADAPTER_GROUP)))
-
-
-def registered_drivers() -> list[str]:
-    return sorted(set(_DRIVERS) | set(_installed(DRIVER_GROUP)))
-
-
-def attach(engine: Any, name: str) -> Any:
-    """The adapter registered as `name` (here or by an installed package), bound to `engine`."""
-    factory = _ADAPTERS.get(name) or _installed(ADAPTER_GROUP).get(name)
-    if factory is None:
-        raise SchemaError(f"no thaw adapter named {name!r}; registered: {registered_adapters()}")
-    if isinstance(factory, str):
-        module, _, attr = factory.partition(":")
-        factory = getattr(importlib.import_module(module), attr)
-    return factory(engine)
-
-
-def driver_spec(engine: str) -> str:
-    """The driver class, as "module:Class", of an engine named `engine` (registered here or
-    by an installed package), or `engine` itself when it is already a "module:Class"."""
-    if ":" in engine:
-        return engine
-    spec = _DRIVERS.get(engine) or _installed(DRIVER_GROUP).get(engine)
-    if spec is None:
-        raise SchemaError(f"unknown engine {engine!r}; known: {registered_drivers()}, or a driver "
-                          "given as 'module:Class'")
-    return spec
+# Where callers have always found them.
+from .registry import ADAPTER_GROUP, DRIVER_GROUP, attach, driver_spec, register_adapter, registered_adapters, registered_drivers  # noqa: E402,F401

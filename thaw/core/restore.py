@@ -4,10 +4,10 @@
 timed under its name in `RestoreOutcome.seconds`:
 
 1. ``checks``: only looks. The model first (`fields` other than the page size), then the
-   snapshot re-cut to the engine's page size (`fit_for_restore`); the weights (a loaded
-   format the engine takes, or kept weights whose digest equals the snapshot's); the KV
-   layout's shape; a weights load that failed partway earlier (only a restore with weights
-   may follow it); when weights are loaded, no request still running on the old ones
+   snapshot re-cut to the engine's page size (`fit_for_restore`); a weights load that
+   failed partway earlier (only a restore with weights may follow it); the weights (a
+   loaded format the engine takes, or kept weights whose digest equals the snapshot's);
+   the KV layout's shape; when weights are loaded, no request still running on the old ones
    (`weights_swap`); then the engine's own checks (`check`), the KV placement (`place_kv`:
    capacity) and the weights load (`load_weights`: route), built without changing anything.
 2. ``weights_stage`` and ``kv_stage``: every byte the engine will use is read and
@@ -35,7 +35,6 @@ from typing import Any, Optional, Protocol
 
 from .errors import IdentityMismatch, WeightsInconsistent
 from .kv_layout import KVLayout
-from .recut import fit_for_restore
 from .schema import Identity, StateSnapshot, check_kv_weights, check_weights_format
 from .weights_swap import failed_partway, refuse_requests_on_old_weights
 
@@ -223,12 +222,17 @@ def run_restore(engine: RestoreHooks, snap: StateSnapshot, *, weights: bool = Tr
 
 def _check(engine: RestoreHooks, snap: StateSnapshot, weights: bool, requests: bool,
            trust_unknown_weights: bool) -> tuple[RestorePlan, RestoreOutcome]:
+    from .recut import fit_for_restore  # (torch: imported when a restore runs, not with this module)
+
     mine = engine.identity()
     # The model first: another model's snapshot is refused as that, before any question
     # about this engine's KV layout (which raises where thaw does not know it).
     snap, recut, differences = fit_for_restore(snap, mine, engine.kv_layout, engine.match_fields)
     layout = engine.kv_layout()
     load_weights = weights and bool(snap.weights)
+    inconsistent = engine.weights_inconsistent()
+    if inconsistent and not load_weights:  # said before the weights check, which it would fail
+        raise WeightsInconsistent(f"{inconsistent}; this restore brings no weights")
     if load_weights:
         check_weights_format(snap, engine.weights_formats)
     else:
@@ -236,9 +240,6 @@ def _check(engine: RestoreHooks, snap: StateSnapshot, weights: bool, requests: b
                          trust_unknown=trust_unknown_weights)
     if snap.kv is not None and not snap.kv.layout.same_shape(layout):
         raise IdentityMismatch("kv layout", snap.kv.layout.to_json(), layout.to_json())
-    inconsistent = engine.weights_inconsistent()
-    if inconsistent and not load_weights:
-        raise WeightsInconsistent(f"{inconsistent}; this restore brings no weights")
     if load_weights:  # every cached prefix, and every running request, belongs to the old weights
         refuse_requests_on_old_weights(engine.live_request_ids())
         engine.before_weights_swap()

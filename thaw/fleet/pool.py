@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
-from thaw.core.adapter import driver_spec
+from thaw.core.registry import driver_spec
 from thaw.core.errors import ThawError
 
 from .placement import Engine, EngineLost, LocalPlacement
