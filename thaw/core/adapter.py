@@ -27,11 +27,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Union
 
-from .restore import MATCH_FIELDS
-from .schema import Identity, StateSnapshot
+from .schema import MATCH_FIELDS, Identity, StateSnapshot
 
 # What a restore must compare before touching anything (engines may check more).
-# (`thaw.core.restore.MATCH_FIELDS` is what the shared restore transaction compares.)
+# (`MATCH_FIELDS` is what the shared restore transaction, `thaw.core.restore`, compares.)
 IDENTITY_FIELDS = MATCH_FIELDS[:6]
 
 

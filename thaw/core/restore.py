@@ -35,12 +35,10 @@ from typing import Any, Optional, Protocol
 
 from .errors import IdentityMismatch, WeightsInconsistent
 from .kv_layout import KVLayout
-from .schema import Identity, StateSnapshot, check_kv_weights, check_weights_format
+from .recut import fit_for_restore
+from .schema import MATCH_FIELDS, Identity, StateSnapshot, check_kv_weights, check_weights_format
 from .weights_swap import failed_partway, refuse_requests_on_old_weights
 
-# Identity fields a restore compares before touching anything.
-MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
-                "num_kv_heads", "head_dim", "page_size", "tp_size", "extra.quantization")
 
 
 class PhaseClock:
@@ -222,8 +220,6 @@ def run_restore(engine: RestoreHooks, snap: StateSnapshot, *, weights: bool = Tr
 
 def _check(engine: RestoreHooks, snap: StateSnapshot, weights: bool, requests: bool,
            trust_unknown_weights: bool) -> tuple[RestorePlan, RestoreOutcome]:
-    from .recut import fit_for_restore  # (torch: imported when a restore runs, not with this module)
-
     mine = engine.identity()
     # The model first: another model's snapshot is refused as that, before any question
     # about this engine's KV layout (which raises where thaw does not know it).

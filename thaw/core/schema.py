@@ -23,6 +23,11 @@ CHECKPOINT_WEIGHTS = "checkpoint"
 WEIGHTS_FORMAT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
+# Identity fields a restore compares before touching anything (`thaw.core.restore`).
+MATCH_FIELDS = ("model_architecture", "model_config_digest", "dtype", "num_layers",
+                "num_kv_heads", "head_dim", "page_size", "tp_size", "extra.quantization")
+
+
 def check_weights_format(snap: "StateSnapshot", accepted: tuple[str, ...]) -> None:
     """Raises IdentityMismatch, before anything changes, when an engine that accepts only
     the `accepted` weight formats is asked to load `snap`'s weights."""
