@@ -26,7 +26,10 @@ The check's cost (`check_cost`) is measured in pairs: `pairs` times an unchecked
 checked upload of the same sections, one after the other in alternating order, each timed
 from the call to its return (the unchecked one also on the device, start to last section
 landed), so that a drift of the card's clocks or the link over the run falls on both sides
-alike. The checked side records no device events: their reads would add to its time.
+alike. The checked side records no device events: their reads would add to its time. Each side also
+records the calling thread's CPU time (`host_cpu_ms`), and the SM clock is sampled over the
+pairs (`sm_mhz_during`); `check_cost_by_sections` repeats the pairs over the first 1 and 8
+sections, which separates what a check costs once per restore from what it costs per section.
 
 Alone (no engine): `python benchmarks/kv_link.py [--layers 32 --pages 254]` writes a
 snapshot of that many layers of SGLang-shaped KV pages (16 tokens x 8 heads x 128, bf16,
@@ -83,12 +86,14 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
         verifier.raise_if_failed()
 
     def timed_run(fn) -> dict:
-        """`fn(times)` after a sync, with its wall time added to what it put in `times`."""
+        """`fn(times)` after a sync, with its wall time and the calling thread's CPU time
+        (`host_cpu_ms`: launching, queuing, waiting in a spin) added to what it put in `times`."""
         times: dict = {}
         torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         fn(times)
         times["wall_ms"] = (time.perf_counter() - t0) * 1e3
+        times["host_cpu_ms"] = (time.thread_time() - c0) * 1e3
         return times
 
     def checked_timeline() -> dict:
@@ -98,23 +103,25 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
         middle = sorted(runs, key=lambda r: r["wall_ms"])[reps // 2]  # each section's times, one run
         return {**out, **{k: [round(x, 3) for x in middle[k]] for k in ("landed_each_ms", "checked_each_ms")}}
 
-    def check_cost() -> dict:
+    def check_cost(count: int = len(names), pairs: int = pairs) -> dict:
         # The card's clocks and power state as each side runs (sampled after a few runs of
-        # it): a copy-only side can leave the SMs at a low clock that the checked side's
-        # kernels then start from, a difference between cards, drivers and settings that a
-        # ratio alone does not show.
+        # it, and the SM clock every 20 ms over the whole measure): a copy-only side can
+        # leave the SMs at a low clock that the checked side's kernels then start from, a
+        # difference between cards, drivers and settings that a ratio alone does not show.
         clocks: dict = {"before": device_state()}
+        sampler = SmClockSampler()
+        some = {n: views[n] for n in names[:count]}
 
         def unchecked(tl: dict) -> None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            copy_sections_to_gpu(reg, views, verify="none")
+            copy_sections_to_gpu(reg, some, verify="none")
             end.record()
             end.synchronize()
             tl["last_landed_ms"] = start.elapsed_time(end)
 
         def checked(tl: dict) -> None:  # untimed on the device: the events' reads would add to its wall time
-            copy_sections_to_gpu(reg, views, verify="gpu")
+            copy_sections_to_gpu(reg, some, verify="gpu")
 
         sides: dict = {"unchecked": [], "checked": []}
         for i in range(pairs + 1):  # the first pair is a warm-up
@@ -125,8 +132,10 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
                     sides[side].append(times)
                 if i == 3:
                     clocks[f"after_{side}"] = device_state()
+        clocks["sm_mhz_during"] = sampler.stop()
         med = {side: {k: statistics.median(t[k] for t in runs) for k in runs[0]} for side, runs in sides.items()}
-        return {"pairs": pairs, **med, "device_state": clocks,
+        return {"pairs": pairs, "sections": count, **med, "device_state": clocks,
+                "extra_ms": med["checked"]["wall_ms"] - med["unchecked"]["wall_ms"],
                 "cost_wall": med["checked"]["wall_ms"] / med["unchecked"]["wall_ms"] - 1,
                 "cost_pairwise_median": statistics.median(
                     c["wall_ms"] / u["wall_ms"] - 1 for u, c in zip(sides["unchecked"], sides["checked"]))}
@@ -142,6 +151,9 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
                "registered_gpu_checked_gb_s": rate(lambda: upload_sections(reg, names, dev.device)),
                "checked_timeline": checked_timeline(),
                "check_cost": check_cost(),
+               # What part of the check's cost is paid once per restore and what per section:
+               # the same pairs over the first 1 and 8 sections (a small KV, as a session's).
+               "check_cost_by_sections": [check_cost(k, max(10, pairs // 2)) for k in (1, 8)],
                "registered_gpu_checked_written_gb_s": rate(
                    lambda: stream_checked_sections(reg, names, ring, write))}
     finally:
@@ -165,6 +177,32 @@ def device_state() -> dict:
     except (OSError, subprocess.SubprocessError) as exc:
         return {"unavailable": f"{type(exc).__name__}: {exc}"}
     return dict(zip(fields.split(","), (v.strip() for v in out.splitlines()[0].split(","))))
+
+
+class SmClockSampler:
+    """The SM clock (MHz) every 20 ms from now until `stop()` (`nvidia-smi -lms`), reported
+    as its minimum, median and maximum, or why it could not be read."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        try:
+            self._proc: "subprocess.Popen | None" = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits", "-lms", "20"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._error = ""
+        except OSError as exc:
+            self._proc, self._error = None, f"{type(exc).__name__}: {exc}"
+
+    def stop(self) -> dict:
+        if self._proc is None:
+            return {"unavailable": self._error}
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=10)
+        mhz = sorted(int(v) for v in out.split() if v.strip().isdigit())
+        if not mhz:
+            return {"unavailable": "no samples"}
+        return {"samples": len(mhz), "min": mhz[0], "median": mhz[len(mhz) // 2], "max": mhz[-1]}
 
 
 def synthetic_snapshot(path: str, layers: int, pages: int) -> None:
