@@ -28,6 +28,7 @@ releases the staged weights before the error propagates.
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -223,8 +224,9 @@ def _check(engine: RestoreHooks, snap: StateSnapshot, weights: bool, requests: b
     mine = engine.identity()
     # The model first: another model's snapshot is refused as that, before any question
     # about this engine's KV layout (which raises where thaw does not know it).
-    snap, recut, differences = fit_for_restore(snap, mine, engine.kv_layout, engine.match_fields)
-    layout = engine.kv_layout()
+    engine_layout = functools.cache(engine.kv_layout)  # asked once, and only after the model matched
+    snap, recut, differences = fit_for_restore(snap, mine, engine_layout, engine.match_fields)
+    layout = engine_layout()
     load_weights = weights and bool(snap.weights)
     inconsistent = engine.weights_inconsistent()
     if inconsistent and not load_weights:  # said before the weights check, which it would fail

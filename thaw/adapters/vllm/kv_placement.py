@@ -56,35 +56,46 @@ class RestoreReport:
         return dict(self.__dict__)
 
 
+@dataclass
+class PoolView:
+    """What a restore finds in the block pool, looked at once: the pool's edit for these
+    hashes, the blocks already caching pages (`held`) and the pages still to write."""
+
+    pool: PoolEdit
+    held: list
+    needed: list[int]
+
+    @classmethod
+    def look(cls, parts: EngineParts, hashes: list[bytes], report: RestoreReport, *,
+             reuse_cached: bool) -> "PoolView":
+        """`reuse_cached=False` (a restore that replaces the weights): every page is written
+        into a fresh block, none taken from the cache, whose blocks were computed with the
+        weights being replaced. Refuses (ThawError) when the free blocks cannot hold them."""
+        pool = PoolEdit(parts.block_pool, hashes)
+        existing = {}
+        for page in range(len(hashes)) if reuse_cached else ():
+            blk = pool.cached(page)
+            if blk is not None:
+                existing[page] = blk
+        held, needed = list(existing.values()), [p for p in range(len(hashes)) if p not in existing]
+        report.pages_already_cached = len(existing)
+        free = pool.free_count() - sum(1 for b in held if b.ref_cnt == 0)
+        if len(needed) > free:
+            raise ThawError(f"the engine has {pool.free_count()} free KV blocks; the snapshot "
+                            f"needs {len(needed)} more (pages not already cached)")
+        return cls(pool, held, needed)
+
+
 class BlockPlacement:
     """The pool side every placement shares: cached pages kept, fresh blocks taken for the
     rest, hashes registered last. Subclasses fill the blocks (`write`, maybe `stage`)."""
 
     def __init__(self, parts: EngineParts, snap: StateSnapshot, hashes: list[bytes], report: RestoreReport,
-                 recorder: BlockTokenRecorder, reuse_cached: bool = True) -> None:
-        """`reuse_cached=False` (a restore that replaces the weights): every page is written
-        into a fresh block, none taken from the cache, whose blocks were computed with the
-        weights being replaced."""
+                 recorder: BlockTokenRecorder, view: PoolView) -> None:
         self.parts, self.snap, self.hashes, self.report, self.recorder = parts, snap, hashes, report, recorder
-        self.pool = PoolEdit(parts.block_pool, hashes)
-        existing = {}
-        for page in range(len(hashes)) if reuse_cached else ():
-            blk = self.pool.cached(page)
-            if blk is not None:
-                existing[page] = blk
-        self.held = list(existing.values())
-        self.needed = [p for p in range(len(hashes)) if p not in existing]
-        report.pages_already_cached = len(existing)
-        free = self.pool.free_count() - sum(1 for b in self.held if b.ref_cnt == 0)
-        if len(self.needed) > free:
-            raise ThawError(f"the engine has {self.pool.free_count()} free KV blocks; the snapshot "
-                            f"needs {len(self.needed)} more (pages not already cached)")
+        self.pool, self.held, self.needed = view.pool, view.held, view.needed
         self.fresh: list = []
         self.inserted: list = []
-
-    @property
-    def every_page(self) -> bool:
-        return len(self.needed) == len(self.hashes)
 
     def stage(self) -> None:
         """Nothing to check before the first change (the default)."""
@@ -281,26 +292,25 @@ def choose_placement(parts: EngineParts, snap: StateSnapshot, hashes: list[bytes
     from: kept on the device (`resident_kv`: a prepared file), the CUDA-registered file
     (`registry`) when every page is written in the engine's layout and the file is in the
     page cache, else verified host pages. Only looks."""
-    args = (parts, snap, hashes, report, recorder)
+    view = PoolView.look(parts, hashes, report, reuse_cached=reuse_cached)  # the pool, scanned once
+    args = (parts, snap, hashes, report, recorder, view)
     if parts.workers is not None:
-        return WorkerPages(*args, reuse_cached=reuse_cached)
+        return WorkerPages(*args)
     if not parts.on_cuda:
-        return HostPages(*args, reuse_cached=reuse_cached)
-    placement = CudaPages(*args, reuse_cached=reuse_cached)
+        return HostPages(*args)
     source = snap.source
     if registry is None or source is None or not source.is_local:
-        return placement
+        return CudaPages(*args)
     # A local file mostly outside the page cache is read through the mapping, not registered
     # (registering it would fault it in a page at a time).
     resident = resident_fraction(source.path)
     if resident < COLD_BELOW:
         report.cold_file_resident = resident
-        return placement
-    if not (placement.every_page and snap.kv.layout == parts.layout
-            and all(layer.section_name for layer in snap.kv.layers)):
-        return placement
+        return CudaPages(*args)
+    every_page = len(view.needed) == len(hashes)
+    if not (every_page and snap.kv.layout == parts.layout and all(layer.section_name for layer in snap.kv.layers)):
+        return CudaPages(*args)
     on_device = resident_kv(source) if resident_kv is not None else None
     if on_device is not None:
-        return DevicePages(*args, reuse_cached=reuse_cached, resident=on_device)
-    placement.registered = registry(source)
-    return placement
+        return DevicePages(*args, resident=on_device)
+    return CudaPages(*args, registered=registry(source))
