@@ -18,5 +18,5 @@ if [ ! -f "$site/.unpacked" ]; then  # a later call on the same warm box reuses 
   touch "$site/.unpacked"
 fi
 export PYTHONPATH="$site"
-python3 -m pip install --no-build-isolation --no-deps -q "$repo"
+bash "$repo/scripts/gpu/install_thaw.sh"
 cd /tmp && "$@"

@@ -20,5 +20,5 @@ if [ -f /tmp/ray/ray.tar.xz ] && [ ! -f /tmp/site/.ray ]; then  # Ray, where a c
   touch /tmp/site/.ray
 fi
 export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0
-python3 -m pip install --no-build-isolation --no-deps -q "$repo"
+bash "$repo/scripts/gpu/install_thaw.sh"
 cd /tmp && "$@"
