@@ -109,7 +109,7 @@ class Trunk:
     # trunk's, larger than it) with `recycle`; None where the driver does not take it.
     recycled_path: Optional[Path] = None
     # The parent's in-memory capture at the trunk's snapshot, and its restore from memory;
-    # None where the driver has no `capture` (`thaw.driver.CapturingDriver`).
+    # None where the driver has no `capture` (`thaw.core.driver.CapturingDriver`).
     captured: Optional[dict[str, Any]] = None
 
 
@@ -151,7 +151,7 @@ def build_trunk(eut: EngineUnderTest, workdir: Path) -> Trunk:
 
 
 def _captured_in_memory(parent: EngineWorker) -> Optional[dict[str, Any]]:
-    """The parent's in-memory capture (`thaw.driver.CapturingDriver`) and its restore into
+    """The parent's in-memory capture (`thaw.core.driver.CapturingDriver`) and its restore into
     the parent itself (every page already cached), where the driver has them; else None."""
     try:
         summary = parent.call("capture", weights=False)

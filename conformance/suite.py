@@ -185,7 +185,7 @@ class SnapshotRestoreConformance:
         the same tree and pages, whatever process the engine's state lives in, and restores
         from memory into the parent (every page already cached, nothing written twice)."""
         if trunk.captured is None:
-            pytest.skip("the driver has no capture/restore_captured (thaw.driver.CapturingDriver)")
+            pytest.skip("the driver has no capture/restore_captured (thaw.core.driver.CapturingDriver)")
         snap = thaw.load(trunk.trunk_path, verify=False)
         got = trunk.captured
         assert got["adapter"], "the handle is not a thaw.core.adapter.EngineAdapter"

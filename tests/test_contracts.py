@@ -13,7 +13,7 @@ from thaw.core.registry import (ADAPTER_GROUP, DRIVER_GROUP, attach, driver_spec
                                registered_drivers)
 from thaw.core.errors import (ChecksumError, IdentityMismatch, RemoteError, SchemaError, ThawError,
                               WeightsInconsistent, error_reply, rebuild_error, remote_error)
-from thaw.driver import (EngineDriver, InFlightDriver, PreparingDriver, ReferencingDriver,
+from thaw.core.driver import (EngineDriver, InFlightDriver, PreparingDriver, ReferencingDriver,
                          missing_methods)
 from thaw.workers import EngineWorker
 

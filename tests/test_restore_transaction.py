@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from thaw.core import ChecksumError, IdentityMismatch, KVLayout, ThawError
+from thaw.core.engine_weights import EngineWeights
 from thaw.core.errors import WeightsInconsistent
 from thaw.core.restore import RestoreHooks, RestorePlan, run_restore
 
@@ -27,7 +28,7 @@ class PagedStore:
         self.cache: dict[int, int] = {100: 0}  # prefix id -> slot (one page cached before the restore)
         self.weights: dict[str, torch.Tensor] = {}
         self.running: list[str] = []
-        self.inconsistent: Optional[str] = None
+        self.weights_record = EngineWeights()  # what the transaction reports weights loads to
 
 
 class Placement:
@@ -96,6 +97,7 @@ class StoreHooks(RestoreHooks):
 
     def __init__(self, store: PagedStore, *, fail_write: bool = False, fail_load: bool = False) -> None:
         self.store, self.log = store, []
+        self.engine_weights = store.weights_record
         self.fail_write, self.fail_load = fail_write, fail_load
 
     def identity(self):
@@ -106,9 +108,6 @@ class StoreHooks(RestoreHooks):
 
     def weights_digest(self, weights_format: str) -> str:
         return self.store.identity.weights_digest
-
-    def weights_inconsistent(self) -> Optional[str]:
-        return self.store.inconsistent
 
     def live_request_ids(self) -> list[str]:
         return list(self.store.running)
@@ -133,12 +132,6 @@ class StoreHooks(RestoreHooks):
     def drop_cached(self) -> None:
         self.log.append("drop_cached")
         self.store.cache = {k: v for k, v in self.store.cache.items() if k != 100}
-
-    def weights_committed(self, plan: RestorePlan) -> None:
-        self.store.inconsistent = None
-
-    def weights_failed(self, error: WeightsInconsistent) -> None:
-        self.store.inconsistent = str(error)
 
 
 def _state(store: PagedStore) -> tuple:
@@ -216,9 +209,9 @@ def test_a_load_that_fails_partway_drops_the_cache_and_says_so_until_weights_com
     with pytest.raises(WeightsInconsistent, match="failed partway .*RuntimeError: shape mismatch"):
         run_restore(hooks, snap)
     assert "drop_cached" in hooks.log and hooks.log[-2:] == ["weights.release", "kv.rollback"]
-    assert 100 not in store.cache and store.inconsistent
+    assert 100 not in store.cache and store.weights_record.inconsistent
     snap.identity.weights_digest = "d" * 64
     with pytest.raises(WeightsInconsistent, match="this restore brings no weights"):
         run_restore(StoreHooks(store), snap, weights=False)
     run_restore(StoreHooks(store), snap, requests=False)  # a restore with weights clears it
-    assert store.inconsistent is None
+    assert store.weights_record.inconsistent is None and store.weights_record.known

@@ -1,5 +1,5 @@
 """The registry of engines: the adapter `attach(engine, name)` binds, and the driver
-(`thaw.driver`) that conformance, `thaw.fork` and `thaw.fleet` start in a worker process,
+(`thaw.core.driver`) that conformance, `thaw.fork` and `thaw.fleet` start in a worker process,
 by engine name. Built in: `vllm` and `sglang`; `register_adapter` adds one in this process,
 an installed package adds its own through entry points. Importing this imports no engine
 (and neither numpy nor torch): names are imported on first use.
@@ -41,7 +41,7 @@ def _installed(group: str) -> dict[str, str]:
 def register_adapter(name: str, factory: Union[str, AdapterFactory], *, driver: Union[str, None] = None) -> None:
     """Makes `attach(engine, name)` available; `factory` is a callable or "module:attr"
     (imported on first use, so registering costs nothing). `driver`: the "module:Class" of
-    the engine's process driver (`thaw.driver.EngineDriver`), for `driver_spec(name)`."""
+    the engine's process driver (`thaw.core.driver.EngineDriver`), for `driver_spec(name)`."""
     if not name or not isinstance(name, str) or ":" in name:
         raise SchemaError("register_adapter: name must be a non-empty string without ':'")
     _ADAPTERS[name] = factory

@@ -17,8 +17,9 @@ timed under its name in `RestoreOutcome.seconds`:
    reachable from the prefix index yet; ``kv``: `write` fills them.
 4. ``weights``: `WeightsLoad.commit`; then every cached prefix the engine held is dropped
    (`drop_cached`: it was computed with the old weights; the restore's own pages are
-   registered after). A load that fails partway drops them too, records the failure
-   (`weights_failed`) and raises `WeightsInconsistent`.
+   registered after), and the engine's weights record (`engine_weights`) takes the
+   snapshot's. A load that fails partway drops them too, records the failure there and
+   raises `WeightsInconsistent`.
 5. ``requests``: `KVPlacement.register` (the restored pages become cache hits), then
    `resume_requests`.
 
@@ -34,6 +35,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
+from .engine_weights import EngineWeights
 from .errors import IdentityMismatch, WeightsInconsistent
 from .kv_layout import KVLayout
 from .recut import fit_for_restore
@@ -116,11 +118,13 @@ class RestoreHooks(ABC):
     """An engine's part of a restore. Every hook runs on the thread that drives the engine,
     between steps, inside one `run_restore`; the ones called before the first change only
     look. `match_fields`, `weights_formats` and `cache_name` say what the engine compares,
-    loads and calls its prefix cache."""
+    loads and calls its prefix cache; `engine_weights`, what its weights are known to be
+    (`thaw.core.engine_weights`: read by the checks, told of a weights load's outcome)."""
 
     match_fields: tuple[str, ...] = MATCH_FIELDS
     weights_formats: tuple[str, ...] = ()
     cache_name: str = "prefix cache"
+    engine_weights: EngineWeights
 
     @abstractmethod
     def identity(self) -> Identity:
@@ -133,10 +137,6 @@ class RestoreHooks(ABC):
     @abstractmethod
     def weights_digest(self, weights_format: str) -> str:
         """The digest of the engine's own weights in `weights_format`; "" when unknown."""
-
-    def weights_inconsistent(self) -> Optional[str]:
-        """Why the engine's weights may be a mix (a load failed partway), else None."""
-        return None
 
     @abstractmethod
     def live_request_ids(self) -> list[str]:
@@ -169,12 +169,6 @@ class RestoreHooks(ABC):
     @abstractmethod
     def drop_cached(self) -> None:
         """Drops every cached prefix the engine holds (it was computed with other weights)."""
-
-    def weights_committed(self, plan: RestorePlan) -> None:
-        """After a successful weights load: records the snapshot's weights as the engine's."""
-
-    def weights_failed(self, error: WeightsInconsistent) -> None:
-        """After a load that failed partway: records that the weights are unknown now."""
 
 
 def run_restore(engine: RestoreHooks, snap: StateSnapshot, *, weights: bool = True, requests: bool = True,
@@ -228,7 +222,7 @@ def _check(engine: RestoreHooks, snap: StateSnapshot, weights: bool, requests: b
     snap, recut, differences = fit_for_restore(snap, mine, engine_layout, engine.match_fields)
     layout = engine_layout()
     load_weights = weights and bool(snap.weights)
-    inconsistent = engine.weights_inconsistent()
+    inconsistent = engine.engine_weights.inconsistent
     if inconsistent and not load_weights:  # said before the weights check, which it would fail
         raise WeightsInconsistent(f"{inconsistent}; this restore brings no weights")
     if load_weights:
@@ -251,10 +245,10 @@ def _swap_weights(engine: RestoreHooks, plan: RestorePlan, load: WeightsLoad) ->
     except BaseException as exc:
         engine.drop_cached()
         error = failed_partway(exc, engine.cache_name)
-        engine.weights_failed(error)
+        engine.engine_weights.failed(str(error))
         raise error from exc
     engine.drop_cached()
-    engine.weights_committed(plan)
+    engine.engine_weights.committed(plan.snap)
     return loaded
 
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from .errors import IdentityMismatch, SchemaError, ThawError
 from .head import read_meta
-from .urls import is_url
+from .urls import absolute, is_url
 
 REF_KEY = "weights_from"
 _FIELDS = ("path", "weights_digest", "weights_format")
@@ -78,6 +78,24 @@ def check_target(target: str | os.PathLike, weights_digest: str, weights_format:
     digest = (meta.get("identity") or {}).get("weights_digest")
     if digest != weights_digest:
         raise IdentityMismatch(f"weights_digest of {target}", digest, weights_digest)
+
+
+def reference_for_snapshot(weights_from: str | os.PathLike | None, path: str | os.PathLike, *, weights: bool,
+                           weights_digest: str, weights_format: str) -> str | None:
+    """What an engine's snapshot to `path` references its weights from: `weights_from` as an
+    absolute path, once it is shown to hold the engine's weights (`weights_digest`, "" when
+    unknown, in `weights_format`: `check_target`); None without it. Refuses `weights=False`
+    beside it, and weights the engine does not know."""
+    if weights_from is None:
+        return None
+    if not weights:
+        raise ThawError("weights=False leaves the weights out; weights_from references them: pass one")
+    if not weights_digest:
+        raise ThawError("the engine runs dummy weights and was not restored: its weights are unknown, so "
+                        f"they cannot be shown to equal those of {weights_from}")
+    ref = absolute(weights_from)
+    check_target(ref, weights_digest, weights_format, absolute(path))
+    return ref
 
 
 def entry_for(target: str | os.PathLike, referencing: str | os.PathLike, weights_digest: str,

@@ -7,11 +7,13 @@ import os
 import time
 from typing import Any, Optional
 
+from thaw.core.driver import HandleDriver
+
 from .defaults import CPU_ENV, ENGINE_DEFAULTS
 from .rpc import BUSY_WAIT, SchedulerBusy
 
 
-class SGLangDriver:
+class SGLangDriver(HandleDriver):
     """Builds `sglang.Engine(model_path=config["model"], **ENGINE_DEFAULTS | config)` and
     attaches thaw to it. Config key `model` is the model directory (as for vLLM); key
     `env` sets environment variables for the engine (e.g. its radix tree core)."""
@@ -87,34 +89,15 @@ class SGLangDriver:
 
     def snapshot(self, path: str, weights: bool = True, weights_from: Optional[str] = None,
                  direct: bool = False, recycle: Optional[str] = None) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        report = self.handle.snapshot(path, weights=weights, weights_from=weights_from, direct=direct,
-                                      recycle=recycle)
-        return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
+        return self.timed(lambda: self.handle.snapshot(path, weights=weights, weights_from=weights_from,
+                                                       direct=direct, recycle=recycle))
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        report = self.handle.restore(path, weights=weights, requests=requests,
-                                     trust_unknown_weights=trust_unknown_weights)
+        report = self.timed(lambda: self.handle.restore(path, weights=weights, requests=requests,
+                                                        trust_unknown_weights=trust_unknown_weights))
         report["requests"] = [r["request_id"] for r in report["requests"]]
-        return {**report, "seconds_by_phase": report.pop("seconds"), "seconds": time.perf_counter() - t0}
-
-    def prepare(self, path: str, kv_on_device: bool = False) -> float:
-        return self.handle.prepare(path, kv_on_device=kv_on_device)
-
-    def capture(self, weights: bool = True) -> dict[str, Any]:
-        """The handle's in-memory capture (`EngineAdapter.capture`), kept for `restore_captured`."""
-        from thaw.core.adapter import EngineAdapter
-
-        self.captured = self.handle.capture(weights=weights)
-        return {"adapter": isinstance(self.handle, EngineAdapter), "requests": len(self.captured.requests),
-                "tree_tokens": self.captured.prefix.num_tokens, "pages": self.captured.kv.num_pages}
-
-    def restore_captured(self, weights: bool = True) -> dict[str, Any]:
-        """Restores the last `capture` from memory (`EngineAdapter.restore` of a StateSnapshot)."""
-        report = self.handle.restore(self.captured, weights=weights, requests=False)
-        return {k: v for k, v in report.items() if k != "requests"}
+        return report
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,
                     temperature: float = 0.0, seed: Optional[int] = None,

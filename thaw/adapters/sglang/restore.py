@@ -16,7 +16,6 @@ from typing import Any, Optional
 
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, KVLayout, PrefixTree, StateSnapshot,
                        ThawError)
-from thaw.core.errors import WeightsInconsistent
 from thaw.core.prefix import ROOT
 from thaw.core.restore import RestoreHooks, RestorePlan
 
@@ -55,6 +54,7 @@ class SGLangRestore(RestoreHooks):
                  layout: KVLayout) -> None:
         self.s, self.files, self.cold_files, self.mine, self.layout = s, files, cold_files, identity, layout
         self.placement: Optional[SlotPlacement] = None
+        self.engine_weights = thaw_state(s).weights
 
     def identity(self) -> Identity:
         return self.mine
@@ -64,9 +64,6 @@ class SGLangRestore(RestoreHooks):
 
     def weights_digest(self, weights_format: str) -> str:
         return self.mine.weights_digest
-
-    def weights_inconsistent(self) -> Optional[str]:
-        return thaw_state(self.s).weights_inconsistent
 
     def live_request_ids(self) -> list[str]:
         return [r.rid for r in live_requests(self.s)]
@@ -113,11 +110,3 @@ class SGLangRestore(RestoreHooks):
     def drop_cached(self) -> None:
         kv_placement.drop_cached(self.s.tree_cache)
 
-    def weights_committed(self, plan: RestorePlan) -> None:
-        st = thaw_state(self.s)
-        st.restored_weights, st.weights_digest = dict(plan.snap.weights), plan.snap.identity.weights_digest
-        st.weights_inconsistent = None
-
-    def weights_failed(self, error: WeightsInconsistent) -> None:
-        st = thaw_state(self.s)
-        st.restored_weights, st.weights_digest, st.weights_inconsistent = None, "", str(error)

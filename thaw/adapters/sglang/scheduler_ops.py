@@ -14,9 +14,8 @@ from typing import Any, Optional
 import torch
 
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, PagedKV, StateSnapshot, TensorData,
-                       ThawError, config_digest, save)
+                       config_digest, save)
 from thaw.core import weights_ref
-from thaw.core.errors import WeightsInconsistent
 from thaw.core.dtypes import dtype_name
 from thaw.core.restore import run_restore
 from thaw.core.snapshot_io import weights_digest
@@ -54,21 +53,21 @@ def check_supported(s: Any) -> None:
 
 
 def checkpoint_weights(s: Any) -> dict[str, torch.Tensor]:
-    st = thaw_state(s)
-    if st.restored_weights is not None:
-        return {name: data.tensor() for name, data in st.restored_weights.items()}
+    restored = thaw_state(s).weights.restored_tensors()
+    if restored is not None:
+        return restored
     return read_checkpoint(s.server_args.model_path, dummy=_dummy(s))
 
 
 def current_weights_digest(s: Any) -> str:
-    st = thaw_state(s)
-    if st.weights_digest is None:
+    def compute() -> str:
         try:
             w = checkpoint_weights(s)
         except NoCheckpoint:  # dummy weights never restored: unknown (a corrupt file raises)
             return ""
-        st.weights_digest = weights_digest({k: TensorData.of(v) for k, v in w.items()})
-    return st.weights_digest
+        return weights_digest({k: TensorData.of(v) for k, v in w.items()})
+
+    return thaw_state(s).weights.digest(CHECKPOINT_WEIGHTS, compute)
 
 
 def engine_identity(s: Any) -> Identity:
@@ -113,7 +112,7 @@ def state(s: Any) -> dict[str, Any]:
             "evictable_slots": kv_placement.evictable_slots(s.tree_cache),
             "tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
             "requests": sorted(r.rid for r in live_requests(s)),
-            "weights_digest": thaw_state(s).weights_digest}
+            "weights_digest": thaw_state(s).weights.digests.get(CHECKPOINT_WEIGHTS)}
 
 
 def seed_rng(s: Any, seed: int) -> None:
@@ -133,7 +132,7 @@ def status(s: Any) -> dict[str, Any]:
     cache = state(s)
     return {"engine": "sglang", "identity": engine_identity(s).to_json(), "page_size": s.page_size,
             **{k: cache[k] for k in ("tree_nodes", "tree_tokens", "free_slots", "evictable_slots")},
-            "requests_in_flight": len(cache["requests"]), "weights_inconsistent": thaw_state(s).weights_inconsistent}
+            "requests_in_flight": len(cache["requests"]), "weights_inconsistent": thaw_state(s).weights.inconsistent}
 
 
 def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
@@ -146,12 +145,10 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
     new file overwrites (`write_container`)."""
     t0 = time.perf_counter()
     check_supported(s)
-    if thaw_state(s).weights_inconsistent:
-        raise WeightsInconsistent(thaw_state(s).weights_inconsistent)
-    if weights_from is not None:
-        if not weights:
-            raise ThawError("weights=False leaves the weights out; weights_from references them: pass one")
-        weights_ref.check_target(weights_from, current_weights_digest(s), CHECKPOINT_WEIGHTS, path)
+    thaw_state(s).weights.refuse_if_inconsistent()
+    weights_from = weights_ref.reference_for_snapshot(
+        weights_from, path, weights=weights, weights_format=CHECKPOINT_WEIGHTS,
+        weights_digest=current_weights_digest(s) if weights_from else "")
     cap = capture.capture_tree(s.tree_cache, s.page_size)
     page_of = {pool_page: i for i, pool_page in enumerate(cap.pool_pages)}
     requests = capture_requests(s, page_of, cap.pool_pages) if requests else []

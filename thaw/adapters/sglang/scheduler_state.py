@@ -1,8 +1,7 @@
 """The one place thaw keeps state on SGLang's objects: an attribute of each, named here.
 
-- `STATE_ATTRIBUTE` on the `Scheduler` (`thaw_state(s)`): the weights a restore loaded (the
-  checkpoint tensors a later snapshot writes, and their digest), why the weights may be a
-  mix after a failed load, and the snapshot files kept ready between restores;
+- `STATE_ATTRIBUTE` on the `Scheduler` (`thaw_state(s)`): what the engine's weights are
+  known to be (`thaw.core.engine_weights`) and the snapshot files kept ready between restores;
 - `SLOT_TOKENS_ATTRIBUTE` on a radix cache: the token of every KV slot its inserts filled
   (`slot_walk.SlotTokens`, for the Rust tree core, whose nodes hold no tokens);
 - `RECORDING_ATTRIBUTE` on a radix cache class's `insert`: thaw's recorder wraps it.
@@ -13,9 +12,9 @@ Read and written only on the scheduler's thread, between batches.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-from thaw.core import TensorData
+from thaw.core.engine_weights import EngineWeights
 
 from .prepared import PreparedFiles
 
@@ -26,9 +25,7 @@ RECORDING_ATTRIBUTE = "_thaw_records"
 
 @dataclass
 class SchedulerState:
-    restored_weights: Optional[dict[str, TensorData]] = None  # the last restore's weights, if any
-    weights_digest: Optional[str] = None  # of the weights the engine holds; None: not computed, "": unknown
-    weights_inconsistent: Optional[str] = None  # set while a partial load leaves the weights a mix
+    weights: EngineWeights = field(default_factory=EngineWeights)
     files: PreparedFiles = field(default_factory=PreparedFiles)
 
 

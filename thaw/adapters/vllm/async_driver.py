@@ -8,10 +8,12 @@ import time
 import uuid
 from typing import Any, Optional
 
+from thaw.core.driver import HandleDriver
+
 from .driver import ENGINE_DEFAULTS
 
 
-class AsyncVLLMDriver:
+class AsyncVLLMDriver(HandleDriver):
     """Builds `AsyncLLM.from_engine_args(AsyncEngineArgs(**ENGINE_DEFAULTS | config))` and
     attaches thaw to it (an `AsyncVLLMHandle`: its calls are awaited here)."""
 
@@ -31,13 +33,13 @@ class AsyncVLLMDriver:
         self.llm = self.loop.run_until_complete(start())
         self.boot_seconds = time.perf_counter() - t0
         self.handle = attach(self.llm)
-        self.bound = self.loop.run_until_complete(self.handle.bind())
+        self.bound = self.run(self.handle.bind())
 
-    def _run(self, coro: Any) -> Any:
+    def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
     def info(self) -> dict[str, Any]:
-        status = self._run(self.handle.status())
+        status = self.run(self.handle.status())
         return {"identity": status["identity"], "boot_seconds": self.boot_seconds,
                 "import_seconds": self.import_seconds, "kv_prefault": status["kv_prefault"],
                 "model_in_worker_process": status["model_in_worker_process"]}
@@ -56,37 +58,25 @@ class AsyncVLLMDriver:
             return final
 
         t0 = time.perf_counter()
-        out = self._run(one())
+        out = self.run(one())
         return {"tokens": list(out.outputs[0].token_ids), "cached_tokens": out.num_cached_tokens,
                 "seconds": time.perf_counter() - t0}
 
     def state(self) -> dict[str, Any]:
-        status = self._run(self.handle.status())
+        status = self.run(self.handle.status())
         return {"free_blocks": status["free_blocks"], "cached_blocks": status["cached_blocks"]}
 
     def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None,
                  strict: bool = False, requests: bool = True, weights_from: Optional[str] = None,
                  direct: bool = False, recycle: Optional[str] = None) -> dict[str, Any]:
-        return self._run(self.handle.snapshot(path, weights=weights, weights_format=weights_format,
-                                              strict=strict, requests=requests, weights_from=weights_from,
-                                              direct=direct, recycle=recycle))
+        return self.timed(lambda: self.handle.snapshot(
+            path, weights=weights, weights_format=weights_format, strict=strict, requests=requests,
+            weights_from=weights_from, direct=direct, recycle=recycle))
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:
-        return self._run(self.handle.restore(path, weights=weights, requests=requests,
-                                             trust_unknown_weights=trust_unknown_weights))
-
-    def capture(self, weights: bool = True) -> dict[str, Any]:
-        """The handle's in-memory capture (`EngineAdapter.capture`), kept for `restore_captured`."""
-        from thaw.core.adapter import EngineAdapter
-
-        self.captured = self._run(self.handle.capture(weights=weights, requests=False))
-        return {"adapter": isinstance(self.handle, EngineAdapter), "requests": len(self.captured.requests),
-                "tree_tokens": self.captured.prefix.num_tokens, "pages": self.captured.kv.num_pages}
-
-    def restore_captured(self, weights: bool = True) -> dict[str, Any]:
-        """Restores the last `capture` from memory (`EngineAdapter.restore` of a StateSnapshot)."""
-        return self._run(self.handle.restore(self.captured, weights=weights, requests=False))
+        return self.timed(lambda: self.handle.restore(path, weights=weights, requests=requests,
+                                                      trust_unknown_weights=trust_unknown_weights))
 
     def close(self) -> None:
         self.llm.shutdown()

@@ -6,6 +6,8 @@ import os
 import time
 from typing import Any, Optional
 
+from thaw.core.driver import HandleDriver
+
 from .defaults import ENGINE_DEFAULTS
 
 # What a pre-imported parent (`thaw.zygote`) imports for this driver: `import vllm` leaves
@@ -15,22 +17,7 @@ PRELOAD = ["vllm.entrypoints.llm", "vllm.v1.engine.llm_engine", "vllm.v1.engine.
            "thaw.adapters.vllm.driver"]
 
 
-def _report(report: Any) -> dict[str, Any]:
-    return report if isinstance(report, dict) else report.to_json()
-
-
-def _with_times(report: dict[str, Any], waited: float) -> dict[str, Any]:
-    """`report` with `seconds` (what this call took), `seconds_core` (what the engine core
-    spent on it: reported by a core in another process, else the same) and, where the
-    report has them, `seconds_by_phase`."""
-    report = dict(report)
-    core = report.pop("seconds", None)
-    if isinstance(core, dict):
-        report["seconds_by_phase"], core = core, None
-    return {**report, "seconds": waited, "seconds_core": waited if core is None else core}
-
-
-class VLLMDriver:
+class VLLMDriver(HandleDriver):
     """Builds `vllm.LLM(**ENGINE_DEFAULTS | config)` and attaches thaw to it. The config key
     `thaw_engine` picks how vLLM runs: "inprocess" (default; VLLM_ENABLE_V1_MULTIPROCESSING=0)
     or "multiprocess" (vLLM's default: the core and the model in their own processes)."""
@@ -130,33 +117,14 @@ class VLLMDriver:
     def snapshot(self, path: str, weights: bool = True, weights_format: Optional[str] = None,
                  strict: bool = False, requests: bool = True, weights_from: Optional[str] = None,
                  direct: bool = False, recycle: Optional[str] = None) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        report = _report(self.handle.snapshot(path, weights=weights, weights_format=weights_format,
-                                              strict=strict, requests=requests, weights_from=weights_from,
-                                              direct=direct, recycle=recycle))
-        return _with_times(report, time.perf_counter() - t0)
-
-    def prepare(self, path: str, kv_on_device: bool = False) -> float:
-        return self.handle.prepare(path, kv_on_device=kv_on_device)
-
-    def capture(self, weights: bool = True) -> dict[str, Any]:
-        """The handle's in-memory capture (`EngineAdapter.capture`), kept for `restore_captured`."""
-        from thaw.core.adapter import EngineAdapter
-
-        self.captured = self.handle.capture(weights=weights, requests=False)
-        return {"adapter": isinstance(self.handle, EngineAdapter), "requests": len(self.captured.requests),
-                "tree_tokens": self.captured.prefix.num_tokens, "pages": self.captured.kv.num_pages}
-
-    def restore_captured(self, weights: bool = True) -> dict[str, Any]:
-        """Restores the last `capture` from memory (`EngineAdapter.restore` of a StateSnapshot)."""
-        return _report(self.handle.restore(self.captured, weights=weights, requests=False))
+        return self.timed(lambda: self.handle.snapshot(
+            path, weights=weights, weights_format=weights_format, strict=strict, requests=requests,
+            weights_from=weights_from, direct=direct, recycle=recycle))
 
     def restore(self, path: str, weights: bool = True, requests: bool = True,
                 trust_unknown_weights: bool = False) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        report = _report(self.handle.restore(path, weights=weights, requests=requests,
-                                             trust_unknown_weights=trust_unknown_weights))
-        return _with_times(report, time.perf_counter() - t0)
+        return self.timed(lambda: self.handle.restore(path, weights=weights, requests=requests,
+                                                      trust_unknown_weights=trust_unknown_weights))
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], max_tokens: int,
                     temperature: float = 0.0, seed: Optional[int] = None,

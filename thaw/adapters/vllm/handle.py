@@ -9,9 +9,9 @@ from typing import Any, Optional, Union
 
 import torch
 
-from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError, save
+from thaw.core import EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError, save
 from thaw.core.adapter import EngineAdapter
-from thaw.core.errors import WeightsInconsistent
+from thaw.core.engine_weights import EngineWeights
 from thaw.core import weights_ref
 from thaw.core.object_store import absolute
 from thaw.core.prefault import populate_for_write
@@ -54,16 +54,9 @@ class VLLMHandle(EngineAdapter):
             storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in self.parts.kv_caches}
             self.kv_prefault = {populate_for_write(s) for s in storages.values()}
         self.kv_prefault_seconds = time.perf_counter() - t0
-        # Weights: digest per format (cached; see weights_digest), the checkpoint tensors of
-        # the last restore with checkpoint weights, and whether the weights are known at all
-        # (an engine started with dummy weights has none until a restore brings them).
-        self._digests: dict[str, str] = {}
-        self._restored_checkpoint: Optional[dict[str, TensorData]] = None
-        self._restored_from: Optional[str] = None  # the file those came from
-        self._weights_known = not engine_access.loads_dummy_weights(self.parts)
-        # Set when loading a snapshot's weights failed partway (`WeightsInconsistent`): the
-        # engine then snapshots nothing until a restore with weights succeeds.
-        self.weights_inconsistent: Optional[str] = None
+        # What the weights are known to be (an engine started with dummy weights has none
+        # until a restore brings them); the restore transaction reports to it.
+        self.weights = EngineWeights(known=not engine_access.loads_dummy_weights(self.parts))
         self.resumed_outputs: dict[str, list[int]] = {}
         self.files = PreparedFiles(parts)  # snapshots opened, registered, KV kept on the device
         self.last_capture: Optional[CaptureReport] = None
@@ -73,8 +66,9 @@ class VLLMHandle(EngineAdapter):
     def checkpoint_weights(self) -> dict[str, torch.Tensor]:
         """The checkpoint tensors the engine loaded (by checkpoint name): from the checkpoint
         the engine was loaded from, or from the snapshot it was last restored from."""
-        if self._restored_checkpoint is not None:
-            return {name: data.tensor() for name, data in self._restored_checkpoint.items()}
+        restored = self.weights.restored_tensors()
+        if restored is not None:
+            return restored
         return read_checkpoint(engine_access.model_path(self.parts),
                                dummy=engine_access.loads_dummy_weights(self.parts))
 
@@ -86,39 +80,20 @@ class VLLMHandle(EngineAdapter):
         any other way, call `forget_weights_digest`."""
         fmt = weights_format or native_format(self.parts)
         check_format(self.parts, fmt)
-        if fmt not in self._digests:
-            self._digests[fmt] = self._compute_digest(fmt)
-        return self._digests[fmt]
+        return self.weights.digest(fmt, lambda: self._compute_digest(fmt))
 
     def _compute_digest(self, fmt: str) -> str:
         if fmt == PARAMETERS_FORMAT:
-            return parameters_digest(parameters(self.parts)) if self._weights_known else ""
+            return parameters_digest(parameters(self.parts))
         try:
             w = self.checkpoint_weights()
         except NoCheckpoint:  # dummy weights never restored: unknown (a corrupt file raises)
             return ""
         return weights_digest({k: TensorData.of(v) for k, v in w.items()})
 
-    def known_weights_digest(self, weights_format: str) -> str:
-        """The digest of the engine's weights in `weights_format` if already computed, else ""."""
-        return self._digests.get(weights_format, "")
-
-    def record_restored_weights(self, snap: StateSnapshot) -> None:
-        """After a restore loaded `snap`'s weights: they are the engine's (digest known)."""
-        self._digests = {snap.weights_format: snap.identity.weights_digest}
-        # file-backed; read again only to capture checkpoint weights
-        self._restored_checkpoint = dict(snap.weights) if snap.weights_format == CHECKPOINT_WEIGHTS else None
-        self._restored_from = snap.weights_source.path if snap.weights_source is not None else None
-        self._weights_known, self.weights_inconsistent = True, None
-
-    def record_weights_failure(self, message: str) -> None:
-        """After loading a snapshot's weights failed partway: the weights are unknown."""
-        self.weights_inconsistent, self._digests, self._weights_known = message, {}, False
-
     def forget_weights_digest(self) -> None:
         """Drops the cached digests, for weights changed outside thaw."""
-        self._digests.clear()
-        self._restored_checkpoint = None
+        self.weights.forget()
 
     def identity(self):
         """The engine's identity, with its weights digest in the engine's own format."""
@@ -129,7 +104,7 @@ class VLLMHandle(EngineAdapter):
         return {"engine": "vllm", "identity": self.identity().to_json(), **engine_access.counts(self.parts.block_pool),
                 "requests_in_flight": len(engine_access.in_flight_requests(self.parts)),
                 "model_in_worker_process": self.parts.workers is not None,
-                "weights_inconsistent": self.weights_inconsistent,
+                "weights_inconsistent": self.weights.inconsistent,
                 "kv_prefault": sorted(self.kv_prefault), "kv_prefault_seconds": self.kv_prefault_seconds}
 
     # -- snapshot -------------------------------------------------------------------
@@ -145,13 +120,12 @@ class VLLMHandle(EngineAdapter):
         are captured when `requests`; one whose settings a snapshot cannot carry exactly is
         refused by name (EngineUnsupported). `for_writer` holds CUDA weights and KV on the
         device, for a snapshot written before the engine runs again (`snapshot` does)."""
-        if self.weights_inconsistent:
-            raise WeightsInconsistent(self.weights_inconsistent)
+        self.weights.refuse_if_inconsistent()
         fmt = weights_format or native_format(self.parts)
         check_format(self.parts, fmt)
         tensors = None
         if weights and fmt == PARAMETERS_FORMAT:
-            if not self._weights_known:
+            if not self.weights.known:
                 raise ThawError("the engine runs dummy weights and was not restored: no weights to capture")
             tensors = parameters(self.parts)
         elif weights:
@@ -176,9 +150,10 @@ class VLLMHandle(EngineAdapter):
         `direct`: write past the page cache (`thaw.core.container.write_container`);
         `recycle`: a retired snapshot file in the same directory whose page-cache pages the
         new file overwrites (taken at once, even if the snapshot then fails: `write_container`)."""
-        if self.weights_inconsistent:
-            raise WeightsInconsistent(self.weights_inconsistent)
-        ref = self._weights_reference(path, weights_from, weights, weights_format)
+        self.weights.refuse_if_inconsistent()
+        fmt = weights_format or native_format(self.parts)
+        ref = weights_ref.reference_for_snapshot(weights_from, path, weights=weights, weights_format=fmt,
+                                                 weights_digest=self.weights_digest(fmt) if weights_from else "")
         recycle = None if recycle is None else absolute(recycle)
         if self.parts.workers is not None:
             return self._snapshot_in_worker(path, weights=weights, weights_format=weights_format,
@@ -192,22 +167,6 @@ class VLLMHandle(EngineAdapter):
         save(snap, path, timings=seconds, direct=direct, recycle=recycle)
         self.last_capture.seconds = seconds
         return self.last_capture
-
-    def _weights_reference(self, path: Union[str, os.PathLike], weights_from: Optional[Union[str, os.PathLike]],
-                           weights: bool, weights_format: Optional[str]) -> Optional[str]:
-        """`weights_from` as an absolute path, once it is known to hold this engine's
-        weights in the snapshot's format; None without it."""
-        if weights_from is None:
-            return None
-        if not weights:
-            raise ThawError("weights=False leaves the weights out; weights_from references them: pass one")
-        fmt = weights_format or native_format(self.parts)
-        if not self.weights_digest(fmt):
-            raise ThawError("the engine runs dummy weights and was not restored: its weights are unknown, so "
-                            f"they cannot be shown to equal those of {weights_from}")
-        ref = absolute(weights_from)
-        weights_ref.check_target(ref, self.weights_digest(fmt), fmt, absolute(path))
-        return ref
 
     def _snapshot_in_worker(self, path: Union[str, os.PathLike], *, weights: bool,
                             weights_format: Optional[str], strict: bool, requests: bool,
@@ -227,11 +186,11 @@ class VLLMHandle(EngineAdapter):
         source: dict[str, Any] = {}
         if weights_from is not None:
             source = {"from": weights_from}
-        elif weights and self._restored_checkpoint is not None:
-            if self._restored_from is None:
+        elif weights and self.weights.restored is not None:
+            if self.weights.restored_from is None:
                 raise ThawError("the engine's weights came from an in-memory snapshot, which its worker "
                                 "process cannot read: snapshot with weights=False")
-            source = {"snapshot": self._restored_from}
+            source = {"snapshot": self.weights.restored_from}
         elif weights:
             if engine_access.loads_dummy_weights(self.parts):
                 raise ThawError("the engine runs dummy weights and was not restored: no weights to capture")

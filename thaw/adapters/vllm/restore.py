@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Optional, Protocol
 
 from thaw.core import EngineUnsupported, KVLayout, RequestState, SchemaError, StateSnapshot, ThawError
-from thaw.core.errors import WeightsInconsistent
+from thaw.core.engine_weights import EngineWeights
 from thaw.core.restore import RestoreHooks, RestorePlan
 
 from .engine_access import (NO_FRONT, EngineParts, PoolEdit, block_hasher, engine_block_hashes, engine_identity,
@@ -31,15 +31,9 @@ class BoundHandle(Protocol):
     parts: EngineParts
     recorder: BlockTokenRecorder
     files: PreparedFiles
-    weights_inconsistent: Optional[str]
-
-    def known_weights_digest(self, weights_format: str) -> str: ...
+    weights: EngineWeights
 
     def weights_digest(self, weights_format: Optional[str] = None) -> str: ...
-
-    def record_restored_weights(self, snap: StateSnapshot) -> None: ...
-
-    def record_weights_failure(self, message: str) -> None: ...
 
 Prepared = list[tuple[str, dict[str, Any], Any, list[int]]]
 
@@ -112,20 +106,18 @@ class VLLMRestore(RestoreHooks):
     def __init__(self, handle: BoundHandle, snap: StateSnapshot, report: RestoreReport) -> None:
         self.handle, self.parts, self.report = handle, handle.parts, report
         self.weights_format = snap.weights_format
+        self.engine_weights = handle.weights
 
     def identity(self) -> Any:
         # Only a digest already known goes into the identity compared (the comparison reports
         # differences); the weights check computes the one it needs (`weights_digest`).
-        return engine_identity(self.parts, self.handle.known_weights_digest(self.weights_format))
+        return engine_identity(self.parts, self.handle.weights.digests.get(self.weights_format, ""))
 
     def kv_layout(self) -> KVLayout:
         return self.parts.layout
 
     def weights_digest(self, weights_format: str) -> str:
         return self.handle.weights_digest(weights_format)
-
-    def weights_inconsistent(self) -> Optional[str]:
-        return self.handle.weights_inconsistent
 
     def live_request_ids(self) -> list[str]:
         return [external_request_id(self.parts, r.request_id) for r in in_flight_requests(self.parts)]
@@ -179,9 +171,3 @@ class VLLMRestore(RestoreHooks):
 
     def drop_cached(self) -> None:
         PoolEdit(self.parts.block_pool, []).drop_cached()
-
-    def weights_committed(self, plan: RestorePlan) -> None:
-        self.handle.record_restored_weights(plan.snap)
-
-    def weights_failed(self, error: WeightsInconsistent) -> None:
-        self.handle.record_weights_failure(str(error))

@@ -11,12 +11,16 @@ the in-flight requests of engines that carry them (`EngineUnderTest.carries_requ
 Return values: `generate` gives ``{"tokens", "cached_tokens", "seconds"}``; `state` what a
 refused restore must leave unchanged; `snapshot` and `restore` the adapter's report.
 `missing_methods(cls, protocol)` says what a class lacks (tests check every driver with it).
+`HandleDriver` is what every adapter's driver does the same way over its handle.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional, Protocol
+import time
+from typing import Any, Callable, Optional, Protocol
+
+from .adapter import EngineAdapter
 
 
 class EngineDriver(Protocol):
@@ -72,6 +76,50 @@ class CapturingDriver(EngineDriver, Protocol):
 
     def restore_captured(self, weights: bool = True) -> dict[str, Any]:
         """Restores the last `capture` from memory (`EngineAdapter.restore` of a StateSnapshot)."""
+
+
+class HandleDriver:
+    """The part of a driver that is the same for every adapter, over `self.handle` (an
+    `EngineAdapter` with `prepare`, which the subclass attaches): readying files, the
+    in-memory capture and its restore, and the shape of snapshot and restore reports
+    (`timed`). `run(value)` gives what a handle method returned: the value itself, or, for
+    an asynchronous handle, the awaited result (its driver overrides `run`)."""
+
+    handle: Any
+    captured: Any = None
+
+    def run(self, value: Any) -> Any:
+        return value
+
+    def report(self, value: Any) -> dict[str, Any]:
+        """A handle's report as a new JSON-able dict."""
+        value = self.run(value)
+        return dict(value) if isinstance(value, dict) else value.to_json()
+
+    def timed(self, call: Callable[[], Any]) -> dict[str, Any]:
+        """`call()`'s report with `seconds` (what the call took here), `seconds_core` (what
+        the engine spent on it: its own figure where it reports one number, else the same)
+        and `seconds_by_phase` (where the report has phases)."""
+        t0 = time.perf_counter()
+        report = self.report(call())
+        waited = time.perf_counter() - t0
+        core = report.pop("seconds", None)
+        if isinstance(core, dict):
+            report["seconds_by_phase"], core = core, None
+        return {**report, "seconds": waited, "seconds_core": waited if core is None else core}
+
+    def prepare(self, path: str, kv_on_device: bool = False) -> float:
+        return self.run(self.handle.prepare(path, kv_on_device=kv_on_device))
+
+    def capture(self, weights: bool = True) -> dict[str, Any]:
+        """The handle's in-memory capture (`EngineAdapter.capture`), kept for `restore_captured`."""
+        self.captured = self.run(self.handle.capture(weights=weights, requests=False))
+        return {"adapter": isinstance(self.handle, EngineAdapter), "requests": len(self.captured.requests),
+                "tree_tokens": self.captured.prefix.num_tokens, "pages": self.captured.kv.num_pages}
+
+    def restore_captured(self, weights: bool = True) -> dict[str, Any]:
+        """Restores the last `capture` from memory (`EngineAdapter.restore` of a StateSnapshot)."""
+        return self.report(self.handle.restore(self.captured, weights=weights, requests=False))
 
 
 def missing_methods(cls: type, protocol: type) -> list[str]:
