@@ -23,13 +23,12 @@ import torch
 from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, IdentityMismatch, StateSnapshot
 from thaw.core.residency import COLD_BELOW, resident_fraction
 from thaw.core.snapshot_io import digest_of
+from thaw.core.weights_staging import stage_checkpoint
 
 from .engine_access import EngineParts, model_parameters, reload_weights
 
 PARAMETERS_FORMAT = "vllm.parameters"
 FORMATS = (CHECKPOINT_WEIGHTS, PARAMETERS_FORMAT)
-# GPU memory left free after staging a parameters restore on the device.
-STAGING_HEADROOM = 512 * 2**20
 
 
 def parameters(parts: EngineParts) -> dict[str, torch.Tensor]:
@@ -83,11 +82,9 @@ class WeightsLoad:
     """One restore's weights: checked at construction, then `stage`, then `commit`.
 
     Routes (reported as `route`):
-      checkpoint/gpu-staged  checkpoint tensors copied from the CUDA-registered file into
-                             GPU tensors, checked there, then vLLM's reload path;
-      checkpoint/gpu-streamed  the same from a file mostly outside the page cache, read
-                             with O_DIRECT and checked as read;
-      checkpoint/host        checkpoint tensors read and checked on the host, then reload;
+      checkpoint/...         checkpoint tensors staged as `thaw.core.weights_staging` chooses
+                             (on the GPU from the registered or streamed file, else on the
+                             host), then vLLM's reload path;
       checkpoint/worker      (the model runs in a worker process) the worker reads and checks
                              the tensors from the file, then reloads them itself;
       parameters/gpu-staged  every parameter copied from the registered file into one GPU
@@ -101,30 +98,32 @@ class WeightsLoad:
     """
 
     def __init__(self, parts: EngineParts, snap: StateSnapshot,
-                 registry: Optional[Callable[[Any], Any]]) -> None:
+                 registry: Callable[[Any], Any]) -> None:
         check_format(parts, snap.weights_format)  # (core checked it is one of FORMATS)
         self.parts, self.snap = parts, snap
         self.bytes = sum(d.nbytes for d in snap.weights.values())
         on_gpu = parts.on_cuda
         held_in = snap.weights_source  # the snapshot's file, or the one its weights are referenced from
-        from_file = registry is not None and held_in is not None
+        from_file = held_in is not None
         mappable = on_gpu and from_file and held_in.is_local and parts.workers is None
         self.resident = resident_fraction(held_in.path) if mappable else None
         # A file mostly outside the page cache is streamed from the disk (O_DIRECT) when the
         # GPU can hold the staging; registering it would fault it in a page at a time.
-        self.streamed = (self.resident is not None and self.resident < COLD_BELOW
-                         and _free_gpu_bytes(parts) >= self.bytes + STAGING_HEADROOM)
-        self.container = held_in
-        self.registered = registry(held_in) if mappable and not self.streamed else None
+        self.cold = self.resident is not None and self.resident < COLD_BELOW
+        self.container, self.registry = held_in, registry
         self.params: dict[str, torch.Tensor] = {}
+        self.registered, self.streamed = None, False
+        self.route: str = "checkpoint"  # the checkpoint's route is named by `stage`
         if snap.weights_format == PARAMETERS_FORMAT:
+            self.streamed = self.cold and room_for(parts.kv_caches[0].device, self.bytes)
+            self.registered = registry(held_in) if mappable and not self.streamed else None
             self.params = parameters(parts)
             _check_parameters_match(snap, self.params)
             if self.streamed:
                 self.route = "parameters/gpu-streamed"
             elif self.registered is None:
                 self.route = "parameters/host"
-            elif _free_gpu_bytes(parts) >= self.bytes + STAGING_HEADROOM:
+            elif room_for(parts.kv_caches[0].device, self.bytes):
                 self.route = "parameters/gpu-staged"
             else:
                 self.route = "parameters/host-verified"
@@ -133,10 +132,6 @@ class WeightsLoad:
                 raise EngineUnsupported("this engine's weights live in a worker process, which reads the "
                                         "snapshot file itself: restore them from a file")
             self.route = "checkpoint/worker"
-        elif self.streamed:
-            self.route = "checkpoint/gpu-streamed"
-        else:
-            self.route = "checkpoint/gpu-staged" if self.registered is not None else "checkpoint/host"
         self._staged: dict[str, torch.Tensor] = {}
         self._staging: Optional[torch.Tensor] = None
 
@@ -164,18 +159,10 @@ class WeightsLoad:
             from thaw.core.gpu_files import check_sections
 
             check_sections(self.registered, list(from_file))
-        elif self.route in ("checkpoint/gpu-staged", "checkpoint/gpu-streamed"):
-            from thaw.core.gpu_files import copy_sections_to_gpu, stream_sections_to_gpu
-
-            device = self.parts.kv_caches[0].device
-            targets = {d.section_name: torch.empty(d.shape, dtype=d.dtype, device=device)
-                       for d in self.snap.weights.values()}
-            if self.streamed:
-                stream_sections_to_gpu(self.container, targets)
-            else:
-                copy_sections_to_gpu(self.registered, targets, verify="gpu")
-            self._staged = {from_file[sec]: t for sec, t in targets.items()}
-        else:  # host routes: every chunk is checked as it is read
+        elif self.route == "checkpoint":
+            self._staged, self.route = stage_checkpoint(self.snap, self.parts.kv_caches[0].device,
+                                                        self.registry, cold=self.cold)
+        else:  # parameters/host: every chunk is checked as it is read
             self._staged = {name: d.tensor() for name, d in self.snap.weights.items()}
 
     def commit(self) -> int:
@@ -208,7 +195,10 @@ class WeightsLoad:
             torch.cuda.empty_cache()  # the staging memory goes back to the device, not to torch's cache
 
 
-def _free_gpu_bytes(parts: EngineParts) -> int:
-    from thaw.core.gpu import free_device_bytes
+def room_for(device: torch.device, nbytes: int) -> bool:
+    """Whether the engine's device can stage `nbytes` more (never on the CPU)."""
+    if device.type != "cuda":
+        return False
+    from thaw.core.gpu import room_for as device_room
 
-    return free_device_bytes(parts.kv_caches[0].device)
+    return device_room(device, nbytes)
