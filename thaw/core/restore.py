@@ -30,7 +30,6 @@ releases the staged weights before the error propagates.
 from __future__ import annotations
 
 import functools
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
@@ -38,23 +37,11 @@ from typing import Any, Optional, Protocol
 from .engine_weights import EngineWeights
 from .errors import IdentityMismatch, WeightsInconsistent
 from .kv_layout import KVLayout
+from .phase_clock import PhaseClock
 from .recut import fit_for_restore
 from .schema import MATCH_FIELDS, Identity, StateSnapshot, check_kv_weights, check_weights_format
 from .weights_swap import failed_partway, refuse_requests_on_old_weights
 
-
-
-class PhaseClock:
-    """Seconds per named phase, each lap measured from the previous one."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
-        self._last = now
 
 
 class KVPlacement(Protocol):

@@ -8,11 +8,11 @@ attributes; the cache itself is translated by `capture` (capture) and `kv_placem
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 import torch
 
+from thaw.core.phase_clock import PhaseClock
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, PagedKV, StateSnapshot, TensorData,
                        config_digest, save)
 from thaw.core import weights_ref
@@ -143,7 +143,7 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
     weights, checked first) the weights are referenced from there, not copied; `direct`:
     written past the page cache; `recycle`: a retired snapshot whose page-cache pages the
     new file overwrites (`write_container`)."""
-    t0 = time.perf_counter()
+    clock = PhaseClock()
     check_supported(s)
     thaw_state(s).weights.refuse_if_inconsistent()
     weights_from = weights_ref.reference_for_snapshot(
@@ -164,12 +164,12 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
     elif weights:
         snap.weights = {k: TensorData.of(v) for k, v in checkpoint_weights(s).items()}
     snap.extras = {"sglang": {"tokens_skipped": cap.tokens_skipped}}
-    t1 = time.perf_counter()
-    save(snap, path, direct=direct, recycle=recycle)
+    clock.lap("capture")
+    save(snap, path, timings=clock.seconds, direct=direct, recycle=recycle)
     return {"tree_nodes": len(cap.tree.nodes), "tree_tokens": cap.tree.num_tokens,
             "pages": len(cap.pool_pages), "requests": len(requests), "weights": len(snap.weights),
             "kv_bytes": snap.kv.nbytes, "kv_route": kv_route, "tokens_skipped": cap.tokens_skipped,
-            "seconds": {"capture": t1 - t0, "write": time.perf_counter() - t1}}
+            "seconds": clock.seconds}
 
 
 def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
@@ -196,11 +196,11 @@ def restore(s: Any, path: str, weights: bool = True, requests: bool = True,
 def prepare(s: Any, path: str, kv_on_device: bool = False) -> dict[str, Any]:
     """Readies restores from `path` (`prepared.PreparedFiles.prepare`: opened, registered
     with CUDA, with `kv_on_device` its KV pages kept checked on the GPU)."""
-    t0 = time.perf_counter()
+    clock = PhaseClock()
     check_supported(s)
     pool = kv_pool(s)
     thaw_state(s).files.prepare(path, pool, capture.kv_layout(pool, s.page_size), kv_on_device)
-    return {"seconds": time.perf_counter() - t0}
+    return {"seconds": clock.lap("prepare")}
 
 
 def release_prepared(s: Any) -> None:

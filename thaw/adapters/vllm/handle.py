@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Optional, Union
 
 import torch
 
+from thaw.core.phase_clock import PhaseClock
 from thaw.core import EngineUnsupported, SnapshotIncomplete, StateSnapshot, ThawError, save
 from thaw.core.adapter import EngineAdapter
 from thaw.core.engine_weights import EngineWeights
@@ -45,7 +45,7 @@ class VLLMHandle(EngineAdapter):
         self.recorder = BlockTokenRecorder.of_pool(self.parts.block_pool, self.parts.block_size)
         # Restores write into KV blocks the engine may never have used; back them now so
         # those writes run at memory speed (contents are not changed).
-        t0 = time.perf_counter()
+        clock = PhaseClock()
         if not prefault_kv:
             self.kv_prefault = {"skipped"}
         elif parts.workers is not None:
@@ -53,7 +53,7 @@ class VLLMHandle(EngineAdapter):
         else:
             storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in self.parts.kv_caches}
             self.kv_prefault = {populate_for_write(s) for s in storages.values()}
-        self.kv_prefault_seconds = time.perf_counter() - t0
+        self.kv_prefault_seconds = clock.lap("prefault")
         # What the weights are known to be (an engine started with dummy weights has none
         # until a restore brings them); the restore transaction reports to it.
         self.weights = EngineWeights(known=not engine_access.loads_dummy_weights(self.parts))
@@ -159,13 +159,13 @@ class VLLMHandle(EngineAdapter):
             return self._snapshot_in_worker(path, weights=weights, weights_format=weights_format,
                                             strict=strict, requests=requests, weights_from=ref, direct=direct,
                                             recycle=recycle)
-        t0 = time.perf_counter()
+        clock = PhaseClock()
         snap = self.capture(weights=weights and ref is None, weights_format=weights_format, strict=strict,
                             requests=requests, for_writer=True)  # staged from the device by the writer
         snap.weights_from = ref
-        seconds = {"capture": time.perf_counter() - t0}
-        save(snap, path, timings=seconds, direct=direct, recycle=recycle)
-        self.last_capture.seconds = seconds
+        clock.lap("capture")
+        save(snap, path, timings=clock.seconds, direct=direct, recycle=recycle)
+        self.last_capture.seconds = clock.seconds
         return self.last_capture
 
     def _snapshot_in_worker(self, path: Union[str, os.PathLike], *, weights: bool,
@@ -243,18 +243,18 @@ class VLLMHandle(EngineAdapter):
         must then match the snapshot's digest; an unknown digest on either side is refused
         unless `trust_unknown_weights`); `requests=False` skips in-flight requests.
         """
-        t0 = time.perf_counter()
+        clock = PhaseClock()
         if isinstance(source, StateSnapshot):
             snap, ranks = source, source.identity.tp_size
         else:
             snap, ranks = self.files.opened(source)
-        verify_seconds = time.perf_counter() - t0
+        clock.lap("open")
         report = RestoreReport()
         outcome = run_restore(VLLMRestore(self, snap, report), snap, weights=weights, requests=requests,
                               trust_unknown_weights=trust_unknown_weights)
         report.identity_differences, report.recut = outcome.identity_differences, outcome.recut
         report.weights_restored, report.weights_route = outcome.weights_loaded, outcome.weights_route
-        report.seconds = {**outcome.seconds, "open": verify_seconds}
+        report.seconds = {**outcome.seconds, **clock.seconds}
         if ranks != engine_access.tp_size(self.parts):
             report.tp_resharded = [ranks, engine_access.tp_size(self.parts)]
         self.resumed_outputs.update(outcome.resumed or {})

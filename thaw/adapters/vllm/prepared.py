@@ -13,11 +13,11 @@ restores (a file released here is not being read).
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Optional, Union
 
 import torch
 
+from thaw.core.phase_clock import PhaseClock
 from thaw.core import EngineUnsupported, StateSnapshot
 from thaw.core.prepared_files import PreparedFiles as BasePreparedFiles
 from thaw.core.tp import check_ranks, merge_ranks, view_at
@@ -53,7 +53,7 @@ class PreparedFiles(BasePreparedFiles):
 
     def prepare(self, path: Union[str, os.PathLike], *, kv_on_device: bool = False) -> float:
         """`VLLMHandle.prepare`; returns the seconds it took."""
-        t0 = time.perf_counter()
+        clock = PhaseClock()
         snap, _ = self.opened(path)
         if self.parts.on_cuda and snap.source is not None and snap.source.is_local:
             reg = self.register_sources(snap)
@@ -70,4 +70,4 @@ class PreparedFiles(BasePreparedFiles):
                                     "from object storage: set THAW_CACHE_DIR to keep a checked local copy")
         elif kv_on_device:
             raise EngineUnsupported("kv_on_device needs a CUDA engine; this one runs on the CPU")
-        return time.perf_counter() - t0
+        return clock.lap("prepare")

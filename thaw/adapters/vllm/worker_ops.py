@@ -18,11 +18,11 @@ through vLLM's RPC.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Optional
 
 import torch
 
+from thaw.core.phase_clock import PhaseClock
 from thaw.core import StateSnapshot, ThawError, TensorData, convert_pages, save
 from thaw.core.errors import error_reply
 from thaw.core.object_store import stored_size
@@ -122,7 +122,7 @@ class _WorkerSide:
         Weights (checkpoint format, the same on every rank) go into rank 0's file only, or
         its reference to them (`weights={"from": path}`). `direct`: written past the page
         cache; `recycle`: a retired snapshot whose pages the file overwrites (`write_container`)."""
-        t0 = time.perf_counter()
+        clock = PhaseClock()
         layout = KVLayout.from_json(meta["layout"])
         tensors: dict[str, torch.Tensor] = {}
         if self.rank == 0 and weights.get("checkpoint_of"):
@@ -146,10 +146,10 @@ class _WorkerSide:
                              prefix=prefix_from_json(meta["prefix"]),
                              requests=[RequestState.from_json(r) for r in meta["requests"]],
                              extras=extras, weights_from=weights_from)
-        seconds = {"capture": time.perf_counter() - t0}
-        save(snap, path, timings=seconds, direct=direct, recycle=recycle)
+        clock.lap("capture")
+        save(snap, path, timings=clock.seconds, direct=direct, recycle=recycle)
         return {"kv_bytes": sum(t.numel() * t.element_size() for t in layers), "file_bytes": stored_size(path),
-                "seconds": seconds}
+                "seconds": clock.seconds}
 
     def place_kv(self, path: str, needed: list[int], block_ids: list[int]) -> dict:
         """Writes this rank's KV heads of snapshot pages `needed` into `block_ids`. The pages
