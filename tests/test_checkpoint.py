@@ -12,7 +12,7 @@ pytestmark = require("transformers", "run `bash scripts/setup.sh --test --engine
 def test_engine_added_attributes_and_the_rope_type_alias_do_not_change_the_digest(tmp_path):
     from transformers import LlamaConfig
 
-    from thaw.adapters.checkpoint import model_config_for_digest
+    from thaw.core.checkpoint import model_config_for_digest
 
     LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4).save_pretrained(tmp_path)
     plain = LlamaConfig.from_pretrained(tmp_path)
@@ -37,7 +37,7 @@ def test_only_a_missing_checkpoint_makes_the_weights_unknown(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from thaw.adapters.checkpoint import NoCheckpoint, read_checkpoint
+    from thaw.core.checkpoint import NoCheckpoint, read_checkpoint
     from thaw.core import ChecksumError, ThawError, load, save
 
     from .helpers import small_snapshot

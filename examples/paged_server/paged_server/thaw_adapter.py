@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-from thaw.adapters.checkpoint import model_config_for_digest
+from thaw.core.checkpoint import model_config_for_digest
 from thaw.core import (CHECKPOINT_WEIGHTS, Identity, IdentityMismatch, PrefixTree, RequestState,
                        check_kv_weights,
                        StateSnapshot, TensorData, ThawError, check_weights_format, config_digest,

@@ -20,7 +20,7 @@ from thaw.core.dtypes import dtype_name
 from thaw.core.restore import run_restore
 from thaw.core.snapshot_io import weights_digest
 
-from ..checkpoint import NoCheckpoint, model_config_for_digest, read_checkpoint
+from thaw.core.checkpoint import NoCheckpoint, model_config_for_digest, read_checkpoint
 from . import kv_placement, capture, engine_access, gpu_pages, prepared
 from .engine_access import kv_pool, live_requests, model_runner
 from .requests import capture_requests

@@ -19,7 +19,7 @@ from thaw.core.snapshot_io import weights_digest
 from thaw.core.tensor_data import TensorData
 from thaw.core.tp_files import RankSetWriter
 
-from ..checkpoint import NoCheckpoint, read_checkpoint
+from thaw.core.checkpoint import NoCheckpoint, read_checkpoint
 from . import engine_access
 from .capture import CaptureReport, capture, capture_index
 from .recorder import BlockTokenRecorder

@@ -126,7 +126,7 @@ class _WorkerSide:
         layout = KVLayout.from_json(meta["layout"])
         tensors: dict[str, torch.Tensor] = {}
         if self.rank == 0 and weights.get("checkpoint_of"):
-            from ..checkpoint import read_checkpoint
+            from thaw.core.checkpoint import read_checkpoint
 
             tensors = read_checkpoint(weights["checkpoint_of"], dummy=False)
         elif self.rank == 0 and weights.get("snapshot"):

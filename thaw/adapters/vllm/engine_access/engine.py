@@ -25,7 +25,7 @@ from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane, config_dig
 from thaw.core.dtypes import dtype_name
 from thaw.core.layouts import vllm_cpu_amx, vllm_cpu_vec
 
-from ...checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
+from thaw.core.checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
 from .reload import reload_checkpoint_tensors
 from .requests import RequestFront
 from .workers import RemoteWorkers

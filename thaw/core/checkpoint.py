@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from thaw.core import ThawError
+from .errors import ThawError
 
 # Config keys that differ between two loads of the same model (paths, library versions,
 # the dtype the caller asked for, which the identity records separately).
