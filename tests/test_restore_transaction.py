@@ -161,34 +161,33 @@ def test_kept_weights_keep_the_cache_and_skip_the_load():
     assert store.cache[100] == 0
 
 
+def refused_unchanged(store: PagedStore, snap, error: type, match: str, **options: Any) -> None:
+    """The restore is refused with `error` before any hook that changes the engine runs."""
+    before = _state(store)
+    hooks = StoreHooks(store)
+    with pytest.raises(error, match=match):
+        run_restore(hooks, snap, **options)
+    assert hooks.log == [] and _state(store) == before
+
+
 def test_a_mismatch_is_refused_before_any_hook_that_changes_the_engine():
     snap = small_snapshot()
     store = PagedStore(snap)
     store.identity = small_snapshot().identity
     store.identity.num_layers = 3
-    before = _state(store)
-    hooks = StoreHooks(store)
-    with pytest.raises(IdentityMismatch, match="num_layers"):
-        run_restore(hooks, snap)
-    assert hooks.log == [] and _state(store) == before
+    refused_unchanged(store, snap, IdentityMismatch, "num_layers")
 
 
 def test_kept_weights_of_unknown_digest_are_refused():
     snap = small_snapshot()
-    store = PagedStore(snap)
-    with pytest.raises(IdentityMismatch, match="weights_digest"):
-        run_restore(StoreHooks(store), snap, weights=False)
+    refused_unchanged(PagedStore(snap), snap, IdentityMismatch, "weights_digest", weights=False)
 
 
 def test_a_weights_swap_is_refused_while_requests_run_on_the_old_weights():
     snap = small_snapshot()
     store = PagedStore(snap)
     store.running = ["live-7"]
-    before = _state(store)
-    hooks = StoreHooks(store)
-    with pytest.raises(ThawError, match="live-7"):
-        run_restore(hooks, snap)
-    assert hooks.log == [] and _state(store) == before
+    refused_unchanged(store, snap, ThawError, "live-7")
 
 
 def test_a_bad_page_after_the_first_change_rolls_back_and_releases():
