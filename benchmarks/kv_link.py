@@ -29,7 +29,8 @@ landed), so that a drift of the card's clocks or the link over the run falls on 
 alike. The checked side records no device events: their reads would add to its time. Each side also
 records the calling thread's CPU time (`host_cpu_ms`), and the SM clock is sampled over the
 pairs (`sm_mhz_during`); `check_cost_by_sections` repeats the pairs over the first 1 and 8
-sections, which separates what a check costs once per restore from what it costs per section.
+sections, which separates what a check costs once per restore from what it costs per section;
+`fixed_costs` times each once-per-restore step alone.
 
 Alone (no engine): `python benchmarks/kv_link.py [--layers 32 --pages 254]` writes a
 snapshot of that many layers of SGLang-shaped KV pages (16 tokens x 8 heads x 128, bf16,
@@ -140,6 +141,41 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
                 "cost_pairwise_median": statistics.median(
                     c["wall_ms"] / u["wall_ms"] - 1 for u, c in zip(sides["unchecked"], sides["checked"]))}
 
+    def fixed_costs(reps: int = 20) -> dict:
+        """Host milliseconds of each step a checked upload pays once per restore (or per
+        section), each alone after a sync, median of `reps`: where a fixed cost of about
+        0.6 ms (kv_link at d8b44c4: the same extra over 1, 8 and 32 sections) could come from."""
+        s = torch.cuda.current_stream()
+        expected = [list(sec.chunk_crcs) for sec in secs]
+
+        def host_ms(fn) -> float:
+            out = []
+            for _ in range(reps + 1):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+            torch.cuda.synchronize()
+            return statistics.median(out[1:])
+
+        verifier = DeviceVerifier(names, expected, dev.device, stream=s)
+
+        def two_checks() -> None:  # the first after a sync (the stream-ordered pool may have been trimmed)
+            for i in (0, 1):
+                verifier.check(i, views[names[i]], secs[i].chunk_size, secs[i].padded_length)
+
+        def one_check() -> None:
+            verifier.check(0, views[names[0]], secs[0].chunk_size, secs[0].padded_length)
+
+        return {"verifier_setup_ms": host_ms(lambda: DeviceVerifier(names, expected, dev.device, stream=s)),
+                "check_after_sync_ms": host_ms(one_check), "two_checks_after_sync_ms": host_ms(two_checks),
+                "flags_read_ms": host_ms(verifier.raise_if_failed),
+                "padding_checks_all_sections_ms": host_ms(lambda: [reg.check_padding(n) for n in names]),
+                "copy_stream_ms": host_ms(lambda: torch.cuda.Stream(dev.device)),
+                "event_pair_ms": host_ms(lambda: torch.cuda.Event().record(s)),
+                "queue_all_copies_ms": host_ms(lambda: [views[n].copy_(reg.section(n), non_blocking=True)
+                                                        for n in names])}
+
     def rate(fn) -> float:
         return nbytes / timed(fn, reps) / 1e9  # one warm-up run, then the median of reps
 
@@ -154,6 +190,7 @@ def kv_upload_rates(path: str, reps: int = 5, pairs: int = 40) -> dict:
                # What part of the check's cost is paid once per restore and what per section:
                # the same pairs over the first 1 and 8 sections (a small KV, as a session's).
                "check_cost_by_sections": [check_cost(k, max(10, pairs // 2)) for k in (1, 8)],
+               "fixed_costs": fixed_costs(),
                "registered_gpu_checked_written_gb_s": rate(
                    lambda: stream_checked_sections(reg, names, ring, write))}
     finally:
