@@ -18,7 +18,7 @@ and no weight sections. Contracts (each refusal names the two files):
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import IdentityMismatch, SchemaError, ThawError
 from .head import read_meta
@@ -81,20 +81,21 @@ def check_target(target: str | os.PathLike, weights_digest: str, weights_format:
 
 
 def reference_for_snapshot(weights_from: str | os.PathLike | None, path: str | os.PathLike, *, weights: bool,
-                           weights_digest: str, weights_format: str) -> str | None:
+                           weights_digest: Callable[[], str], weights_format: str) -> str | None:
     """What an engine's snapshot to `path` references its weights from: `weights_from` as an
-    absolute path, once it is shown to hold the engine's weights (`weights_digest`, "" when
-    unknown, in `weights_format`: `check_target`); None without it. Refuses `weights=False`
-    beside it, and weights the engine does not know."""
+    absolute path, once it is shown to hold the engine's weights (`weights_digest()`, asked
+    only then: "" when unknown; in `weights_format`: `check_target`); None without it.
+    Refuses `weights=False` beside it, and weights the engine does not know."""
     if weights_from is None:
         return None
     if not weights:
         raise ThawError("weights=False leaves the weights out; weights_from references them: pass one")
-    if not weights_digest:
+    digest = weights_digest()
+    if not digest:
         raise ThawError("the engine runs dummy weights and was not restored: its weights are unknown, so "
                         f"they cannot be shown to equal those of {weights_from}")
     ref = absolute(weights_from)
-    check_target(ref, weights_digest, weights_format, absolute(path))
+    check_target(ref, digest, weights_format, absolute(path))
     return ref
 
 

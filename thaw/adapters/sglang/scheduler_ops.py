@@ -148,7 +148,7 @@ def snapshot(s: Any, path: str, weights: bool = True, requests: bool = True,
     thaw_state(s).weights.refuse_if_inconsistent()
     weights_from = weights_ref.reference_for_snapshot(
         weights_from, path, weights=weights, weights_format=CHECKPOINT_WEIGHTS,
-        weights_digest=current_weights_digest(s) if weights_from else "")
+        weights_digest=lambda: current_weights_digest(s))
     cap = capture.capture_tree(s.tree_cache, s.page_size)
     page_of = {pool_page: i for i, pool_page in enumerate(cap.pool_pages)}
     requests = capture_requests(s, page_of, cap.pool_pages) if requests else []

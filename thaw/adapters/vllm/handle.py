@@ -153,7 +153,7 @@ class VLLMHandle(EngineAdapter):
         self.weights.refuse_if_inconsistent()
         fmt = weights_format or native_format(self.parts)
         ref = weights_ref.reference_for_snapshot(weights_from, path, weights=weights, weights_format=fmt,
-                                                 weights_digest=self.weights_digest(fmt) if weights_from else "")
+                                                 weights_digest=lambda: self.weights_digest(fmt))
         recycle = None if recycle is None else absolute(recycle)
         if self.parts.workers is not None:
             return self._snapshot_in_worker(path, weights=weights, weights_format=weights_format,
