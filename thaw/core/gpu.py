@@ -335,5 +335,6 @@ STAGING_HEADROOM = 1 << 30  # left free on the device beside what thaw stages th
 
 
 def room_for(device: torch.device, nbytes: int) -> bool:
-    """Whether `nbytes` more can be staged on `device` with STAGING_HEADROOM left free."""
-    return free_device_bytes(device) >= nbytes + STAGING_HEADROOM
+    """Whether `nbytes` more can be staged on `device` with STAGING_HEADROOM left free
+    (never on a device other than CUDA)."""
+    return device.type == "cuda" and free_device_bytes(device) >= nbytes + STAGING_HEADROOM

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from .gpu import room_for
 from .schema import StateSnapshot
 
 
@@ -33,11 +34,8 @@ def stage_checkpoint(snap: StateSnapshot, device: torch.device, registered_for: 
         reason = "the engine runs on the CPU"
     elif held_in is None or not held_in.is_local:
         reason = "the weights are not in one local file"
-    else:
-        from .gpu import room_for
-
-        if not room_for(device, nbytes):
-            reason = f"too little free GPU memory to stage {nbytes} bytes"
+    elif not room_for(device, nbytes):
+        reason = f"too little free GPU memory to stage {nbytes} bytes"
     if reason is not None:
         return {name: d.tensor() for name, d in snap.weights.items()}, f"checkpoint/host ({reason})"
     from .gpu_files import copy_sections_to_gpu, stream_sections_to_gpu

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from thaw.core import CHECKPOINT_WEIGHTS, EngineUnsupported, IdentityMismatch, StateSnapshot
+from thaw.core.gpu import room_for
 from thaw.core.residency import COLD_BELOW, resident_fraction
 from thaw.core.snapshot_io import digest_of
 from thaw.core.weights_staging import stage_checkpoint
@@ -193,12 +194,3 @@ class WeightsLoad:
         if self.parts.on_cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # the staging memory goes back to the device, not to torch's cache
-
-
-def room_for(device: torch.device, nbytes: int) -> bool:
-    """Whether the engine's device can stage `nbytes` more (never on the CPU)."""
-    if device.type != "cuda":
-        return False
-    from thaw.core.gpu import room_for as device_room
-
-    return device_room(device, nbytes)
