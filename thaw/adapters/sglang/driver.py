@@ -8,6 +8,7 @@ import time
 from typing import Any, Optional
 
 from thaw.core.driver import HandleDriver
+from thaw.core.ports import rendezvous_port
 
 from .defaults import CPU_ENV, ENGINE_DEFAULTS
 from .rpc import BUSY_WAIT, SchedulerBusy
@@ -16,10 +17,13 @@ from .rpc import BUSY_WAIT, SchedulerBusy
 class SGLangDriver(HandleDriver):
     """Builds `sglang.Engine(model_path=config["model"], **ENGINE_DEFAULTS | config)` and
     attaches thaw to it. Config key `model` is the model directory (as for vLLM); key
-    `env` sets environment variables for the engine (e.g. its radix tree core)."""
+    `env` sets environment variables for the engine (e.g. its radix tree core). Without a
+    `nccl_port` in the config, the engine's rendezvous port is `rendezvous_port()`'s."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         config = {**ENGINE_DEFAULTS, **config}
+        if config.get("nccl_port") is None:
+            config["nccl_port"] = rendezvous_port()
         model = config.pop("model")
         os.environ.update(config.pop("env", {}))
         for key, value in (CPU_ENV if config["device"] == "cpu" else {}).items():

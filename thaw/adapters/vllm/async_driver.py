@@ -4,11 +4,13 @@ frameworks run, driven from one event loop that this driver owns and runs per ca
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from typing import Any, Optional
 
 from thaw.core.driver import HandleDriver
+from thaw.core.ports import rendezvous_port
 
 from .driver import ENGINE_DEFAULTS
 
@@ -18,6 +20,7 @@ class AsyncVLLMDriver(HandleDriver):
     attaches thaw to it (an `AsyncVLLMHandle`: its calls are awaited here)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        os.environ.setdefault("VLLM_PORT", str(rendezvous_port()))  # as VLLMDriver
         self.loop = asyncio.new_event_loop()
         t0 = time.perf_counter()
         from vllm.engine.arg_utils import AsyncEngineArgs

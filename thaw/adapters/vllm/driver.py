@@ -7,6 +7,7 @@ import time
 from typing import Any, Optional
 
 from thaw.core.driver import HandleDriver
+from thaw.core.ports import rendezvous_port
 
 from .defaults import ENGINE_DEFAULTS
 
@@ -20,7 +21,8 @@ PRELOAD = ["vllm.entrypoints.llm", "vllm.v1.engine.llm_engine", "vllm.v1.engine.
 class VLLMDriver(HandleDriver):
     """Builds `vllm.LLM(**ENGINE_DEFAULTS | config)` and attaches thaw to it. The config key
     `thaw_engine` picks how vLLM runs: "inprocess" (default; VLLM_ENABLE_V1_MULTIPROCESSING=0)
-    or "multiprocess" (vLLM's default: the core and the model in their own processes)."""
+    or "multiprocess" (vLLM's default: the core and the model in their own processes).
+    Without VLLM_PORT in the environment, vLLM's ports start at `rendezvous_port()`'s."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         config = dict(config)
@@ -28,6 +30,7 @@ class VLLMDriver(HandleDriver):
         if mode not in ("inprocess", "multiprocess"):
             raise ValueError(f"thaw_engine must be 'inprocess' or 'multiprocess', not {mode!r}")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if mode == "inprocess" else "1"
+        os.environ.setdefault("VLLM_PORT", str(rendezvous_port()))  # vLLM scans up from it
         t0 = time.perf_counter()
         from vllm import LLM
         self.import_seconds = time.perf_counter() - t0
