@@ -29,6 +29,28 @@ def test_engine_added_attributes_and_the_rope_type_alias_do_not_change_the_diges
     assert "num_hidden_layers" in json.loads(json.dumps(a))
 
 
+def test_config_digest_is_kept_per_config_object_while_it_lives(tmp_path):
+    import gc
+
+    from transformers import LlamaConfig
+
+    from thaw.core import checkpoint
+    from thaw.core.checkpoint import model_config_digest, model_config_for_digest
+
+    LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4).save_pretrained(tmp_path)
+    cfg = LlamaConfig.from_pretrained(tmp_path)
+    digest = model_config_digest(cfg, str(tmp_path))
+    assert digest == config_digest(model_config_for_digest(cfg, str(tmp_path)))
+    assert model_config_digest(cfg, str(tmp_path)) == digest
+    other = LlamaConfig.from_pretrained(tmp_path)
+    other.num_hidden_layers = 3  # another engine's config object has its own digest
+    assert model_config_digest(other, str(tmp_path)) != digest
+    key = (id(other), str(tmp_path))
+    del other
+    gc.collect()
+    assert key not in checkpoint._CONFIG_DIGESTS  # a dead object's number is free again
+
+
 def test_only_a_missing_checkpoint_makes_the_weights_unknown(tmp_path):
     """Both handles treat `NoCheckpoint` (dummy weights, no local safetensors) as "weights
     unknown" and let every other failure through by name: a corrupt checkpoint, or a

@@ -11,11 +11,13 @@ import functools
 import glob
 import json
 import os
+import weakref
 from typing import Any
 
 import torch
 
 from .errors import ThawError
+from .schema import config_digest
 
 # Config keys that differ between two loads of the same model (paths, library versions,
 # the dtype the caller asked for, which the identity records separately).
@@ -38,6 +40,23 @@ def model_config_for_digest(hf_config: Any, model_dir: str) -> dict:
         if isinstance(rope, dict) and "type" in rope and rope.get("rope_type", rope["type"]) == rope["type"]:
             out[key] = {**{k: v for k, v in rope.items() if k != "type"}, "rope_type": rope["type"]}
     return out
+
+
+_CONFIG_DIGESTS: dict[tuple[int, str], tuple[weakref.ref, str]] = {}
+
+
+def model_config_digest(hf_config: Any, model_dir: str) -> str:
+    """`config_digest(model_config_for_digest(hf_config, model_dir))`, computed once per
+    config object and directory: an engine builds its config object at boot and keeps it
+    (the restore path asks on every restore; serialising the config costs most of a
+    millisecond). A config object that is gone frees its entry's number for reuse."""
+    key = (id(hf_config), model_dir)
+    held = _CONFIG_DIGESTS.get(key)
+    if held is not None and held[0]() is hf_config:
+        return held[1]
+    digest = config_digest(model_config_for_digest(hf_config, model_dir))
+    _CONFIG_DIGESTS[key] = (weakref.ref(hf_config, lambda _: _CONFIG_DIGESTS.pop(key, None)), digest)
+    return digest
 
 
 @functools.lru_cache(maxsize=64)

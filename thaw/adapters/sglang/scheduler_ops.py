@@ -14,13 +14,13 @@ import torch
 
 from thaw.core.phase_clock import PhaseClock
 from thaw.core import (CHECKPOINT_WEIGHTS, EngineUnsupported, Identity, PagedKV, StateSnapshot, TensorData,
-                       config_digest, save)
+                       save)
 from thaw.core import weights_ref
 from thaw.core.dtypes import dtype_name
 from thaw.core.restore import run_restore
 from thaw.core.snapshot_io import weights_digest
 
-from thaw.core.checkpoint import NoCheckpoint, model_config_for_digest, read_checkpoint
+from thaw.core.checkpoint import NoCheckpoint, model_config_digest, model_config_for_digest, read_checkpoint
 from . import kv_placement, capture, engine_access, gpu_pages, prepared
 from .engine_access import kv_pool, live_requests, model_runner
 from .requests import capture_requests
@@ -76,7 +76,7 @@ def engine_identity(s: Any) -> Identity:
     layout = capture.kv_layout(pool, s.page_size)
     return Identity(
         model_architecture=(mc.hf_config.architectures or ["unknown"])[0],
-        model_config_digest=config_digest(model_config(s)),
+        model_config_digest=model_config_digest(s.model_config.hf_config, s.server_args.model_path),
         weights_digest=current_weights_digest(s),
         dtype=dtype_name(mc.dtype),
         num_layers=len(pool.k_buffer),

@@ -21,11 +21,11 @@ from typing import Any, Optional
 
 import torch
 
-from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane, config_digest
+from thaw.core import EngineUnsupported, Identity, KVLayout, KVPlane
 from thaw.core.dtypes import dtype_name
 from thaw.core.layouts import vllm_cpu_amx, vllm_cpu_vec
 
-from thaw.core.checkpoint import checkpoint_files as _checkpoint_files, model_config_for_digest
+from thaw.core.checkpoint import checkpoint_files as _checkpoint_files, model_config_digest
 from .reload import reload_checkpoint_tensors
 from .requests import RequestFront
 from .workers import RemoteWorkers
@@ -221,10 +221,9 @@ def kv_layout(core: Any, kv: torch.Tensor) -> KVLayout:
 def engine_identity(parts: EngineParts, weights_digest: str = "") -> Identity:
     cfg = parts.core.vllm_config
     mc = cfg.model_config
-    hf = model_config_for_digest(mc.hf_config, mc.model)
     return Identity(
         model_architecture=(mc.hf_config.architectures or ["unknown"])[0],
-        model_config_digest=config_digest(hf),
+        model_config_digest=model_config_digest(mc.hf_config, mc.model),
         weights_digest=weights_digest,
         dtype=dtype_name(mc.dtype),
         num_layers=mc.get_num_layers(cfg.parallel_config),
