@@ -7,10 +7,8 @@
 #include <cuda_runtime.h>
 #include <mutex>
 #include <set>
-
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "cuda_movers.h"
 
@@ -151,39 +149,27 @@ void upload_tables() {
 
 }  // namespace
 
+uint64_t crc32c_scratch_bytes(uint64_t padded_len) { return padded_len / kPiece * 4; }
+
 void crc32c_chunks_async(const uint8_t* data, uint64_t data_len, uint64_t padded_len,
-                         uint64_t chunk_size, uint32_t* out, const uint32_t* expected, int* ok_flag,
-                         uintptr_t stream) {
+                         uint64_t chunk_size, uint32_t* scratch, uint64_t scratch_bytes,
+                         uint32_t* out, const uint32_t* expected, int* ok_flag, uintptr_t stream) {
   if (padded_len % 4096 || data_len > padded_len || chunk_size == 0 || chunk_size % 4096)
     throw std::invalid_argument("crc32c_chunks: lengths must be multiples of 4096 and cover the data");
   const uint64_t num_chunks = (padded_len + chunk_size - 1) / chunk_size;
   if (num_chunks == 0) return;
+  if (scratch_bytes < crc32c_scratch_bytes(padded_len))
+    throw std::invalid_argument("crc32c_chunks: scratch holds " + std::to_string(scratch_bytes) +
+                                " bytes, " + std::to_string(crc32c_scratch_bytes(padded_len)) +
+                                " needed");
   upload_tables();
   auto s = reinterpret_cast<cudaStream_t>(stream);
   const uint64_t num_pieces = padded_len / kPiece;
-  uint32_t* pieces = nullptr;
-  check(cudaMallocAsync(&pieces, num_pieces * 4, s), "allocate piece CRCs");
   piece_crcs<<<static_cast<unsigned>((num_pieces + kTilePieces - 1) / kTilePieces), kTilePieces,
-               kPieceSmem, s>>>(data, data_len, padded_len, pieces);
-  chunk_crcs<<<static_cast<unsigned>(num_chunks), kThreads, 0, s>>>(pieces, padded_len, chunk_size,
+               kPieceSmem, s>>>(data, data_len, padded_len, scratch);
+  chunk_crcs<<<static_cast<unsigned>(num_chunks), kThreads, 0, s>>>(scratch, padded_len, chunk_size,
                                                                      out, expected, ok_flag);
   check(cudaGetLastError(), "crc32c kernels");
-  check(cudaFreeAsync(pieces, s), "free");
-}
-
-std::vector<uint32_t> crc32c_chunks(const uint8_t* data, uint64_t data_len, uint64_t padded_len,
-                                    uint64_t chunk_size, uintptr_t stream) {
-  const uint64_t num_chunks = chunk_size ? (padded_len + chunk_size - 1) / chunk_size : 0;
-  std::vector<uint32_t> out(num_chunks);
-  if (num_chunks == 0) return out;
-  auto s = reinterpret_cast<cudaStream_t>(stream);
-  uint32_t* chunks = nullptr;
-  check(cudaMallocAsync(&chunks, num_chunks * 4, s), "allocate chunk CRCs");
-  crc32c_chunks_async(data, data_len, padded_len, chunk_size, chunks, nullptr, nullptr, stream);
-  check(cudaMemcpyAsync(out.data(), chunks, num_chunks * 4, cudaMemcpyDeviceToHost, s), "copy CRCs");
-  check(cudaFreeAsync(chunks, s), "free");
-  check(cudaStreamSynchronize(s), "crc32c synchronize");
-  return out;
 }
 
 }  // namespace thaw_cuda

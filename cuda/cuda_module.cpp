@@ -1,7 +1,6 @@
 // Python bindings of the CUDA movers: thaw._cuda. Pointers and streams are passed as
 // integers (tensor.data_ptr(), stream.cuda_stream); thaw.core.gpu checks them first.
 #include <nanobind/nanobind.h>
-#include <nanobind/stl/vector.h>
 
 #include "cuda_movers.h"
 
@@ -49,25 +48,21 @@ NB_MODULE(_cuda, m) {
       "layer_bases"_a, "block_ids"_a, "segment_offsets"_a, "num_layers"_a, "num_pages"_a,
       "num_segments"_a, "block_stride"_a, "segment_bytes"_a, "packed"_a, "stream"_a, "gate"_a = 0,
       "Scatter; with `gate` (device int pointer, 0 = none), nothing is written if *gate == 0.");
+  m.def("crc32c_scratch_bytes", &thaw_cuda::crc32c_scratch_bytes, "padded_len"_a,
+        "Bytes of device scratch crc32c_chunks_async needs for `padded_len` bytes.");
   m.def(
       "crc32c_chunks_async",
-      [](uintptr_t data, uint64_t data_len, uint64_t padded_len, uint64_t chunk_size, uintptr_t out,
-         uintptr_t expected, uintptr_t ok_flag, uintptr_t stream) {
+      [](uintptr_t data, uint64_t data_len, uint64_t padded_len, uint64_t chunk_size, uintptr_t scratch,
+         uint64_t scratch_bytes, uintptr_t out, uintptr_t expected, uintptr_t ok_flag, uintptr_t stream) {
         nb::gil_scoped_release unlocked;
         thaw_cuda::crc32c_chunks_async(reinterpret_cast<const uint8_t*>(data), data_len, padded_len,
-                                       chunk_size, reinterpret_cast<uint32_t*>(out),
+                                       chunk_size, reinterpret_cast<uint32_t*>(scratch), scratch_bytes,
+                                       reinterpret_cast<uint32_t*>(out),
                                        reinterpret_cast<const uint32_t*>(expected),
                                        reinterpret_cast<int*>(ok_flag), stream);
       },
-      "data"_a, "data_len"_a, "padded_len"_a, "chunk_size"_a, "out"_a, "expected"_a, "ok_flag"_a,
-      "stream"_a, "Queues CRC32C per chunk into device array `out`; clears *ok_flag on a mismatch.");
-  m.def(
-      "crc32c_chunks",
-      [](uintptr_t data, uint64_t data_len, uint64_t padded_len, uint64_t chunk_size, uintptr_t stream) {
-        nb::gil_scoped_release unlocked;
-        return thaw_cuda::crc32c_chunks(reinterpret_cast<const uint8_t*>(data), data_len, padded_len,
-                                        chunk_size, stream);
-      },
-      "data"_a, "data_len"_a, "padded_len"_a, "chunk_size"_a, "stream"_a,
-      "CRC32C per chunk of device bytes; bytes past data_len count as zeros.");
+      "data"_a, "data_len"_a, "padded_len"_a, "chunk_size"_a, "scratch"_a, "scratch_bytes"_a, "out"_a,
+      "expected"_a, "ok_flag"_a, "stream"_a,
+      "Queues CRC32C per chunk into device array `out` (scratch: the caller's device memory of "
+      "crc32c_scratch_bytes(padded_len)); with `expected` (0: none), clears *ok_flag on a mismatch.");
 }

@@ -1,7 +1,6 @@
 // CUDA movers: batched KV page gather/scatter and CRC32C over device memory.
 #pragma once
 #include <cstdint>
-#include <vector>
 
 namespace thaw_cuda {
 
@@ -22,16 +21,18 @@ void gather_pages(const PagePlan& plan, uint8_t* packed, uintptr_t stream);
 void scatter_pages(const PagePlan& plan, const uint8_t* packed, uintptr_t stream,
                    const int* gate = nullptr);
 
-// CRC32C of each chunk of `padded_len` bytes at `data` (on the device); bytes at or past
-// `data_len` are taken as zeros (the file's padding). Blocks until the result is ready.
-std::vector<uint32_t> crc32c_chunks(const uint8_t* data, uint64_t data_len, uint64_t padded_len,
-                                    uint64_t chunk_size, uintptr_t stream);
+// Bytes of device scratch a CRC32C over `padded_len` bytes needs (one word per 512 bytes).
+uint64_t crc32c_scratch_bytes(uint64_t padded_len);
 
-// Same, without waiting: CRCs go to device array `out`; where `expected` (device array) is
-// given, a chunk that differs sets the device int `*ok_flag` to 0.
+// Queues the CRC32C of each chunk of `padded_len` bytes at `data` (on the device) into device
+// array `out`, without waiting; bytes at or past `data_len` are taken as zeros (the file's
+// padding). `scratch` (device memory of `scratch_bytes`, at least crc32c_scratch_bytes) is the
+// caller's, so that nothing is allocated per call; it may be reused by the next call on the
+// same stream. Where `expected` (device array) is given, a chunk that differs sets the
+// device int `*ok_flag` to 0.
 void crc32c_chunks_async(const uint8_t* data, uint64_t data_len, uint64_t padded_len,
-                         uint64_t chunk_size, uint32_t* out, const uint32_t* expected, int* ok_flag,
-                         uintptr_t stream);
+                         uint64_t chunk_size, uint32_t* scratch, uint64_t scratch_bytes,
+                         uint32_t* out, const uint32_t* expected, int* ok_flag, uintptr_t stream);
 
 int device_count();
 

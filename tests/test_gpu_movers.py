@@ -81,6 +81,44 @@ def test_gpu_crc_equals_cpu(nbytes):
     assert device_crc32c_chunks(flipped.cuda(), 4 << 20) != expected
 
 
+def test_verifier_scratch_grows_with_the_items_and_catches_a_bad_one():
+    """One verifier checks items of rising sizes (its scratch grows) and a smaller one after
+    them (reusing it), in order on one stream; only the changed item fails, by name."""
+    from thaw.core.errors import ChecksumError
+    from thaw.core.gpu import DeviceVerifier
+
+    sizes = [4096, 9 << 20, 1 << 20, (4 << 20) + 12345]
+    items = [torch.randint(0, 256, (n,), dtype=torch.uint8) for n in sizes]
+    padded = [torch.cat([t, torch.zeros(-len(t) % 4096, dtype=torch.uint8)]) for t in items]
+    expected = [movers().crc32c_chunks(p.numpy(), 4 << 20, 1) for p in padded]
+    on_gpu = [t.cuda() for t in items]
+    s = torch.cuda.current_stream()
+    verifier = DeviceVerifier([f"item {i}" for i in range(4)], expected, on_gpu[0].device, stream=s)
+    for i, t in enumerate(on_gpu):
+        verifier.check(i, t, 4 << 20)
+    verifier.raise_if_failed()
+    on_gpu[2][12345] ^= 1
+    verifier = DeviceVerifier([f"item {i}" for i in range(4)], expected, on_gpu[0].device, stream=s)
+    for i, t in enumerate(on_gpu):
+        verifier.check(i, t, 4 << 20)
+    with pytest.raises(ChecksumError, match="item 2 chunk 0"):
+        verifier.raise_if_failed()
+
+
+def test_crc_with_too_little_scratch_is_refused():
+    from thaw.core.gpu import cuda_movers
+
+    mod = cuda_movers()
+    data = torch.zeros(8192, dtype=torch.uint8, device="cuda")
+    need = mod.crc32c_scratch_bytes(8192)
+    assert need == 8192 // 512 * 4
+    scratch = torch.empty(need - 4, dtype=torch.uint8, device="cuda")
+    out = torch.empty(1, dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match=f"scratch holds {need - 4} bytes, {need} needed"):
+        mod.crc32c_chunks_async(data.data_ptr(), 8192, 8192, 4 << 20, scratch.data_ptr(), need - 4,
+                                out.data_ptr(), 0, 0, torch.cuda.current_stream().cuda_stream)
+
+
 @pytest.mark.parametrize("nbytes", [0, 1, 4095, 4096, 4097, (4 << 20) + 12345, 9 << 20])
 def test_whole_tensor_gpu_crc_equals_cpu(nbytes):
     """The weights digest's CRC of a tensor, computed on the device, equals the CPU's."""

@@ -137,14 +137,21 @@ class DeviceVerifier:
             self._flags = torch.ones(len(expected), dtype=torch.int32, device=device)
         if upload_stream is not None and upload_stream != stream:
             self._want.record_stream(stream)  # read there by the checks
+        self._scratch: Optional[torch.Tensor] = None  # the CRC kernels' piece words, grown as needed
 
     def check(self, i: int, data: torch.Tensor, chunk_size: int, padded_len: Optional[int] = None) -> torch.Tensor:
         """Queues item i's check of `data` (contiguous, on the device) on the stream."""
         n = data.numel() * data.element_size()
         got, want = self._got[self._at[i]:self._at[i + 1]], self._want[self._at[i]:self._at[i + 1]]
         flag = self._flags[i]
-        cuda_movers().crc32c_chunks_async(data.data_ptr(), n, padded_len or align_up(n), chunk_size, got.data_ptr(),
-                                          want.data_ptr(), flag.data_ptr(), self.stream.cuda_stream)
+        padded = padded_len or align_up(n)
+        mod = cuda_movers()
+        need = mod.crc32c_scratch_bytes(padded)
+        if self._scratch is None or self._scratch.numel() < need:  # checks run in order on one stream
+            with torch.cuda.stream(self.stream):
+                self._scratch = torch.empty(need, dtype=torch.uint8, device=data.device)
+        mod.crc32c_chunks_async(data.data_ptr(), n, padded, chunk_size, self._scratch.data_ptr(), need,
+                                got.data_ptr(), want.data_ptr(), flag.data_ptr(), self.stream.cuda_stream)
         return flag
 
     def raise_if_failed(self) -> None:
@@ -305,8 +312,17 @@ def device_crc32c_chunks(t: torch.Tensor, chunk_size: int, padded_len: Optional[
     """CRC32C per chunk of a contiguous CUDA tensor's bytes, zero-padded to `padded_len`
     (default: rounded up to 4096), equal to what the snapshot file records."""
     n = t.numel() * t.element_size()
+    padded = padded_len or align_up(n)
     s = stream or torch.cuda.current_stream(t.device)
-    return cuda_movers().crc32c_chunks(t.data_ptr(), n, padded_len or align_up(n), chunk_size, s.cuda_stream)
+    mod = cuda_movers()
+    need = mod.crc32c_scratch_bytes(padded)
+    with torch.cuda.stream(s):
+        scratch = torch.empty(need, dtype=torch.uint8, device=t.device)
+        out = torch.empty(-(-padded // chunk_size) if chunk_size > 0 else 0, dtype=torch.int32, device=t.device)
+        mod.crc32c_chunks_async(t.data_ptr(), n, padded, chunk_size, scratch.data_ptr(), need, out.data_ptr(),
+                                0, 0, s.cuda_stream)
+    s.synchronize()
+    return out.cpu().numpy().view(np.uint32).tolist()
 
 
 def device_crc32c(t: torch.Tensor, chunk_size: int = 4 << 20) -> int:
