@@ -25,8 +25,8 @@ IANA_EPHEMERAL_START = 49152
 """Where the ephemeral range starts on systems without the Linux file (IANA's dynamic ports)."""
 
 
-class NoFreePort(RuntimeError):
-    """No port below the ephemeral range could be bound."""
+class NoFreePort(OSError):
+    """No port of the span asked for could be bound."""
 
 
 def ephemeral_start() -> int:
@@ -55,9 +55,15 @@ def rendezvous_port() -> int:
     if stop <= LOWEST:
         raise NoFreePort(f"the kernel's ephemeral ports start at {stop}, at or below {LOWEST}: "
                          "no span is left to choose an engine's rendezvous port from; pass one")
+    return random_free_port(LOWEST, stop)
+
+
+def random_free_port(lowest: int, stop: int) -> int:
+    """A port in [lowest, stop) that `is_free` now, chosen at random from the operating
+    system's entropy; NoFreePort when none of ATTEMPTS tried is."""
     choose = random.SystemRandom()
     for _ in range(ATTEMPTS):
-        port = choose.randrange(LOWEST, stop)
+        port = choose.randrange(lowest, stop)
         if is_free(port):
             return port
-    raise NoFreePort(f"none of {ATTEMPTS} ports tried in [{LOWEST}, {stop}) could be bound")
+    raise NoFreePort(f"none of {ATTEMPTS} ports tried in [{lowest}, {stop}) could be bound")

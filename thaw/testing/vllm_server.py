@@ -14,21 +14,18 @@ import urllib.request
 from typing import Any, Optional
 
 from thaw.child_process import CHILD_CWD, child_env, python_command
+from thaw.core.ports import random_free_port
 
 
 def free_port(below: int = 65536) -> int:
     """A localhost TCP port free now, under `below` (a server that derives further ports
-    from its own by adding to it needs room above)."""
-    import random
-
-    for _ in range(200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", 0 if below >= 65536 else random.randrange(20000, below)))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError(f"no free localhost port under {below} found in 200 tries")
+    from its own by adding to it needs room above): the kernel's choice without a bound,
+    else `thaw.core.ports.random_free_port` from 20000."""
+    if below < 65536:
+        return random_free_port(20000, below)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def log_tail(where: str, lines: int = 40) -> str:
